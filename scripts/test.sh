@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The test command: installs what is missing, builds popek (-O2 -g) and runs the
+# whole ctest suite, then builds once more with ASan+UBSan and runs the unit tests
+# there. Guest tests fetch the Debian guest into ./cache (or $POPEK_CACHE).
+# Environment: POPEK_JOBS (default: number of CPUs), POPEK_SKIP_ASAN=1.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+jobs=${POPEK_JOBS:-$(nproc)}
+
+./scripts/setup.sh
+
+echo "== build (release: -O2 -g) =="
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+ninja -C build -j"$jobs"
+echo "== tests (release) =="
+ctest --test-dir build -j"$jobs" --output-on-failure
+
+if [ "${POPEK_SKIP_ASAN:-0}" != 1 ]; then
+  echo "== build (ASan+UBSan) =="
+  cmake -S . -B build-asan -G Ninja -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_FLAGS_DEBUG="-O1 -g" \
+        -DPOPEK_SANITIZE=ON >/dev/null
+  ninja -C build-asan -j"$jobs"
+  echo "== tests (ASan+UBSan, label unit) =="
+  ctest --test-dir build-asan -j"$jobs" -L unit --output-on-failure
+fi
+echo "== all tests passed =="

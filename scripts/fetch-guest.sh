@@ -1,0 +1,304 @@
+#!/bin/bash
+# Fetch popek's default guest: Debian 12's stock i686 kernel and busybox-static
+# (i386), downloaded with `apt-get download` (never installed), plus an
+# initramfs built here whose /init mounts proc/sys/devtmpfs, prints POPEK-READY
+# and gives a shell on the console.
+#
+# Output (in $POPEK_CACHE, default <repo>/cache/guest, which git ignores):
+#   vmlinuz      the kernel (bzImage)
+#   initrd.img   the initramfs (newc cpio, gzip; reproducible bytes)
+#   VERSION      the kernel version, e.g. 6.1.0-50-686
+#
+# Idempotent: downloaded packages and their extraction are reused; the initramfs
+# is rebuilt when this script, the kernel or busybox changes.
+# Usage: scripts/fetch-guest.sh [--force]   (--force rebuilds the initramfs)
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+self="$here/$(basename "${BASH_SOURCE[0]}")"
+repo="$(cd "$here/.." && pwd)"
+CACHE="${POPEK_CACHE:-$repo/cache/guest}"
+META_PKG="linux-image-686:i386"
+BUSYBOX_PKG="busybox-static:i386"
+# Virtio drivers carried in the initramfs (loaded only when a virtio PCI device
+# exists). Missing ones (built in, or absent in this kernel) are skipped.
+VIRTIO_MODULES="virtio virtio_ring virtio_pci virtio_pci_modern_dev virtio_pci_legacy_dev
+  virtio_blk virtio_net net_failover failover virtio_rng virtio_console"
+# Debian builds ext4 (which also mounts ext2/ext3) as a module; loaded only when
+# a virtio-blk disk exists, so that /dev/vda can be mounted at /mnt.
+DISK_MODULES="crc32c_generic ext4"
+
+force=0
+[[ "${1:-}" == "--force" ]] && force=1
+
+say() { echo "fetch-guest: $*"; }
+die() { echo "fetch-guest: error: $*" >&2; exit 1; }
+
+need() { command -v "$1" >/dev/null 2>&1 || die "'$1' is not installed (needed: $2)"; }
+need dpkg "architecture setup and package extraction"
+need apt-get "downloading Debian packages"
+need apt-cache "resolving the kernel package name"
+need cpio "building the initramfs"
+need gzip "compressing the initramfs"
+need sha256sum "tracking changes"
+
+mkdir -p "$CACHE/debs"
+cd "$CACHE"
+
+# --- 1. dpkg must know i386 -----------------------------------------------------
+apt_updated=0
+apt_update() {
+  say "running apt-get update (an error about i386 security lists is harmless)"
+  apt-get update -q >/dev/null 2>"$CACHE/apt-update.log" ||
+    say "apt-get update reported errors (see $CACHE/apt-update.log); continuing"
+  apt_updated=1
+}
+if ! dpkg --print-foreign-architectures | grep -qx i386 &&
+   [[ "$(dpkg --print-architecture)" != i386 ]]; then
+  say "adding the i386 architecture to dpkg"
+  dpkg --add-architecture i386 || die "dpkg --add-architecture i386 failed (are you root?)"
+  apt_update
+fi
+
+# --- 2. resolve the kernel package behind the metapackage ------------------------
+resolve_kernel_pkg() {
+  apt-cache depends "$META_PKG" 2>/dev/null |
+    sed -n 's/^ *Depends: \(linux-image-[0-9][^ :]*\)\(:i386\)\{0,1\}$/\1/p' | head -n1
+}
+kpkg="$(resolve_kernel_pkg || true)"
+if [[ -z "$kpkg" && $apt_updated -eq 0 ]]; then
+  apt_update
+  kpkg="$(resolve_kernel_pkg || true)"
+fi
+if [[ -z "$kpkg" ]]; then
+  # Offline, or the lists lost i386: fall back to what is already cached.
+  cached="$(ls debs/linux-image-*-686_*_i386.deb 2>/dev/null | sort -V | tail -n1 || true)"
+  [[ -n "$cached" ]] || die "cannot resolve the package behind $META_PKG (apt-cache depends found nothing; is the network up and i386 in apt's lists?)"
+  kpkg="$(basename "$cached" | cut -d_ -f1)"
+  say "cannot resolve $META_PKG now; using cached $kpkg"
+fi
+say "kernel package: $kpkg:i386"
+
+# --- 3. download (never install) -------------------------------------------------
+# Returns the path of the cached .deb for package $1 (no arch suffix), downloading
+# it if needed.
+fetch_deb() {
+  local pkg="$1" deb
+  deb="$(ls "debs/${pkg}_"*_i386.deb 2>/dev/null | sort -V | tail -n1 || true)"
+  if [[ -z "$deb" ]]; then
+    say "downloading $pkg:i386 with apt-get download" >&2
+    (cd debs && apt-get download -q "$pkg:i386" >"../download-$pkg.log" 2>&1) ||
+      { cat "download-$pkg.log" >&2; die "apt-get download $pkg:i386 failed (network? apt lists?)"; }
+    deb="$(ls "debs/${pkg}_"*_i386.deb 2>/dev/null | sort -V | tail -n1 || true)"
+    [[ -n "$deb" ]] || die "apt-get download $pkg:i386 reported success but no .deb is in $CACHE/debs"
+  else
+    say "cached: $deb" >&2
+  fi
+  echo "$deb"
+}
+kdeb="$(fetch_deb "$kpkg")"
+bdeb="$(fetch_deb busybox-static)"
+
+# --- 4. extract ------------------------------------------------------------------
+# extract DEB DIR: unpack once; a stamp names the .deb that was unpacked.
+extract() {
+  local deb="$1" dir="$2"
+  if [[ -f "$dir/.extracted" && "$(cat "$dir/.extracted")" == "$(basename "$deb")" ]]; then
+    return
+  fi
+  say "extracting $(basename "$deb")"
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  dpkg-deb -x "$deb" "$dir" || die "dpkg-deb -x $deb failed (corrupt download? delete it and rerun)"
+  basename "$deb" >"$dir/.extracted"
+}
+extract "$kdeb" kernel-root
+extract "$bdeb" busybox-root
+
+kimg="$(ls kernel-root/boot/vmlinuz-* 2>/dev/null | head -n1 || true)"
+[[ -n "$kimg" ]] || die "$kdeb holds no /boot/vmlinuz-*"
+kver="${kimg##*/vmlinuz-}"
+bb="busybox-root/bin/busybox"
+[[ -x "$bb" ]] || die "$bdeb holds no /bin/busybox"
+moddir="$CACHE/kernel-root/lib/modules/$kver"
+[[ -d "$moddir/kernel" ]] || die "$kdeb has no modules for $kver"
+
+cp -f "$kimg" vmlinuz.tmp && mv -f vmlinuz.tmp vmlinuz
+echo "$kver" >VERSION.tmp && mv -f VERSION.tmp VERSION
+say "kernel version: $kver ($(stat -c %s vmlinuz) bytes)"
+
+# --- 5. the initramfs --------------------------------------------------------------
+stamp="$(cat "$self" "$kdeb" "$bdeb" | sha256sum | cut -d' ' -f1)"
+if [[ $force -eq 0 && -f initrd.img && -f initrd.stamp && "$(cat initrd.stamp)" == "$stamp" ]]; then
+  say "initramfs is up to date: $CACHE/initrd.img"
+  say "ready: vmlinuz initrd.img VERSION in $CACHE"
+  exit 0
+fi
+
+say "building the initramfs"
+root="$CACHE/initramfs.tmp"
+rm -rf "$root"
+mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,mnt,tmp,root,etc,run,var/log}
+chmod 1777 "$root/tmp"
+cp "$bb" "$root/bin/busybox"
+chmod 755 "$root/bin/busybox"
+
+# The applet list is taken from busybox itself when this host can run i386
+# binaries (natively or through qemu-i386); otherwise /init makes the links at
+# boot (busybox --install -s).
+applets="$("$bb" --list-full 2>/dev/null || true)"
+if [[ -z "$applets" ]] && command -v qemu-i386 >/dev/null 2>&1; then
+  applets="$(qemu-i386 "$bb" --list-full 2>/dev/null || true)"
+fi
+if [[ -n "$applets" ]]; then
+  while read -r a; do
+    [[ -z "$a" || "$a" == bin/busybox ]] && continue
+    mkdir -p "$root/$(dirname "$a")"
+    ln -sf /bin/busybox "$root/$a"
+  done <<<"$applets"
+  say "busybox: $(wc -l <<<"$applets") applet links"
+else
+  say "this host cannot run the i386 busybox; links are made by /init at boot"
+fi
+ln -sf busybox "$root/bin/sh"
+
+# Virtio modules and their dependencies. A .deb ships no modules.dep (depmod
+# runs at install time, and this host may have no kmod), so the dependencies
+# are read from each module's own .modinfo section ("depends=a,b").
+declare -A modpath=()
+while IFS= read -r f; do
+  n="${f##*/}"; n="${n%.ko*}"; n="${n//-/_}"
+  modpath["$n"]="${f#"$moddir"/}"
+done < <(find "$moddir/kernel" -name '*.ko*' | LC_ALL=C sort)
+mod_deps() {  # names of the modules that module $1 depends on
+  local f="$moddir/${modpath[$1]}" cat=cat
+  case "$f" in *.xz) cat="xz -dc" ;; *.zst) cat="zstd -qdc" ;; *.gz) cat="gzip -dc" ;; esac
+  $cat "$f" | tr '\0' '\n' | grep -a -m1 '^depends=' | cut -d= -f2 | tr ',' ' ' | tr '-' '_'
+}
+mdst="$root/lib/modules/$kver"
+mkdir -p "$mdst"
+: >"$mdst/modules.dep"
+declare -A copied=()
+# add_group FILE MODULE...: copy the modules and their dependencies, and list
+# them in load order (dependencies first) in $mdst/FILE.
+add_group() {
+  local file="$1" m p dst d dp deps
+  shift
+  declare -gA visited=()
+  order=()
+  : >"$mdst/$file"
+  for m in "$@"; do
+    if [[ -n "${modpath[$m]:-}" ]]; then
+      visit "$m"
+    elif grep -q "/${m}.ko" "$moddir/modules.builtin" 2>/dev/null; then
+      say "module $m is built into the kernel"
+    else
+      say "module $m: not in this kernel, skipped"
+    fi
+  done
+  for m in "${order[@]}"; do
+    p="${modpath[$m]}"
+    dst="${p%.xz}"; dst="${dst%.zst}"; dst="${dst%.gz}"
+    echo "$dst" >>"$mdst/$file"
+    [[ -n "${copied[$m]:-}" ]] && continue
+    copied["$m"]=1
+    mkdir -p "$mdst/$(dirname "$dst")"
+    case "$p" in
+      *.xz) xz -dc "$moddir/$p" >"$mdst/$dst" ;;
+      *.zst) zstd -qdc "$moddir/$p" >"$mdst/$dst" ;;
+      *.gz) gzip -dc "$moddir/$p" >"$mdst/$dst" ;;
+      *) cp "$moddir/$p" "$mdst/$dst" ;;
+    esac
+    deps=""
+    for d in $(mod_deps "$m"); do
+      [[ -n "${modpath[$d]:-}" ]] || continue
+      dp="${modpath[$d]}"; dp="${dp%.xz}"; dp="${dp%.zst}"; dp="${dp%.gz}"
+      deps="$deps $dp"
+    done
+    echo "$dst:$deps" >>"$mdst/modules.dep"
+  done
+  say "modules for $file: ${order[*]}"
+}
+visit() {  # depth-first: dependencies before the module
+  local m="$1" d
+  [[ -n "${visited[$m]:-}" ]] && return
+  visited["$m"]=1
+  for d in $(mod_deps "$m"); do
+    [[ -n "${modpath[$d]:-}" ]] && visit "$d"
+  done
+  order+=("$m")
+}
+# shellcheck disable=SC2086
+add_group load-order $VIRTIO_MODULES
+# shellcheck disable=SC2086
+add_group load-order-disk $DISK_MODULES
+
+cat >"$root/init" <<EOF
+#!/bin/sh
+# popek default guest /init (generated by scripts/fetch-guest.sh)
+KVER=$kver
+EOF
+cat >>"$root/init" <<'EOF'
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root TERM=${TERM:-linux}
+/bin/busybox mount -t proc proc /proc
+# Applet links (busybox --install needs /proc/self/exe); skipped when the
+# initramfs already has them.
+[ -e /bin/mount ] || /bin/busybox --install -s
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev 2>/dev/null || mount -t tmpfs -o mode=755 dev /dev
+mkdir -p /dev/pts && mount -t devpts -o gid=5,mode=620 devpts /dev/pts 2>/dev/null
+hostname popek
+
+# Virtio drivers, only when a virtio PCI device (vendor 0x1af4) exists.
+for v in /sys/bus/pci/devices/*/vendor; do
+  if [ -r "$v" ] && [ "$(cat "$v")" = 0x1af4 ]; then
+    if [ -f /lib/modules/$KVER/load-order ]; then
+      while read -r m; do
+        insmod /lib/modules/$KVER/$m >/dev/null 2>&1
+      done </lib/modules/$KVER/load-order
+    fi
+    break
+  fi
+done
+# A virtio-blk disk (device id 0x1001 legacy, 0x1042 modern): wait briefly for
+# its node, then mount it.
+for d in /sys/bus/pci/devices/*; do
+  if [ "$(cat $d/vendor 2>/dev/null)" = 0x1af4 ]; then
+    case "$(cat $d/device)" in 0x1001|0x1042)
+      while read -r m; do
+        insmod /lib/modules/$KVER/$m >/dev/null 2>&1
+      done </lib/modules/$KVER/load-order-disk
+      i=0; while [ ! -b /dev/vda ] && [ $i -lt 20 ]; do usleep 100000; i=$((i+1)); done
+      break ;;
+    esac
+  fi
+done
+if [ -b /dev/vda ]; then
+  mount /dev/vda /mnt 2>/dev/null || mount -o ro /dev/vda /mnt 2>/dev/null
+fi
+
+echo "POPEK-READY"
+# A controlling tty on the console, so job control and ctrl-c work.
+setsid cttyhack sh -l
+echo "popek: shell exited, powering off"
+poweroff -f
+EOF
+chmod 755 "$root/init"
+cat >"$root/etc/profile" <<'EOF'
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root
+PS1='popek:\w# '
+cd /root
+EOF
+echo "root:x:0:0:root:/root:/bin/sh" >"$root/etc/passwd"
+echo "root:x:0:" >"$root/etc/group"
+
+# Reproducible archive: sorted names, fixed owner, no timestamps in gzip.
+find "$root" -exec touch -h -d @0 {} +
+(cd "$root" && find . -mindepth 1 | LC_ALL=C sort |
+  cpio --quiet -o -H newc --owner=0:0 --reproducible) | gzip -9 -n >initrd.img.tmp ||
+  die "building the initramfs failed"
+mv -f initrd.img.tmp initrd.img
+echo "$stamp" >initrd.stamp
+rm -rf "$root"
+say "initramfs: $CACHE/initrd.img ($(stat -c %s initrd.img) bytes)"
+say "ready: vmlinuz initrd.img VERSION in $CACHE"

@@ -1,0 +1,43 @@
+// The interface every engine implements (interp, bt, kvm). All engines read and
+// write one x86::CpuState that lives outside them, so a VM can switch engines
+// and snapshots are engine-neutral.
+#pragma once
+#include <atomic>
+#include <cstdio>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "base/types.h"
+
+namespace popek::engine {
+
+// Why run() returned.
+enum class Exit {
+  budget,      // executed the instruction budget (the board's next timer deadline)
+  halt,        // HLT with nothing to wake the CPU: the board waits for an interrupt
+  shutdown,    // triple fault (or another shutdown cycle)
+  stopped,     // request_stop() from a device or another thread
+};
+const char* exit_name(Exit e);
+
+class Engine {
+ public:
+  virtual ~Engine() = default;
+  virtual const char* name() const = 0;
+  // Runs guest code for at most `budget` instructions.
+  virtual Exit run(u64 budget) = 0;
+  // Asks run() to return at the next instruction boundary (thread- and signal-safe).
+  void request_stop() { stop_.store(true, std::memory_order_relaxed); }
+  // Statistics of what the engine did, as (name, value) pairs.
+  virtual std::vector<std::pair<std::string, u64>> stats() const = 0;
+  // Instruction trace with disassembly to `out` (null: off).
+  virtual void set_trace(std::FILE* out) { trace_ = out; }
+
+ protected:
+  bool take_stop() { return stop_.exchange(false, std::memory_order_relaxed); }
+  std::atomic<bool> stop_{false};
+  std::FILE* trace_ = nullptr;
+};
+
+}  // namespace popek::engine

@@ -1,0 +1,189 @@
+#include "memory/mmu.h"
+
+namespace popek::mem {
+
+using namespace popek::x86;
+
+namespace {
+enum : u32 { PTE_P = 1, PTE_W = 2, PTE_U = 4, PTE_A = 0x20, PTE_D = 0x40, PTE_PS = 0x80, PTE_G = 0x100 };
+}
+
+Mmu::Mmu(CpuState& s, PhysMem& pm) : s_(s), pm_(pm) {
+  flush_tlb(true);
+  pm_.add_shootdown(this);
+}
+Mmu::~Mmu() { pm_.remove_shootdown(this); }
+
+void Mmu::flush_tlb(bool global) {
+  stats_.flushes++;
+  for (auto& set : tlb_)
+    for (auto& e : set) {
+      if (!global && (e.flags & kGlobal)) continue;
+      e.tag_read = e.tag_write = e.tag_exec = kInvalidTag;
+      e.flags = 0;
+    }
+}
+
+void Mmu::invlpg(u32 la) {
+  for (auto& set : tlb_) {
+    TlbEntry& e = set[(la >> 12) & (kTlbSize - 1)];
+    if ((e.tag_read & ~0xFFFu) == (la & ~0xFFFu) || (e.tag_exec & ~0xFFFu) == (la & ~0xFFFu) ||
+        (e.tag_write & ~0xFFFu) == (la & ~0xFFFu)) {
+      e.tag_read = e.tag_write = e.tag_exec = kInvalidTag;
+      e.flags = 0;
+    }
+  }
+}
+
+void Mmu::drop_writable(u64 ppn) {
+  for (auto& set : tlb_)
+    for (auto& e : set)
+      if (e.ppn == ppn) e.tag_write = kInvalidTag;
+}
+
+void Mmu::page_fault(u32 la, u32 err) {
+  stats_.page_faults++;
+  s_.cr2 = la;
+  raise_fault(PF_V, err);
+}
+
+u64 Mmu::translate(u32 la, Acc acc, bool user) {
+  stats_.tlb_misses++;
+  const u32 page = la & ~0xFFFu;
+  u64 pa_page;
+  bool can_write = true, global = false, dirty = true;
+  if (!s_.pg()) {
+    pa_page = page;
+  } else {
+    stats_.page_walks++;
+    const bool write = acc == Acc::write;
+    const u32 err_base = (write ? PFE_W : 0) | (user ? PFE_U : 0);
+    const u64 pde_pa = (s_.cr3 & ~0xFFFu) + ((la >> 22) << 2);
+    u32 pde = u32(pm_.read(pde_pa, 4));
+    if (!(pde & PTE_P)) page_fault(la, err_base);
+    const bool big = (pde & PTE_PS) && (s_.cr4 & CR4_PSE);
+    u32 pte = 0;
+    u64 pte_pa = 0;
+    u32 eff;  // effective U/W permission bits
+    if (big) {
+      eff = pde;
+    } else {
+      pte_pa = (pde & ~0xFFFu) + (((la >> 12) & 0x3FF) << 2);
+      pte = u32(pm_.read(pte_pa, 4));
+      if (!(pte & PTE_P)) page_fault(la, err_base);
+      eff = pde & pte;
+    }
+    // Permission checks.
+    if (user && !(eff & PTE_U)) page_fault(la, err_base | PFE_P);
+    const bool writable = (eff & PTE_W) || (!user && !(s_.cr0 & CR0_WP));
+    if (write && !writable) page_fault(la, err_base | PFE_P);
+    can_write = writable;
+    // The walk succeeded: set accessed (and dirty) bits, directory first.
+    if (!(pde & PTE_A) || (big && write && !(pde & PTE_D))) {
+      u32 npde = pde | PTE_A | (big && write ? PTE_D : 0);
+      pm_.write(pde_pa, 4, npde);
+      pde = npde;
+    }
+    if (big) {
+      pa_page = (pde & 0xFFC00000u) | (la & 0x3FF000u);
+      global = (pde & PTE_G) && (s_.cr4 & CR4_PGE);
+      dirty = pde & PTE_D;
+    } else {
+      if (!(pte & PTE_A) || (write && !(pte & PTE_D))) {
+        pte |= PTE_A | (write ? PTE_D : 0);
+        pm_.write(pte_pa, 4, pte);
+      }
+      pa_page = pte & ~0xFFFu;
+      global = (pte & PTE_G) && (s_.cr4 & CR4_PGE);
+      dirty = pte & PTE_D;
+    }
+  }
+  // Fill the TLB entry for this privilege class.
+  PhysMem::Page pg = pm_.page(pa_page);
+  TlbEntry& e = entry(la, user);
+  const u64 ppn = pa_page >> kPageShift;
+  if (e.tag_read != page && e.tag_exec != page) {
+    // A different page: start clean.
+    e.tag_read = e.tag_write = e.tag_exec = kInvalidTag;
+  }
+  if (pg.host) {
+    e.addend = uintptr_t(pg.host) - page;
+    e.ppn = u32(ppn);
+    e.flags = global ? kGlobal : 0;
+    e.tag_read = page;
+    e.tag_exec = page;
+    if (can_write && dirty && !pg.rom && !pm_.is_code(ppn)) e.tag_write = page;
+    else e.tag_write = kInvalidTag;
+  } else {
+    e.tag_read = e.tag_write = e.tag_exec = kInvalidTag;
+  }
+  return pa_page | (la & 0xFFF);
+}
+
+u64 Mmu::read_slow(u32 la, unsigned size, bool user) {
+  stats_.slow_accesses++;
+  if ((la & 0xFFF) + size > 4096) {
+    // Crosses a page: translate both before reading.
+    unsigned n1 = 4096 - (la & 0xFFF);
+    u64 pa1 = translate(la, Acc::read, user);
+    u64 pa2 = translate(la + n1, Acc::read, user);
+    u64 v = 0;
+    for (unsigned k = 0; k < size; k++) {
+      u64 pa = k < n1 ? pa1 + k : pa2 + (k - n1);
+      v |= pm_.read(pa, 1) << (8 * k);
+    }
+    return v;
+  }
+  return pm_.read(translate(la, Acc::read, user), size);
+}
+
+void Mmu::write_slow(u32 la, unsigned size, u64 v, bool user) {
+  stats_.slow_accesses++;
+  if ((la & 0xFFF) + size > 4096) {
+    unsigned n1 = 4096 - (la & 0xFFF);
+    u64 pa1 = translate(la, Acc::write, user);
+    u64 pa2 = translate(la + n1, Acc::write, user);
+    for (unsigned k = 0; k < size; k++) {
+      u64 pa = k < n1 ? pa1 + k : pa2 + (k - n1);
+      pm_.write(pa, 1, (v >> (8 * k)) & 0xFF);
+    }
+    return;
+  }
+  pm_.write(translate(la, Acc::write, user), size, v);
+}
+
+void Mmu::probe_write(u32 la, unsigned size, bool user) {
+  u32 last = la + size - 1;
+  for (u32 p = la & ~0xFFFu;; p += 4096) {
+    TlbEntry& e = entry(p, user);
+    if (e.tag_write != p) translate(p < la ? la : p, Acc::write, user);
+    if ((p & ~0xFFFu) == (last & ~0xFFFu)) break;
+  }
+}
+
+const u8* Mmu::fetch_slow(u32 la, bool user, u64* pa) {
+  u64 p = translate(la, Acc::exec, user);
+  *pa = p;
+  PhysMem::Page pg = pm_.page(p);
+  return pg.host ? pg.host + (p & 0xFFF) : nullptr;
+}
+
+bool Mmu::probe(u32 la, u64* pa) const {
+  if (!s_.pg()) {
+    *pa = la;
+    return true;
+  }
+  PhysMem& pm = const_cast<PhysMem&>(pm_);
+  u32 pde = u32(pm.read((s_.cr3 & ~0xFFFu) + ((la >> 22) << 2), 4));
+  if (!(pde & PTE_P)) return false;
+  if ((pde & PTE_PS) && (s_.cr4 & CR4_PSE)) {
+    *pa = (pde & 0xFFC00000u) | (la & 0x3FFFFFu);
+    return true;
+  }
+  u32 pte = u32(pm.read((pde & ~0xFFFu) + (((la >> 12) & 0x3FF) << 2), 4));
+  if (!(pte & PTE_P)) return false;
+  *pa = (pte & ~0xFFFu) | (la & 0xFFF);
+  return true;
+}
+
+}  // namespace popek::mem

@@ -1,0 +1,124 @@
+// The soft TLB and page walker of one vCPU: x86 paging (4 KiB and 4 MiB pages,
+// global pages, A/D bits, CR0.WP, #PF error codes) in front of PhysMem.
+//
+// The TLB is the shadow page table of DESIGN.md: per privilege class
+// (supervisor, user) a direct-mapped array maps a linear page to a host
+// address, with separate tags for read, write and execute. It is flushed
+// exactly where x86 flushes its TLB. No write tag is installed for pages that
+// are ROM, MMIO, watched (hold code) or not yet dirty, so those writes take the
+// slow path.
+#pragma once
+#include <cstring>
+
+#include "base/types.h"
+#include "memory/phys_mem.h"
+#include "x86/cpu.h"
+
+namespace popek::mem {
+
+struct TlbEntry {
+  u32 tag_read;   // linear page | 0, or kInvalidTag
+  u32 tag_write;
+  u32 tag_exec;
+  u32 ppn;        // guest-physical page number
+  uintptr_t addend;  // host address = addend + linear address
+  u32 flags;      // kGlobal
+  u32 pad;
+};
+static_assert(sizeof(TlbEntry) == 32, "TLB entry is read by generated code: keep it 32 bytes");
+static_assert(offsetof(TlbEntry, tag_read) == 0 && offsetof(TlbEntry, addend) == 16);
+
+struct MmuStats {
+  u64 tlb_misses = 0;
+  u64 page_walks = 0;
+  u64 page_faults = 0;
+  u64 flushes = 0;
+  u64 slow_accesses = 0;
+};
+
+class Mmu final : public x86::LinearMem, public TlbShootdown {
+ public:
+  static constexpr unsigned kTlbBits = 8;
+  static constexpr unsigned kTlbSize = 1u << kTlbBits;
+  static constexpr u32 kInvalidTag = 1;
+  enum : u32 { kGlobal = 1 };
+
+  Mmu(x86::CpuState& s, PhysMem& pm);
+  ~Mmu() override;
+
+  // ---- x86::LinearMem ----
+  u32 read(u32 la, unsigned size, bool user) override {
+    const TlbEntry& e = entry(la, user);
+    if (POPEK_LIKELY(e.tag_read == (la & ~0xFFFu) && (la & 0xFFF) <= 4096 - size)) {
+      u32 v = 0;
+      std::memcpy(&v, reinterpret_cast<const void*>(e.addend + la), size);
+      return v;
+    }
+    return u32(read_slow(la, size, user));
+  }
+  void write(u32 la, unsigned size, u32 v, bool user) override {
+    TlbEntry& e = entry(la, user);
+    if (POPEK_LIKELY(e.tag_write == (la & ~0xFFFu) && (la & 0xFFF) <= 4096 - size)) {
+      std::memcpy(reinterpret_cast<void*>(e.addend + la), &v, size);
+      return;
+    }
+    write_slow(la, size, v, user);
+  }
+  u64 read64(u32 la, bool user) override {
+    const TlbEntry& e = entry(la, user);
+    if (POPEK_LIKELY(e.tag_read == (la & ~0xFFFu) && (la & 0xFFF) <= 4096 - 8)) {
+      u64 v;
+      std::memcpy(&v, reinterpret_cast<const void*>(e.addend + la), 8);
+      return v;
+    }
+    return read_slow(la, 8, user);
+  }
+  void write64(u32 la, u64 v, bool user) override {
+    TlbEntry& e = entry(la, user);
+    if (POPEK_LIKELY(e.tag_write == (la & ~0xFFFu) && (la & 0xFFF) <= 4096 - 8)) {
+      std::memcpy(reinterpret_cast<void*>(e.addend + la), &v, 8);
+      return;
+    }
+    write_slow(la, 8, v, user);
+  }
+  void probe_write(u32 la, unsigned size, bool user) override;
+  void flush_tlb(bool global) override;
+  void invlpg(u32 la) override;
+
+  // ---- for engines ----
+  // Translates an instruction fetch; returns the host address of the byte at
+  // `la` (null if the page is not RAM/ROM) and its physical address.
+  const u8* fetch(u32 la, bool user, u64* pa) {
+    const TlbEntry& e = entry(la, user);
+    if (POPEK_LIKELY(e.tag_exec == (la & ~0xFFFu))) {
+      *pa = (u64(e.ppn) << kPageShift) | (la & 0xFFF);
+      return reinterpret_cast<const u8*>(e.addend + la);
+    }
+    return fetch_slow(la, user, pa);
+  }
+  // Walks without side effects (no A/D bits, no fault): for debuggers/tracing.
+  bool probe(u32 la, u64* pa) const;
+  TlbEntry* tlb(bool user) { return tlb_[user]; }
+  const MmuStats& stats() const { return stats_; }
+  PhysMem& phys() { return pm_; }
+
+  // TlbShootdown
+  void drop_writable(u64 ppn) override;
+
+ private:
+  enum class Acc { read, write, exec };
+  TlbEntry& entry(u32 la, bool user) { return tlb_[user][(la >> 12) & (kTlbSize - 1)]; }
+  // Translates one page for an access, filling the TLB; faults with #PF.
+  u64 translate(u32 la, Acc acc, bool user);
+  u64 read_slow(u32 la, unsigned size, bool user);
+  void write_slow(u32 la, unsigned size, u64 v, bool user);
+  const u8* fetch_slow(u32 la, bool user, u64* pa);
+  [[noreturn]] void page_fault(u32 la, u32 err);
+
+  x86::CpuState& s_;
+  PhysMem& pm_;
+  TlbEntry tlb_[2][kTlbSize];
+  MmuStats stats_;
+};
+
+}  // namespace popek::mem

@@ -1,0 +1,114 @@
+#include "memory/phys_mem.h"
+
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "base/error.h"
+
+namespace popek::mem {
+
+PhysMem::PhysMem(u64 ram_size) : ram_size_(ram_size) {
+  if (ram_size < (1u << 20) || ram_size > (u64(3) << 30) || (ram_size & (kPageSize - 1)))
+    throw Error("memory size must be a multiple of 4 KiB between 1 MiB and 3 GiB (got " +
+                std::to_string(ram_size) + " bytes)");
+  map_size_ = ram_size;
+  void* p = mmap(nullptr, map_size_, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED) throw Error("cannot map " + std::to_string(ram_size >> 20) + " MiB of guest RAM");
+  ram_ = static_cast<u8*>(p);
+  npages_ = ram_size >> kPageShift;
+  code_.assign(npages_, 0);
+}
+
+PhysMem::~PhysMem() {
+  if (ram_) munmap(ram_, map_size_);
+}
+
+void PhysMem::add_rom(u64 base, const std::vector<u8>& data) {
+  POPEK_CHECK((base & (kPageSize - 1)) == 0);
+  Rom r{base, data};
+  r.data.resize((data.size() + kPageSize - 1) & ~u64(kPageSize - 1), 0xFF);
+  roms_.push_back(std::move(r));
+}
+
+PhysMem::Page PhysMem::page(u64 pa) const {
+  for (auto& r : roms_)
+    if (pa >= r.base && pa - r.base < r.data.size())
+      return {const_cast<u8*>(r.data.data()) + ((pa - r.base) & ~u64(kPageSize - 1)), true};
+  if (is_ram(pa)) return {ram_ + (pa & ~u64(kPageSize - 1)), false};
+  return {nullptr, false};
+}
+
+u64 PhysMem::read(u64 pa, unsigned size) {
+  Page pg = page(pa);
+  if (pg.host) {
+    u64 v = 0;
+    std::memcpy(&v, pg.host + (pa & (kPageSize - 1)), size);
+    return v;
+  }
+  if (mmio_) return mmio_->mmio_read(pa, size);
+  return size >= 8 ? ~0ull : ((1ull << (8 * size)) - 1);
+}
+
+void PhysMem::write(u64 pa, unsigned size, u64 value) {
+  Page pg = page(pa);
+  if (pg.host) {
+    if (pg.rom) return;
+    notify_write(pa, size);
+    std::memcpy(pg.host + (pa & (kPageSize - 1)), &value, size);
+    return;
+  }
+  if (mmio_) mmio_->mmio_write(pa, size, value);
+}
+
+bool PhysMem::read_bytes(u64 pa, void* dst, u64 len) {
+  u8* d = static_cast<u8*>(dst);
+  while (len) {
+    Page pg = page(pa);
+    if (!pg.host) return false;
+    u64 off = pa & (kPageSize - 1), n = std::min<u64>(len, kPageSize - off);
+    std::memcpy(d, pg.host + off, n);
+    d += n;
+    pa += n;
+    len -= n;
+  }
+  return true;
+}
+
+bool PhysMem::write_bytes(u64 pa, const void* src, u64 len) {
+  const u8* s = static_cast<const u8*>(src);
+  while (len) {
+    Page pg = page(pa);
+    if (!pg.host || pg.rom) return false;
+    u64 off = pa & (kPageSize - 1), n = std::min<u64>(len, kPageSize - off);
+    notify_write(pa, n);
+    std::memcpy(pg.host + off, s, n);
+    s += n;
+    pa += n;
+    len -= n;
+  }
+  return true;
+}
+
+void PhysMem::mark_code(u64 ppn) {
+  if (ppn >= npages_ || code_[ppn]) return;
+  code_[ppn] = 1;
+  for (auto* t : shootdowns_) t->drop_writable(ppn);
+}
+
+void PhysMem::code_written(u64 ppn) {
+  code_[ppn] = 0;
+  code_invalidations_++;
+  for (auto* w : watchers_) w->code_page_written(ppn);
+}
+
+void PhysMem::remove_watcher(CodeWatcher* w) {
+  watchers_.erase(std::remove(watchers_.begin(), watchers_.end(), w), watchers_.end());
+}
+void PhysMem::remove_shootdown(TlbShootdown* t) {
+  shootdowns_.erase(std::remove(shootdowns_.begin(), shootdowns_.end(), t), shootdowns_.end());
+}
+
+}  // namespace popek::mem

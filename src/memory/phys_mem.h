@@ -1,0 +1,105 @@
+// Guest-physical memory: one host mapping for RAM, ROM regions, and everything
+// else routed to an MMIO handler (the board's bus; unclaimed addresses read as
+// all ones). Pages holding decoded or translated code are watched: a write to
+// one invalidates the code derived from it (self-modifying code, DMA, module
+// loading) — the one write-tracking mechanism DESIGN.md describes.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "base/types.h"
+
+namespace popek::mem {
+
+inline constexpr unsigned kPageShift = 12;
+inline constexpr u32 kPageSize = 1u << kPageShift;
+
+class MmioHandler {
+ public:
+  virtual ~MmioHandler() = default;
+  virtual u64 mmio_read(u64 pa, unsigned size) = 0;
+  virtual void mmio_write(u64 pa, unsigned size, u64 value) = 0;
+};
+
+// Told when a watched page is written (engines drop decoded/translated code).
+class CodeWatcher {
+ public:
+  virtual ~CodeWatcher() = default;
+  virtual void code_page_written(u64 ppn) = 0;
+};
+
+// Told when a page becomes watched, so soft TLBs drop writable entries for it.
+class TlbShootdown {
+ public:
+  virtual ~TlbShootdown() = default;
+  virtual void drop_writable(u64 ppn) = 0;
+};
+
+class PhysMem {
+ public:
+  // RAM at [0, ram_size) except the legacy VGA hole [0xA0000, 0xC0000).
+  explicit PhysMem(u64 ram_size);
+  ~PhysMem();
+  PhysMem(const PhysMem&) = delete;
+  PhysMem& operator=(const PhysMem&) = delete;
+
+  u8* ram() { return ram_; }
+  u64 ram_size() const { return ram_size_; }
+  // Maps a read-only region (firmware). Copies the data; writes are ignored.
+  void add_rom(u64 base, const std::vector<u8>& data);
+  void set_mmio(MmioHandler* h) { mmio_ = h; }
+
+  // Where a physical page lives. host is the page's host address (RAM or ROM),
+  // or null for MMIO/unassigned space.
+  struct Page {
+    u8* host;
+    bool rom;
+  };
+  Page page(u64 pa) const;
+  bool is_ram(u64 pa) const {
+    return pa < ram_size_ && !(pa >= 0xA0000 && pa < 0xC0000);
+  }
+
+  // Physical accesses of 1, 2, 4 or 8 bytes that do not cross a page.
+  u64 read(u64 pa, unsigned size);
+  void write(u64 pa, unsigned size, u64 value);
+  // Bulk copies (loaders, devices' DMA); cross pages freely, RAM/ROM only
+  // (writes to ROM are refused). Returns false if any byte is outside RAM.
+  bool read_bytes(u64 pa, void* dst, u64 len);
+  bool write_bytes(u64 pa, const void* src, u64 len);
+
+  // ---- code watching ----
+  bool is_code(u64 ppn) const { return ppn < npages_ && code_[ppn]; }
+  void mark_code(u64 ppn);
+  // Call before/after writing RAM bytes by any path other than a soft-TLB hit.
+  void notify_write(u64 pa, u64 len) {
+    for (u64 p = pa >> kPageShift; p <= (pa + len - 1) >> kPageShift; p++)
+      if (p < npages_ && code_[p]) code_written(p);
+  }
+  void add_watcher(CodeWatcher* w) { watchers_.push_back(w); }
+  void remove_watcher(CodeWatcher* w);
+  void add_shootdown(TlbShootdown* t) { shootdowns_.push_back(t); }
+  void remove_shootdown(TlbShootdown* t);
+
+  u64 code_invalidations() const { return code_invalidations_; }
+
+ private:
+  void code_written(u64 ppn);
+  struct Rom {
+    u64 base;
+    std::vector<u8> data;
+  };
+  u8* ram_ = nullptr;
+  u64 ram_size_ = 0;
+  u64 map_size_ = 0;
+  u64 npages_ = 0;
+  std::vector<u8> code_;
+  std::vector<Rom> roms_;
+  MmioHandler* mmio_ = nullptr;
+  std::vector<CodeWatcher*> watchers_;
+  std::vector<TlbShootdown*> shootdowns_;
+  u64 code_invalidations_ = 0;
+};
+
+}  // namespace popek::mem

@@ -1,0 +1,210 @@
+// The execution context semantics run in: the architectural state, the linear
+// memory (paging and soft TLB, implemented in memory/), and the platform (ports,
+// time). Semantics in this library are shared by every software engine: the
+// interpreter runs them per instruction, the translator calls them for
+// sensitive instructions and slow paths.
+#pragma once
+#include "base/bits.h"
+#include "base/types.h"
+#include "x86/cpu_state.h"
+#include "x86/fault.h"
+#include "x86/insn.h"
+
+namespace popek::x86 {
+
+// Guest linear memory with paging. `user` checks the access as CPL 3 (false for
+// the implicit supervisor accesses to descriptor tables and the TSS).
+// Accesses may cross pages; both pages are checked before anything is written.
+// Raises #PF (setting CR2) on failure.
+class LinearMem {
+ public:
+  virtual ~LinearMem() = default;
+  virtual u32 read(u32 la, unsigned size, bool user) = 0;
+  virtual void write(u32 la, unsigned size, u32 value, bool user) = 0;
+  virtual u64 read64(u32 la, bool user) = 0;
+  virtual void write64(u32 la, u64 value, bool user) = 0;
+  // Checks that [la, la+size) may be written (faulting if not) without writing.
+  virtual void probe_write(u32 la, unsigned size, bool user) = 0;
+  // TLB maintenance, called where x86 flushes its TLB.
+  virtual void flush_tlb(bool global) = 0;
+  virtual void invlpg(u32 la) = 0;
+};
+
+// What the CPU sees of the board.
+class Platform {
+ public:
+  virtual ~Platform() = default;
+  virtual u32 io_in(u16 port, unsigned size) = 0;
+  virtual void io_out(u16 port, unsigned size, u32 value) = 0;
+  // Time-stamp counter before the guest's offset (CpuState::msr.tsc_offset).
+  virtual u64 tsc() = 0;
+  // INTA cycle: the vector of the highest-priority pending interrupt.
+  virtual u8 intr_ack() = 0;
+  // FERR#/IGNNE# path for x87 errors with CR0.NE = 0 (raises IRQ 13 on a PC).
+  virtual void fpu_error() {}
+};
+
+// Why a handler asks the engine to leave its loop after the instruction.
+enum class StopReason : u8 { none, halt, shutdown, mode_change, io };
+
+enum class EventKind : u8 {
+  external,      // INTR from the interrupt controller
+  nmi,
+  exception,     // fault or trap raised by the CPU
+  software,      // INT n
+  software_exc,  // INT3, INTO: software, but checked like INT n
+  icebp,         // INT1
+};
+
+class Cpu {
+ public:
+  Cpu(CpuState& s, LinearMem& mem, Platform& plat) : s(s), mem(mem), plat(plat) {}
+
+  CpuState& s;
+  LinearMem& mem;
+  Platform& plat;
+
+  u32 next_eip = 0;       // EIP after the current instruction; control transfers set it
+  StopReason stop = StopReason::none;
+
+  // ---- registers ----
+  template <typename T> T reg(unsigned r) const;
+  template <typename T> void set_reg(unsigned r, T v);
+  u8 reg8(unsigned r) const { return r < 4 ? u8(s.gpr[r]) : u8(s.gpr[r - 4] >> 8); }
+  void set_reg8(unsigned r, u8 v) {
+    if (r < 4) s.gpr[r] = (s.gpr[r] & ~0xFFu) | v;
+    else s.gpr[r - 4] = (s.gpr[r - 4] & ~0xFF00u) | (u32(v) << 8);
+  }
+
+  // ---- segmentation ----
+  bool user() const { return s.cpl == 3; }
+  // Offset -> linear address with the limit and rights checks of a data access.
+  u32 linear(unsigned seg, u32 off, unsigned size, bool write) {
+    const Segment& sg = s.seg[seg];
+    if (POPEK_LIKELY(!sg.expand_down() && off <= sg.limit && size - 1 <= sg.limit - off &&
+                     (write ? sg.writable() || !s.pe() || s.vm86() : sg.readable()) &&
+                     (sg.usable() || !s.pe()))) {
+      return sg.base + off;
+    }
+    return linear_slow(seg, off, size, write);
+  }
+  u32 linear_slow(unsigned seg, u32 off, unsigned size, bool write);
+
+  template <typename T> T read(unsigned seg, u32 off) {
+    u32 la = linear(seg, off, sizeof(T), false);
+    if constexpr (sizeof(T) == 8) return mem.read64(la, user());
+    else return T(mem.read(la, sizeof(T), user()));
+  }
+  template <typename T> void write(unsigned seg, u32 off, T v) {
+    u32 la = linear(seg, off, sizeof(T), true);
+    if constexpr (sizeof(T) == 8) mem.write64(la, v, user());
+    else mem.write(la, sizeof(T), u32(v), user());
+  }
+  // Supervisor-implicit accesses (descriptor tables, TSS).
+  u32 sys_read(u32 la, unsigned size) { return mem.read(la, size, false); }
+  u64 sys_read64(u32 la) { return mem.read64(la, false); }
+  void sys_write(u32 la, unsigned size, u32 v) { mem.write(la, size, v, false); }
+
+  // ---- operands of a decoded instruction ----
+  u32 ea(const Insn& i) const {
+    u32 a = i.disp;
+    if (i.base != kNoReg) a += s.gpr[i.base];
+    if (i.index != kNoReg) a += s.gpr[i.index] << i.scale;
+    return i.asize == 2 ? (a & 0xFFFF) : a;
+  }
+  template <typename T> T read_rm(const Insn& i) {
+    if (i.mem) return read<T>(i.seg, ea(i));
+    return reg<T>(i.rm);
+  }
+  template <typename T> void write_rm(const Insn& i, T v) {
+    if (i.mem) write<T>(i.seg, ea(i), v);
+    else set_reg<T>(i.rm, v);
+  }
+
+  // ---- stack ----
+  bool stack32() const { return s.seg[SS].db(); }
+  u32 sp() const { return stack32() ? s.gpr[ESP] : (s.gpr[ESP] & 0xFFFF); }
+  void set_sp(u32 v) {
+    if (stack32()) s.gpr[ESP] = v;
+    else s.gpr[ESP] = (s.gpr[ESP] & 0xFFFF0000u) | (v & 0xFFFF);
+  }
+  u32 sp_add(u32 sp, i32 d) const { return stack32() ? sp + d : ((sp + d) & 0xFFFF); }
+  template <typename T> void push(T v) {
+    u32 nsp = sp_add(sp(), -i32(sizeof(T)));
+    write<T>(SS, nsp, v);
+    set_sp(nsp);
+  }
+  template <typename T> T pop() {
+    T v = read<T>(SS, sp());
+    set_sp(sp_add(sp(), sizeof(T)));
+    return v;
+  }
+  // Push/pop with operand size 2 or 4.
+  void push_sz(unsigned sz, u32 v) { sz == 4 ? push<u32>(v) : push<u16>(u16(v)); }
+  u32 pop_sz(unsigned sz) { return sz == 4 ? pop<u32>() : pop<u16>(); }
+
+  // ---- flags ----
+  bool cond(unsigned cc) const;
+  void set_flags(u32 mask, u32 value) { s.eflags = (s.eflags & ~mask) | (value & mask); }
+  // Writes EFLAGS as POPF/IRET do, honouring CPL and IOPL for IF and IOPL.
+  void write_eflags(u32 v, u32 mask);
+
+  // ---- helpers for privileged checks ----
+  void require_cpl0() {
+    if (s.cpl != 0) raise_fault(GP, 0);
+  }
+  // I/O permission (IOPL, then the TSS bitmap).
+  void check_io(u16 port, unsigned size);
+};
+
+template <> inline u8 Cpu::reg<u8>(unsigned r) const { return reg8(r); }
+template <> inline u16 Cpu::reg<u16>(unsigned r) const { return u16(s.gpr[r]); }
+template <> inline u32 Cpu::reg<u32>(unsigned r) const { return s.gpr[r]; }
+template <> inline void Cpu::set_reg<u8>(unsigned r, u8 v) { set_reg8(r, v); }
+template <> inline void Cpu::set_reg<u16>(unsigned r, u16 v) {
+  s.gpr[r] = (s.gpr[r] & 0xFFFF0000u) | v;
+}
+template <> inline void Cpu::set_reg<u32>(unsigned r, u32 v) { s.gpr[r] = v; }
+
+inline bool Cpu::cond(unsigned cc) const {
+  const u32 f = s.eflags;
+  bool r;
+  switch ((cc >> 1) & 7) {
+    case 0: r = f & OF; break;
+    case 1: r = f & CF; break;
+    case 2: r = f & ZF; break;
+    case 3: r = f & (CF | ZF); break;
+    case 4: r = f & SF; break;
+    case 5: r = f & PF; break;
+    case 6: r = bool(f & SF) != bool(f & OF); break;
+    default: r = (f & ZF) || (bool(f & SF) != bool(f & OF)); break;
+  }
+  return r ^ (cc & 1);
+}
+
+// A handler executes one decoded instruction.
+using Handler = void (*)(Cpu&, const Insn&);
+// The interpreter's handler for each op and operand size (index 0: 8-bit or
+// size-less, 1: 16-bit, 2: 32-bit). Unimplemented entries raise #UD loudly.
+Handler handler_for(const Insn& i);
+
+// Delivers an interrupt or exception through the IVT/IDT (privilege checks,
+// stack switch through the TSS, task gates, #DF and triple fault). `ret_eip` is
+// the EIP pushed (the instruction for faults, the next one for traps/INT n).
+void deliver_event(Cpu& c, u8 vector, EventKind kind, bool has_error, u32 error, u32 ret_eip);
+
+// Delivers an event and escalates faults raised while delivering it as the
+// SDM's table of exception classes says: #DF for contributory/page-fault
+// pairs, shutdown (CpuState::shutdown, StopReason::shutdown) for a fault
+// while delivering #DF.
+void deliver_escalating(Cpu& c, u8 vector, EventKind kind, bool has_error, u32 error, u32 ret_eip);
+
+// Name of an exception vector ("#PF").
+const char* vector_name(u8 v);
+
+}  // namespace popek::x86
+
+namespace popek::x86 {
+// True if the op has a handler at that size index (tests check table coverage).
+bool has_handler(Op op, unsigned size_index);
+}  // namespace popek::x86

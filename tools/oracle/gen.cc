@@ -1063,6 +1063,35 @@ void gen_x87(Group& g) {
   mem_form("fisttp", "m16", {0xDF}, 1, kI16, false, 1);
   mem_form("fisttp", "m32", {0xDB}, 1, kI32, false, 1);
   mem_form("fisttp", "m64", {0xDD}, 1, kI64, false, 1);
+  // Packed BCD (18 digits + sign byte); only valid digit encodings (the SDM
+  // leaves invalid ones undefined).
+  g.form("fbld", "m80", [](B& b) {
+    b.code({0xDF});
+    RM m = b.mem_operand(10);
+    b.modrm(4, m);
+    unsigned ndig = b.rng.chance(20) ? 18 : 1 + b.rng.below(18);
+    for (unsigned i = 0; i < 9; ++i) {
+      unsigned lo = 2 * i < ndig ? b.rng.below(10) : 0, hi = 2 * i + 1 < ndig ? b.rng.below(10) : 0;
+      b.v.mem_in[m.off + i] = static_cast<uint8_t>(hi << 4 | lo);
+    }
+    b.v.mem_in[m.off + 9] = b.rng.chance(50) ? 0x80 : 0x00;
+    fpu_init(b, 0);
+    b.v.fsw_undef = fsw_undef_for("fbld");
+  }, 0);
+  g.form("fbstp", "m80", [](B& b) {
+    b.code({0xDF});
+    RM m = b.mem_operand(10);
+    b.modrm(6, m);
+    fpu_init(b, 1);
+    auto& f = b.v.fpu_in;
+    unsigned d = depth_of(f);
+    if (d > 0 && b.rng.chance(50)) {  // integers up to ~1e18 and a bit beyond
+      f.st[0] = f80(static_cast<uint16_t>((b.rng.u32() & 0x8000) | (0x3FFF + b.rng.below(62))),
+                    b.rng.next() | (1ull << 63));
+      fix_tags(f, d);
+    }
+    b.v.fsw_undef = fsw_undef_for("fbstp");
+  }, 0);
   reg_form("fst", "st(i)", {0xDD, 0xD0}, true, 1);
   reg_form("fstp", "st(i)", {0xDD, 0xD8}, true, 1);
   // Arithmetic.

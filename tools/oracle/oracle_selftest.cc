@@ -86,6 +86,15 @@ TEST(OracleSelftest, FilesParseAndAreConsistent) {
         EXPECT_EQ(v.mem_out, v.mem_in);
       }
       EXPECT_EQ(v.has_fpu, g == "x87");
+      if (v.mnemonic == "fnsave" || v.mnemonic == "fnstenv") {
+        // Reserved halves of the first three dwords and the 16 pointer bytes.
+        ASSERT_EQ(v.mem_ignore.size(), 4u);
+        EXPECT_EQ(v.mem_ignore[1].offset, v.mem_ignore[0].offset + 4);
+        EXPECT_EQ(v.mem_ignore[3].offset, v.mem_ignore[0].offset + 10);
+        EXPECT_EQ(v.mem_ignore[3].length, 16u);
+      } else {
+        EXPECT_TRUE(v.mem_ignore.empty());
+      }
       if (v.has_fpu) {
         for (const po::FpuState* s : {&v.fpu_in, &v.fpu_out})
           for (unsigned i = 0; i < 8; ++i) {

@@ -192,6 +192,12 @@ inline void put_hex(std::string& o, uint64_t v, int digits) {
   for (int i = digits - 1; i >= 0; --i) o.push_back(d[(v >> (4 * i)) & 15]);
 }
 
+inline void put_hex_min(std::string& o, uint64_t v) {
+  int digits = 1;
+  while (digits < 16 && (v >> (4 * digits)) != 0) ++digits;
+  put_hex(o, v, digits);
+}
+
 inline void put_bytes(std::string& o, const std::vector<uint8_t>& b) {
   for (uint8_t x : b) put_hex(o, x, 2);
 }
@@ -355,9 +361,9 @@ inline std::string format_vector_line(const Vector& v) {
       o += " mi=";
       for (size_t i = 0; i < v.mem_ignore.size(); ++i) {
         if (i) o += ',';
-        put_hex(o, v.mem_ignore[i].offset, 1);
+        put_hex_min(o, v.mem_ignore[i].offset);
         o += '+';
-        put_hex(o, v.mem_ignore[i].length, 1);
+        put_hex_min(o, v.mem_ignore[i].length);
       }
     }
   }

@@ -9,7 +9,8 @@
 #   (-M isapc, the default, uses -cpu qemu32,-apic unless --cpu is given)
 #   echo 'uname -a' | scripts/qemu-ref.sh -M pc
 # Prints the serial log, then "qemu-ref: ready after N.NNN s" (wall time from
-# starting QEMU to the POPEK-READY line) and the total time.
+# starting QEMU to the POPEK-READY line, and QEMU's CPU time until then) and
+# the total time.
 # Exit status: 0 if the marker appeared and the guest ended (powered off,
 # halted, or QEMU exited) before the timeout; 1 otherwise.
 set -euo pipefail
@@ -32,7 +33,7 @@ while [[ $# -gt 0 ]]; do
     --append) append="$2"; shift 2 ;;
     --timeout) timeout="$2"; shift 2 ;;
     --) shift; extra=("$@"); break ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "qemu-ref: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -73,12 +74,20 @@ now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
 
 ready=""
+ready_cpu=""
+first=""
 ended="qemu exited"
 status=1
 deadline=$(awk -v t="$t0" -v d="$timeout" 'BEGIN { printf "%.3f", t + d }')
 while kill -0 "$qpid" 2>/dev/null; do
+  if [[ -z "$first" ]] && grep -qE '\[ *[0-9]+\.[0-9]{6}\]' "$log"; then
+    first=$(elapsed "$t0" "$(now)")
+  fi
   if [[ -z "$ready" ]] && grep -q 'POPEK-READY' "$log"; then
     ready=$(elapsed "$t0" "$(now)")
+    # QEMU's own CPU time so far (user + system): less sensitive than wall
+    # time to other work on a shared host.
+    ready_cpu=$(awk '{ printf "%.2f", ($14 + $15) / 100 }' "/proc/$qpid/stat" 2>/dev/null || true)
     # Give the shell a moment to open the console, then send the commands.
     sleep 0.3
     [[ -n "$cmds" ]] && printf '%s\n' "$cmds" >&3
@@ -109,7 +118,8 @@ grep -v "terminating on signal" "$work/qemu.err" >"$work/qemu.err2" || true
 [[ -s "$work/qemu.err2" ]] && { echo "--- qemu stderr:"; cat "$work/qemu.err2"; }
 echo "qemu-ref: machine=$machine cpu=${cpu:-default} memory=$memory append='$append'"
 if [[ -n "$ready" ]]; then
-  echo "qemu-ref: ready after $ready s (wall time to POPEK-READY)"
+  [[ -n "$first" ]] && echo "qemu-ref: first kernel console line after $first s (BIOS, decompression and early setup before it)"
+  echo "qemu-ref: ready after $ready s (wall time to POPEK-READY; QEMU CPU time ${ready_cpu:-?} s)"
   [[ "$ended" != timeout ]] && status=0
 else
   echo "qemu-ref: POPEK-READY never appeared"

@@ -217,3 +217,66 @@ TEST(OracleSelftest, ParserRejectsMalformedLines) {
       "add r32,r32 c=01c0 r=1,2,3,4,0,5,6,7 f=2 R=3,2,3,4,0,5,6,7 F=2 u=0", v));
   EXPECT_EQ(v.out.gpr[0], 3u);
 }
+
+// Independent of the host: register-form shifts/rotates follow the SDM
+// pseudo-code for the result and for every flag not marked undefined (u=).
+TEST(OracleSelftest, ShiftRotateSemanticsOnDefinedFlags) {
+  size_t n = 0, bad = 0;
+  for (auto& v : files().at("shift").vectors) {
+    const std::string& mn = v.mnemonic;
+    if (mn == "shld" || mn == "shrd" || v.form[0] != 'r') continue;
+    int size = v.form[1] == '8' ? 8 : v.form[1] == '1' ? 16 : 32;
+    size_t i = v.code[0] == 0x66 ? 1 : 0;
+    int r = v.code[i + 1] & 7;
+    std::string cntf = v.form.substr(v.form.find(',') + 1);
+    uint32_t count = cntf == "1" ? 1 : cntf == "cl" ? (v.in.gpr[po::kEcx] & 0xFF) : v.code.back();
+    uint64_t mask = (1ull << size) - 1, msb = 1ull << (size - 1);
+    auto rd = [&](const po::CpuState& s) -> uint64_t {
+      if (size == 8) return (s.gpr[r & 3] >> (r >= 4 ? 8 : 0)) & 0xFF;
+      return s.gpr[r] & mask;
+    };
+    uint64_t x = rd(v.in), res = x;
+    uint32_t f = v.in.eflags, cf = f & 1, nf = f;
+    unsigned c = count & 31;
+    if (c) {
+      if (mn == "shl" || mn == "shr" || mn == "sar") {
+        for (unsigned k = 0; k < c; ++k) {
+          if (mn == "shl") cf = (res >> (size - 1)) & 1, res = (res << 1) & mask;
+          else if (mn == "shr") cf = res & 1, res >>= 1;
+          else cf = res & 1, res = (res >> 1) | (res & msb);
+        }
+        nf = (f & ~0x8D5u) | cf | (res == 0 ? po::kFlagZF : 0) | ((res & msb) ? po::kFlagSF : 0) |
+             ((__builtin_popcountll(res & 0xFF) & 1) ? 0 : po::kFlagPF);
+        if (c == 1) {
+          bool of = mn == "shl" ? (((res >> (size - 1)) & 1) ^ cf) : mn == "shr" ? ((x >> (size - 1)) & 1) : false;
+          nf |= of ? po::kFlagOF : 0;
+        }
+      } else {
+        bool through = mn == "rcl" || mn == "rcr";
+        unsigned t = through ? c % (size + 1) : c % size;
+        for (unsigned k = 0; k < t; ++k) {
+          uint64_t b;
+          if (mn == "rol") b = (res >> (size - 1)) & 1, res = ((res << 1) | b) & mask;
+          else if (mn == "ror") b = res & 1, res = (res >> 1) | (b << (size - 1));
+          else if (mn == "rcl") b = (res >> (size - 1)) & 1, res = ((res << 1) | cf) & mask, cf = static_cast<uint32_t>(b);
+          else b = res & 1, res = (res >> 1) | (uint64_t{cf} << (size - 1)), cf = static_cast<uint32_t>(b);
+        }
+        if (mn == "rol") cf = res & 1;
+        if (mn == "ror") cf = (res >> (size - 1)) & 1;
+        nf = (f & ~(po::kFlagCF | po::kFlagOF)) | cf;
+        if (c == 1) {
+          bool of = (mn == "rol" || mn == "rcl") ? (((res >> (size - 1)) & 1) ^ cf)
+                                                 : (((res >> (size - 1)) ^ (res >> (size - 2))) & 1);
+          nf |= of ? po::kFlagOF : 0;
+        }
+      }
+    }
+    uint32_t defined = ~v.undef_flags & 0xCD5;
+    ++n;
+    if (rd(v.out) != res || (nf & defined) != (v.out.eflags & defined)) {
+      if (++bad <= 10) ADD_FAILURE() << "shift.txt:" << v.line << " " << mn << " " << v.form;
+    }
+  }
+  EXPECT_EQ(bad, 0u);
+  EXPECT_GT(n, 10000u);
+}

@@ -473,6 +473,13 @@ void Qcow2Backend::write_back() {
   if (!deferred_.empty()) {
     sync();
     apply_deferred_frees();
+    // The decrements may go to disk at once: the references are gone.
+    for (auto& [bi, b] : rc_) {
+      if (!b.dirty) continue;
+      file_->write_at(rt_[bi] & ~511ull, b.raw.data(), cs_);
+      b.dirty = false;
+      unsynced_ = true;
+    }
   }
 }
 

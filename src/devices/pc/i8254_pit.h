@@ -14,8 +14,10 @@
 // Modes 0-5 follow the datasheet: a written count is loaded on the next CLK
 // pulse (so mode 0 with count N raises OUT N+1 ticks after the write); in
 // modes 2 and 3 a new count written while counting takes effect at the end of
-// the current period (mode 2) or half-period (mode 3); a count of 0 means
-// 65536 (binary) or 10000 (BCD).
+// the current period (the datasheet lets mode 3 switch at a half-period; the
+// full period keeps the square wave clean and is what drivers wait for); a
+// count of 0 means 65536 (binary) or 10000 (BCD). Mode 3 with an odd count is
+// high for (N+1)/2 and low for (N-1)/2 ticks.
 #pragma once
 #include "base/clock.h"
 #include "base/types.h"
@@ -63,7 +65,7 @@ class I8254Pit : public Device, public Timed {
     bool out_static = true;  // OUT level when not armed
     bool write_msb = false, read_msb = false;  // LSB/MSB flip-flops
     u8 write_lsb = 0;
-    bool latched = false, status_latched = false, latch_msb = false;
+    bool latched = false, status_latched = false;
     u16 latch = 0;
     u8 status = 0;
     bool null_count = true;

@@ -292,3 +292,33 @@ TEST(I8254, SaveRestore) {
   EXPECT_EQ(q.latch_read(0), r.latch_read(0));
   EXPECT_EQ(q.pit.next_event_ns(), r.pit.next_event_ns());
 }
+
+TEST(I8254, Mode1And5AreGateTriggered) {
+  PitRig r;
+  r.program(2, 0xB2, 100);  // counter 2, mode 1
+  r.pio.write(0x61, 1, 0x00);
+  EXPECT_TRUE(r.pit.output(2));  // waits for a trigger, OUT high
+  r.run_to(ticks(50));
+  r.pio.write(0x61, 1, 0x01);  // rising GATE triggers the one-shot
+  EXPECT_TRUE(r.pit.output(2));  // loaded on the next CLK
+  r.run_to(ticks(51));
+  EXPECT_FALSE(r.pit.output(2));
+  r.run_to(ticks(51 + 99));
+  EXPECT_FALSE(r.pit.output(2));
+  r.run_to(ticks(51 + 100));
+  EXPECT_TRUE(r.pit.output(2));
+  // Retrigger.
+  r.pio.write(0x61, 1, 0x00);
+  r.pio.write(0x61, 1, 0x01);
+  r.run_to(ticks(51 + 102));
+  EXPECT_FALSE(r.pit.output(2));
+  // Mode 5: strobe after the trigger.
+  r.program(2, 0xBA, 10);
+  r.pio.write(0x61, 1, 0x00);
+  r.pio.write(0x61, 1, 0x01);
+  const u64 t0 = I8254Pit::ns_to_ticks(r.clock.now_ns());
+  r.run_to(ticks(t0 + 11));
+  EXPECT_FALSE(r.pit.output(2));
+  r.run_to(ticks(t0 + 12));
+  EXPECT_TRUE(r.pit.output(2));
+}

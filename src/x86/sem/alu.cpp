@@ -99,7 +99,7 @@ template <typename T> void h_dec_r(Cpu& c, const Insn& i) {
 // Group 2 shifts/rotates. Count source: 0 = imm8, 1 = constant 1, 2 = CL.
 enum ShK { S_ROL, S_ROR, S_RCL, S_RCR, S_SHL, S_SHR, S_SAL, S_SAR };
 template <typename T>
-inline T do_shift(unsigned k, T a, u8 n, u32& fl) {
+inline T do_shift(unsigned k, T a, u8 n, u32& fl) {  // count 0 changes nothing (host preload)
   switch (k) {
     case S_ROL: return rol(a, n, fl);
     case S_ROR: return ror(a, n, fl);

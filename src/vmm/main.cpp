@@ -1,0 +1,113 @@
+// popek: the command line.
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+
+#include "base/error.h"
+#include "machine/machine.h"
+
+using namespace popek;
+
+namespace {
+
+machine::Machine* g_machine = nullptr;
+void on_signal(int) {
+  if (g_machine) g_machine->request_stop();
+}
+
+u64 parse_size(const std::string& s) {
+  char* end = nullptr;
+  unsigned long long v = std::strtoull(s.c_str(), &end, 10);
+  if (end == s.c_str()) throw Error("bad size '" + s + "' (expected e.g. 256M, 1G, 4096K)");
+  u64 mul = 1;
+  std::string suf(end);
+  if (suf == "" || suf == "M" || suf == "m") mul = 1ull << 20;  // QEMU's default unit
+  else if (suf == "K" || suf == "k") mul = 1ull << 10;
+  else if (suf == "G" || suf == "g") mul = 1ull << 30;
+  else if (suf == "B" || suf == "b") mul = 1;
+  else throw Error("bad size suffix in '" + s + "' (use K, M or G)");
+  return v * mul;
+}
+
+int cmd_run(const machine::Config& cfg, bool stats) {
+  machine::Machine m(cfg);
+  g_machine = &m;
+  std::signal(SIGINT, on_signal);
+  std::signal(SIGTERM, on_signal);
+  auto t0 = std::chrono::steady_clock::now();
+  machine::RunResult r = m.run();
+  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  g_machine = nullptr;
+  std::fprintf(stderr, "popek: %s\n", r.message.c_str());
+  if (stats) {
+    std::fprintf(stderr, "popek: statistics (%.3f s wall, %.1f guest MIPS)\n", secs,
+                 secs > 0 ? double(m.cpu().icount) / secs / 1e6 : 0.0);
+    for (auto& [k, v] : m.stats()) std::fprintf(stderr, "  %-40s %llu\n", k.c_str(), (unsigned long long)v);
+  }
+  return r.exit_status;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"popek: a virtual machine monitor for x86"};
+  app.require_subcommand(1);
+
+  machine::Config cfg;
+  std::string mem = "256M";
+  std::vector<std::string> dports;
+  bool stats = false;
+  CLI::App* run = app.add_subcommand("run", "Run a virtual machine");
+  run->add_option("--firmware", cfg.firmware,
+                  "Raw ROM image (multiple of 4 KiB, <= 256 KiB) mapped to end at 0xFFFFF and at "
+                  "4 GiB; the CPU starts at the reset vector F000:FFF0 in real mode");
+  run->add_option("-m,--memory", mem, "Guest RAM size, e.g. 256M, 1G (default unit MiB)")
+      ->capture_default_str();
+  run->add_option("--engine", cfg.engine, "Execution engine: interp")->capture_default_str();
+  run->add_option("--debug-port", dports,
+                  "PORT[=FILE]: record bytes the guest writes to I/O port PORT (hex 0x.. or "
+                  "decimal) to FILE, or to standard output");
+  run->add_flag("--deterministic", cfg.deterministic,
+                "Derive time from retired instructions so runs repeat exactly");
+  run->add_option("--trace", cfg.trace_file,
+                  "Write an instruction trace with disassembly to FILE ('-' for stderr)");
+  run->add_option("--max-insns", cfg.max_insns, "Stop after this many guest instructions");
+  run->add_flag("--stats", stats, "Print statistics of what the VMM did at exit");
+  run->footer(
+      "Exit status: the isa-debug-exit port 0xF4 ends the run with (value << 1) | 1;\n"
+      "0 power-off, 2 reset, 4 triple fault, 6 halted with nothing to wake the CPU,\n"
+      "8 instruction limit, 10 stopped by a signal, 125 bad input or error.");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 125;
+  }
+  try {
+    if (*run) {
+      cfg.memory = parse_size(mem);
+      for (const auto& d : dports) {
+        machine::DebugPortSpec spec;
+        std::string port = d, file;
+        if (auto eq = d.find('='); eq != std::string::npos) {
+          port = d.substr(0, eq);
+          file = d.substr(eq + 1);
+        }
+        char* end = nullptr;
+        unsigned long p = std::strtoul(port.c_str(), &end, 0);
+        if (port.empty() || *end || p > 0xFFFF) throw Error("--debug-port: bad port '" + port + "'");
+        spec.port = u16(p);
+        spec.file = file;
+        cfg.debug_ports.push_back(spec);
+      }
+      if (cfg.firmware.empty())
+        throw Error("nothing to run: give --firmware ROM (booting Linux with --kernel comes with the PC board)");
+      return cmd_run(cfg, stats);
+    }
+  } catch (const Error& e) {
+    std::fprintf(stderr, "popek: %s\n", e.what());
+    return 125;
+  }
+  return 0;
+}

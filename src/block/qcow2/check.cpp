@@ -31,7 +31,7 @@ CheckResult Qcow2Backend::check(Repair repair) {
   };
   const u64 fsize = file_->size();
   const u64 nclusters = (fsize + cs_ - 1) / cs_;
-  std::vector<u32> ref(nclusters, 0);
+  std::vector<u16> ref(nclusters, 0);  // saturating: only 0, 1 and 'more' matter
   u64 highest = 0;
   auto add = [&](u64 off, u64 len, const std::string& what) -> bool {
     if (len == 0) return true;
@@ -43,7 +43,7 @@ CheckResult Qcow2Backend::check(Repair repair) {
       }
     }
     for (u64 c = off / cs_, e = (off + len - 1) / cs_; c <= e; c++) {
-      if (ref[c] != ~0u) ref[c]++;
+      if (ref[c] != 0xffff) ref[c]++;
       highest = std::max(highest, c + 1);
     }
     return true;

@@ -430,7 +430,20 @@ TEST(Qcow2Bad, DataClusterPointingAtMetadataIsNotWritten) {
   u64 l2 = qcow2::rd_be64(&g[l1]) & qcow2::kOffsetMask;
   put64(g, l2, 0 | qcow2::kCopied);  // guest cluster 0 -> the header
   put64(g, l2, qcow2::kCopied | 65536);  // -> refcount table cluster
-  expect_refused(g, "points at metadata");
+  expect_refused(g, "metadata error");
+}
+
+TEST(Qcow2Bad, ClusterUsedTwiceIsRefusedForWriting) {
+  // Two guest clusters share one host cluster (refcount 1): writing one would
+  // change the other, so a writable open refuses; read-only works.
+  auto g = good_image();
+  u64 l1 = qcow2::rd_be64(&g[40]);
+  u64 l2 = qcow2::rd_be64(&g[l1]) & qcow2::kOffsetMask;
+  put64(g, l2 + 8 * 10, qcow2::rd_be64(&g[l2]));
+  expect_refused(g, "refcount=1 reference=2");
+  TempDir d;
+  write_file(d.file("c.qcow2"), g);
+  EXPECT_NO_THROW(open_q(d.file("c.qcow2"), true));
 }
 
 TEST(Qcow2Bad, CorruptBitAllowsReadOnly) {

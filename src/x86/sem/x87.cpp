@@ -1,18 +1,17 @@
 // x87 FPU semantics (SDM vol. 1 ch. 8, vol. 2 "F..." pages).
 //
 // Computational instructions run on the host's x87 unit (x87_host.h) with the
-// guest's precision and rounding control and every exception masked; the
-// guest's own masks then decide what the guest sees:
-//   - nothing unmasked raised: the host's masked response is the guest's;
-//   - unmasked IE/DE/ZE (pre-computation): no result, no pop, flags + ES;
-//   - unmasked OE/UE: memory destinations are left unchanged (no pop);
-//     register destinations of FADD/FSUB/FMUL/FDIV (all forms) get the result
-//     with its exponent bias-adjusted by 24576, recomputed on scaled operands;
-//   - unmasked PE: the result is delivered, ES is set.
-// A pending unmasked exception (FSW.ES) is reported by the next waiting x87
-// instruction: #MF with CR0.NE = 1, else the board's FERR# path (IRQ 13) and
-// the instruction runs (IGNNE#). Control instructions (FLDCW, FNSTENV, ...)
-// are pure state manipulation here.
+// guest's control word -- precision, rounding and exception masks -- so every
+// result, masked response and unmasked response (no result for IE/DE/ZE, the
+// bias-adjusted result for OE/UE, ES/B set) is the hardware's own. The host
+// cannot trap on it: the instruction is followed only by FNSAVE, which does not
+// check for pending exceptions and reinitialises the host FPU. What the host
+// does not do for us: memory (read before, written after, never for an
+// unmasked IE/DE/ZE/OE/UE, as the SDM says), the pointers and FOP, #NM, and
+// reporting the pending exception: at the next waiting x87 instruction, #MF
+// with CR0.NE = 1, else the board's FERR# path (IRQ 13) and the instruction
+// runs (IGNNE#). Control instructions (FLDCW, FNSTENV, FNSAVE, ...) are pure
+// state manipulation here.
 #include <cstring>
 #include <initializer_list>
 
@@ -120,46 +119,6 @@ void commit(FpuState& f, const Image& im, u16 flags) {
   update_es(f);
 }
 
-// An aborted instruction (unmasked exception): only the flags, and C1 for a
-// stack fault, change.
-void abort_with(FpuState& f, const Image& im, u16 flags) {
-  if (flags & S_SF) f.fsw = u16((f.fsw & ~S_C1) | (im.sw & S_C1));
-  f.fsw |= flags & 0x7F;
-  update_es(f);
-}
-
-// A value given as 80-bit bytes, computed on the host.
-struct V80 {
-  u8 b[10];
-};
-
-// Runs `b0 b1` on a two-register stack st0 = a, st1 = b with control word cw.
-V80 host2(u8 b0, u8 b1, const V80& a, const V80& b, u16 cw, u16* sw) {
-  Ctx ctx;
-  std::memset(&ctx.img, 0, sizeof ctx.img);
-  ctx.img.cw = 0xFFFF0000u | cw;
-  ctx.img.sw = 0xFFFF0000u | (6u << 11);
-  ctx.img.tw = 0xFFFF0FFFu | (x87host::tag_of(a.b) << 12) | (x87host::tag_of(b.b) << 14);
-  std::memcpy(ctx.img.st[0], a.b, 10);
-  std::memcpy(ctx.img.st[1], b.b, 10);
-  x87host::exec(ctx, b0, b1);
-  if (sw) *sw = u16(ctx.img.sw);
-  V80 r;
-  std::memcpy(r.b, ctx.img.st[0], 10);
-  return r;
-}
-
-V80 pow2(int k) {
-  V80 v{};
-  const u64 m = 1ull << 63;
-  const u16 e = u16(16383 + k);
-  std::memcpy(v.b, &m, 8);
-  std::memcpy(v.b + 8, &e, 2);
-  return v;
-}
-
-bool is_denormal80(const u8* p) { return (x87host::sexp(p) & 0x7FFF) == 0 && x87host::mant(p) != 0; }
-
 // ---- the native path ----------------------------------------------------------
 
 enum class MemKind : u8 { none, load, store };
@@ -171,64 +130,6 @@ struct Spec {
   bool flags_out = false;   // FCOMI family writes ZF/PF/CF (clears OF/SF/AF)
 };
 
-// The FADD/FSUB/FMUL/FDIV family (all forms), for bias-adjusted results.
-struct Arith {
-  bool is = false;
-  u8 k = 0;               // 0 add, 1 mul, 2 sub, 3 div
-  bool reversed = false;  // result = src op dest
-  bool dest_sti = false;
-};
-Arith arith_of(u8 b0, const Insn& i) {
-  Arith a;
-  const unsigned op = b0 & 7, reg = i.reg;
-  if ((op & 1) || reg == 2 || reg == 3) return a;  // D9/DB/DD/DF, FCOM/FCOMP
-  if (op == 2 && !i.mem) return a;                   // DA register forms: FCMOVcc/FUCOMPP
-  a.is = true;
-  a.k = reg == 0 ? 0 : reg == 1 ? 1 : reg < 6 ? 2 : 3;
-  a.dest_sti = !i.mem && (op == 4 || op == 6);
-  a.reversed = reg >= 4 && (bool(reg & 1) != a.dest_sti);
-  return a;
-}
-
-// Recomputes an overflowed/underflowed FADD..FDIVR result with its exponent
-// bias-adjusted by 24576 (SDM vol. 1, 4.9.1.4 and 4.9.1.5), on operands scaled
-// so that the exact result is in range; rounding is the guest's.
-V80 bias_adjusted(const Arith& a, const V80& dest, const V80& src, bool overflow, u16 gcw,
-                  u16* sw) {
-  const u16 scale_cw = u16((gcw & 0x0C00) | 0x033F);  // extended precision, guest RC
-  const u16 op_cw = u16(gcw | 0x3F);
-  V80 x = a.reversed ? src : dest, y = a.reversed ? dest : src;
-  auto scale = [&](const V80& v, int k) { return host2(0xD8, 0xC9, v, pow2(k), scale_cw, nullptr); };
-  const int s = overflow ? -12288 : 12288;
-  if (a.k == 1) {
-    x = scale(x, s);
-    y = scale(y, s);
-  } else if (a.k == 3) {
-    x = scale(x, s);
-    y = scale(y, -s);
-  } else {
-    x = scale(scale(x, s), s);
-    y = scale(scale(y, s), s);
-  }
-  static constexpr u8 kOp[4] = {0xC1, 0xC9, 0xE1, 0xF1};  // st0 = st0 op st1
-  return host2(0xD8, kOp[a.k], x, y, op_cw, sw);
-}
-
-V80 load_mem_operand(u8 b0, const u8* mem) {
-  // D8 -> FLD m32fp, DA -> FILD m32, DC -> FLD m64fp, DE -> FILD m16.
-  static constexpr u8 kLoad[4] = {0xD9, 0xDB, 0xDD, 0xDF};
-  Ctx ctx;
-  std::memset(&ctx.img, 0, sizeof ctx.img);
-  ctx.img.cw = 0xFFFF037F;
-  ctx.img.sw = 0xFFFF0000;
-  ctx.img.tw = 0xFFFFFFFF;
-  std::memcpy(ctx.mem, mem, 8);
-  x87host::exec(ctx, kLoad[(b0 & 7) >> 1], 0x00);
-  V80 r;
-  std::memcpy(r.b, ctx.img.st[0], 10);
-  return r;
-}
-
 void native(Cpu& c, const Insn& i, u8 b0, u8 b1, const Spec& sp) {
   prologue(c, true);
   FpuState& f = c.s.fpu;
@@ -239,59 +140,17 @@ void native(Cpu& c, const Insn& i, u8 b0, u8 b1, const Spec& sp) {
     if (sp.mk == MemKind::load) read_bytes(c, i, off, ctx.mem, sp.msize);
     else probe(c, i, off, sp.msize);
   }
-  to_image(f, ctx.img, u16(f.fcw | 0x3F));
-  ctx.flags_in = c.s.eflags & (CF | PF | ZF);
+  to_image(f, ctx.img, f.fcw);
+  ctx.flags_in = c.s.eflags & FLAGS_ARITH;
   x87host::exec(ctx, b0, b1);
   if (!sp.control) record(c, i, off);
 
   const u16 raised = u16(ctx.img.sw & 0x7F);
   const u16 unmasked = u16(raised & ~f.fcw & 0x3F);
-  if (unmasked & (S_IE | S_DE | S_ZE)) {
-    abort_with(f, ctx.img, u16(raised & (S_IE | S_DE | S_ZE | S_SF)));
-    return;
-  }
-
-  const bool ue_unmasked = !(f.fcw & S_UE);
-  const Arith ar = arith_of(b0, i);
-  if (sp.mk == MemKind::store) {
-    // FST/FSTP m32/m64: a tiny result traps even when exact if UE is unmasked.
-    bool tiny = false;
-    if (ue_unmasked && (b0 == 0xD9 || b0 == 0xDD) && i.reg != 0) {
-      u64 v = 0;
-      std::memcpy(&v, ctx.mem, sp.msize);
-      tiny = sp.msize == 4 ? ((v & 0x7F800000u) == 0 && (v & 0x7FFFFF))
-                           : ((v & 0x7FF0000000000000ull) == 0 && (v & 0xFFFFFFFFFFFFFull));
-    }
-    if ((unmasked & (S_OE | S_UE)) || tiny) {
-      abort_with(f, ctx.img, u16((raised & (S_OE | S_UE | S_PE)) | (tiny ? S_UE : 0)));
-      return;
-    }
-  }
-  if (ar.is) {
-    const unsigned top0 = f.top();
-    const unsigned dphys = (top0 + (ar.dest_sti ? i.rm : 0)) & 7;
-    const unsigned newtop = (ctx.img.sw >> 11) & 7;
-    u8* dslot = ctx.img.st[(dphys - newtop) & 7];
-    const bool tiny = ue_unmasked && !(raised & S_UE) && is_denormal80(dslot);
-    if ((unmasked & (S_OE | S_UE)) || tiny) {
-      V80 dest, src;
-      get80(f.regs[dphys], dest.b);
-      if (i.mem) src = load_mem_operand(b0, ctx.mem);
-      else get80(f.regs[(top0 + (ar.dest_sti ? 0 : i.rm)) & 7], src.b);
-      const bool ovf = raised & S_OE;
-      u16 ssw = 0;
-      V80 r = bias_adjusted(ar, dest, src, ovf, f.fcw, &ssw);
-      std::memcpy(dslot, r.b, 10);
-      ctx.img.tw = (ctx.img.tw & ~(3u << (2 * dphys))) | (x87host::tag_of(r.b) << (2 * dphys));
-      ctx.img.sw = (ctx.img.sw & ~u32(S_C1)) | (ssw & S_C1);
-      commit(f, ctx.img, u16((ovf ? S_OE : S_UE) | (ssw & S_PE)));
-      return;
-    }
-  } else if (unmasked & (S_OE | S_UE)) {
-    throw Unimplemented{"x87: bias-adjusted result for unmasked overflow/underflow"};
-  }
-
-  if (sp.mk == MemKind::store) write_bytes(c, i, off, ctx.mem, sp.msize);
+  // An unmasked IE/DE/ZE/OE/UE leaves a memory destination unchanged (the
+  // host left its registers unchanged too); an unmasked PE still stores.
+  if (sp.mk == MemKind::store && !(unmasked & (S_IE | S_DE | S_ZE | S_OE | S_UE)))
+    write_bytes(c, i, off, ctx.mem, sp.msize);
   if (sp.flags_out) c.s.eflags = (c.s.eflags & ~FLAGS_ARITH) | (u32(ctx.flags_out) & FLAGS_ARITH);
   commit(f, ctx.img, raised);
 }

@@ -4,11 +4,13 @@
 // transcendental results are the hardware's own.
 //
 // The caller builds a host FNSAVE image (108-byte 32-bit protected-mode layout,
-// which is what FNSAVE/FRSTOR use in 64-bit mode) from the guest state with all
-// exceptions masked, runs the instruction between FRSTOR and FNSAVE, and reads
-// the resulting image back. The host's own control word is saved and restored
-// around it and FNSAVE leaves the host FPU initialised, so no host exception
-// state survives the call.
+// which is what FNSAVE/FRSTOR use in 64-bit mode) from the guest state, runs the
+// instruction between FRSTOR and FNSAVE, and reads the resulting image back.
+// The image may unmask exceptions: an unmasked exception only becomes pending
+// (FSW.ES), and nothing after the instruction is a waiting x87 instruction
+// before FNSAVE, which does not wait and reinitialises the host FPU. The host's
+// own control word is restored afterwards, so no host exception state survives
+// the call. The caller must not load an image with ES already set.
 #pragma once
 #include <cstring>
 

@@ -342,6 +342,8 @@ void Qcow2Backend::write_cluster_part(u64 off, const u8* data, usize n, bool zer
   // compressed or shared cluster, or zeros) merged with the new data.
   u8* buf = scratch_.data();
   if (n < cs_) {
+    // (The base is read even when only the new bytes end up written; it is
+    // zeros in that case and costs a memset.)
     u64 base = off - in;
     switch (k) {
       case Kind::unallocated:
@@ -358,7 +360,14 @@ void Qcow2Backend::write_cluster_part(u64 off, const u8* data, usize n, bool zer
   else
     std::memcpy(buf + in, data, n);
   u64 nc = alloc_clusters(1);
-  file_->write_at(nc, buf, cs_);
+  const bool zero_base = k == Kind::zero || (k == Kind::unallocated && !backing_);
+  if (n < cs_ && zero_base && nc >= file_->size()) {
+    // A cluster past the end of the file reads as zeros already: write only
+    // the new bytes (the file grows sparse).
+    file_->write_at(nc + in, buf + in, n);
+  } else {
+    file_->write_at(nc, buf, cs_);
+  }
   unsynced_ = true;
   s->e[l2i] = nc | kCopied;
   s->dirty = true;

@@ -28,8 +28,10 @@ srcs=(
 if [ ! -x "$bin" ] || [ -n "$(find "$root/src/block" "$root/src/base" -newer "$bin" \
       \( -name '*.cpp' -o -name '*.h' \) -print -quit)" ]; then
   echo "fuzz-qcow2.sh: building $bin with $cxx"
+  zlib=()
+  if [ -e /usr/include/zlib.h ]; then zlib=(-DPOPEK_HAVE_ZLIB=1 -lz); fi
   "$cxx" -std=c++20 -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-    -I"$root/src" "${srcs[@]}" -lz -lzstd -lpthread -o "$bin.tmp"
+    -I"$root/src" "${srcs[@]}" "${zlib[@]}" -lzstd -lpthread -o "$bin.tmp"
   mv "$bin.tmp" "$bin"
 fi
 seeds="$out/seeds"

@@ -1,6 +1,8 @@
 #include "block/compress.h"
 
+#ifdef POPEK_HAVE_ZLIB
 #include <zlib.h>
+#endif
 #include <zstd.h>
 
 #include <cstring>
@@ -10,8 +12,21 @@
 
 namespace popek::block {
 
+bool have_zlib() {
+#ifdef POPEK_HAVE_ZLIB
+  return true;
+#else
+  return false;
+#endif
+}
+
 std::string decompress_cluster(u8 type, const u8* in, usize in_len, u8* out, usize out_len) {
   if (type == qcow2::kCompressionZlib) {
+#ifndef POPEK_HAVE_ZLIB
+    (void)in, (void)in_len, (void)out, (void)out_len;
+    return "this popek was built without zlib, so deflate-compressed clusters cannot be read "
+           "(install zlib1g-dev and rebuild)";
+#else
     z_stream s;
     std::memset(&s, 0, sizeof s);
     if (inflateInit2(&s, -12) != Z_OK) return "zlib initialisation failed";
@@ -25,6 +40,7 @@ std::string decompress_cluster(u8 type, const u8* in, usize in_len, u8* out, usi
     if (got == out_len && (r == Z_STREAM_END || r == Z_BUF_ERROR || r == Z_OK)) return "";
     return "deflate data is corrupt (" + std::to_string(got) + " of " + std::to_string(out_len) +
            " bytes decoded)";
+#endif
   }
   if (type == qcow2::kCompressionZstd) {
     ZSTD_DCtx* d = ZSTD_createDCtx();
@@ -51,6 +67,9 @@ std::string decompress_cluster(u8 type, const u8* in, usize in_len, u8* out, usi
 
 bool compress_cluster(u8 type, const u8* in, usize in_len, std::string* out) {
   if (type == qcow2::kCompressionZlib) {
+#ifndef POPEK_HAVE_ZLIB
+    return false;
+#else
     z_stream s;
     std::memset(&s, 0, sizeof s);
     if (deflateInit2(&s, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -12, 9, Z_DEFAULT_STRATEGY) != Z_OK)
@@ -66,6 +85,7 @@ bool compress_cluster(u8 type, const u8* in, usize in_len, std::string* out) {
     if (r != Z_STREAM_END || n >= in_len) return false;
     out->assign(reinterpret_cast<char*>(buf.data()), n);
     return true;
+#endif
   }
   if (type == qcow2::kCompressionZstd) {
     std::vector<u8> buf(ZSTD_compressBound(in_len));

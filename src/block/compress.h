@@ -11,6 +11,10 @@ namespace popek::block {
 // input (padding up to a sector) is ignored. Returns "" or an error message.
 std::string decompress_cluster(u8 type, const u8* in, usize in_len, u8* out, usize out_len);
 
+// Whether deflate (zlib) clusters can be read: popek_block links zlib when
+// zlib1g-dev is installed at build time.
+bool have_zlib();
+
 // Compresses one cluster (raw deflate or zstd). Returns false if the result
 // would not be smaller than the input. Used by tests to build images.
 bool compress_cluster(u8 type, const u8* in, usize in_len, std::string* out);

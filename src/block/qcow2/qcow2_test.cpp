@@ -300,6 +300,7 @@ TEST(Qcow2, CompressRoundTrip) {
   auto p = pattern(65536, 1);
   for (int i = 0; i < 65536; i += 2) p[i] = 0;
   for (u8 t : {qcow2::kCompressionZlib, qcow2::kCompressionZstd}) {
+    if (t == qcow2::kCompressionZlib && !have_zlib()) continue;
     std::string c;
     ASSERT_TRUE(compress_cluster(t, p.data(), p.size(), &c));
     c.resize(c.size() + 300, '\0');  // sector padding after the stream

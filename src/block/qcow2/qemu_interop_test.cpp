@@ -7,6 +7,7 @@
 #include <random>
 
 #include "base/error.h"
+#include "block/compress.h"
 #include "block/qcow2/qcow2.h"
 #include "block/raw.h"
 #include "block/test_util.h"
@@ -143,6 +144,10 @@ TEST(QemuInterop, CompressedClustersZlibAndZstd) {
   std::memcpy(&v[2 << 20], rnd.data(), rnd.size());
   write_file(raw, v);
   for (std::string ct : {"zlib", "zstd"}) {
+    if (ct == "zlib" && !have_zlib()) {
+      std::printf("built without zlib; skipping deflate clusters\n");
+      continue;
+    }
     std::string img = d.file("c-" + ct + ".qcow2");
     auto r = run("qemu-img convert -c -O qcow2 -o compression_type=" + ct + " " + sh_quote(raw) +
                  " " + sh_quote(img));

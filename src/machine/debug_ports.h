@@ -1,6 +1,6 @@
-// Board-level debug aids: --debug-port PORT[=FILE] records what the guest
-// writes to a port (POST codes, a Bochs-style 0xE9 console); an exit port with
-// QEMU's isa-debug-exit convention ends the run with status (value << 1) | 1.
+// Board-level debug aid: --debug-port PORT[=FILE] records what the guest
+// writes to a port (POST codes, a Bochs-style 0xE9 console). The exit port is
+// dev::DebugExit (devices/pc/debug_ports.h).
 #pragma once
 #include <cstdio>
 #include <functional>

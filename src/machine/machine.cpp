@@ -1,30 +1,21 @@
 #include "machine/machine.h"
 
+#include <poll.h>
+#include <time.h>
+
 #include <fstream>
 #include <iterator>
 
 #include "base/error.h"
 #include "engine/interp/interp.h"
+#include "machine/boot/linux_boot.h"
+
 #include "machine/debug_ports.h"
+#include "machine/pc_layout.h"
 
 namespace popek::machine {
 
-namespace {
-// isa-debug-exit: a write of v ends the run with status (v << 1) | 1.
-class ExitPort final : public dev::Device {
- public:
-  explicit ExitPort(std::function<void(u32)> f) : f_(std::move(f)) {}
-  const char* name() const override { return "debug-exit"; }
-  u64 read(u64, unsigned size) override { return size == 4 ? 0xFFFFFFFFu : (1u << (8 * size)) - 1; }
-  void write(u64, unsigned, u64 v) override { f_(u32(v)); }
-
- private:
-  std::function<void(u32)> f_;
-};
-}  // namespace
-
-Machine::Machine(const Config& cfg)
-    : cfg_(cfg), clock_(cfg.deterministic, &cpu_.icount) {
+Machine::Machine(const Config& cfg) : cfg_(cfg), clock_(cfg.deterministic, &cpu_.icount) {
   pm_ = std::make_unique<mem::PhysMem>(cfg.memory);
   pm_->set_mmio(this);
   cpu_.reset();
@@ -51,15 +42,19 @@ Machine::Machine(const Config& cfg)
     pio_.map(d.port, 1, devices_.back().get());
   }
   if (cfg.exit_port) {
-    devices_.push_back(std::make_unique<ExitPort>([this](u32 v) {
+    devices_.push_back(std::make_unique<dev::DebugExit>([this](u32 status) {
       exit_requested_ = true;
-      exit_value_ = int((v << 1) | 1);
+      exit_value_ = int(status);
       engine_->request_stop();
     }));
     pio_.map(cfg.exit_port, 1, devices_.back().get());
   }
+  build_pc();
 
+  if (!cfg.firmware.empty() && !cfg.kernel.empty())
+    throw Error("give either --firmware or --kernel, not both");
   if (!cfg.firmware.empty()) load_firmware();
+  if (!cfg.kernel.empty()) load_kernel();
 
   if (cfg.engine == "interp") {
     engine_ = std::make_unique<engine::Interp>(cpu_, *pm_, *this);
@@ -71,6 +66,82 @@ Machine::Machine(const Config& cfg)
 
 Machine::~Machine() {
   if (trace_ && trace_ != stderr) std::fclose(trace_);
+}
+
+void Machine::build_pc() {
+  using namespace pc;
+  intr_.connect([this](bool level) { cpu_.intr_line = level; });
+  pic_master_ = std::make_unique<dev::I8259Pic>(intr_, "pic-master");
+  pic_slave_ = std::make_unique<dev::I8259Pic>(slave_intr_, "pic-slave");
+  slave_intr_.connect([this](bool level) { pic_master_->set_irq(kIrqCascade, level); });
+  pic_master_->attach_slave(kIrqCascade, pic_slave_.get());
+  pic_master_->set_elcr_mask(0xF8);
+  pic_slave_->set_elcr_mask(0xDE);
+  for (unsigned i = 0; i < 16; i++) {
+    irq_[i].connect([this, i](bool level) {
+      if (level) irq_counts_[i]++;
+      if (i < 8) pic_master_->set_irq(i, level);
+      else pic_slave_->set_irq(i - 8, level);
+    });
+  }
+  elcr_master_ = std::make_unique<dev::I8259Elcr>(*pic_master_);
+  elcr_slave_ = std::make_unique<dev::I8259Elcr>(*pic_slave_);
+  pio_.map(kPicMaster, 2, pic_master_.get());
+  pio_.map(kPicSlave, 2, pic_slave_.get());
+  pio_.map(kElcr, 1, elcr_master_.get());
+  pio_.map(kElcr + 1, 1, elcr_slave_.get());
+
+  pit_ = std::make_unique<dev::I8254Pit>(clock_, irq_[kIrqPit]);
+  port_b_ = std::make_unique<dev::SystemControlPortB>(clock_, *pit_);
+  pio_.map(kPit, 4, pit_.get());
+  pio_.map(kPortB, 1, port_b_.get());
+
+  dev::Uart16550::Options uopt;
+  uopt.out2_gates_irq = true;
+  com1_ = std::make_unique<dev::Uart16550>(clock_, irq_[kIrqCom1], uopt, "com1");
+  pio_.map(kCom1, 8, com1_.get());
+
+  dev::Mc146818Rtc::Options ropt;
+  ropt.base_unix_sec = cfg_.deterministic ? 1767225600 /* 2026-01-01 */ : i64(::time(nullptr));
+  ropt.century_index = 0x32;
+  rtc_ = std::make_unique<dev::Mc146818Rtc>(clock_, irq_[kIrqRtc], ropt);
+  pio_.map(kRtc, 2, rtc_.get());
+  // CMOS memory size fields (KiB above 1 MiB up to 64 MiB; 64 KiB units above 16 MiB).
+  u64 ext_kb = std::min<u64>((cfg_.memory - kHighMem) >> 10, 0xFFFF);
+  rtc_->set_cmos(0x15, 0x80);
+  rtc_->set_cmos(0x16, 0x02);  // 640 KiB base memory
+  rtc_->set_cmos(0x17, u8(ext_kb));
+  rtc_->set_cmos(0x18, u8(ext_kb >> 8));
+  rtc_->set_cmos(0x30, u8(ext_kb));
+  rtc_->set_cmos(0x31, u8(ext_kb >> 8));
+  u64 above16 = cfg_.memory > (16u << 20) ? std::min<u64>((cfg_.memory - (16u << 20)) >> 16, 0xFFFF) : 0;
+  rtc_->set_cmos(0x34, u8(above16));
+  rtc_->set_cmos(0x35, u8(above16 >> 8));
+
+  dev::I8042::Hooks hooks;
+  hooks.reset = [this] {
+    reset_requested_ = true;
+    if (engine_) engine_->request_stop();
+  };
+  hooks.a20 = [this](bool on) { cpu_.a20 = on; };
+  i8042_ = std::make_unique<dev::I8042>(irq_[kIrqKbd], irq_[kIrqAux], hooks);
+  pio_.map(kI8042Data, 1, &i8042_->data_port());
+  pio_.map(kI8042Cmd, 1, &i8042_->command_port());
+
+  post_ = std::make_unique<dev::PostCodePort>();
+  u64 off;
+  if (!pio_.find(kPost, &off)) pio_.map(kPost, 1, post_.get());
+
+  pci_bus_ = std::make_unique<dev::PciBus>();
+  pci_host_ = std::make_unique<dev::PciHostBridge>(*pci_bus_);
+  pio_.map(kPciConfig, 8, pci_host_.get());
+
+  timed_ = {pit_.get(), com1_.get(), rtc_.get()};
+  if (cfg_.console) {
+    com1_->set_tx_sink([this](u8 b) {
+      if (console_) console_->write(b);
+    });
+  }
 }
 
 void Machine::load_firmware() {
@@ -87,18 +158,101 @@ void Machine::load_firmware() {
   pm_->add_rom(0x100000000ull - data.size(), data);
 }
 
+void Machine::load_kernel() {
+  using namespace pc;
+  std::vector<u8> kfile = boot::read_boot_file(cfg_.kernel, "kernel");
+  boot::BzImage bz = boot::parse_bzimage(kfile, cfg_.kernel);
+  std::vector<u8> initrd;
+  if (!cfg_.initrd.empty()) initrd = boot::read_boot_file(cfg_.initrd, "initrd");
+  boot::LoadOptions opt;
+  opt.e820 = {{0, kBaseMemEnd, boot::E820Type::kRam},
+              {kBaseMemEnd, 0xA0000 - kBaseMemEnd, boot::E820Type::kReserved},
+              {kBiosStart, kHighMem - kBiosStart, boot::E820Type::kReserved},
+              {kHighMem, cfg_.memory - kHighMem, boot::E820Type::kRam}};
+  std::span<u8> ram(pm_->ram(), pm_->ram_size());
+  boot::BootResult r = boot::load_linux(ram, bz, initrd, cfg_.append, opt);
+  boot::GdtInfo gdt = boot::write_boot_gdt(ram, kBootGdt);
+  const boot::EntryState& e = r.entry;
+  cpu_.gdtr = {gdt.base, gdt.limit};
+  cpu_.idtr = {0, 0};
+  cpu_.cr0 = e.cr0;
+  cpu_.eflags = e.eflags;
+  cpu_.eip = e.eip;
+  u32 regs[8] = {e.eax, e.ecx, e.edx, e.ebx, e.esp, e.ebp, e.esi, e.edi};
+  for (int i = 0; i < 8; i++) cpu_.gpr[i] = regs[i];
+  auto seg = [](const boot::FlatSegment& f) {
+    return x86::Segment{f.selector, f.base, f.limit, u16(f.access | (u16(f.flags) << 12))};
+  };
+  cpu_.seg[x86::CS] = seg(e.cs);
+  cpu_.seg[x86::DS] = seg(e.ds);
+  cpu_.seg[x86::ES] = seg(e.es);
+  cpu_.seg[x86::SS] = seg(e.ss);
+  cpu_.seg[x86::FS] = seg(e.fs);
+  cpu_.seg[x86::GS] = seg(e.gs);
+  cpu_.cpl = 0;
+}
+
 u32 Machine::io_in(u16 port, unsigned size) { return u32(pio_.read(port, size)); }
 void Machine::io_out(u16 port, unsigned size, u32 v) { pio_.write(port, size, v); }
 
-u8 Machine::intr_ack() {
-  // No interrupt controller on this board yet: INTR is never raised.
-  return 0xFF;
+u8 Machine::intr_ack() { return pic_master_->acknowledge(); }
+
+u64 Machine::next_deadline() const {
+  u64 d = Timed::kNever;
+  for (auto* t : timed_) d = std::min(d, t->next_event_ns());
+  return d;
+}
+
+void Machine::fire_timers() {
+  const u64 now = clock_.now_ns();
+  for (auto* t : timed_)
+    if (t->next_event_ns() <= now) t->on_time(now);
+}
+
+void Machine::pump_console(bool* quit) {
+  if (!console_) return;
+  bool status = false;
+  std::string in = console_->poll_input(quit, &status);
+  if (!in.empty()) com1_->receive(std::span<const u8>(reinterpret_cast<const u8*>(in.data()), in.size()));
+  if (status) status_line();
+}
+
+void Machine::status_line() {
+  std::fprintf(stderr, "\r\npopek: %llu instructions, eip %04x:%08x, cpl %u%s\r\n",
+               (unsigned long long)cpu_.icount, cpu_.seg[x86::CS].sel, cpu_.eip, cpu_.cpl,
+               cpu_.halted ? ", halted" : "");
+}
+
+void Machine::wait_for_event(u64 deadline) {
+  if (clock_.deterministic()) {
+    if (deadline != Timed::kNever) clock_.skip_to(deadline);
+    return;
+  }
+  u64 now = clock_.now_ns();
+  u64 wait_ns = deadline == Timed::kNever ? 50000000 : (deadline > now ? deadline - now : 0);
+  if (wait_ns > 50000000) wait_ns = 50000000;
+  if (console_ && !console_->eof()) {
+    pollfd p{0, POLLIN, 0};
+    ::poll(&p, 1, int(wait_ns / 1000000));
+  } else {
+    timespec ts{time_t(wait_ns / 1000000000), long(wait_ns % 1000000000)};
+    nanosleep(&ts, nullptr);
+  }
 }
 
 RunResult Machine::run() {
-  constexpr u64 kSlice = 100000;
+  if (cfg_.console && !cfg_.kernel.empty()) console_ = std::make_unique<Console>();
+  constexpr u64 kSlice = 20000;
+  u64 slices = 0;
   for (;;) {
+    fire_timers();
+    if ((++slices & 15) == 0 || cpu_.halted) pump_console(&quit_requested_);
+    if (quit_requested_) return {Outcome::stopped, 10, "quit from the console (Ctrl-A X)"};
     u64 budget = kSlice;
+    if (clock_.deterministic()) {
+      u64 d = next_deadline(), now = clock_.now_ns();
+      if (d != Timed::kNever && d > now) budget = std::min<u64>(budget, (d - now) / clock_.ns_per_insn() + 1);
+    }
     if (cfg_.max_insns) {
       if (cpu_.icount >= cfg_.max_insns)
         return {Outcome::insn_limit, 8, "instruction limit reached (" + std::to_string(cfg_.max_insns) + ")"};
@@ -108,15 +262,20 @@ RunResult Machine::run() {
     if (exit_requested_)
       return {Outcome::debug_exit, exit_value_,
               "guest wrote to the exit port: status " + std::to_string(exit_value_)};
+    if (reset_requested_) return {Outcome::reset, 2, "the guest reset the machine"};
     switch (e) {
       case engine::Exit::budget: continue;
       case engine::Exit::shutdown:
         return {Outcome::triple_fault, 4, "triple fault: the CPU shut down"};
-      case engine::Exit::halt:
+      case engine::Exit::halt: {
         if (!(cpu_.eflags & x86::IF))
           return {Outcome::halted, 6, "guest halted with interrupts disabled"};
-        // Nothing can raise an interrupt on this board yet.
-        return {Outcome::halted, 6, "guest halted waiting for an interrupt no device can raise"};
+        u64 d = next_deadline();
+        if (d == Timed::kNever && (!console_ || console_->eof()))
+          return {Outcome::halted, 6, "guest halted waiting for an interrupt no device will raise"};
+        wait_for_event(d);
+        continue;
+      }
       case engine::Exit::stopped:
         return {Outcome::stopped, 10, "stopped"};
     }
@@ -131,6 +290,8 @@ std::vector<std::pair<std::string, u64>> Machine::stats() const {
   out.emplace_back("mmio.unclaimed_reads", mmio_.unclaimed_reads());
   out.emplace_back("mmio.unclaimed_writes", mmio_.unclaimed_writes());
   out.emplace_back("mem.code_invalidations", pm_->code_invalidations());
+  for (unsigned i = 0; i < 16; i++)
+    if (irq_counts_[i]) out.emplace_back("irq." + std::to_string(i), irq_counts_[i]);
   return out;
 }
 

@@ -8,6 +8,15 @@
 #include <vector>
 
 #include "devices/bus/bus.h"
+#include "devices/pc/debug_ports.h"
+#include "devices/pc/i8042.h"
+#include "devices/pc/i8254_pit.h"
+#include "devices/pc/i8259_pic.h"
+#include "devices/pc/mc146818_rtc.h"
+#include "devices/pc/pci.h"
+#include "devices/pc/pci_host.h"
+#include "devices/pc/uart_16550.h"
+#include "machine/console.h"
 #include "engine/engine.h"
 #include "machine/clock.h"
 #include "memory/phys_mem.h"
@@ -24,6 +33,8 @@ struct Config {
   u64 memory = 256ull << 20;
   std::string engine = "interp";
   std::string firmware;  // raw ROM image: mapped to end at 0xFFFFF and at 4 GiB
+  std::string kernel, initrd, append;  // Linux boot protocol (bzImage)
+  bool console = true;   // the serial console (COM1) on stdin/stdout
   std::vector<DebugPortSpec> debug_ports;
   u16 exit_port = 0xF4;  // isa-debug-exit
   bool deterministic = false;
@@ -66,6 +77,13 @@ class Machine final : public x86::Platform, public mem::MmioHandler {
 
  private:
   void load_firmware();
+  void load_kernel();
+  void build_pc();
+  u64 next_deadline() const;
+  void fire_timers();
+  void pump_console(bool* quit);
+  void wait_for_event(u64 deadline);
+  void status_line();
 
   Config cfg_;
   x86::CpuState cpu_;
@@ -74,6 +92,24 @@ class Machine final : public x86::Platform, public mem::MmioHandler {
   dev::Bus pio_{"pio"};
   dev::Bus mmio_{"mmio"};
   std::vector<std::unique_ptr<dev::Device>> devices_;
+  // The PC chips and their wiring.
+  dev::IrqLine intr_, slave_intr_;
+  dev::IrqLine irq_[16];
+  std::unique_ptr<dev::I8259Pic> pic_master_, pic_slave_;
+  std::unique_ptr<dev::I8259Elcr> elcr_master_, elcr_slave_;
+  std::unique_ptr<dev::I8254Pit> pit_;
+  std::unique_ptr<dev::SystemControlPortB> port_b_;
+  std::unique_ptr<dev::Uart16550> com1_;
+  std::unique_ptr<dev::Mc146818Rtc> rtc_;
+  std::unique_ptr<dev::I8042> i8042_;
+  std::unique_ptr<dev::PostCodePort> post_;
+  std::unique_ptr<dev::PciBus> pci_bus_;
+  std::unique_ptr<dev::PciHostBridge> pci_host_;
+  std::vector<Timed*> timed_;
+  std::unique_ptr<Console> console_;
+  bool reset_requested_ = false;
+  bool quit_requested_ = false;
+  u64 irq_counts_[16] = {};
   std::unique_ptr<engine::Engine> engine_;
   std::FILE* trace_ = nullptr;
   bool exit_requested_ = false;

@@ -62,6 +62,9 @@ int main(int argc, char** argv) {
   run->add_option("--firmware", cfg.firmware,
                   "Raw ROM image (multiple of 4 KiB, <= 256 KiB) mapped to end at 0xFFFFF and at "
                   "4 GiB; the CPU starts at the reset vector F000:FFF0 in real mode");
+  run->add_option("--kernel", cfg.kernel, "Linux bzImage to boot (32-bit boot protocol); default: the fetched Debian guest");
+  run->add_option("--initrd", cfg.initrd, "Initial ramdisk for --kernel");
+  run->add_option("--append", cfg.append, "Kernel command line")->capture_default_str();
   run->add_option("-m,--memory", mem, "Guest RAM size, e.g. 256M, 1G (default unit MiB)")
       ->capture_default_str();
   run->add_option("--engine", cfg.engine, "Execution engine: interp")->capture_default_str();
@@ -76,6 +79,7 @@ int main(int argc, char** argv) {
   run->add_flag("--stats", stats, "Print statistics of what the VMM did at exit");
   run->footer(
       "Exit status: the isa-debug-exit port 0xF4 ends the run with (value << 1) | 1;\n"
+      "The serial console (COM1) is the terminal: Ctrl-A X quits, Ctrl-A S prints a status line.\n"
       "0 power-off, 2 reset, 4 triple fault, 6 halted with nothing to wake the CPU,\n"
       "8 instruction limit, 10 stopped by a signal, 125 bad input or error.");
 
@@ -101,8 +105,18 @@ int main(int argc, char** argv) {
         spec.file = file;
         cfg.debug_ports.push_back(spec);
       }
-      if (cfg.firmware.empty())
-        throw Error("nothing to run: give --firmware ROM (booting Linux with --kernel comes with the PC board)");
+      if (cfg.firmware.empty() && cfg.kernel.empty()) {
+        // The default guest fetched by scripts/fetch-guest.sh.
+        const char* env = std::getenv("POPEK_CACHE");
+        std::string cache = env ? env : "cache/guest";
+        cfg.kernel = cache + "/vmlinuz";
+        cfg.initrd = cache + "/initrd.img";
+        if (cfg.append.empty()) cfg.append = "console=ttyS0";
+        FILE* f = std::fopen(cfg.kernel.c_str(), "rb");
+        if (!f) throw Error("no --kernel or --firmware given and no default guest at " + cfg.kernel +
+                            " (run scripts/fetch-guest.sh, or set POPEK_CACHE)");
+        std::fclose(f);
+      }
       return cmd_run(cfg, stats);
     }
   } catch (const Error& e) {

@@ -81,6 +81,8 @@ struct Msrs {
   u64 pat = 0x0007040600070406ull;
   u64 mtrr_def_type = 0;
   u64 bios_sign_id = 0;
+  u64 perfctr[2] = {};
+  u32 evntsel[2] = {};
 };
 
 struct CpuState {

@@ -23,6 +23,9 @@ enum : u32 {
   MSR_TSC = 0x10, MSR_PLATFORM_ID = 0x17, MSR_APIC_BASE = 0x1B, MSR_BIOS_SIGN_ID = 0x8B,
   MSR_SYSENTER_CS = 0x174, MSR_SYSENTER_ESP = 0x175, MSR_SYSENTER_EIP = 0x176,
   MSR_MCG_CAP = 0x179, MSR_MISC_ENABLE = 0x1A0,
+  // P6 performance counters: present and writable, but they do not count
+  // (no event ever increments them; there is no local APIC for their interrupt).
+  MSR_PERFCTR0 = 0xC1, MSR_PERFCTR1 = 0xC2, MSR_EVNTSEL0 = 0x186, MSR_EVNTSEL1 = 0x187,
 };
 
 bool read_msr(const CpuState& s, u32 index, u64 tsc, u64* v) {
@@ -34,6 +37,8 @@ bool read_msr(const CpuState& s, u32 index, u64 tsc, u64* v) {
     case MSR_SYSENTER_ESP: *v = s.msr.sysenter_esp; return true;
     case MSR_SYSENTER_EIP: *v = s.msr.sysenter_eip; return true;
     case MSR_MISC_ENABLE: *v = s.msr.misc_enable; return true;
+    case MSR_PERFCTR0: case MSR_PERFCTR1: *v = s.msr.perfctr[index - MSR_PERFCTR0]; return true;
+    case MSR_EVNTSEL0: case MSR_EVNTSEL1: *v = s.msr.evntsel[index - MSR_EVNTSEL0]; return true;
     default: return false;
   }
 }
@@ -46,6 +51,11 @@ bool write_msr(CpuState& s, u32 index, u64 v, u64 tsc) {
     case MSR_SYSENTER_ESP: s.msr.sysenter_esp = u32(v); return true;
     case MSR_SYSENTER_EIP: s.msr.sysenter_eip = u32(v); return true;
     case MSR_MISC_ENABLE: s.msr.misc_enable = v; return true;
+    // P6 counters are 40 bits wide; a write sets the low 32 bits sign-extended.
+    case MSR_PERFCTR0: case MSR_PERFCTR1:
+      s.msr.perfctr[index - MSR_PERFCTR0] = u64(i64(i32(u32(v)))) & 0xFFFFFFFFFFull;
+      return true;
+    case MSR_EVNTSEL0: case MSR_EVNTSEL1: s.msr.evntsel[index - MSR_EVNTSEL0] = u32(v); return true;
     default: return false;
   }
 }

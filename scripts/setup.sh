@@ -8,7 +8,7 @@ PKGS=(
   # build
   build-essential cmake ninja-build g++ pkg-config
   # libraries popek links
-  libcli11-dev libzydis-dev libxbyak-dev libzstd-dev liblz4-dev libslirp-dev
+  libcli11-dev libzydis-dev libxbyak-dev libzstd-dev liblz4-dev libslirp-dev zlib1g-dev python3
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev clang libclang-rt-14-dev
   gcc-multilib nasm

@@ -212,8 +212,13 @@ void Machine::fire_timers() {
 void Machine::pump_console(bool* quit) {
   if (!console_) return;
   bool status = false;
-  std::string in = console_->poll_input(quit, &status);
-  if (!in.empty()) com1_->receive(std::span<const u8>(reinterpret_cast<const u8*>(in.data()), in.size()));
+  // Bytes wait here until the UART's receive FIFO has room: nothing typed is lost.
+  console_pending_ += console_->poll_input(quit, &status);
+  if (!console_pending_.empty()) {
+    usize n = com1_->receive(std::span<const u8>(
+        reinterpret_cast<const u8*>(console_pending_.data()), console_pending_.size()));
+    console_pending_.erase(0, n);
+  }
   if (status) status_line();
 }
 
@@ -246,7 +251,7 @@ RunResult Machine::run() {
   u64 slices = 0;
   for (;;) {
     fire_timers();
-    if ((++slices & 15) == 0 || cpu_.halted) pump_console(&quit_requested_);
+    if ((++slices & 15) == 0 || cpu_.halted || !console_pending_.empty()) pump_console(&quit_requested_);
     if (quit_requested_) return {Outcome::stopped, 10, "quit from the console (Ctrl-A X)"};
     u64 budget = kSlice;
     if (clock_.deterministic()) {
@@ -268,8 +273,13 @@ RunResult Machine::run() {
       case engine::Exit::shutdown:
         return {Outcome::triple_fault, 4, "triple fault: the CPU shut down"};
       case engine::Exit::halt: {
-        if (!(cpu_.eflags & x86::IF))
+        if (!(cpu_.eflags & x86::IF)) {
+          // A PC without ACPI powers off this way: Linux's poweroff halts the
+          // CPU with interrupts disabled.
+          if (!cfg_.kernel.empty())
+            return {Outcome::poweroff, 0, "guest powered off (halted with interrupts disabled)"};
           return {Outcome::halted, 6, "guest halted with interrupts disabled"};
+        }
         u64 d = next_deadline();
         if (d == Timed::kNever && (!console_ || console_->eof()))
           return {Outcome::halted, 6, "guest halted waiting for an interrupt no device will raise"};

@@ -107,6 +107,7 @@ class Machine final : public x86::Platform, public mem::MmioHandler {
   std::unique_ptr<dev::PciHostBridge> pci_host_;
   std::vector<Timed*> timed_;
   std::unique_ptr<Console> console_;
+  std::string console_pending_;
   bool reset_requested_ = false;
   bool quit_requested_ = false;
   u64 irq_counts_[16] = {};

@@ -49,7 +49,9 @@ def run(cmd, timeout=120):
 read_until(r"POPEK-READY", 1500)
 ready = time.time() - t0
 print(f"ready marker after {ready:.1f} s")
-read_until(r"[#$] ", 60)
+p.stdin.write(b"\n")
+p.stdin.flush()
+read_until(r"[#$] ", 120)
 checks = [
     ("uname -a", r"Linux .* 6\.1\.0-.*-686 .* i686 GNU/Linux"),
     ("cat /proc/cpuinfo", r"model name\s*:.*"),

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # The test command: installs what is missing, builds popek (-O2 -g) and runs the
-# whole ctest suite, then builds once more with ASan+UBSan and runs the unit tests
-# there. Guest tests fetch the Debian guest into ./cache (or $POPEK_CACHE).
+# whole ctest suite (unit, firmware, oracle, block, fuzz, and the Debian guest
+# boot), then builds once more with ASan+UBSan and runs the unit tests there.
+# The Debian guest is fetched into ./cache/guest (or $POPEK_CACHE).
 # Environment: POPEK_JOBS (default: number of CPUs), POPEK_SKIP_ASAN=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs=${POPEK_JOBS:-$(nproc)}
 
 ./scripts/setup.sh
+# The guest tests boot the default Debian guest; fetch it (cached after the first time).
+./scripts/fetch-guest.sh
 
 echo "== build (release: -O2 -g) =="
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null

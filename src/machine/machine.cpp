@@ -223,9 +223,12 @@ void Machine::pump_console(bool* quit) {
 }
 
 void Machine::status_line() {
-  std::fprintf(stderr, "\r\npopek: %llu instructions, eip %04x:%08x, cpl %u%s\r\n",
+  const double secs = double(clock_.now_ns()) / 1e9;
+  std::fprintf(stderr, "\r\npopek: %llu instructions, eip %04x:%08x, cpl %u%s, %.1f s virtual time\r\n",
                (unsigned long long)cpu_.icount, cpu_.seg[x86::CS].sel, cpu_.eip, cpu_.cpl,
-               cpu_.halted ? ", halted" : "");
+               cpu_.halted ? ", halted" : "", secs);
+  for (auto& [k, v] : stats())
+    if (v) std::fprintf(stderr, "  %-36s %llu\r\n", k.c_str(), (unsigned long long)v);
 }
 
 void Machine::wait_for_event(u64 deadline) {

@@ -5,6 +5,7 @@
 #include <cstdio>
 
 #include "base/error.h"
+#include "block/tool/img.h"
 #include "machine/machine.h"
 
 using namespace popek;
@@ -51,8 +52,11 @@ int cmd_run(const machine::Config& cfg, bool stats) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // `popek img ...`: the disk-image tool (create, info, check, convert).
+  if (argc >= 2 && std::string(argv[1]) == "img") return block::img_main(argc - 1, argv + 1);
   CLI::App app{"popek: a virtual machine monitor for x86"};
   app.require_subcommand(1);
+  app.footer("Also: popek img create|info|check|convert ... (disk images; see popek img --help)");
 
   machine::Config cfg;
   std::string mem = "256M";

@@ -17,7 +17,11 @@ constexpr u8 kOcw3Select = 0x08;
 I8259Pic::I8259Pic(IrqLine& intr, const char* name) : name_(name), intr_(intr) {}
 
 void I8259Pic::reset() {
-  irr_ = isr_ = imr_ = 0;
+  irr_ = isr_ = 0;
+  // The datasheet leaves the power-on state undefined until ICW1; popek masks
+  // every input until then (ICW1 clears the mask), so a guest that never
+  // initialises the controller is not interrupted with a meaningless vector.
+  imr_ = 0xFF;
   // The input pins are wires: reset does not change what the devices drive.
   elcr_ = 0;
   icw1_ = icw2_ = icw3_ = icw4_ = 0;

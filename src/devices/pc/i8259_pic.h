@@ -82,7 +82,7 @@ class I8259Pic : public Device {
   const char* name_;
   IrqLine& intr_;
   I8259Pic* slaves_[8] = {};
-  u8 irr_ = 0, isr_ = 0, imr_ = 0, pins_ = 0, elcr_ = 0, elcr_mask_ = 0xFF;
+  u8 irr_ = 0, isr_ = 0, imr_ = 0xFF, pins_ = 0, elcr_ = 0, elcr_mask_ = 0xFF;
   u8 icw1_ = 0, icw2_ = 0, icw3_ = 0, icw4_ = 0;
   u8 init_step_ = 0;
   u8 lowest_priority_ = 7;

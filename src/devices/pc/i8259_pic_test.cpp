@@ -286,3 +286,17 @@ TEST(I8259, SaveRestore) {
   s1.version = 99;
   EXPECT_THROW(q.master.restore(s1), std::exception);
 }
+
+// Before the first ICW1 every input is masked: an uninitialised controller
+// (no firmware ran) never interrupts the CPU. Initialisation unmasks.
+TEST(I8259, UninitialisedControllerIsMasked) {
+  PicPair p;
+  EXPECT_EQ(p.pio.read(0x21, 1), 0xFFu);
+  p.pulse(0);
+  EXPECT_FALSE(p.master.has_interrupt());
+  EXPECT_EQ(p.intr_edges, 0);
+  p.init();
+  p.pulse(0);
+  EXPECT_TRUE(p.master.has_interrupt());
+  EXPECT_EQ(p.master.acknowledge(), 0x30);
+}

@@ -3,11 +3,11 @@
 # --max-insns N` (stdin from /dev/null) and checks that the two serial logs are
 # byte-identical and that they got somewhere (the POPEK-READY marker).
 # Usage: deterministic_test.sh POPEK [N]   (N defaults to $POPEK_DET_INSNS or
-# 6000000000, enough to pass the marker). Exit 77 (skip) without the guest.
+# 4500000000, enough to pass the marker). Exit 77 (skip) without the guest.
 set -uo pipefail
 
 popek="$1"
-insns="${2:-${POPEK_DET_INSNS:-6000000000}}"
+insns="${2:-${POPEK_DET_INSNS:-4500000000}}"
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cache="${POPEK_CACHE:-$here/../../cache/guest}"
 if [[ ! -f "$cache/vmlinuz" || ! -f "$cache/initrd.img" ]]; then

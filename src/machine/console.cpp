@@ -66,8 +66,9 @@ std::string Console::poll_input(bool* quit, bool* status) {
 }
 
 void Console::write(u8 b) {
+  // Unbuffered: a prompt or the echo of a typed key must appear at once.
   std::fputc(b, stdout);
-  if (b == '\n') std::fflush(stdout);
+  std::fflush(stdout);
 }
 
 }  // namespace popek::machine

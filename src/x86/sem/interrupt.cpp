@@ -131,8 +131,7 @@ void deliver_event(Cpu& c, u8 vec, EventKind kind, bool has_err, u32 err, u32 re
       for (unsigned sr : {ES, DS, FS, GS}) null_seg(s.seg[sr], 0);
     }
     s.seg[SS] = nss_seg;
-    if (nss_seg.db()) s.gpr[ESP] = w.sp;
-    else s.gpr[ESP] = (s.gpr[ESP] & 0xFFFF0000u) | (w.sp & 0xFFFF);
+    c.set_sp(w.sp);  // SS is loaded: its B bit picks ESP or SP
   } else {
     if (s.vm86()) raise_fault(GP, serr);
     StackWriter w{c, s.seg[SS], c.sp(), s.cpl == 3};
@@ -259,19 +258,13 @@ void do_iret(Cpu& c, unsigned osize) {
   } else {
     u32 nesp = rd(3);
     u16 nss = u16(rd(4));
-    const u16 serr = nss & 0xFFFC;
-    if ((nss & ~3) == 0) raise_fault(GP, 0);
-    Desc sd;
-    if (!read_desc(c, nss, &sd)) raise_fault(GP, serr);
-    if ((nss & 3) != rpl || sd.dpl() != rpl || !sd.writable_data()) raise_fault(GP, serr);
-    if (!sd.present()) raise_fault(SS_V, serr);
+    Desc sd = check_outer_stack(c, nss, rpl);
     if (eip > d.limit()) raise_fault(GP, 0);
     mark_accessed(c, sel, d);
     mark_accessed(c, nss, sd);
     set_cs(c, sel, d, u8(rpl));
     s.seg[SS] = sd.to_segment(nss);
-    if (s.seg[SS].db()) s.gpr[ESP] = nesp;
-    else s.gpr[ESP] = (s.gpr[ESP] & 0xFFFF0000u) | (nesp & 0xFFFF);
+    c.set_sp(nesp);  // SS is loaded: its B bit picks ESP or SP
   }
   // EFLAGS: IOPL only at CPL 0, IF only if CPL <= IOPL (evaluated at the old CPL).
   u32 mask = CF | PF | AF | ZF | SF | TF | DF | OF | NT;

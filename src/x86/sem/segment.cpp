@@ -194,8 +194,7 @@ void call_gate(Cpu& c, FarKind k, u16 gsel, const Desc& g, unsigned osize) {
     mark_accessed(c, nss, sd);
     mark_accessed(c, sel, d);
     s.seg[SS] = nss_seg;
-    if (nss_seg.db()) s.gpr[ESP] = sp;
-    else s.gpr[ESP] = (s.gpr[ESP] & 0xFFFF0000u) | (sp & 0xFFFF);
+    c.set_sp(sp);  // SS is loaded: its B bit picks ESP or SP
     set_cs(c, sel, d, ncpl);
     c.next_eip = target;
     return;
@@ -275,6 +274,16 @@ void far_transfer(Cpu& c, FarKind k, u16 sel, u32 off, unsigned osize) {
 
 // ---- far RET ----------------------------------------------------------------
 
+Desc check_outer_stack(Cpu& c, u16 nss, unsigned rpl) {
+  const u16 serr = nss & 0xFFFC;
+  if ((nss & ~3) == 0) raise_fault(GP, 0);
+  Desc sd;
+  if (!read_desc(c, nss, &sd)) raise_fault(GP, serr);
+  if ((nss & 3) != rpl || sd.dpl() != rpl || !sd.writable_data()) raise_fault(GP, serr);
+  if (!sd.present()) raise_fault(SS_V, serr);
+  return sd;
+}
+
 void far_return(Cpu& c, unsigned osize, u16 pop_bytes) {
   CpuState& s = c.s;
   const u32 sp0 = c.sp();
@@ -308,27 +317,17 @@ void far_return(Cpu& c, unsigned osize, u16 pop_bytes) {
     return;
   }
   // Return to an outer privilege level: pop SS:ESP too.
-  u32 nesp = rd(2 + pop_bytes / osize);
-  u16 nss = u16(rd(3 + pop_bytes / osize));
-  if (pop_bytes % osize) {
-    u32 o = c.sp_add(sp0, i32(2 * osize + pop_bytes));
-    nesp = osize == 4 ? c.read<u32>(SS, o) : c.read<u16>(SS, o);
-    nss = c.read<u16>(SS, c.sp_add(o, i32(osize)));
-  }
-  const u16 serr = nss & 0xFFFC;
-  if ((nss & ~3) == 0) raise_fault(GP, 0);
-  Desc sd;
-  if (!read_desc(c, nss, &sd)) raise_fault(GP, serr);
-  if ((nss & 3) != rpl || sd.dpl() != rpl || !sd.writable_data()) raise_fault(GP, serr);
-  if (!sd.present()) raise_fault(SS_V, serr);
+  const u32 o = c.sp_add(sp0, i32(2 * osize + pop_bytes));
+  const u32 nesp = osize == 4 ? c.read<u32>(SS, o) : c.read<u16>(SS, o);
+  const u16 nss = c.read<u16>(SS, c.sp_add(o, i32(osize)));
+  Desc sd = check_outer_stack(c, nss, rpl);
   if (off > d.limit()) raise_fault(GP, 0);
   mark_accessed(c, sel, d);
   mark_accessed(c, nss, sd);
   set_cs(c, sel, d, u8(rpl));
   s.seg[SS] = sd.to_segment(nss);
   u32 sp = nesp + pop_bytes;
-  if (s.seg[SS].db()) s.gpr[ESP] = sp;
-  else s.gpr[ESP] = (s.gpr[ESP] & 0xFFFF0000u) | (sp & 0xFFFF);
+  c.set_sp(sp);  // SS is loaded: its B bit picks ESP or SP
   c.next_eip = off;
   validate_data_segs(c);
 }

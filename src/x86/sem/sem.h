@@ -57,6 +57,9 @@ enum class FarKind { jmp, call };
 void far_transfer(Cpu& c, FarKind k, u16 sel, u32 off, unsigned osize);
 void far_return(Cpu& c, unsigned osize, u16 pop_bytes);
 void do_iret(Cpu& c, unsigned osize);
+// The stack segment a far RET or IRET to outer privilege `rpl` loads: checked
+// per the SDM (#GP for a bad selector or descriptor, #SS if not present).
+Desc check_outer_stack(Cpu& c, u16 nss, unsigned rpl);
 // Reads SS:ESP for privilege level `dpl` from the current TSS.
 void tss_stack(Cpu& c, unsigned dpl, u16* ss, u32* esp);
 

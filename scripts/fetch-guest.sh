@@ -278,6 +278,17 @@ if [ -b /dev/vda ]; then
 fi
 
 echo "POPEK-READY"
+# popek.run=PATH on the kernel command line (used by bench/): run the program
+# PATH instead of the shell, then power off. Without it, nothing changes.
+run=""
+for arg in $(cat /proc/cmdline); do
+  case "$arg" in popek.run=*) run="${arg#popek.run=}" ;; esac
+done
+if [ -n "$run" ]; then
+  "$run"
+  echo "popek: $run exited with status $?, powering off"
+  poweroff -f
+fi
 # A controlling tty on the console, so job control and ctrl-c work.
 setsid cttyhack sh -l
 echo "popek: shell exited, powering off"

@@ -10,6 +10,7 @@
  *        cpubench --child          (the trivial mode the fork+exec part runs)
  * Output, one line each (machine-readable, whitespace-separated):
  *   cpubench-begin scale=S
+ *   cpubench-start NAME                 (set-up done, the timed loop starts)
  *   cpubench-part NAME ITERATIONS SECONDS
  *   cpubench-end ok
  * or `cpubench-FAIL NAME: reason` and exit status 1.
@@ -355,6 +356,7 @@ int main(int argc, char** argv) {
     }
     g_part = pt->name;
     if (pt->setup) pt->setup();
+    printf("cpubench-start %s\n", pt->name); /* lets the host time the part too */
     double d = pt->base_iters * scale + 0.5;
     uint32_t iters = d < 1 ? 1 : d > 4e9 ? 4000000000u : (uint32_t)d;
     double t0 = now();

@@ -1,0 +1,116 @@
+#!/usr/bin/env python3
+"""Boot benchmark: the default Debian guest (scripts/fetch-guest.sh) under
+popek's engines and under QEMU's software CPU, with the same kernel, initrd,
+command line and RAM, in one run on one machine, one guest at a time.
+
+For each engine and run: wall time from starting the process to the
+POPEK-READY line on the serial console, and to the kernel's power-off line
+(the guest's /init runs `popek.run=/bin/true`, i.e. powers off right after the
+marker). Engines take turns within each run, so slow drifts of the host's load
+hit all of them alike. Prints medians, ratios against QEMU, and the goal of
+issue 4 (bt boots to the marker in <= 0.5x QEMU's wall time) as met or not.
+
+Usage: bench/boot/run.sh [--engines bt,interp,qemu] [--runs N] [--popek PATH]
+                         [--timeout S] [--memory M] [--qemu-cpu MODEL] [--keep-logs DIR]
+Exit status 1 if some run did not reach the marker and power off.
+"""
+import argparse
+import os
+import re
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "lib"))
+import benchlib as B  # noqa: E402
+
+GOAL_READY = 0.5  # issue 4: boot to the ready marker in <= 0.5x QEMU's wall time
+FLAG_RX = re.compile(r"error|fail|warn|bug|oops", re.I)
+
+
+def flagged(run):
+    """Console lines that look like trouble, kernel timestamps stripped."""
+    return [re.sub(r"^\[ *[0-9.]+\] ", "", t) for _, t in run.lines if FLAG_RX.search(t)]
+
+
+def main():
+    ap = argparse.ArgumentParser(prog="bench/boot/run.sh", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    B.add_common_args(ap)
+    args = ap.parse_args()
+    kernel, initrd = B.check_guest()
+    engines, popek = B.select_engines(args)
+    B.log(B.machine_note(args))
+    if popek:
+        B.log(f"popek: {popek}")
+
+    runs = {e: [] for e in engines}
+    for i in range(args.runs):
+        for e in engines:
+            r = B.run_guest(e, popek, kernel, initrd, args, "/bin/true",
+                            keep=B.keep_path(args, f"boot-{e}-{i + 1}"))
+            runs[e].append(r)
+            extra = f", {r.mips:.1f} guest MIPS" if r.mips else ""
+            B.log(f"{e} run {i + 1}: ready {B.fmt(r.ready)} s, power-off {B.fmt(r.off)} s, "
+                  f"host CPU {B.fmt(r.cpu, '.2f')} s{extra}")
+
+    med = {e: (B.median(r.ready for r in runs[e]), B.median(r.off for r in runs[e])) for e in engines}
+    failed = {e: sum(not r.ok() for r in runs[e]) for e in engines}
+
+    print()
+    print(f"Boot: wall seconds from process start, median of {args.runs} run(s)")
+    print(f"({B.machine_note(args)})")
+    print()
+    rows = []
+    for e in engines:
+        name = e if e == "qemu" else f"popek {e}"
+        mips = B.median(r.mips for r in runs[e])
+        insns = B.median(r.insns for r in runs[e])
+        rows.append([name, B.fmt(med[e][0]), B.fmt(med[e][1]),
+                     B.fmt(B.median(r.cpu for r in runs[e]), ".2f"),
+                     "-" if insns is None else f"{insns / 1e9:.2f}e9",
+                     B.fmt(mips, ".0f"),
+                     " ".join(B.fmt(r.ready, ".2f") for r in runs[e]) + " / " +
+                     " ".join(B.fmt(r.off, ".2f") for r in runs[e]) +
+                     (f"  ({failed[e]} FAILED)" if failed[e] else "")])
+    B.table(rows, ["engine", "to READY", "to power-off", "host CPU s", "guest insns", "MIPS",
+                   "each run: ready / power-off"], ["<", ">", ">", ">", ">", ">", "<"])
+
+    if "qemu" in engines:
+        print()
+        rows = []
+        for e in engines:
+            if e == "qemu":
+                continue
+            rr = B.ratio(med[e][0], med["qemu"][0])
+            ro = B.ratio(med[e][1], med["qemu"][1])
+            g = (f"<= {GOAL_READY:.2f}x QEMU to READY: {B.goal(rr, '<=', GOAL_READY)}"
+                 if e == "bt" else "")
+            rows.append([f"popek {e} / qemu", B.fmt_ratio(rr), B.fmt_ratio(ro), g])
+        if "bt" in engines and "interp" in engines:
+            rows.append(["popek bt / popek interp", B.fmt_ratio(B.ratio(med["bt"][0], med["interp"][0])),
+                         B.fmt_ratio(B.ratio(med["bt"][1], med["interp"][1])), ""])
+        if rows:
+            B.table(rows, ["ratio of medians", "to READY", "to power-off", "goal (issue 4)"],
+                    ["<", ">", ">", "<"])
+        if "bt" not in engines:
+            print(f"goal (issue 4, bt <= {GOAL_READY:.2f}x QEMU to READY): not measured (no bt engine)")
+
+        # Console lines that look like trouble and differ from QEMU's (first runs).
+        ref = flagged(runs["qemu"][0])
+        for e in engines:
+            if e == "qemu":
+                continue
+            mine = flagged(runs[e][0])
+            only_mine = [t for t in mine if t not in ref]
+            only_ref = [t for t in ref if t not in mine]
+            if only_mine or only_ref:
+                print(f"\nconsole lines matching error|fail|warn|bug|oops that differ "
+                      f"(popek {e} first run vs QEMU first run):")
+                for t in only_mine:
+                    print(f"  < {t}")
+                for t in only_ref:
+                    print(f"  > {t}")
+    return 1 if any(failed.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,337 @@
+"""Shared pieces of popek's guest benchmarks (bench/boot, bench/cpu, bench/bt).
+
+One place for: where things are (repo, guest cache, popek binary), the guest
+configuration every figure uses (kernel command line, memory, QEMU's machine),
+running one guest under popek or QEMU while timestamping its serial console
+lines on the host, and the statistics and table printing.
+
+Conventions: an "engine" is a popek engine name (`interp`, `bt`, ...) or
+`qemu` (qemu-system-i386 -accel tcg). The guest runs the program named by
+`popek.run=PATH` on its kernel command line after printing POPEK-READY, then
+powers off (scripts/fetch-guest.sh, /init).
+"""
+import argparse
+import glob
+import math
+import os
+import re
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+REPO = os.path.realpath(os.path.join(os.path.dirname(__file__), "..", ".."))
+GUEST_CACHE = os.environ.get("POPEK_CACHE") or os.path.join(REPO, "cache", "guest")
+# Built artefacts of the benchmarks (never committed: cache/ is ignored).
+BENCH_CACHE = os.environ.get("POPEK_BENCH_CACHE") or os.path.join(REPO, "cache", "bench")
+
+APPEND = "console=ttyS0 quiet cryptomgr.notests noisapnp panic=-1"
+MEMORY = "256M"
+READY = "POPEK-READY"
+# The kernel's last line when `poweroff -f` halts the machine (isapc has no
+# ACPI, so QEMU does not exit by itself; popek exits with status 0).
+OFF_RX = re.compile(r"reboot: (System halted|Power down)")
+# QEMU's PC without APIC (as in scripts/qemu-ref.sh), with the CPUID features
+# popek's Pentium II model lacks switched off, so the guest kernel and libc
+# (glibc picks string functions by CPUID) run the same code under both.
+QEMU_MACHINE = ["-M", "isapc"]
+QEMU_CPU = "qemu32,-apic,-pae,-mce,-mmx,-fxsr,-sse,-sse2,-pni,-hypervisor"
+ALL_ENGINES = ["bt", "interp", "qemu"]
+
+
+def log(msg):
+    print(f"bench: {msg}", file=sys.stderr, flush=True)
+
+
+def die(msg, status=2):
+    log(msg)
+    sys.exit(status)
+
+
+# ---------------------------------------------------------------- arguments
+def add_common_args(ap, runs=3):
+    ap.add_argument("--engines", default=",".join(ALL_ENGINES),
+                    help="comma-separated engines to measure: popek engines (bt, interp) "
+                         "and qemu (default: %(default)s; engines popek lacks are skipped)")
+    ap.add_argument("--runs", type=int, default=runs, help="runs per engine (default: %(default)s)")
+    ap.add_argument("--popek", help="popek binary (default: $POPEK, else the newest build*/popek)")
+    ap.add_argument("--timeout", type=float, default=900, help="seconds per guest run (default: %(default)s)")
+    ap.add_argument("--memory", default=MEMORY, help="guest RAM (default: %(default)s)")
+    ap.add_argument("--qemu-cpu", default=QEMU_CPU, help="QEMU -cpu model (default: %(default)s)")
+    ap.add_argument("--keep-logs", metavar="DIR", help="keep every serial log and stderr in DIR")
+
+
+def find_popek(path=None):
+    path = path or os.environ.get("POPEK")
+    if path:
+        if not os.access(path, os.X_OK):
+            die(f"{path} is not an executable popek")
+        return os.path.realpath(path)
+    cands = [p for p in glob.glob(os.path.join(REPO, "build*", "popek")) if os.access(p, os.X_OK)]
+    if not cands:
+        die("no popek built (build*/popek); build one or pass --popek PATH")
+    return max(cands, key=os.path.getmtime)
+
+
+def popek_engines(popek):
+    """Engine names popek's `run --help` lists for --engine."""
+    out = subprocess.run([popek, "run", "--help"], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        if "--engine" in line:
+            desc = line.split("--engine", 1)[1]
+            return set(re.findall(r"\b(interp|bt|kvm)\b", desc))
+    return {"interp"}
+
+
+def select_engines(args):
+    """Parses --engines; returns (engines available, popek path or None)."""
+    want = [e.strip() for e in args.engines.split(",") if e.strip()]
+    for e in want:
+        if e not in ALL_ENGINES:
+            die(f"unknown engine '{e}' (known: {', '.join(ALL_ENGINES)})")
+    popek = None
+    known = set()
+    have = []
+    if any(e != "qemu" for e in want):
+        popek = find_popek(args.popek)
+        known = popek_engines(popek)
+        for e in want:
+            if e != "qemu" and e not in known:
+                log(f"{popek} has no --engine {e} (its help lists: {', '.join(sorted(known))}); skipped")
+    for e in want:
+        if e == "qemu":
+            if shutil.which("qemu-system-i386"):
+                have.append(e)
+            else:
+                log("qemu-system-i386 is not installed; qemu skipped")
+        elif e in known:
+            have.append(e)
+    if not have:
+        die("no engine left to measure")
+    return have, popek
+
+
+def check_guest():
+    for f in ("vmlinuz", "initrd.img"):
+        if not os.path.isfile(os.path.join(GUEST_CACHE, f)):
+            die(f"{GUEST_CACHE}/{f} missing; run scripts/fetch-guest.sh")
+    return os.path.join(GUEST_CACHE, "vmlinuz"), os.path.join(GUEST_CACHE, "initrd.img")
+
+
+def machine_note(args):
+    load = open("/proc/loadavg").read().split()[:3]
+    return (f"{os.cpu_count()} host CPUs, load {' '.join(load)}; guest {args.memory} RAM, "
+            f"append '{APPEND} popek.run=...'; QEMU -accel tcg {' '.join(QEMU_MACHINE)} -cpu {args.qemu_cpu}")
+
+
+# ---------------------------------------------------------------- one guest run
+def guest_cmd(engine, popek, kernel, initrd, append, memory, qemu_cpu):
+    if engine == "qemu":
+        return (["qemu-system-i386", "-accel", "tcg"] + QEMU_MACHINE +
+                ["-cpu", qemu_cpu, "-m", memory, "-nographic", "-no-reboot",
+                 "-kernel", kernel, "-initrd", initrd, "-append", append])
+    return [popek, "run", "--engine", engine, "--kernel", kernel, "--initrd", initrd,
+            "--append", append, "--memory", memory, "--stats"]
+
+
+class GuestRun:
+    """The result of one guest run. Times are seconds from starting the process."""
+    engine = ""
+    ready = None     # POPEK-READY line seen
+    off = None       # the kernel's power-off line seen
+    exited = None    # the process ended (QEMU: killed after `off`)
+    status = None    # exit status (popek: 0 after a power-off)
+    timed_out = False
+    lines = ()       # [(t, text)] serial console lines, \r stripped
+    stderr = ""
+    cpu = None       # user + system CPU seconds of the process
+    mips = None      # popek --stats: guest MIPS over the whole run
+    insns = None     # popek --stats: guest instructions over the whole run
+
+    def ok(self):
+        return self.ready is not None and self.off is not None and not self.timed_out
+
+
+def run_guest(engine, popek, kernel, initrd, args, run_path, append_extra="", keep=None):
+    """Boots one guest whose /init runs `run_path` then powers off; returns a GuestRun."""
+    append = f"{APPEND} popek.run={run_path}{(' ' + append_extra) if append_extra else ''}"
+    cmd = guest_cmd(engine, popek, kernel, initrd, append, args.memory, args.qemu_cpu)
+    r = GuestRun()
+    r.engine = engine
+    lines = []
+    errtmp = tempfile.TemporaryFile()
+    t0 = time.monotonic()
+    p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errtmp)
+    fd = p.stdout.fileno()
+    buf = b""
+    deadline = t0 + args.timeout
+    eof = False
+    while not eof:
+        now = time.monotonic()
+        if now > deadline:
+            r.timed_out = True
+            break
+        rd, _, _ = select.select([fd], [], [], min(0.5, deadline - now))
+        if not rd:
+            continue
+        chunk = os.read(fd, 65536)
+        t = time.monotonic() - t0
+        if not chunk:
+            eof = True
+        buf += chunk
+        parts = buf.split(b"\n")
+        buf = parts.pop() if not eof else b""
+        for raw in parts:
+            text = raw.decode("utf-8", "replace").replace("\r", "")
+            lines.append((t, text))
+            if r.ready is None and READY in text:
+                r.ready = t
+            if r.ready is not None and r.off is None and OFF_RX.search(text):
+                r.off = t
+        if r.off is not None and engine == "qemu":
+            break  # QEMU halts without exiting
+    if p.poll() is None:
+        # QEMU after the power-off line, or anything past its time: stop it.
+        try:
+            p.wait(timeout=0 if (engine == "qemu" or r.timed_out) else 30)
+        except subprocess.TimeoutExpired:
+            pass
+        if p.poll() is None:
+            p.terminate()
+    try:
+        _, st, ru = os.wait4(p.pid, 0)
+        p.returncode = os.waitstatus_to_exitcode(st)
+        r.cpu = ru.ru_utime + ru.ru_stime
+    except ChildProcessError:
+        p.wait()
+    r.exited = time.monotonic() - t0
+    r.status = p.returncode
+    p.stdin.close()
+    p.stdout.close()
+    errtmp.seek(0)
+    r.stderr = errtmp.read().decode("utf-8", "replace")
+    errtmp.close()
+    r.lines = lines
+    m = re.search(r"statistics \(([0-9.]+) s wall, ([0-9.]+) guest MIPS\)", r.stderr)
+    if m:
+        r.mips = float(m.group(2))
+        r.insns = float(m.group(1)) * r.mips * 1e6
+    if keep:
+        with open(keep + ".serial", "w") as f:
+            f.writelines(f"{t:10.3f} {text}\n" for t, text in lines)
+        with open(keep + ".err", "w") as f:
+            f.write(" ".join(cmd) + "\n" + r.stderr)
+    if r.timed_out:
+        log(f"{engine}: timed out after {args.timeout:.0f} s")
+    elif r.ready is None:
+        log(f"{engine}: never printed {READY} (status {r.status}); the log ends:")
+        for _, text in lines[-8:]:
+            log(f"  | {text}")
+        for text in r.stderr.strip().splitlines()[:3]:
+            log(f"  stderr: {text}")
+    elif r.off is None:
+        log(f"{engine}: never powered off (status {r.status})")
+    if engine != "qemu" and r.off is not None and r.status != 0:
+        log(f"{engine}: popek exited with status {r.status} after the power-off")
+    return r
+
+
+def keep_path(args, name):
+    if not args.keep_logs:
+        return None
+    os.makedirs(args.keep_logs, exist_ok=True)
+    return os.path.join(args.keep_logs, name)
+
+
+# ---------------------------------------------------------------- statistics
+def median(xs):
+    xs = sorted(x for x in xs if x is not None)
+    if not xs:
+        return None
+    n = len(xs)
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+
+def geomean(xs):
+    xs = [x for x in xs if x is not None and x > 0]
+    if not xs:
+        return None
+    return math.exp(sum(math.log(x) for x in xs) / len(xs))
+
+
+def ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def fmt(x, spec=".3f", none="-"):
+    return none if x is None else format(x, spec)
+
+
+def fmt_ratio(x):
+    return "-" if x is None else f"{x:.2f}x"
+
+
+def fmt_pct(x):
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def goal(value, op, target):
+    """'met' / 'not met' for a measured value against a goal; '-' if unmeasured."""
+    if value is None:
+        return "not measured"
+    ok = value <= target if op == "<=" else value >= target
+    return "met" if ok else "NOT met"
+
+
+def table(rows, header, align=None):
+    """Prints rows (lists of strings) under header with columns padded to fit."""
+    cols = len(header)
+    width = [max(len(str(r[i])) for r in [header] + rows) for i in range(cols)]
+    align = align or ["<"] + [">"] * (cols - 1)
+    def line(r):
+        return "  ".join(f"{str(r[i]):{align[i]}{width[i]}}" for i in range(cols)).rstrip()
+    print(line(header))
+    print("  ".join("-" * w for w in width))
+    for r in rows:
+        print(line(r))
+
+
+# ---------------------------------------------------------------- initramfs
+def newc(entries):
+    """A newc cpio archive of entries [(path, mode, data)]; data None for a directory.
+    Owner root, mtime 0: the same entries give the same bytes."""
+    out = bytearray()
+    def put(name, mode, data, ino):
+        nb = name.encode() + b"\0"
+        hdr = "070701" + "".join(f"{v:08X}" for v in (
+            ino, mode, 0, 0, 2 if mode & 0o040000 else 1, 0, len(data), 0, 0, 0, 0, len(nb), 0))
+        out.extend(hdr.encode() + nb)
+        out.extend(b"\0" * (-len(out) % 4))
+        out.extend(data)
+        out.extend(b"\0" * (-len(out) % 4))
+    for i, (path, mode, data) in enumerate(entries):
+        if data is None:
+            put(path, 0o040000 | mode, b"", 1000 + i)
+        else:
+            put(path, 0o100000 | mode, data, 1000 + i)
+    put("TRAILER!!!", 0, b"", 0)
+    return bytes(out)
+
+
+def extend_initrd(base, out, entries):
+    """Writes `out`: the initramfs `base` followed by a gzip'd newc archive of
+    `entries` (the kernel unpacks concatenated archives in order, later files
+    winning). Returns out."""
+    import gzip
+    data = open(base, "rb").read()
+    extra = gzip.compress(newc(entries), compresslevel=6, mtime=0)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    tmp = out + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.write(b"\0" * (-len(data) % 4))
+        f.write(extra)
+    os.replace(tmp, out)
+    return out

@@ -1,0 +1,89 @@
+// One-instruction execution shared by the software engines: fetch and decode at
+// CS:EIP through a decoded-instruction cache (keyed by physical address and
+// mode, invalidated per page when the page is written), the privilege and #NM
+// checks every instruction gets, the shared x86 semantics, single-step traps,
+// and delivery of pending interrupts and faults. The interpreter is a loop over
+// it; the translator uses it for code it does not translate and for callouts.
+#pragma once
+#include <cstdio>
+#include <vector>
+
+#include "engine/engine.h"
+#include "memory/mmu.h"
+#include "memory/phys_mem.h"
+#include "x86/cpu.h"
+#include "x86/sem/sem.h"
+
+namespace popek::engine {
+
+struct StepStats {
+  u64 cache_hits = 0;
+  u64 cache_misses = 0;
+  u64 cache_invalidations = 0;
+  u64 exceptions = 0;
+  u64 interrupts = 0;
+  u64 unimplemented = 0;
+};
+
+class Stepper final : public mem::CodeWatcher {
+ public:
+  struct Entry {
+    u64 pa = ~0ull;
+    u32 gen = 0;
+    u8 mode = 0;
+    x86::Handler fn = nullptr;
+    x86::Insn insn;
+  };
+
+  Stepper(x86::CpuState& s, mem::PhysMem& pm, mem::Mmu& mmu, x86::Cpu& cpu);
+  ~Stepper() override;
+  Stepper(const Stepper&) = delete;
+  Stepper& operator=(const Stepper&) = delete;
+
+  // Decodes the instruction at CS:EIP (through the cache). Raises the fetch's
+  // faults (#PF, #GP for the CS limit, #UD).
+  const Entry& fetch();
+  // Executes one decoded instruction at CS:EIP: CPL/#NM checks, semantics,
+  // EIP and icount update, the TF trap. Faults propagate as x86::Fault.
+  void execute(const x86::Insn& i, x86::Handler fn);
+  // Fetch + execute until icount reaches `end`, the CPU stops (cpu.stop), an
+  // interrupt becomes deliverable, or `max` instructions ran.
+  void run_insns(u64 end, u64 max = ~0ull);
+  // Delivers a pending NMI or (IF permitting) INTR. Call between instructions.
+  void deliver_pending();
+  // Delivers a fault raised at the current EIP.
+  void take_fault(const x86::Fault& f);
+  void take_unimplemented(const x86::Unimplemented& u);
+  // True if an interrupt or NMI can be taken now.
+  bool event_ready() const {
+    return (s_.nmi_pending && !s_.nmi_blocked) ||
+           (s_.intr_line && (s_.eflags & x86::IF) && !s_.intr_shadow);
+  }
+
+  void set_trace(std::FILE* f) { trace_ = f; }
+  const StepStats& stats() const { return st_; }
+  StepStats& stats() { return st_; }
+
+  // CodeWatcher
+  void code_page_written(u64 ppn) override;
+
+ private:
+  static constexpr unsigned kCacheBits = 15;
+  void trace(const Entry& e);
+  u32 gen(u64 ppn) const { return ppn < gens_.size() ? gens_[ppn] : 0; }
+
+  x86::CpuState& s_;
+  mem::PhysMem& pm_;
+  mem::Mmu& mmu_;
+  x86::Cpu& cpu_;
+  std::vector<Entry> cache_;
+  std::vector<u32> gens_;
+  Entry scratch_;  // for instructions that span pages (not cached)
+  StepStats st_;
+  std::FILE* trace_ = nullptr;
+};
+
+// Statistics every software engine reports: the soft TLB's counters.
+void append_mmu_stats(const mem::Mmu& mmu, std::vector<std::pair<std::string, u64>>& out);
+
+}  // namespace popek::engine

@@ -24,11 +24,12 @@ import benchlib as B  # noqa: E402
 
 GOAL_READY = 0.5  # issue 4: boot to the ready marker in <= 0.5x QEMU's wall time
 FLAG_RX = re.compile(r"error|fail|warn|bug|oops", re.I)
+ESC_RX = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|[A-Za-z])")
 
 
 def flagged(run):
     """Console lines that look like trouble, kernel timestamps stripped."""
-    return [re.sub(r"^\[ *[0-9.]+\] ", "", t) for _, t in run.lines if FLAG_RX.search(t)]
+    return [re.sub(r"^\[ *[0-9.]+\] ", "", ESC_RX.sub("", t)) for _, t in run.lines if FLAG_RX.search(t)]
 
 
 def main():

@@ -192,20 +192,21 @@ def run_guest(engine, popek, kernel, initrd, args, run_path, append_extra="", ke
                 r.off = t
         if r.off is not None and engine == "qemu":
             break  # QEMU halts without exiting
-    if p.poll() is None:
-        # QEMU after the power-off line, or anything past its time: stop it.
-        try:
-            p.wait(timeout=0 if (engine == "qemu" or r.timed_out) else 30)
-        except subprocess.TimeoutExpired:
-            pass
-        if p.poll() is None:
-            p.terminate()
-    try:
-        _, st, ru = os.wait4(p.pid, 0)
-        p.returncode = os.waitstatus_to_exitcode(st)
-        r.cpu = ru.ru_utime + ru.ru_stime
-    except ChildProcessError:
-        p.wait()
+    # QEMU halts without exiting, and anything past its time is stopped; popek
+    # exits by itself after the power-off (given 30 s).
+    if engine == "qemu" or r.timed_out or r.off is None:
+        p.terminate()
+    grace = time.monotonic() + 30
+    while True:
+        pid, st, ru = os.wait4(p.pid, os.WNOHANG)
+        if pid:
+            p.returncode = os.waitstatus_to_exitcode(st)
+            r.cpu = ru.ru_utime + ru.ru_stime
+            break
+        if time.monotonic() > grace:
+            p.kill()
+            grace = float("inf")
+        time.sleep(0.01)
     r.exited = time.monotonic() - t0
     r.status = p.returncode
     p.stdin.close()

@@ -39,9 +39,9 @@ def main():
     args = ap.parse_args()
     kernel, initrd = B.check_guest()
     engines, popek = B.select_engines(args)
-    B.log(B.machine_note(args))
-    if popek:
-        B.log(f"popek: {popek}")
+    note = B.machine_note(args, popek)
+    for line in note.splitlines():
+        B.log(line)
 
     runs = {e: [] for e in engines}
     for i in range(args.runs):
@@ -58,7 +58,7 @@ def main():
 
     print()
     print(f"Boot: wall seconds from process start, median of {args.runs} run(s)")
-    print(f"({B.machine_note(args)})")
+    print(note)
     print()
     rows = []
     for e in engines:

@@ -120,10 +120,9 @@ def main():
         B.die("--scale must be > 0 and --runs >= 1")
     kernel, base_initrd = B.check_guest()
     engines, popek = B.select_engines(args)
-    note = B.machine_note(args)
-    B.log(note)
-    if popek:
-        B.log(f"popek: {popek}")
+    note = B.machine_note(args, popek)
+    for line in note.splitlines():
+        B.log(line)
 
     exes = build()
     initrd = B.extend_initrd(base_initrd, os.path.join(B.BENCH_CACHE, "initrd-cpubench.img"), [
@@ -213,7 +212,7 @@ def report(args, engines, results, fails, clock, note):
     print(f"CPU work in the guest: seconds per part, median of {args.runs} run(s), " +
           ("timed inside the guest" if args.clock == "guest" else
            "timed by the host (arrival of the guest's result lines)") + f"; scale {args.scale:g}")
-    print(f"({note})")
+    print(note)
     print()
     B.table(rows, header)
     above = sorted({k for k in names for e in engines

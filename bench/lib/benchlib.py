@@ -120,10 +120,22 @@ def check_guest():
     return os.path.join(GUEST_CACHE, "vmlinuz"), os.path.join(GUEST_CACHE, "initrd.img")
 
 
-def machine_note(args):
+def machine_note(args, popek=None):
+    """Lines saying where and with what the figures were measured."""
     load = open("/proc/loadavg").read().split()[:3]
-    return (f"{os.cpu_count()} host CPUs, load {' '.join(load)}; guest {args.memory} RAM, "
-            f"append '{APPEND} popek.run=...'; QEMU -accel tcg {' '.join(QEMU_MACHINE)} -cpu {args.qemu_cpu}")
+    model = "?"
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    git = subprocess.run(["git", "-C", REPO, "describe", "--always", "--dirty"],
+                         capture_output=True, text=True).stdout.strip() or "?"
+    note = (f"host: {model}, {os.cpu_count()} CPUs, load {' '.join(load)}; repo at {git}\n"
+            f"guest: {args.memory} RAM, append '{APPEND} popek.run=...'; "
+            f"QEMU: qemu-system-i386 -accel tcg {' '.join(QEMU_MACHINE)} -cpu {args.qemu_cpu}")
+    if popek:
+        note += f"\npopek: {popek}"
+    return note
 
 
 # ---------------------------------------------------------------- one guest run

@@ -1,0 +1,91 @@
+// Network backends: where the frames of a guest network card go. A backend
+// carries Ethernet frames (no virtio header) between the guest and the host:
+// user-mode NAT through libslirp (no privileges needed), or a TAP interface.
+//
+// Everything runs on the board's event-loop thread: the board asks a backend
+// which descriptors to poll (io_fill), polls, and hands the results back
+// (io_dispatch); frames for the guest come out through the receiver callback,
+// possibly from within send() (an ARP reply, say).
+#pragma once
+#include <poll.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "base/counters.h"
+#include "base/types.h"
+
+namespace popek::net {
+
+// A port forward from the host into the guest (QEMU's hostfwd=).
+struct HostFwd {
+  bool udp = false;
+  std::string host_addr;   // empty: any address
+  u16 host_port = 0;
+  std::string guest_addr;  // empty: the guest's DHCP address (10.0.2.15)
+  u16 guest_port = 0;
+};
+
+struct NetdevSpec {
+  enum class Kind { user, tap };
+  Kind kind = Kind::user;
+  std::string id;
+  std::vector<HostFwd> hostfwd;  // user
+  std::string ifname;            // tap
+  std::string mac;               // "52:54:..": the card's address (empty: popek's default)
+};
+
+// Parses QEMU-style "user[,id=ID][,hostfwd=tcp:[HOSTADDR]:HOSTPORT-[GUESTADDR]:GUESTPORT]...[,mac=..]"
+// or "tap,ifname=NAME[,id=ID][,mac=..]". Throws popek::Error with a message
+// that names the bad part.
+NetdevSpec parse_netdev(const std::string& spec);
+// Parses "aa:bb:cc:dd:ee:ff" into 6 bytes; throws popek::Error.
+void parse_mac(const std::string& s, u8 out[6]);
+
+class NetBackend {
+ public:
+  using Receiver = std::function<void(const u8* frame, usize len)>;
+  virtual ~NetBackend() = default;
+  virtual std::string describe() const = 0;
+
+  // A frame from the guest.
+  virtual void send(const u8* frame, usize len) = 0;
+  // Where frames for the guest go.
+  void set_receiver(Receiver r) { receiver_ = std::move(r); }
+  // Asked before reading more frames from the host, where the backend can
+  // wait (TAP): false means the guest has no room now.
+  void set_can_receive(std::function<bool()> f) { can_receive_ = std::move(f); }
+
+  // The event loop: descriptors to wait on (and a deadline in ms, lowered if
+  // the backend has timers), then dispatch with exactly the entries added.
+  virtual void io_fill(std::vector<pollfd>& fds, int* timeout_ms) = 0;
+  virtual void io_dispatch(const pollfd* fds, usize n) = 0;
+
+  const Counters& counters() const { return counters_; }
+
+ protected:
+  void deliver(const u8* frame, usize len) {
+    if (receiver_) receiver_(frame, len);
+  }
+  bool can_receive() const { return !can_receive_ || can_receive_(); }
+  Counters counters_;
+
+ private:
+  Receiver receiver_;
+  std::function<bool()> can_receive_;
+};
+
+// Opens the backend a spec describes. Throws popek::Error (e.g. a port that
+// cannot be forwarded, a TAP device that cannot be opened).
+std::unique_ptr<NetBackend> open_netdev(const NetdevSpec& spec);
+
+// The user-mode network's addresses (as QEMU's defaults).
+inline constexpr const char* kSlirpNetwork = "10.0.2.0";
+inline constexpr const char* kSlirpHost = "10.0.2.2";
+inline constexpr const char* kSlirpDns = "10.0.2.3";
+inline constexpr const char* kSlirpGuest = "10.0.2.15";
+
+}  // namespace popek::net

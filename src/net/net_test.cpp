@@ -1,0 +1,315 @@
+// Network backends: --netdev parsing; libslirp's DHCP, ARP and a host port
+// forward driven through the backend's poll loop; and the TAP backend inside a
+// network namespace this test makes (skipped where namespaces are not allowed).
+#include <gtest/gtest.h>
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <linux/if.h>
+#include <net/if_arp.h>
+#include <netinet/in.h>
+#include <sched.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <functional>
+
+#include "base/error.h"
+#include "net/net.h"
+#include "net/slirp.h"
+#include "net/tap.h"
+
+using namespace popek;
+using namespace popek::net;
+
+namespace {
+
+const u8 kGuestMac[6] = {0x02, 0x50, 0x4F, 0x50, 0x45, 0x4B};
+
+u16 ip_checksum(const u8* p, usize n) {
+  u32 s = 0;
+  for (usize i = 0; i + 1 < n; i += 2) s += u32(p[i]) << 8 | p[i + 1];
+  while (s >> 16) s = (s & 0xFFFF) + (s >> 16);
+  return u16(~s);
+}
+
+void put16(std::vector<u8>& f, usize at, u16 v) {
+  f[at] = u8(v >> 8);
+  f[at + 1] = u8(v);
+}
+
+std::vector<u8> eth(const u8 dst[6], u16 type) {
+  std::vector<u8> f(14);
+  std::memcpy(f.data(), dst, 6);
+  std::memcpy(f.data() + 6, kGuestMac, 6);
+  put16(f, 12, type);
+  return f;
+}
+
+// A DHCPDISCOVER from the guest, broadcast.
+std::vector<u8> dhcp_discover() {
+  const u8 bcast[6] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+  std::vector<u8> f = eth(bcast, 0x0800);
+  std::vector<u8> bootp(240 + 4, 0);
+  bootp[0] = 1;  // BOOTREQUEST
+  bootp[1] = 1;  // Ethernet
+  bootp[2] = 6;
+  bootp[4] = 0x12;  // xid
+  bootp[5] = 0x34;
+  std::memcpy(&bootp[28], kGuestMac, 6);
+  const u8 cookie[4] = {99, 130, 83, 99};
+  std::memcpy(&bootp[236], cookie, 4);
+  bootp[240] = 53;  // message type
+  bootp[241] = 1;
+  bootp[242] = 1;  // DISCOVER
+  bootp[243] = 255;
+  const usize udp_len = 8 + bootp.size(), ip_len = 20 + udp_len;
+  std::vector<u8> ip(20, 0);
+  ip[0] = 0x45;
+  put16(ip, 2, u16(ip_len));
+  ip[8] = 64;
+  ip[9] = 17;
+  std::memset(&ip[16], 0xff, 4);
+  put16(ip, 10, ip_checksum(ip.data(), 20));
+  std::vector<u8> udp(8, 0);
+  put16(udp, 0, 68);
+  put16(udp, 2, 67);
+  put16(udp, 4, u16(udp_len));
+  f.insert(f.end(), ip.begin(), ip.end());
+  f.insert(f.end(), udp.begin(), udp.end());
+  f.insert(f.end(), bootp.begin(), bootp.end());
+  return f;
+}
+
+std::vector<u8> arp(u16 op, const u8 sha[6], const char* spa, const u8 tha[6], const char* tpa) {
+  const u8 bcast[6] = {0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
+  std::vector<u8> f = eth(op == 1 ? bcast : tha, 0x0806);
+  f.resize(14 + 28);
+  put16(f, 14, 1);
+  put16(f, 16, 0x0800);
+  f[18] = 6;
+  f[19] = 4;
+  put16(f, 20, op);
+  std::memcpy(&f[22], sha, 6);
+  inet_pton(AF_INET, spa, &f[28]);
+  std::memcpy(&f[32], tha, 6);
+  inet_pton(AF_INET, tpa, &f[38]);
+  return f;
+}
+
+// Runs the backend's event loop until pred() or the timeout.
+bool pump(NetBackend& b, const std::function<bool()>& pred, int ms = 3000) {
+  auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
+  while (!pred()) {
+    if (std::chrono::steady_clock::now() > end) return false;
+    std::vector<pollfd> fds;
+    int timeout = 20;
+    b.io_fill(fds, &timeout);
+    ::poll(fds.data(), fds.size(), std::min(timeout, 20));
+    b.io_dispatch(fds.data(), fds.size());
+  }
+  return true;
+}
+
+u16 free_port() {
+  int s = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  socklen_t l = sizeof a;
+  ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &l);
+  ::close(s);
+  return ntohs(a.sin_port);
+}
+
+}  // namespace
+
+TEST(Netdev, Parse) {
+  NetdevSpec s = parse_netdev("user");
+  EXPECT_EQ(s.kind, NetdevSpec::Kind::user);
+  s = parse_netdev("user,id=n0,hostfwd=tcp::8080-:80,hostfwd=udp:127.0.0.1:5353-10.0.2.15:53,mac=52:54:00:aa:bb:cc");
+  ASSERT_EQ(s.hostfwd.size(), 2u);
+  EXPECT_FALSE(s.hostfwd[0].udp);
+  EXPECT_EQ(s.hostfwd[0].host_addr, "");
+  EXPECT_EQ(s.hostfwd[0].host_port, 8080);
+  EXPECT_EQ(s.hostfwd[0].guest_port, 80);
+  EXPECT_TRUE(s.hostfwd[1].udp);
+  EXPECT_EQ(s.hostfwd[1].host_addr, "127.0.0.1");
+  EXPECT_EQ(s.hostfwd[1].guest_addr, "10.0.2.15");
+  EXPECT_EQ(s.mac, "52:54:00:aa:bb:cc");
+  s = parse_netdev("user,hostfwd=:127.0.0.1:2222-:22");
+  EXPECT_EQ(s.hostfwd[0].host_port, 2222);
+  s = parse_netdev("tap,ifname=tap0");
+  EXPECT_EQ(s.kind, NetdevSpec::Kind::tap);
+  EXPECT_EQ(s.ifname, "tap0");
+}
+
+TEST(Netdev, ParseErrorsSayWhatIsWrong) {
+  auto msg = [](const std::string& spec) {
+    try {
+      parse_netdev(spec);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("(no error)");
+  };
+  EXPECT_NE(msg("bridge").find("unknown type 'bridge'"), std::string::npos);
+  EXPECT_NE(msg("user,hostfwd=tcp::80").find("no '-'"), std::string::npos);
+  EXPECT_NE(msg("user,hostfwd=tcp::99999-:80").find("bad host port"), std::string::npos);
+  EXPECT_NE(msg("user,hostfwd=sctp::1-:2").find("not tcp or udp"), std::string::npos);
+  EXPECT_NE(msg("user,hostfwd=tcp:1.2.3:1-:2").find("bad IPv4 address"), std::string::npos);
+  EXPECT_NE(msg("user,foo=bar").find("unknown option 'foo'"), std::string::npos);
+  EXPECT_NE(msg("user,restrict").find("needs a value"), std::string::npos);
+  EXPECT_NE(msg("tap").find("needs ifname"), std::string::npos);
+  EXPECT_NE(msg("user,mac=01:00:00:00:00:01").find("multicast"), std::string::npos);
+  EXPECT_NE(msg("user,mac=zz").find("bad MAC"), std::string::npos);
+}
+
+TEST(Slirp, DhcpOfferAndArp) {
+  SlirpBackend b({});
+  std::vector<std::vector<u8>> got;
+  b.set_receiver([&](const u8* f, usize n) { got.emplace_back(f, f + n); });
+  auto d = dhcp_discover();
+  b.send(d.data(), d.size());
+  ASSERT_TRUE(pump(b, [&] { return !got.empty(); }));
+  const auto& o = got[0];
+  ASSERT_GE(o.size(), 14u + 20 + 8 + 240);
+  EXPECT_EQ(o[12], 0x08);
+  EXPECT_EQ(o[13], 0x00);
+  EXPECT_EQ(o[14 + 9], 17);                             // UDP
+  EXPECT_EQ(o[14 + 20 + 1], 67);                        // from the DHCP server port
+  const u8* bootp = o.data() + 14 + 20 + 8;
+  EXPECT_EQ(bootp[0], 2);                               // BOOTREPLY
+  char yi[INET_ADDRSTRLEN];
+  inet_ntop(AF_INET, bootp + 16, yi, sizeof yi);
+  EXPECT_STREQ(yi, kSlirpGuest);
+
+  got.clear();
+  const u8 zero[6] = {};
+  auto a = arp(1, kGuestMac, kSlirpGuest, zero, kSlirpHost);
+  b.send(a.data(), a.size());
+  ASSERT_TRUE(pump(b, [&] { return !got.empty(); }));
+  ASSERT_GE(got[0].size(), 42u);
+  EXPECT_EQ(got[0][12], 0x08);
+  EXPECT_EQ(got[0][13], 0x06);
+  EXPECT_EQ(got[0][21], 2);  // ARP reply
+  EXPECT_EQ(std::memcmp(&got[0][32], kGuestMac, 6), 0);
+}
+
+TEST(Slirp, HostForwardReachesTheGuest) {
+  const u16 port = free_port();
+  HostFwd f;
+  f.host_addr = "127.0.0.1";
+  f.host_port = port;
+  f.guest_port = 80;
+  SlirpBackend b({f});
+  std::vector<std::vector<u8>> got;
+  b.set_receiver([&](const u8* fr, usize n) { got.emplace_back(fr, fr + n); });
+  int s = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a);
+  // slirp asks who has the guest's address, then sends a SYN to port 80.
+  bool syn = false;
+  ASSERT_TRUE(pump(b, [&] {
+    for (auto& fr : got) {
+      if (fr.size() >= 42 && fr[12] == 0x08 && fr[13] == 0x06 && fr[21] == 1) {
+        auto reply = arp(2, kGuestMac, kSlirpGuest, &fr[6], kSlirpHost);
+        got.clear();
+        b.send(reply.data(), reply.size());
+        return false;
+      }
+      if (fr.size() >= 54 && fr[12] == 0x08 && fr[14 + 9] == 6) {
+        const u8* tcp = fr.data() + 14 + (fr[14] & 0xF) * 4;
+        syn = (u16(tcp[2] << 8 | tcp[3]) == 80) && (tcp[13] & 0x02);
+        return syn;
+      }
+    }
+    return false;
+  }));
+  EXPECT_TRUE(syn);
+  ::close(s);
+}
+
+TEST(Slirp, ForwardOfBusyPortFails) {
+  int s = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  ASSERT_EQ(::listen(s, 1), 0);
+  socklen_t l = sizeof a;
+  ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &l);
+  HostFwd f;
+  f.host_addr = "127.0.0.1";
+  f.host_port = ntohs(a.sin_port);
+  f.guest_port = 80;
+  try {
+    SlirpBackend b({f});
+    ADD_FAILURE() << "forwarding a port in use should fail";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("cannot forward host TCP port"), std::string::npos);
+  }
+  ::close(s);
+}
+
+TEST(Tap, MissingDeviceOrPermissionIsAClearError) {
+  try {
+    TapBackend t("popek-no-such-tap-name-that-is-long");
+    SUCCEED();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("--netdev tap"), std::string::npos);
+  }
+}
+
+// In a fresh network namespace: create tap "ptap0" with 192.168.77.1/24, send
+// an ARP request for that address through the backend, and get the kernel's
+// reply back through the backend's poll loop.
+TEST(Tap, ArpThroughTheHostKernel) {
+  pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    int flags = CLONE_NEWNET | (::geteuid() == 0 ? 0 : CLONE_NEWUSER);
+    if (::unshare(flags) != 0) ::_exit(77);
+    try {
+      TapBackend t("ptap0");
+      int s = ::socket(AF_INET, SOCK_DGRAM, 0);
+      ifreq ifr{};
+      std::strcpy(ifr.ifr_name, "ptap0");
+      auto* sin = reinterpret_cast<sockaddr_in*>(&ifr.ifr_addr);
+      sin->sin_family = AF_INET;
+      inet_pton(AF_INET, "192.168.77.1", &sin->sin_addr);
+      if (::ioctl(s, SIOCSIFADDR, &ifr) != 0) ::_exit(3);
+      inet_pton(AF_INET, "255.255.255.0", &sin->sin_addr);
+      if (::ioctl(s, SIOCSIFNETMASK, &ifr) != 0) ::_exit(4);
+      if (::ioctl(s, SIOCGIFFLAGS, &ifr) != 0) ::_exit(5);
+      ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+      if (::ioctl(s, SIOCSIFFLAGS, &ifr) != 0) ::_exit(6);
+      bool reply = false;
+      t.set_receiver([&](const u8* f, usize n) {
+        if (n >= 42 && f[12] == 0x08 && f[13] == 0x06 && f[21] == 2 &&
+            std::memcmp(f + 32, kGuestMac, 6) == 0)
+          reply = true;
+      });
+      const u8 zero[6] = {};
+      auto req = arp(1, kGuestMac, "192.168.77.2", zero, "192.168.77.1");
+      t.send(req.data(), req.size());
+      ::_exit(pump(t, [&] { return reply; }) ? 0 : 2);
+    } catch (const Error& e) {
+      std::fprintf(stderr, "%s\n", e.what());
+      ::_exit(1);
+    }
+  }
+  int st = 0;
+  ::waitpid(pid, &st, 0);
+  ASSERT_TRUE(WIFEXITED(st));
+  if (WEXITSTATUS(st) == 77) GTEST_SKIP() << "cannot make a network namespace here";
+  EXPECT_EQ(WEXITSTATUS(st), 0);
+}

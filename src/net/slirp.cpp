@@ -1,0 +1,201 @@
+#include "net/slirp.h"
+
+#include <arpa/inet.h>
+#include <slirp/libslirp.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+
+#include "base/error.h"
+#include "base/log.h"
+
+namespace popek::net {
+
+struct SlirpBackend::Timer {
+  void (*cb)(void*);
+  void* cb_opaque;
+  i64 expire_ms = -1;  // -1: not armed
+};
+
+namespace {
+
+SlirpBackend* self(void* opaque) { return static_cast<SlirpBackend*>(opaque); }
+
+ssize_t cb_send_packet(const void* buf, size_t len, void* opaque) {
+  self(opaque)->to_guest(buf, len);
+  return ssize_t(len);
+}
+void cb_guest_error(const char* msg, void* opaque) { POPEK_LOG(warn, "slirp: guest error: %s", msg); }
+int64_t cb_clock_get_ns(void* opaque) { return self(opaque)->now_ns(); }
+void* cb_timer_new(SlirpTimerCb cb, void* cb_opaque, void* opaque) {
+  return self(opaque)->timer_new(cb, cb_opaque);
+}
+void cb_timer_free(void* t, void* opaque) {
+  self(opaque)->timer_free(static_cast<SlirpBackend::Timer*>(t));
+}
+void cb_timer_mod(void* t, int64_t expire_ms, void* opaque) {
+  self(opaque)->timer_mod(static_cast<SlirpBackend::Timer*>(t), expire_ms);
+}
+// The event loop is this thread's: nothing to register or kick.
+void cb_register_poll_fd(int, void*) {}
+void cb_unregister_poll_fd(int, void*) {}
+void cb_notify(void*) {}
+
+short to_poll(int ev) {
+  short e = 0;
+  if (ev & SLIRP_POLL_IN) e |= POLLIN;
+  if (ev & SLIRP_POLL_OUT) e |= POLLOUT;
+  if (ev & SLIRP_POLL_PRI) e |= POLLPRI;
+  if (ev & SLIRP_POLL_ERR) e |= POLLERR;
+  if (ev & SLIRP_POLL_HUP) e |= POLLHUP;
+  return e;
+}
+int from_poll(short e) {
+  int ev = 0;
+  if (e & POLLIN) ev |= SLIRP_POLL_IN;
+  if (e & POLLOUT) ev |= SLIRP_POLL_OUT;
+  if (e & POLLPRI) ev |= SLIRP_POLL_PRI;
+  if (e & POLLERR) ev |= SLIRP_POLL_ERR;
+  if (e & POLLHUP) ev |= SLIRP_POLL_HUP;
+  if (e & POLLNVAL) ev |= SLIRP_POLL_ERR;
+  return ev;
+}
+
+struct FillCtx {
+  std::vector<pollfd>* fds;
+  usize base;
+};
+int cb_add_poll(int fd, int events, void* opaque) {
+  auto* c = static_cast<FillCtx*>(opaque);
+  c->fds->push_back(pollfd{fd, to_poll(events), 0});
+  return int(c->fds->size() - 1 - c->base);
+}
+struct PollCtx {
+  const pollfd* fds;
+  usize n;
+};
+int cb_get_revents(int idx, void* opaque) {
+  auto* c = static_cast<PollCtx*>(opaque);
+  if (idx < 0 || usize(idx) >= c->n) return 0;
+  return from_poll(c->fds[idx].revents);
+}
+
+const SlirpCb kCallbacks = {
+    .send_packet = cb_send_packet,
+    .guest_error = cb_guest_error,
+    .clock_get_ns = cb_clock_get_ns,
+    .timer_new = cb_timer_new,
+    .timer_free = cb_timer_free,
+    .timer_mod = cb_timer_mod,
+    .register_poll_fd = cb_register_poll_fd,
+    .unregister_poll_fd = cb_unregister_poll_fd,
+    .notify = cb_notify,
+    .init_completed = nullptr,
+    .timer_new_opaque = nullptr,
+};
+
+in_addr ip(const char* s) {
+  in_addr a{};
+  inet_pton(AF_INET, s, &a);
+  return a;
+}
+
+}  // namespace
+
+SlirpBackend::SlirpBackend(const std::vector<HostFwd>& fwds) {
+  SlirpConfig cfg{};
+  cfg.version = 3;
+  cfg.restricted = 0;
+  cfg.in_enabled = true;
+  cfg.vnetwork = ip(kSlirpNetwork);
+  cfg.vnetmask = ip("255.255.255.0");
+  cfg.vhost = ip(kSlirpHost);
+  cfg.in6_enabled = false;
+  cfg.vhostname = "popek";
+  cfg.vdhcp_start = ip(kSlirpGuest);
+  cfg.vnameserver = ip(kSlirpDns);
+  cfg.disable_host_loopback = false;
+  cfg.enable_emu = false;
+  slirp_ = slirp_new(&cfg, &kCallbacks, this);
+  if (!slirp_) throw Error("--netdev user: libslirp could not start");
+  for (const HostFwd& f : fwds) {
+    in_addr host = f.host_addr.empty() ? in_addr{INADDR_ANY} : ip(f.host_addr.c_str());
+    in_addr guest = f.guest_addr.empty() ? ip(kSlirpGuest) : ip(f.guest_addr.c_str());
+    if (slirp_add_hostfwd(slirp_, f.udp, host, f.host_port, guest, f.guest_port) < 0) {
+      slirp_cleanup(slirp_);
+      slirp_ = nullptr;
+      throw Error("--netdev user: cannot forward host " + std::string(f.udp ? "UDP" : "TCP") + " port " +
+                  std::to_string(f.host_port) + " (in use, or not allowed?)");
+    }
+  }
+  tx_frames_ = &counters_.get("tx_frames");
+  rx_frames_ = &counters_.get("rx_frames");
+}
+
+SlirpBackend::~SlirpBackend() {
+  if (slirp_) slirp_cleanup(slirp_);
+}
+
+i64 SlirpBackend::now_ns() const {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+SlirpBackend::Timer* SlirpBackend::timer_new(void (*cb)(void*), void* cb_opaque) {
+  timers_.push_back(std::make_unique<Timer>(Timer{cb, cb_opaque, -1}));
+  return timers_.back().get();
+}
+
+void SlirpBackend::timer_free(Timer* t) {
+  timers_.erase(std::remove_if(timers_.begin(), timers_.end(),
+                               [t](const std::unique_ptr<Timer>& p) { return p.get() == t; }),
+                timers_.end());
+}
+
+void SlirpBackend::timer_mod(Timer* t, i64 expire_ms) { t->expire_ms = expire_ms; }
+
+void SlirpBackend::to_guest(const void* buf, usize len) {
+  ++*rx_frames_;
+  deliver(static_cast<const u8*>(buf), len);
+}
+
+void SlirpBackend::send(const u8* frame, usize len) {
+  ++*tx_frames_;
+  slirp_input(slirp_, frame, int(len));
+}
+
+void SlirpBackend::io_fill(std::vector<pollfd>& fds, int* timeout_ms) {
+  u32 t = *timeout_ms < 0 ? 1000u : u32(*timeout_ms);
+  FillCtx ctx{&fds, fds.size()};
+  slirp_pollfds_fill(slirp_, &t, cb_add_poll, &ctx);
+  const i64 now_ms = now_ns() / 1000000;
+  for (auto& tm : timers_)
+    if (tm->expire_ms >= 0) t = u32(std::min<i64>(t, std::max<i64>(0, tm->expire_ms - now_ms)));
+  *timeout_ms = int(t);
+}
+
+void SlirpBackend::io_dispatch(const pollfd* fds, usize n) {
+  PollCtx ctx{fds, n};
+  slirp_pollfds_poll(slirp_, 0, cb_get_revents, &ctx);
+  run_timers();
+}
+
+void SlirpBackend::run_timers() {
+  const i64 now_ms = now_ns() / 1000000;
+  // A callback may free or re-arm timers: look the list up again each time.
+  for (bool again = true; again;) {
+    again = false;
+    for (auto& tm : timers_) {
+      if (tm->expire_ms >= 0 && tm->expire_ms <= now_ms) {
+        tm->expire_ms = -1;
+        tm->cb(tm->cb_opaque);
+        again = true;
+        break;
+      }
+    }
+  }
+}
+
+}  // namespace popek::net

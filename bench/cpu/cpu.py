@@ -41,11 +41,12 @@ GOAL_OF_NATIVE = 0.5   # ... and >= 50 % of native speed
 CLOCK_TOLERANCE = 0.05
 
 
-def build():
+def build(native_cflags):
     """Builds the i386 (guest) and x86-64 (native) binaries into BENCH_CACHE."""
     os.makedirs(B.BENCH_CACHE, exist_ok=True)
     out = {}
-    for arch, flags in (("i386", ["-m32", "-O2", "-static"]), ("x86_64", ["-m64", "-O2"])):
+    for arch, flags in (("i386", ["-m32", "-O2", "-static"]),
+                        ("x86_64", ["-m64", "-O2"] + native_cflags.split())):
         exe = os.path.join(B.BENCH_CACHE, f"cpubench-{arch}")
         cmd = ["gcc", *flags, "-Wall", "-o", exe, SOURCE]
         p = subprocess.run(cmd, capture_output=True, text=True)
@@ -111,6 +112,9 @@ def main():
     B.add_common_args(ap)
     ap.add_argument("--scale", type=float, default=1.0, help="iterations scale (default: %(default)s)")
     ap.add_argument("--parts", default="", help="comma-separated subset of parts (default: all)")
+    ap.add_argument("--native-cflags", default="",
+                    help="extra gcc flags for the native build, e.g. -fno-tree-vectorize "
+                         "(the guest build has no SIMD; by default native is plain -m64 -O2)")
     ap.add_argument("--clock", choices=["guest", "host"], default="guest",
                     help="figures from the guest's CLOCK_MONOTONIC (default), or from the host's "
                          "arrival times of the result lines (a guest clock losing timer ticks on "
@@ -124,7 +128,12 @@ def main():
     for line in note.splitlines():
         B.log(line)
 
-    exes = build()
+    exes = build(args.native_cflags)
+    known = [line.split()[0] for line in
+             subprocess.run([exes["x86_64"], "--list"], capture_output=True, text=True).stdout.splitlines()]
+    for k in filter(None, args.parts.split(",")):
+        if k not in known:
+            B.die(f"unknown part '{k}' (parts: {', '.join(known)})")
     initrd = B.extend_initrd(base_initrd, os.path.join(B.BENCH_CACHE, "initrd-cpubench.img"), [
         ("bench", 0o755, None),
         ("bench/cpubench", 0o755, open(exes["i386"], "rb").read()),
@@ -213,6 +222,8 @@ def report(args, engines, results, fails, clock, note):
           ("timed inside the guest" if args.clock == "guest" else
            "timed by the host (arrival of the guest's result lines)") + f"; scale {args.scale:g}")
     print(note)
+    print(f"cpubench: guest built gcc -m32 -O2 -static, native gcc -m64 -O2"
+          f"{(' ' + args.native_cflags) if args.native_cflags else ''} ({B.compiler()})")
     print()
     B.table(rows, header)
     above = sorted({k for k in names for e in engines

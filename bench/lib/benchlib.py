@@ -138,6 +138,11 @@ def machine_note(args, popek=None):
     return note
 
 
+def compiler():
+    out = subprocess.run(["gcc", "--version"], capture_output=True, text=True).stdout
+    return out.splitlines()[0] if out else "gcc ?"
+
+
 # ---------------------------------------------------------------- one guest run
 def guest_cmd(engine, popek, kernel, initrd, append, memory, qemu_cpu):
     if engine == "qemu":

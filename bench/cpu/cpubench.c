@@ -309,8 +309,8 @@ static const struct part parts[] = {
     {"qsort", NULL, part_qsort, 35},
     {"matmul", NULL, part_matmul, 450},
     {"string", setup_string, part_string, 4000},
-    {"syscall", NULL, part_syscall, 400000},
-    {"forkexec", NULL, part_forkexec, 100},
+    {"syscall", NULL, part_syscall, 1000000},
+    {"forkexec", NULL, part_forkexec, 150},
 };
 enum { NPARTS = sizeof parts / sizeof parts[0] };
 

@@ -114,10 +114,19 @@ def select_engines(args):
 
 
 def check_guest():
+    """The default guest's kernel and initrd; its /init must know popek.run=."""
     for f in ("vmlinuz", "initrd.img"):
         if not os.path.isfile(os.path.join(GUEST_CACHE, f)):
             die(f"{GUEST_CACHE}/{f} missing; run scripts/fetch-guest.sh")
-    return os.path.join(GUEST_CACHE, "vmlinuz"), os.path.join(GUEST_CACHE, "initrd.img")
+    initrd = os.path.join(GUEST_CACHE, "initrd.img")
+    import gzip
+    try:
+        knows = b"popek.run=" in gzip.open(initrd).read()
+    except OSError:
+        knows = True  # not gzip: cannot tell, try it
+    if not knows:
+        die(f"{initrd} predates the popek.run= option of /init; run scripts/fetch-guest.sh")
+    return os.path.join(GUEST_CACHE, "vmlinuz"), initrd
 
 
 def machine_note(args, popek=None):

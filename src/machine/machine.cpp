@@ -58,8 +58,10 @@ Machine::Machine(const Config& cfg) : cfg_(cfg), clock_(cfg.deterministic, &cpu_
 
   if (cfg.engine == "interp") {
     engine_ = std::make_unique<engine::Interp>(cpu_, *pm_, *this);
+  } else if (cfg.engine == "bt") {
+    engine_ = std::make_unique<engine::Bt>(cpu_, *pm_, *this, cfg.bt);
   } else {
-    throw Error("unknown engine '" + cfg.engine + "' (available: interp)");
+    throw Error("unknown engine '" + cfg.engine + "' (available: interp, bt)");
   }
   if (trace_) engine_->set_trace(trace_);
 }

@@ -17,6 +17,7 @@
 #include "devices/pc/pci_host.h"
 #include "devices/pc/uart_16550.h"
 #include "machine/console.h"
+#include "engine/bt/bt.h"
 #include "engine/engine.h"
 #include "machine/clock.h"
 #include "memory/phys_mem.h"
@@ -32,6 +33,7 @@ struct DebugPortSpec {
 struct Config {
   u64 memory = 256ull << 20;
   std::string engine = "interp";
+  engine::BtOptions bt;  // --engine bt switches
   std::string firmware;  // raw ROM image: mapped to end at 0xFFFFF and at 4 GiB
   std::string kernel, initrd, append;  // Linux boot protocol (bzImage)
   bool console = true;   // the serial console (COM1) on stdin/stdout

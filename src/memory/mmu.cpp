@@ -16,20 +16,24 @@ Mmu::~Mmu() { pm_.remove_shootdown(this); }
 
 void Mmu::flush_tlb(bool global) {
   stats_.flushes++;
+  epoch_++;
   for (auto& set : tlb_)
-    for (auto& e : set) {
+    for (unsigned k = 0; k < kTlbSize; k++) {
+      TlbEntry& e = set[k];
       if (!global && (e.flags & kGlobal)) continue;
-      e.tag_read = e.tag_write = e.tag_exec = kInvalidTag;
+      e.tag_read = e.tag_write = e.tag_exec = invalid_tag(k);
       e.flags = 0;
     }
 }
 
 void Mmu::invlpg(u32 la) {
+  epoch_++;
   for (auto& set : tlb_) {
-    TlbEntry& e = set[(la >> 12) & (kTlbSize - 1)];
+    const unsigned k = (la >> 12) & (kTlbSize - 1);
+    TlbEntry& e = set[k];
     if ((e.tag_read & ~0xFFFu) == (la & ~0xFFFu) || (e.tag_exec & ~0xFFFu) == (la & ~0xFFFu) ||
         (e.tag_write & ~0xFFFu) == (la & ~0xFFFu)) {
-      e.tag_read = e.tag_write = e.tag_exec = kInvalidTag;
+      e.tag_read = e.tag_write = e.tag_exec = invalid_tag(k);
       e.flags = 0;
     }
   }
@@ -37,8 +41,8 @@ void Mmu::invlpg(u32 la) {
 
 void Mmu::drop_writable(u64 ppn) {
   for (auto& set : tlb_)
-    for (auto& e : set)
-      if (e.ppn == ppn) e.tag_write = kInvalidTag;
+    for (unsigned k = 0; k < kTlbSize; k++)
+      if (set[k].ppn == ppn) set[k].tag_write = invalid_tag(k);
 }
 
 void Mmu::page_fault(u32 la, u32 err) {
@@ -101,10 +105,11 @@ u64 Mmu::translate(u32 la, Acc acc, bool user) {
   // Fill the TLB entry for this privilege class.
   PhysMem::Page pg = pm_.page(pa_page);
   TlbEntry& e = entry(la, user);
+  const u32 inv = invalid_tag((la >> 12) & (kTlbSize - 1));
   const u64 ppn = pa_page >> kPageShift;
   if (e.tag_read != page && e.tag_exec != page) {
     // A different page: start clean.
-    e.tag_read = e.tag_write = e.tag_exec = kInvalidTag;
+    e.tag_read = e.tag_write = e.tag_exec = inv;
   }
   if (pg.host) {
     e.addend = uintptr_t(pg.host) - page;
@@ -113,9 +118,9 @@ u64 Mmu::translate(u32 la, Acc acc, bool user) {
     e.tag_read = page;
     e.tag_exec = page;
     if (can_write && dirty && !pg.rom && !pm_.is_code(ppn)) e.tag_write = page;
-    else e.tag_write = kInvalidTag;
+    else e.tag_write = inv;
   } else {
-    e.tag_read = e.tag_write = e.tag_exec = kInvalidTag;
+    e.tag_read = e.tag_write = e.tag_exec = inv;
   }
   return pa_page | (la & 0xFFF);
 }

@@ -17,7 +17,7 @@
 namespace popek::mem {
 
 struct TlbEntry {
-  u32 tag_read;   // linear page | 0, or kInvalidTag
+  u32 tag_read;   // linear page | 0, or Mmu::invalid_tag(index)
   u32 tag_write;
   u32 tag_exec;
   u32 ppn;        // guest-physical page number
@@ -40,7 +40,12 @@ class Mmu final : public x86::LinearMem, public TlbShootdown {
  public:
   static constexpr unsigned kTlbBits = 8;
   static constexpr unsigned kTlbSize = 1u << kTlbBits;
-  static constexpr u32 kInvalidTag = 1;
+  // An invalid tag never equals a page address and, for generated code that
+  // tests "last byte - tag < 4096", names only pages that map to other
+  // entries (index + 128, + 129): no address that selects this entry can match.
+  static constexpr u32 invalid_tag(unsigned index) {
+    return (((index + 128) & (kTlbSize - 1)) << 12) | 0x800;
+  }
   enum : u32 { kGlobal = 1 };
 
   Mmu(x86::CpuState& s, PhysMem& pm);
@@ -101,6 +106,9 @@ class Mmu final : public x86::LinearMem, public TlbShootdown {
   TlbEntry* tlb(bool user) { return tlb_[user]; }
   const MmuStats& stats() const { return stats_; }
   PhysMem& phys() { return pm_; }
+  // Changes whenever entries are dropped (flush, INVLPG): caches of
+  // linear-address translations kept outside the TLB compare it.
+  u64 epoch() const { return epoch_; }
 
   // TlbShootdown
   void drop_writable(u64 ppn) override;
@@ -119,6 +127,7 @@ class Mmu final : public x86::LinearMem, public TlbShootdown {
   PhysMem& pm_;
   TlbEntry tlb_[2][kTlbSize];
   MmuStats stats_;
+  u64 epoch_ = 0;
 };
 
 }  // namespace popek::mem

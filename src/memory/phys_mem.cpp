@@ -77,7 +77,15 @@ bool PhysMem::read_bytes(u64 pa, void* dst, u64 len) {
   return true;
 }
 
+void PhysMem::copy_contents_to(PhysMem& dst) const {
+  if (dst.ram_size_ != ram_size_) throw Error("copy_contents_to: RAM sizes differ");
+  std::memcpy(dst.ram_, ram_, ram_size_);
+  dst.roms_.clear();
+  for (const Rom& r : roms_) dst.add_rom(r.base, r.data);
+}
+
 bool PhysMem::write_bytes(u64 pa, const void* src, u64 len) {
+  if (bulk_observer_) bulk_observer_->bulk_written(pa, src, len);
   const u8* s = static_cast<const u8*>(src);
   while (len) {
     Page pg = page(pa);

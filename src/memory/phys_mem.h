@@ -49,6 +49,17 @@ class PhysMem {
   // Maps a read-only region (firmware). Copies the data; writes are ignored.
   void add_rom(u64 base, const std::vector<u8>& data);
   void set_mmio(MmioHandler* h) { mmio_ = h; }
+  MmioHandler* mmio() const { return mmio_; }
+  // Copies RAM and ROM contents into `dst` (same RAM size): a shadow machine
+  // for lockstep comparison.
+  void copy_contents_to(PhysMem& dst) const;
+  // Told about every bulk write (device DMA, loaders) with its data.
+  class BulkWriteObserver {
+   public:
+    virtual ~BulkWriteObserver() = default;
+    virtual void bulk_written(u64 pa, const void* src, u64 len) = 0;
+  };
+  void set_bulk_observer(BulkWriteObserver* o) { bulk_observer_ = o; }
 
   // Where a physical page lives. host is the page's host address (RAM or ROM),
   // or null for MMIO/unassigned space.
@@ -97,6 +108,7 @@ class PhysMem {
   std::vector<u8> code_;
   std::vector<Rom> roms_;
   MmioHandler* mmio_ = nullptr;
+  BulkWriteObserver* bulk_observer_ = nullptr;
   std::vector<CodeWatcher*> watchers_;
   std::vector<TlbShootdown*> shootdowns_;
   u64 code_invalidations_ = 0;

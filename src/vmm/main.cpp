@@ -71,7 +71,22 @@ int main(int argc, char** argv) {
   run->add_option("--append", cfg.append, "Kernel command line")->capture_default_str();
   run->add_option("-m,--memory", mem, "Guest RAM size, e.g. 256M, 1G (default unit MiB)")
       ->capture_default_str();
-  run->add_option("--engine", cfg.engine, "Execution engine: interp")->capture_default_str();
+  run->add_option("--engine", cfg.engine, "Execution engine: interp (reference interpreter) or bt (binary translation)")
+      ->capture_default_str();
+  run->add_flag("--lockstep", cfg.bt.lockstep,
+                "bt: run the interpreter beside the translator and stop at the first divergence");
+  run->add_option("--bt-block-insns", cfg.bt.block_insns,
+                  "bt: guest instructions per translated block at most (1: one per block)")
+      ->capture_default_str();
+  run->add_flag("!--bt-no-chain", cfg.bt.chain,
+                "bt: no block chaining and no inline lookup of indirect jumps");
+  run->add_option("--bt-interp", cfg.bt.interp_groups,
+                  std::string("bt: comma list of instruction groups to leave to the interpreter (") +
+                      engine::bt_groups_help() + "; all = translator off)");
+  run->add_option("--bt-cache-mb", cfg.bt.code_cache_mb, "bt: code cache size in MiB")
+      ->capture_default_str();
+  run->add_flag("!--bt-no-adaptive", cfg.bt.adaptive,
+                "bt: do not retranslate instructions that keep taking the slow path");
   run->add_option("--debug-port", dports,
                   "PORT[=FILE]: record bytes the guest writes to I/O port PORT (hex 0x.. or "
                   "decimal) to FILE, or to standard output");

@@ -1,0 +1,64 @@
+// Translated blocks and callout sites (internal to the bt engine).
+#pragma once
+#include <memory>
+#include <vector>
+
+#include "base/types.h"
+#include "x86/cpu.h"
+
+namespace popek::engine::bt {
+
+struct Block;
+
+// One instruction executed by calling the shared semantics, either always
+// (sensitive, untranslated) or when its inline memory access misses.
+struct Site {
+  x86::Insn insn;
+  x86::Handler fn = nullptr;
+  Block* block = nullptr;
+  u64 pa = 0;          // guest-physical address of the instruction
+  u32 eip = 0;
+  u16 idx = 0;         // index in the block
+  u8 group = 0;
+  bool ends = false;   // the block ends after it: always leave to the dispatcher
+  bool slow_path = false;  // reached when an inline memory access missed
+  bool direct = false;     // the adaptive policy made this a plain callout
+  // The inline access the slow path stands for (adaptive translation).
+  enum Addr : u8 { A_EA, A_PUSH, A_POP, A_EBP, A_MOFFS };
+  u8 addr = A_EA;
+  u8 seg = 0;
+  u8 size = 0;
+  bool write = false;
+  u64 hits = 0;
+  u64 persistent = 0;  // slow-path hits after which the TLB still could not serve it
+};
+
+struct Block {
+  u64 pa = 0;
+  u64 key = 0;
+  u32 cs_base = 0;
+  u32 mode = 0;
+  u32 eip = 0;
+  u32 n = 0;            // guest instructions
+  u32 guest_bytes = 0;
+  const u8* code = nullptr;  // executable address
+  u32 code_size = 0;
+  bool valid = true;
+  struct Link {
+    u32 slot = 0;         // offset of the patchable `jmp rel32` in the code
+    u32 target_eip = 0;
+    Block* to = nullptr;  // the block it is patched to, if any
+  };
+  Link links[2];
+  u8 nlinks = 0;
+  std::vector<std::pair<Block*, u8>> incoming;  // patched links into this block
+  std::vector<std::unique_ptr<Site>> sites;
+};
+
+// Instruction groups (stats, --bt-interp).
+enum Group : u8 { G_MOV, G_ALU, G_SHIFT, G_MULDIV, G_BIT, G_STACK, G_BRANCH, G_STRING, G_X87,
+                  G_SYSTEM, G_OTHER, G_COUNT };
+const char* group_name(unsigned g);
+Group group_of(const x86::Insn& i);
+
+}  // namespace popek::engine::bt

@@ -1,0 +1,573 @@
+#include "engine/bt/bt.h"
+
+#include <xbyak/xbyak.h>
+
+#include <chrono>
+#include <cstring>
+
+#include "base/error.h"
+#include "engine/bt/block.h"
+#include "engine/bt/code_cache.h"
+#include "engine/bt/lockstep.h"
+#include "engine/bt/translator.h"
+#include "x86/disasm.h"
+
+namespace popek::engine {
+
+using namespace popek::x86;
+using namespace popek::engine::bt;
+
+namespace {
+
+constexpr u64 kAdaptiveThreshold = 16;
+
+u64 callout_entry(Rt* rt, Site* site) { return rt->self->callout(site); }
+
+// Rt::hf image of EFLAGS: the LAHF byte in bits 8..15, OF in bit 0.
+u64 encode_hf(u32 eflags) { return (u64((eflags & 0xD5) | 2) << 8) | ((eflags & OF) ? 1 : 0); }
+u32 merge_hf(u32 eflags, u64 hf) {
+  return (eflags & ~u32(ARITH)) | u32((hf >> 8) & 0xD5) | ((hf & 1) ? OF : 0);
+}
+
+constexpr int kGprOff = int(offsetof(CpuState, gpr));
+constexpr int kEflagsOff = int(offsetof(CpuState, eflags));
+
+struct StubGen : Xbyak::CodeGenerator {
+  StubGen(u8* at, size_t max) : CodeGenerator(max, at) {}
+  void load_regs(bool with_eax = true) {
+    using namespace Xbyak::util;
+    if (with_eax) mov(eax, dword[r15 + kGprOff + 0]);
+    mov(ecx, dword[r15 + kGprOff + 4]);
+    mov(edx, dword[r15 + kGprOff + 8]);
+    mov(ebx, dword[r15 + kGprOff + 12]);
+    mov(r12d, dword[r15 + kGprOff + 16]);
+    mov(ebp, dword[r15 + kGprOff + 20]);
+    mov(esi, dword[r15 + kGprOff + 24]);
+    mov(edi, dword[r15 + kGprOff + 28]);
+  }
+  void store_regs() {
+    using namespace Xbyak::util;
+    mov(dword[r15 + kGprOff + 0], eax);
+    mov(dword[r15 + kGprOff + 4], ecx);
+    mov(dword[r15 + kGprOff + 8], edx);
+    mov(dword[r15 + kGprOff + 12], ebx);
+    mov(dword[r15 + kGprOff + 16], r12d);
+    mov(dword[r15 + kGprOff + 20], ebp);
+    mov(dword[r15 + kGprOff + 24], esi);
+    mov(dword[r15 + kGprOff + 28], edi);
+  }
+};
+
+}  // namespace
+
+namespace bt {
+const char* group_name(unsigned g) {
+  static const char* const names[] = {"mov", "alu", "shift", "muldiv", "bit", "stack",
+                                      "branch", "string", "x87", "system", "other"};
+  return g < G_COUNT ? names[g] : "?";
+}
+
+Group group_of(const Insn& i) {
+  static Group table[kOpCount];
+  static bool init = false;
+  if (!init) {
+    for (unsigned k = 0; k < kOpCount; k++) {
+      const OpInfo& info = op_info(Op(k));
+      const std::string n = info.name ? info.name : "";
+      auto starts = [&](const char* p) { return n.rfind(p, 0) == 0; };
+      Group g = G_OTHER;
+      if (info.attrs & FPU) g = G_X87;
+      else if (info.attrs & STR) g = G_STRING;
+      else if (info.attrs & (SEN | PRV | IOI)) g = G_SYSTEM;
+      else if (info.attrs & CT) g = G_BRANCH;
+      else if (starts("PUSH") || starts("POP") || starts("LEAVE") || starts("ENTER")) g = G_STACK;
+      else if (starts("MOV") || starts("LEA") || starts("XCHG") || starts("CMOV") ||
+               starts("BSWAP") || starts("CBW") || starts("CWD") || starts("LAHF") ||
+               starts("SAHF") || starts("XLAT"))
+        g = G_MOV;
+      else if (starts("ROL") || starts("ROR") || starts("RCL") || starts("RCR") ||
+               starts("SHL") || starts("SHR") || starts("SAL") || starts("SAR"))
+        g = G_SHIFT;
+      else if (starts("MUL") || starts("IMUL") || starts("DIV") || starts("IDIV") ||
+               starts("AAM") || starts("AAD"))
+        g = G_MULDIV;
+      else if (starts("BT") || starts("BSF") || starts("BSR") || starts("SETCC")) g = G_BIT;
+      else if (starts("ADD") || starts("OR") || starts("ADC") || starts("SBB") ||
+               starts("AND") || starts("SUB") || starts("XOR") || starts("CMP") ||
+               starts("TEST") || starts("INC") || starts("DEC") || starts("NEG") ||
+               starts("NOT") || starts("XADD") || starts("DAA") || starts("DAS") ||
+               starts("AAA") || starts("AAS") || starts("CLC") || starts("STC") ||
+               starts("CMC"))
+        g = G_ALU;
+      table[k] = g;
+    }
+    init = true;
+  }
+  return table[unsigned(i.op)];
+}
+}  // namespace bt
+
+const char* bt_groups_help() {
+  return "mov, alu, shift, muldiv, bit, stack, branch, string, x87, system, other, all";
+}
+
+Bt::Bt(CpuState& s, mem::PhysMem& pm, Platform& plat, const BtOptions& opt)
+    : s_(s), pm_(pm),
+      lockstep_(opt.lockstep ? std::make_unique<Lockstep>(s, pm, plat) : nullptr),
+      mmu_(s, pm), cpu_(s, mmu_, lockstep_ ? lockstep_->recorder() : plat),
+      step_(s, pm, mmu_, cpu_), opt_(opt), jc_(size_t(1) << kJcBits) {
+  if (!__builtin_cpu_supports("bmi2"))
+    throw Error("the bt engine needs a host CPU with BMI2 (Intel Haswell, AMD Excavator or "
+                "later); use --engine interp");
+  if (opt_.block_insns == 0) throw Error("bt: block size must be at least 1 instruction");
+  // Instruction groups left to the interpreter.
+  std::string g = opt_.interp_groups;
+  size_t pos = 0;
+  while (pos < g.size()) {
+    size_t c = g.find(',', pos);
+    std::string name = g.substr(pos, c == std::string::npos ? std::string::npos : c - pos);
+    pos = c == std::string::npos ? g.size() : c + 1;
+    if (name.empty()) continue;
+    if (name == "all") {
+      opt_.translate = false;
+      continue;
+    }
+    unsigned k = 0;
+    while (k < G_COUNT && name != group_name(k)) k++;
+    if (k == G_COUNT)
+      throw Error("bt: unknown instruction group '" + name + "' (known: " + bt_groups_help() + ")");
+    interp_group_mask_ |= 1u << k;
+  }
+  rt_.callout = &callout_entry;
+  rt_.self = this;
+  rt_.jc = jc_.data();
+  const intptr_t tlb_off =
+      reinterpret_cast<const char*>(mmu_.tlb(false)) - reinterpret_cast<const char*>(&rt_);
+  if (tlb_off < INT32_MIN + (1 << 16) || tlb_off > INT32_MAX - (1 << 16))
+    throw Error("bt: internal error: TLB too far from the runtime block");
+  cache_ = std::make_unique<CodeCache>(opt_.code_cache_mb << 20);
+  tr_ = std::make_unique<Translator>(*this, *cache_, i32(tlb_off));
+  emit_stubs();
+  flush_jc();
+  pm_.add_watcher(this);
+  if (lockstep_) lockstep_->set_real_stats(&step_.stats());
+}
+
+Bt::~Bt() { pm_.remove_watcher(this); }
+
+void Bt::set_trace(std::FILE* out) {
+  Engine::set_trace(out);
+  step_.set_trace(out);
+}
+
+void Bt::emit_stubs() {
+  using namespace Xbyak::util;
+  StubGen g(cache_->cursor(), 4096);
+  // enter(CpuState*, Rt*, code)
+  const u8* enter = g.getCurr();
+  g.push(rbx); g.push(rbp); g.push(r12); g.push(r13); g.push(r14); g.push(r15);
+  g.sub(rsp, 8);
+  g.mov(r15, rdi);
+  g.mov(r14, rsi);
+  g.mov(r13d, 12);
+  g.mov(r11, rdx);
+  g.load_regs();
+  g.jmp(r11);
+  // exit_common: guest registers in host registers, flags in Rt::hf.
+  g.align(16);
+  const u8* exit_common = g.getCurr();
+  g.store_regs();
+  g.movzx(eax, byte[r14 + int(offsetof(Rt, hf)) + 1]);
+  g.and_(eax, 0xD5);
+  Xbyak::Label no_of, nostore;
+  g.test(byte[r14 + int(offsetof(Rt, hf))], 1);
+  g.jz(no_of);
+  g.or_(eax, u32(OF));
+  g.L(no_of);
+  g.mov(ecx, dword[r15 + kEflagsOff]);
+  g.and_(ecx, ~u32(ARITH));
+  g.or_(ecx, eax);
+  g.mov(dword[r15 + kEflagsOff], ecx);
+  // exit_nostore: CpuState is already complete.
+  g.L(nostore);
+  const u8* exit_nostore = g.getCurr();
+  g.mov(rax, qword[r14 + int(offsetof(Rt, reason))]);
+  g.add(rsp, 8);
+  g.pop(r15); g.pop(r14); g.pop(r13); g.pop(r12); g.pop(rbp); g.pop(rbx);
+  g.ret();
+  // callout: r8 = Site*, called from a block (return address on the stack).
+  g.align(16);
+  const u8* callout = g.getCurr();
+  g.mov(r11, rax);
+  g.lahf();
+  g.seto(al);
+  g.mov(word[r14 + int(offsetof(Rt, hf))], ax);
+  g.mov(rax, r11);
+  g.store_regs();
+  g.mov(rdi, r14);
+  g.mov(rsi, r8);
+  g.sub(rsp, 8);
+  g.call(qword[r14 + int(offsetof(Rt, callout))]);
+  g.add(rsp, 8);
+  Xbyak::Label leave;
+  g.test(rax, rax);
+  g.jnz(leave);
+  g.load_regs(false);
+  g.mov(ax, word[r14 + int(offsetof(Rt, hf))]);
+  g.add(al, 0x7F);
+  g.sahf();
+  g.mov(eax, dword[r15 + kGprOff]);
+  g.ret();
+  g.L(leave);
+  g.add(rsp, 8);  // the block's return address
+  g.jmp(nostore, Xbyak::CodeGenerator::T_NEAR);
+
+  enter_ = reinterpret_cast<EnterFn>(const_cast<u8*>(cache_->to_rx(enter)));
+  exit_common_ = cache_->to_rx(exit_common);
+  exit_nostore_ = cache_->to_rx(exit_nostore);
+  callout_stub_ = cache_->to_rx(callout);
+  cache_->advance(g.getSize());
+  cache_->set_reserved();
+  tr_->set_stubs(Stubs{exit_common_, exit_nostore_, callout_stub_});
+}
+
+u32 Bt::mode_key() const {
+  u32 m = s_.cpl & M_CPL;
+  if (s_.seg[CS].limit == 0xFFFFFFFFu) m |= M_CS_FLAT;
+  if (s_.seg[SS].db()) m |= M_SS32;
+  for (unsigned k : {ES, SS, DS, FS, GS}) {
+    const Segment& sg = s_.seg[k];
+    if (sg.limit == 0xFFFFFFFFu && sg.usable() && sg.writable() && !sg.expand_down()) {
+      m |= m_flat(k);
+      if (sg.base == 0) m |= m_base0(k);
+    }
+  }
+  return m;
+}
+
+bool Bt::translatable() const {
+  return opt_.translate && s_.pe() && !s_.vm86() && s_.seg[CS].db() && !(s_.eflags & TF) &&
+         !s_.intr_shadow;
+}
+
+void Bt::flush_jc() {
+  for (auto& e : jc_) e = JcEntry{0xFFFFFFFFu, 0xFFFFFFFFu, nullptr};
+  st_.jc_flushes++;
+  last_tlb_flushes_ = mmu_.epoch();
+}
+
+void Bt::flush_cache() {
+  blocks_.clear();
+  by_key_.clear();
+  by_page_.clear();
+  cache_->reset();
+  flush_jc();
+  st_.cache_flushes++;
+}
+
+Block* Bt::lookup(u64 pa, u32 cs_base, u32 mode) {
+  st_.block_lookups++;
+  const u64 key = pa | (u64(mode) << 32);
+  auto it = by_key_.find(key);
+  if (it != by_key_.end())
+    for (Block* b : it->second)
+      if (b->cs_base == cs_base) return b;
+  st_.block_lookup_misses++;
+  return nullptr;
+}
+
+Block* Bt::translate(u32 eip, u64 pa, u32 mode) {
+  const mem::PhysMem::Page pg = pm_.page(pa & ~u64(0xFFF));
+  if (!pg.host) return nullptr;
+  auto t0 = std::chrono::steady_clock::now();
+  auto b = std::make_unique<Block>();
+  b->pa = pa;
+  b->key = pa | (u64(mode) << 32);
+  b->cs_base = s_.seg[CS].base;
+  b->mode = mode;
+  b->eip = eip;
+  if (!tr_->translate(*b, pg.host, opt_.block_insns)) {
+    flush_cache();
+    b->sites.clear();
+    b->nlinks = 0;
+    if (!tr_->translate(*b, pg.host, opt_.block_insns))
+      throw Error("bt: a block does not fit in an empty code cache");
+  }
+  st_.translate_ns += u64(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                              std::chrono::steady_clock::now() - t0).count());
+  if (b->n == 0) return nullptr;
+  st_.blocks_translated++;
+  if (trace_) {
+    std::fprintf(trace_, "bt: translated %04x:%08x (pa %#llx) %u insns, %u bytes -> %u host bytes\n",
+                 s_.seg[CS].sel, eip, (unsigned long long)pa, b->n, b->guest_bytes, b->code_size);
+  }
+  const u64 ppn = pa >> mem::kPageShift;
+  pm_.mark_code(ppn);
+  Block* p = b.get();
+  by_key_[p->key].push_back(p);
+  by_page_[ppn].push_back(p);
+  blocks_.push_back(std::move(b));
+  return p;
+}
+
+void Bt::patch_chain(Block* from, unsigned k, Block* to) {
+  Block::Link& l = from->links[k];
+  u8* slot = cache_->to_rw(from->code + l.slot);
+  const i32 rel = to ? i32(to->code - (from->code + l.slot + 5)) : 0;
+  std::memcpy(slot + 1, &rel, 4);
+  l.to = to;
+  if (to) {
+    to->incoming.emplace_back(from, u8(k));
+    st_.chains_patched++;
+  }
+}
+
+void Bt::unlink(Block* b) {
+  for (auto [from, k] : b->incoming) {
+    if (from->links[k].to == b) {
+      patch_chain(from, k, nullptr);
+      st_.chains_undone++;
+    }
+  }
+  b->incoming.clear();
+}
+
+void Bt::invalidate(Block* b) {
+  if (!b->valid) return;
+  b->valid = false;
+  st_.blocks_invalidated++;
+  unlink(b);
+  auto it = by_key_.find(b->key);
+  if (it != by_key_.end()) {
+    auto& v = it->second;
+    v.erase(std::remove(v.begin(), v.end(), b), v.end());
+    if (v.empty()) by_key_.erase(it);
+  }
+}
+
+void Bt::code_page_written(u64 ppn) {
+  auto it = by_page_.find(ppn);
+  if (it == by_page_.end()) return;
+  for (Block* b : it->second) invalidate(b);
+  by_page_.erase(it);
+  flush_jc();
+}
+
+u64 Bt::callout(Site* site) {
+  st_.callouts++;
+  st_.callouts_by_group[site->group]++;
+  if (site->direct) st_.adaptive_direct_calls++;
+  Block* b = site->block;
+  s_.eflags = merge_hf(s_.eflags, rt_.hf);
+  s_.eip = site->eip;
+  s_.icount = icount_base_ + u64(budget_start_ - rt_.budget) - (b->n - site->idx);
+  bool exit = site->ends;
+  cpu_.stop = StopReason::none;
+  // Where the inline access would have gone (for the adaptive policy).
+  u32 la = 0;
+  if (site->slow_path) {
+    st_.callouts_slow_mem++;
+    site->hits++;
+    switch (site->addr) {
+      case Site::A_EA: la = cpu_.ea(site->insn); break;
+      case Site::A_PUSH: la = s_.gpr[ESP] - 4; break;
+      case Site::A_POP: la = s_.gpr[ESP]; break;
+      case Site::A_MOFFS: la = site->insn.imm; break;
+      default: la = s_.gpr[EBP]; break;
+    }
+    la += s_.seg[site->seg].base;
+  }
+  try {
+    step_.execute(site->insn, site->fn);
+  } catch (const Fault& f) {
+    exit = true;
+    try {
+      step_.take_fault(f);
+    } catch (...) {
+      pending_error_ = std::current_exception();
+    }
+  } catch (const Unimplemented& u) {
+    exit = true;
+    try {
+      step_.take_unimplemented(u);
+    } catch (...) {
+      pending_error_ = std::current_exception();
+    }
+  } catch (...) {
+    exit = true;
+    pending_error_ = std::current_exception();
+  }
+  if (cpu_.stop != StopReason::none) exit = true;
+  if (!b->valid) {
+    if (!exit) st_.smc_exits++;
+    exit = true;
+  }
+  if (site->slow_path && !exit && opt_.adaptive) {
+    // Would the inline lookup hit now? If not, the slow path is the normal
+    // path for this instruction (MMIO, a watched page): translate it so.
+    const mem::TlbEntry& e = mmu_.tlb(s_.cpl == 3)[(la >> 12) & (mem::Mmu::kTlbSize - 1)];
+    const u32 last = la + site->size - 1;
+    const u32 tag = site->write ? e.tag_write : e.tag_read;
+    if (last - tag >= 4096 && ++site->persistent >= kAdaptiveThreshold) {
+      direct_slow_.insert(site->pa);
+      invalidate(b);
+      st_.adaptive_retranslations++;
+      exit = true;
+    }
+  }
+  if (exit) {
+    rt_.budget = budget_start_ - i64(s_.icount - icount_base_);
+    st_.callout_exits++;
+    return 1;
+  }
+  rt_.hf = encode_hf(s_.eflags);
+  return 0;
+}
+
+void Bt::interp_steps(u64 end, u64 max) {
+  const u64 before = s_.icount;
+  step_.run_insns(end, max);
+  st_.interp_steps += s_.icount - before;
+}
+
+Exit Bt::run(u64 budget) {
+  Exit e = run_dispatch(budget);
+  if (lockstep_) lockstep_->sync_and_compare("at the end of a run");
+  return e;
+}
+
+Exit Bt::run_dispatch(u64 budget) {
+  const u64 end = s_.icount + budget;
+  for (;;) {
+    if (take_stop()) return Exit::stopped;
+    if (s_.shutdown) return Exit::shutdown;
+    try {
+      step_.deliver_pending();
+      if (s_.shutdown) return Exit::shutdown;
+      if (s_.halted) return Exit::halt;
+      if (s_.icount >= end) return Exit::budget;
+      cpu_.stop = StopReason::none;
+      run_blocks(end);
+      if (pending_error_) {
+        std::exception_ptr e = pending_error_;
+        pending_error_ = nullptr;
+        std::rethrow_exception(e);
+      }
+      if (cpu_.stop == StopReason::shutdown) return Exit::shutdown;
+      if (cpu_.stop == StopReason::halt) return Exit::halt;
+    } catch (const Fault& f) {
+      step_.take_fault(f);
+    } catch (const Unimplemented& u) {
+      step_.take_unimplemented(u);
+    }
+  }
+}
+
+// Runs blocks until the budget is used, the CPU stops, an event can be taken
+// or a stop is requested. Faults raised here (instruction fetch) propagate.
+Exit Bt::run_blocks(u64 end) {
+  for (;;) {
+    if (s_.icount >= end || step_.event_ready() || stop_.load(std::memory_order_relaxed))
+      return Exit::budget;
+    if (!translatable()) {
+      interp_steps(end, 1);
+      if (cpu_.stop != StopReason::none) return Exit::stopped;
+      continue;
+    }
+    if (mmu_.epoch() != last_tlb_flushes_) flush_jc();
+    const Segment& cs = s_.seg[CS];
+    const u32 eip = s_.eip;
+    u64 pa;
+    const u8* host = mmu_.fetch(cs.base + eip, s_.cpl == 3, &pa);
+    if (!host || eip > cs.limit) {
+      interp_steps(end, 1);  // raises the fault or the error the interpreter reports
+      if (cpu_.stop != StopReason::none) return Exit::stopped;
+      continue;
+    }
+    const u32 mode = mode_key();
+    Block* b = lookup(pa, cs.base, mode);
+    if (!b) b = translate(eip, pa, mode);
+    if (!b || (!(mode & M_CS_FLAT) && b->guest_bytes - 1 > cs.limit - eip)) {
+      interp_steps(end, 1);
+      if (cpu_.stop != StopReason::none) return Exit::stopped;
+      continue;
+    }
+    const i64 remaining = i64(end - s_.icount);
+    if (i64(b->n) > remaining) {
+      interp_steps(end, u64(remaining));
+      if (cpu_.stop != StopReason::none) return Exit::stopped;
+      continue;
+    }
+    if (opt_.chain && cs.base == 0) {
+      JcEntry& j = jc_[((eip >> 12) ^ eip) & ((1u << kJcBits) - 1)];
+      if (j.code != b->code || j.eip != eip || j.mode != mode) {
+        j = JcEntry{eip, mode, b->code};
+        st_.jc_fills++;
+      }
+    }
+    if (lockstep_) lockstep_->before_block(eip);
+    rt_.budget = remaining;
+    budget_start_ = remaining;
+    icount_base_ = s_.icount;
+    rt_.hf = encode_hf(s_.eflags);
+    st_.block_entries++;
+    if (trace_) std::fprintf(trace_, "bt: run %04x:%08x\n", cs.sel, eip);
+    const u64 reason = enter_(&s_, &rt_, b->code);
+    s_.icount = icount_base_ + u64(budget_start_ - rt_.budget);
+    if (pending_error_) return Exit::stopped;
+    if (lockstep_) lockstep_->after_block();
+    if (reason == kExitChain && opt_.chain) {
+      Block* from = reinterpret_cast<Block*>(rt_.arg & ~u64(1));
+      const unsigned k = unsigned(rt_.arg & 1);
+      if (from->valid && !from->links[k].to && s_.eip == from->links[k].target_eip &&
+          mode_key() == from->mode) {
+        const u64 tpa = (from->pa & ~u64(0xFFF)) | (s_.eip & 0xFFF);
+        Block* to = lookup(tpa, from->cs_base, from->mode);
+        const u64 flushes = st_.cache_flushes;
+        if (!to) to = translate(s_.eip, tpa, from->mode);
+        if (to && st_.cache_flushes == flushes && to->valid) patch_chain(from, k, to);
+      }
+    }
+    if (cpu_.stop != StopReason::none) return Exit::stopped;
+  }
+}
+
+std::vector<std::pair<std::string, u64>> Bt::stats() const {
+  const StepStats& ss = step_.stats();
+  std::vector<std::pair<std::string, u64>> out = {
+      {"bt.insns", s_.icount},
+      {"bt.blocks_translated", st_.blocks_translated},
+      {"bt.blocks_invalidated", st_.blocks_invalidated},
+      {"bt.blocks_live", blocks_.size()},
+      {"bt.guest_insns_translated", st_.guest_insns_translated},
+      {"bt.translated_native", st_.native_insns},
+      {"bt.translated_callout", st_.callout_insns},
+      {"bt.code_cache_bytes_used", cache_->used()},
+      {"bt.code_cache_bytes", cache_->size()},
+      {"bt.code_cache_flushes", st_.cache_flushes},
+      {"bt.translate_us", st_.translate_ns / 1000},
+      {"bt.block_entries_from_dispatcher", st_.block_entries},
+      {"bt.block_lookups", st_.block_lookups},
+      {"bt.block_lookup_misses", st_.block_lookup_misses},
+      {"bt.chains_patched", st_.chains_patched},
+      {"bt.chains_undone", st_.chains_undone},
+      {"bt.jump_cache_fills", st_.jc_fills},
+      {"bt.jump_cache_flushes", st_.jc_flushes},
+      {"bt.callouts", st_.callouts},
+      {"bt.callouts_slow_memory", st_.callouts_slow_mem},
+      {"bt.callout_exits", st_.callout_exits},
+      {"bt.smc_exits", st_.smc_exits},
+      {"bt.adaptive_retranslations", st_.adaptive_retranslations},
+      {"bt.adaptive_direct_callouts", st_.adaptive_direct_calls},
+      {"bt.interp_steps", st_.interp_steps},
+      {"bt.exceptions", ss.exceptions},
+      {"bt.interrupts", ss.interrupts},
+      {"bt.unimplemented", ss.unimplemented}};
+  for (unsigned g = 0; g < G_COUNT; g++)
+    out.emplace_back(std::string("bt.callouts.") + group_name(g), st_.callouts_by_group[g]);
+  append_mmu_stats(mmu_, out);
+  if (lockstep_) lockstep_->append_stats(out);
+  return out;
+}
+
+}  // namespace popek::engine

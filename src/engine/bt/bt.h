@@ -1,0 +1,164 @@
+// The binary translator: guest basic blocks translated on demand into host
+// x86-64 code (emitted with xbyak into a dual-mapped code cache), chained by
+// patched jumps, with an inline soft-TLB lookup for memory operands and calls
+// ("callouts") into the shared x86 semantics for sensitive instructions, slow
+// paths and everything it does not translate. See docs/bt.md.
+#pragma once
+#include <exception>
+#include <memory>
+#include <string>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "engine/engine.h"
+#include "engine/stepper.h"
+#include "memory/mmu.h"
+#include "memory/phys_mem.h"
+#include "x86/cpu.h"
+
+namespace popek::engine {
+
+struct BtOptions {
+  unsigned block_insns = 64;   // guest instructions per block at most (1: one per block)
+  bool chain = true;           // patch direct jumps between blocks; inline indirect lookup
+  bool translate = true;       // false: every instruction through the interpreter
+  std::string interp_groups;   // comma list of instruction groups left to the interpreter
+  size_t code_cache_mb = 64;
+  bool adaptive = true;        // retranslate instructions that keep taking the slow path
+  bool lockstep = false;       // run interp beside and compare at every block boundary
+};
+
+// Instruction groups `interp_groups` may name (also used by stats).
+const char* bt_groups_help();
+
+class Bt;
+namespace bt {
+struct Block;
+struct Site;
+class Translator;
+class Lockstep;
+class CodeCache;
+
+// What generated code reads through r14.
+struct JcEntry {
+  u32 eip;
+  u32 mode;
+  const u8* code;
+};
+static constexpr unsigned kJcBits = 12;
+
+struct Rt {
+  i64 budget = 0;      // instructions left; each block subtracts its length at entry
+  u64 hf = 0;          // guest OSZAPC while in generated code: AH image << 8 | OF
+  u64 reason = 0;      // why generated code returned
+  u64 arg = 0;
+  u64 (*callout)(Rt*, Site*) = nullptr;
+  engine::Bt* self = nullptr;
+  JcEntry* jc = nullptr;
+};
+enum Reason : u64 { kExitNormal = 0, kExitChain = 1 };
+
+struct BtStats {
+  u64 blocks_translated = 0;
+  u64 blocks_invalidated = 0;
+  u64 guest_insns_translated = 0;
+  u64 native_insns = 0;      // translated into inline host code
+  u64 callout_insns = 0;     // translated into a call of the semantics
+  u64 block_entries = 0;     // dispatcher -> generated code
+  u64 block_lookups = 0;
+  u64 block_lookup_misses = 0;
+  u64 chains_patched = 0;
+  u64 chains_undone = 0;
+  u64 jc_fills = 0;
+  u64 jc_flushes = 0;
+  u64 callouts = 0;
+  u64 callouts_slow_mem = 0;  // memory operands that missed the inline TLB
+  u64 callout_exits = 0;
+  u64 adaptive_retranslations = 0;
+  u64 adaptive_direct_calls = 0;  // slow paths taken directly after retranslation
+  u64 smc_exits = 0;
+  u64 interp_steps = 0;      // instructions run by the interpreter (modes, TF, shadows)
+  u64 cache_flushes = 0;
+  u64 translate_ns = 0;
+  u64 callouts_by_group[16] = {};
+};
+}  // namespace bt
+
+class Bt final : public Engine, public mem::CodeWatcher {
+ public:
+  Bt(x86::CpuState& s, mem::PhysMem& pm, x86::Platform& plat, const BtOptions& opt);
+  ~Bt() override;
+
+  const char* name() const override { return "bt"; }
+  Exit run(u64 budget) override;
+  std::vector<std::pair<std::string, u64>> stats() const override;
+  void set_trace(std::FILE* out) override;
+
+  // CodeWatcher: a page holding translated code was written.
+  void code_page_written(u64 ppn) override;
+
+  // For the runtime (callouts) and the translator.
+  u64 callout(bt::Site* site);
+  x86::CpuState& state() { return s_; }
+  mem::Mmu& mmu() { return mmu_; }
+  const BtOptions& options() const { return opt_; }
+  bt::BtStats& bstats() { return st_; }
+  u32 interp_group_mask() const { return interp_group_mask_; }
+  bool is_direct_slow(u64 pa) const { return direct_slow_.count(pa) != 0; }
+
+ private:
+  friend class bt::Translator;
+  bt::Block* lookup(u64 pa, u32 cs_base, u32 mode);
+  bt::Block* translate(u32 eip, u64 pa, u32 mode);
+  u32 mode_key() const;
+  bool translatable() const;
+  void invalidate(bt::Block* b);
+  void unlink(bt::Block* b);
+  void flush_cache();
+  void flush_jc();
+  void patch_chain(bt::Block* from, unsigned link, bt::Block* to);
+  void emit_stubs();
+  Exit run_dispatch(u64 budget);
+  Exit run_blocks(u64 end);
+  // Runs instructions in the interpreter (stepper) up to `max`.
+  void interp_steps(u64 end, u64 max);
+
+  bt::Rt rt_;  // first: generated code reaches the TLB at a 32-bit offset from it
+  x86::CpuState& s_;
+  mem::PhysMem& pm_;
+  std::unique_ptr<bt::Lockstep> lockstep_;  // before cpu_: it records what cpu_ gets
+  mem::Mmu mmu_;
+  x86::Cpu cpu_;
+  Stepper step_;
+  BtOptions opt_;
+  std::unique_ptr<bt::CodeCache> cache_;
+  std::unique_ptr<bt::Translator> tr_;
+  std::vector<bt::JcEntry> jc_;
+  u32 interp_group_mask_ = 0;
+
+  // Blocks: all live objects (freed at cache flush), the lookup map, and per
+  // physical page the blocks translated from it.
+  std::vector<std::unique_ptr<bt::Block>> blocks_;
+  std::unordered_map<u64, std::vector<bt::Block*>> by_key_;
+  std::unordered_map<u64, std::vector<bt::Block*>> by_page_;
+  // Guest instructions (by physical address) the adaptive policy sends
+  // straight to their slow path.
+  std::unordered_set<u64> direct_slow_;
+
+  // Stubs in the reserved start of the code cache.
+  using EnterFn = u64 (*)(x86::CpuState*, bt::Rt*, const u8*);
+  EnterFn enter_ = nullptr;
+  const u8* exit_common_ = nullptr;   // store guest registers, merge flags, return
+  const u8* exit_nostore_ = nullptr;  // return (the state is already in CpuState)
+  const u8* callout_stub_ = nullptr;  // r8 = Site*
+
+  // Accounting while generated code runs.
+  u64 icount_base_ = 0;
+  i64 budget_start_ = 0;
+  std::exception_ptr pending_error_;
+  u64 last_tlb_flushes_ = 0;
+  bt::BtStats st_;
+};
+
+}  // namespace popek::engine

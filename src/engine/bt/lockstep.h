@@ -1,0 +1,119 @@
+// Lockstep: a shadow interpreter that follows the bt engine. The shadow has
+// its own CpuState and a copy of guest memory; it replays what the outside
+// world gave the real CPU (port reads, TSC, MMIO reads, interrupt vectors at
+// the instruction count they were taken, device DMA) and after every block
+// catches up to the same instruction count and compares the complete CpuState
+// and the memory the shadow wrote. The first divergence stops the VM with both
+// states and the disassembly of the block.
+#pragma once
+#include <deque>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "engine/stepper.h"
+#include "memory/mmu.h"
+#include "memory/phys_mem.h"
+#include "x86/cpu.h"
+
+namespace popek::engine {
+class Bt;
+}
+
+namespace popek::engine::bt {
+
+class Lockstep final : public x86::Platform, public mem::MmioHandler,
+                       public mem::PhysMem::BulkWriteObserver {
+ public:
+  Lockstep(x86::CpuState& real, mem::PhysMem& pm, x86::Platform& plat);
+  ~Lockstep() override;
+
+  // The platform the real CPU must use (records what it returns).
+  x86::Platform& recorder() { return rec_; }
+  // Called by Bt before it enters a block at (real) `eip`, and after it with
+  // the block's start so a divergence can show it.
+  void before_block(u32 eip) { block_eip_ = eip; }
+  void after_block();
+  // Catches the shadow up to the real instruction count and compares.
+  void sync_and_compare(const char* where);
+  void append_stats(std::vector<std::pair<std::string, u64>>& out) const;
+  // Faults do not retire: the shadow also catches up to the real exception count.
+  void set_real_stats(const StepStats* st) { real_stats_ = st; }
+
+  // Platform (the shadow's side: replays).
+  u32 io_in(u16 port, unsigned size) override;
+  void io_out(u16 port, unsigned size, u32 value) override;
+  u64 tsc() override;
+  u8 intr_ack() override;
+  // MmioHandler (the shadow's side: replays reads, checks writes).
+  u64 mmio_read(u64 pa, unsigned size) override;
+  void mmio_write(u64 pa, unsigned size, u64 value) override;
+  // BulkWriteObserver: DMA into real memory goes to the shadow too.
+  void bulk_written(u64 pa, const void* src, u64 len) override;
+
+ private:
+  struct Rec {
+    enum Kind : u8 { in, out, tsc, ack, mmio_r, mmio_w } kind;
+    u64 icount;
+    u64 addr;
+    u64 value;
+    unsigned size;
+  };
+  // Wraps the real platform / MMIO handler and logs.
+  struct Recorder final : x86::Platform, mem::MmioHandler {
+    Lockstep* ls = nullptr;
+    x86::Platform* plat = nullptr;
+    mem::MmioHandler* mmio = nullptr;
+    u32 io_in(u16 port, unsigned size) override;
+    void io_out(u16 port, unsigned size, u32 value) override;
+    u64 tsc() override;
+    u8 intr_ack() override;
+    void fpu_error() override { plat->fpu_error(); }
+    u64 mmio_read(u64 pa, unsigned size) override;
+    void mmio_write(u64 pa, unsigned size, u64 value) override;
+  };
+  // The shadow's linear memory: the shadow MMU, logging written addresses.
+  struct LoggingMem final : x86::LinearMem {
+    mem::Mmu* mmu = nullptr;
+    std::vector<std::pair<u32, unsigned>> writes;  // (linear, size)
+    bool user_ignored = false;
+    u32 read(u32 la, unsigned size, bool user) override { return mmu->read(la, size, user); }
+    void write(u32 la, unsigned size, u32 v, bool user) override {
+      mmu->write(la, size, v, user);
+      writes.emplace_back(la, size);
+    }
+    u64 read64(u32 la, bool user) override { return mmu->read64(la, user); }
+    void write64(u32 la, u64 v, bool user) override {
+      mmu->write64(la, v, user);
+      writes.emplace_back(la, 8);
+    }
+    void probe_write(u32 la, unsigned size, bool user) override { mmu->probe_write(la, size, user); }
+    void flush_tlb(bool global) override { mmu->flush_tlb(global); }
+    void invlpg(u32 la) override { mmu->invlpg(la); }
+  };
+
+  const Rec& next(Rec::Kind k, u64 addr, unsigned size);
+  [[noreturn]] void diverged(const std::string& what);
+  std::string describe(const x86::CpuState& s) const;
+  std::string block_disasm() const;
+
+  x86::CpuState& real_;
+  mem::PhysMem& pm_;
+  Recorder rec_;
+  std::deque<Rec> log_;
+  x86::CpuState sh_;
+  mem::PhysMem spm_;
+  mem::Mmu smmu_;
+  LoggingMem lmem_;
+  x86::Cpu scpu_;
+  Stepper sstep_;
+  const StepStats* real_stats_ = nullptr;
+  u32 block_eip_ = 0;
+  u64 blocks_ = 0;
+  u64 compares_ = 0;
+  u64 bytes_compared_ = 0;
+  u64 full_compares_ = 0;
+};
+
+}  // namespace popek::engine::bt

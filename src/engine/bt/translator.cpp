@@ -1,0 +1,753 @@
+// The translator. Register convention inside generated code:
+//   guest EAX ECX EDX EBX ESP EBP ESI EDI -> host eax ecx edx ebx r12d ebp esi edi
+//   r13 = 12 (shift count for the flag-free TLB check), r14 = bt::Rt*, r15 = CpuState*
+//   r8-r11 temporaries; host RFLAGS hold the guest's OSZAPC; DF is always clear.
+// Guest flags are saved into Rt::hf (LAHF/SETO image) at block exits and around
+// callouts; a block restores them at entry unless its first instruction
+// defines all six without touching memory.
+//
+// Ordinary instructions are re-encoded for the host with their registers
+// mapped and their memory operand replaced by [r8], which holds the host
+// address found by an inline soft-TLB lookup that leaves the flags alone. A
+// miss calls the semantics for the whole instruction (nothing has changed yet,
+// so faults are precise), which also refills the TLB.
+#include "engine/bt/translator.h"
+
+#include <xbyak/xbyak.h>
+
+#include <cstddef>
+#include <cstring>
+#include <deque>
+
+#include "base/error.h"
+#include "engine/bt/bt.h"
+
+namespace popek::engine::bt {
+
+using namespace popek::x86;
+using namespace Xbyak;
+using namespace Xbyak::util;
+
+namespace {
+
+constexpr int kGprOff = int(offsetof(CpuState, gpr));
+constexpr int kEipOff = int(offsetof(CpuState, eip));
+constexpr int kSegOff = int(offsetof(CpuState, seg));
+constexpr int kBaseOff = int(offsetof(Segment, base));
+constexpr int kHfOff = int(offsetof(Rt, hf));
+constexpr int kReasonOff = int(offsetof(Rt, reason));
+constexpr int kArgOff = int(offsetof(Rt, arg));
+constexpr int kJcOff = int(offsetof(Rt, jc));
+
+// Host register number of a guest 16/32-bit register.
+inline int hreg(unsigned r) { return r == ESP ? 12 : int(r); }
+
+// Which operands an op has, for the generic re-encoder.
+enum Rm : u8 { RM_NONE, RM_R, RM_W, RM_RW };
+struct Native {
+  bool ok = false;
+  u8 rm = RM_NONE;     // access to the r/m operand
+  u8 rm_size = 0;      // 0: operand size; else bytes
+  bool reg_is_reg = false;  // ModRM.reg names a register (not an opcode extension)
+  bool reg_only = false;    // memory forms go to the semantics
+};
+
+Native native_of(const Insn& i) {
+  Native n;
+  const OpInfo& info = i.info();
+  const bool byte = info.attrs & B;
+  auto set = [&](u8 rm, bool regreg, u8 size = 0) {
+    n.ok = true;
+    n.rm = rm;
+    n.reg_is_reg = regreg;
+    n.rm_size = size ? size : (byte ? 1 : i.osize);
+  };
+  switch (i.op) {
+#define ALU(N, RMW)                                                   \
+  case Op::N##_EbGb: case Op::N##_EvGv: set(RMW, true); break;        \
+  case Op::N##_GbEb: case Op::N##_GvEv: set(RM_R, true); break;       \
+  case Op::N##_EbIb: case Op::N##_EvIz: case Op::N##_EbIb82:          \
+  case Op::N##_EvIb: set(RMW, false); break;
+    ALU(ADD, RM_RW) ALU(OR, RM_RW) ALU(ADC, RM_RW) ALU(SBB, RM_RW) ALU(AND, RM_RW)
+    ALU(SUB, RM_RW) ALU(XOR, RM_RW) ALU(CMP, RM_R)
+#undef ALU
+#define SHIFT(N)                                                      \
+  case Op::N##_EbIb: case Op::N##_EvIb: case Op::N##_Eb1: case Op::N##_Ev1: \
+  case Op::N##_EbCL: case Op::N##_EvCL: set(RM_RW, false); break;
+    SHIFT(ROL) SHIFT(ROR) SHIFT(RCL) SHIFT(RCR) SHIFT(SHL) SHIFT(SHR) SHIFT(SAL) SHIFT(SAR)
+#undef SHIFT
+    case Op::TEST_EbGb: case Op::TEST_EvGv: set(RM_R, true); break;
+    case Op::XCHG_EbGb: case Op::XCHG_EvGv: set(RM_RW, true); break;
+    case Op::MOV_EbGb: case Op::MOV_EvGv: set(RM_W, true); break;
+    case Op::MOV_GbEb: case Op::MOV_GvEv: set(RM_R, true); break;
+    case Op::MOV_EbIb: case Op::MOV_EvIz: set(RM_W, false); break;
+    case Op::TEST_EbIb: case Op::TEST_EbIb1: case Op::TEST_EvIz: case Op::TEST_EvIz1:
+      set(RM_R, false); break;
+    case Op::NOT_Eb: case Op::NEG_Eb: case Op::NOT_Ev: case Op::NEG_Ev:
+    case Op::INC_Eb: case Op::DEC_Eb: case Op::INC_Ev: case Op::DEC_Ev:
+      set(RM_RW, false); break;
+    case Op::MUL_Eb: case Op::IMUL_Eb: case Op::MUL_Ev: case Op::IMUL_Ev: set(RM_R, false); break;
+    case Op::IMUL_GvEvIz: case Op::IMUL_GvEvIb: case Op::IMUL_GvEv: set(RM_R, true); break;
+    case Op::CMOVCC: set(RM_R, true); break;
+    case Op::SETCC: set(RM_W, false, 1); break;
+    case Op::BT_EvIb: set(RM_R, false); break;
+    case Op::BTS_EvIb: case Op::BTR_EvIb: case Op::BTC_EvIb: set(RM_RW, false); break;
+    case Op::BT_EvGv: set(RM_R, true); n.reg_only = true; break;
+    case Op::BTS_EvGv: case Op::BTR_EvGv: case Op::BTC_EvGv:
+      set(RM_RW, true); n.reg_only = true; break;
+    case Op::SHLD_EvGvIb: case Op::SHLD_EvGvCL: case Op::SHRD_EvGvIb: case Op::SHRD_EvGvCL:
+      set(RM_RW, true); break;
+    case Op::CMPXCHG_EbGb: case Op::CMPXCHG_EvGv: case Op::XADD_EbGb: case Op::XADD_EvGv:
+      set(RM_RW, true); break;
+    case Op::BSF: case Op::BSR: set(RM_R, true); break;
+    case Op::MOVZX_GvEb: case Op::MOVSX_GvEb: set(RM_R, true, 1); break;
+    case Op::MOVZX_GvEw: case Op::MOVSX_GvEw: set(RM_R, true, 2); break;
+    case Op::CMPXCHG8B: set(RM_RW, false, 8); break;
+    default: break;
+  }
+  return n;
+}
+
+// The flags an instruction always writes (shifts by a count that may be 0
+// write none).
+u16 must_write(const Insn& i) {
+  switch (group_of(i)) {
+    case G_SHIFT: return 0;
+    default: break;
+  }
+  if (i.info().attrs & (CT | SEN | STR | FPU)) return 0;
+  return i.info().flags_written;
+}
+
+class Emitter : public CodeGenerator {
+ public:
+  Emitter(Bt& bt, CodeCache& cc, Block& b, const u8* page, i32 tlb_off, const Stubs& stubs,
+          size_t max)
+      : CodeGenerator(max, cc.cursor()), bt_(bt), cc_(cc), b_(b), page_(page),
+        tlb_off_(tlb_off), stubs_(stubs), rx_(cc.to_rx(cc.cursor())) {
+    user_ = (b.mode & M_CPL) == 3;
+  }
+
+  void run(u32 max_insns);
+
+ private:
+  struct Slow {
+    Label entry, done;
+    Site* site;
+  };
+
+  // ---- raw emission against executable addresses ----
+  i32 rel_to(const u8* target, unsigned len) {
+    return i32(target - (rx_ + getSize() + len));
+  }
+  void jmp_abs(const u8* target) {
+    const i32 rel = rel_to(target, 5);
+    db(0xE9);
+    dd(u32(rel));
+  }
+  void call_abs(const u8* target) {
+    const i32 rel = rel_to(target, 5);
+    db(0xE8);
+    dd(u32(rel));
+  }
+
+  void save_flags() {
+    if (!dirty_) return;
+    mov(r11, rax);
+    lahf();
+    seto(al);
+    mov(word[r14 + kHfOff], ax);
+    mov(rax, r11);
+    dirty_ = false;
+  }
+  void restore_flags() {
+    mov(r11, rax);
+    mov(ax, word[r14 + kHfOff]);
+    add(al, 0x7F);  // OF from bit 0
+    sahf();
+    mov(rax, r11);
+  }
+
+  Site* new_site(const Insn& i, u32 eip, u64 pa, bool ends, bool slow) {
+    auto s = std::make_unique<Site>();
+    s->insn = i;
+    s->fn = handler_for(i);
+    s->block = &b_;
+    s->pa = pa;
+    s->eip = eip;
+    s->idx = u16(idx_);
+    s->group = u8(group_of(i));
+    s->ends = ends;
+    s->slow_path = slow;
+    Site* p = s.get();
+    b_.sites.push_back(std::move(s));
+    return p;
+  }
+  void call_site(Site* s) {
+    mov(r8, u64(s));
+    call_abs(stubs_.callout);
+    dirty_ = false;  // the stub restored the flags from Rt::hf
+  }
+
+  // ---- memory operands ----
+  bool seg_native(unsigned seg) const { return b_.mode & m_flat(seg); }
+  // r8d = linear address of the memory operand.
+  void ea_to_r8(const Insn& i) {
+    RegExp e;
+    bool any = false;
+    if (i.base != kNoReg) { e = RegExp(Reg64(hreg(i.base))); any = true; }
+    if (i.index != kNoReg) {
+      RegExp ix = Reg64(hreg(i.index)) * (1 << i.scale);
+      e = any ? e + ix : ix;
+      any = true;
+    }
+    if (any) lea(r8d, ptr[e + i32(i.disp)]);
+    else mov(r8d, i.disp);
+    add_seg_base(i.seg);
+  }
+  void add_seg_base(unsigned seg) {
+    if (b_.mode & m_base0(seg)) return;
+    mov(r9d, dword[r15 + kSegOff + int(seg * sizeof(Segment)) + kBaseOff]);
+    lea(r8d, ptr[r8 + r9]);
+  }
+  // r8 (linear, zero-extended) -> host address, or a jump to `slow`.
+  void lookup(unsigned size, bool write, Label& slow) {
+    const int set = tlb_off_ + (user_ ? int(mem::Mmu::kTlbSize * sizeof(mem::TlbEntry)) : 0);
+    const int tag = set + (write ? int(offsetof(mem::TlbEntry, tag_write))
+                                 : int(offsetof(mem::TlbEntry, tag_read)));
+    const int addend = set + int(offsetof(mem::TlbEntry, addend));
+    rorx(r9d, r8d, 12);
+    movzx(r9d, r9b);
+    lea(r9, ptr[r9 * 8]);
+    mov(r10d, dword[r14 + r9 * 4 + tag]);
+    not_(r10d);
+    lea(r10d, ptr[r8 + r10 + int(size)]);  // last byte - tag
+    shrx(r10d, r10d, r13d);                  // zero iff on the tagged page
+    mov(r11, rcx);
+    mov(ecx, r10d);
+    Label hit;
+    jrcxz(hit);
+    mov(rcx, r11);
+    jmp(slow, T_NEAR);
+    L(hit);
+    mov(rcx, r11);
+    mov(r10, qword[r14 + r9 * 4 + addend]);
+    lea(r8, ptr[r8 + r10]);
+  }
+
+  // ---- the generic re-encoder ----
+  // Emits `i` for the host with registers mapped and a memory operand as [r8].
+  // Returns false (emitting nothing) if the host cannot encode it that way.
+  static bool can_reencode(const Insn& i, const Native& n) {
+    const OpInfo& info = i.info();
+    const bool byte = info.attrs & B;
+    const unsigned reg_size = byte ? 1 : i.osize;
+    bool rex = i.mem, hi8 = false;
+    if (n.reg_is_reg) {
+      if (reg_size == 1) hi8 |= i.reg >= 4;
+      else rex |= hreg(i.reg) >= 8;
+    }
+    if (!i.mem) {
+      if (n.rm_size == 1) hi8 |= i.rm >= 4;
+      else rex |= hreg(i.rm) >= 8;
+    }
+    if (rex && hi8) return false;
+    switch (info.imm) {
+      case I_B: case I_BS: case I_W: case I_Z: case I_NONE: return true;
+      default: return false;
+    }
+  }
+  void reencode(const Insn& i, const Native& n, const u8* bytes) {
+    const OpInfo& info = i.info();
+    const bool byte = info.attrs & B;
+    const unsigned reg_size = byte ? 1 : i.osize;
+    const unsigned rm_size = n.rm_size;
+    u8 rex = 0;
+    bool hi8 = false;
+    u8 reg_field = i.reg & 7, rm_field;
+    if (n.reg_is_reg) {
+      if (reg_size == 1) hi8 |= i.reg >= 4;
+      else if (hreg(i.reg) >= 8) rex |= 4;
+    }
+    if (i.mem) {
+      rm_field = 0;  // [r8]
+      rex |= 1;
+    } else {
+      rm_field = i.rm & 7;
+      if (rm_size == 1) hi8 |= i.rm >= 4;
+      else if (hreg(i.rm) >= 8) rex |= 1;
+    }
+    (void)hi8;
+    // Immediate bytes: the tail of the guest instruction.
+    unsigned imm_len = 0;
+    switch (info.imm) {
+      case I_B: case I_BS: imm_len = 1; break;
+      case I_W: imm_len = 2; break;
+      case I_Z: imm_len = i.osize == 2 ? 2 : 4; break;
+      default: break;
+    }
+    if (i.osize == 2 && !byte) db(0x66);
+    if (rex) db(0x40 | rex);
+    if (i.map == 1) db(0x0F);
+    u8 opc = i.opcode;
+    if (i.map == 0 && opc == 0x82) opc = 0x80;  // invalid in 64-bit mode
+    db(opc);
+    u8 ext = reg_field;
+    if (i.op == Op::TEST_EbIb1 || i.op == Op::TEST_EvIz1) ext = 0;
+    db(u8((i.mem ? 0x00 : 0xC0) | (ext << 3) | rm_field));
+    for (unsigned k = 0; k < imm_len; k++) db(bytes[i.len - imm_len + k]);
+  }
+
+  // ---- exits ----
+  // Leaves the block for guest EIP `target` (a constant).
+  void exit_direct(u32 target) {
+    save_flags();
+    mov(dword[r15 + kEipOff], target);
+    const bool flat = b_.mode & M_CS_FLAT;
+    if (bt_.options().chain && flat && b_.nlinks < 2 &&
+        (target & ~0xFFFu) == (b_.eip & ~0xFFFu)) {
+      const unsigned k = b_.nlinks++;
+      b_.links[k].slot = u32(getSize());
+      b_.links[k].target_eip = target;
+      db(0xE9);
+      dd(0);  // falls through until patched
+      mov(qword[r14 + kReasonOff], u32(kExitChain));
+      mov(r8, u64(&b_) | k);
+      mov(qword[r14 + kArgOff], r8);
+      jmp_abs(stubs_.exit_common);
+    } else if (bt_.options().chain && flat && b_.cs_base == 0) {
+      mov(r9d, target);
+      jc_lookup();
+    } else {
+      mov(qword[r14 + kReasonOff], u32(kExitNormal));
+      jmp_abs(stubs_.exit_common);
+    }
+  }
+  // Leaves the block for the guest EIP in r9d.
+  void exit_indirect() {
+    save_flags();
+    mov(dword[r15 + kEipOff], r9d);
+    if (bt_.options().chain && (b_.mode & M_CS_FLAT) && b_.cs_base == 0) {
+      jc_lookup();
+    } else {
+      mov(qword[r14 + kReasonOff], u32(kExitNormal));
+      jmp_abs(stubs_.exit_common);
+    }
+  }
+  // The jump cache: (eip, mode) -> code, filled by the dispatcher. Flags are saved.
+  void jc_lookup() {
+    mov(r10d, r9d);
+    shr(r10d, 12);
+    xor_(r10d, r9d);
+    and_(r10d, (1u << kJcBits) - 1);
+    shl(r10d, 4);
+    add(r10, qword[r14 + kJcOff]);
+    mov(r11, u64(b_.mode) << 32);
+    or_(r11, r9);
+    Label miss;
+    cmp(qword[r10], r11);
+    jne(miss);
+    jmp(qword[r10 + 8]);
+    L(miss);
+    mov(qword[r14 + kReasonOff], u32(kExitNormal));
+    jmp_abs(stubs_.exit_common);
+  }
+
+  void jcc(unsigned cc, const Label& l) {
+    switch (cc & 15) {
+      case 0: jo(l, T_NEAR); break;
+      case 1: jno(l, T_NEAR); break;
+      case 2: jb(l, T_NEAR); break;
+      case 3: jae(l, T_NEAR); break;
+      case 4: je(l, T_NEAR); break;
+      case 5: jne(l, T_NEAR); break;
+      case 6: jbe(l, T_NEAR); break;
+      case 7: ja(l, T_NEAR); break;
+      case 8: js(l, T_NEAR); break;
+      case 9: jns(l, T_NEAR); break;
+      case 10: jp(l, T_NEAR); break;
+      case 11: jnp(l, T_NEAR); break;
+      case 12: jl(l, T_NEAR); break;
+      case 13: jge(l, T_NEAR); break;
+      case 14: jle(l, T_NEAR); break;
+      default: jg(l, T_NEAR); break;
+    }
+  }
+
+  // Starts a memory access: a slow path (the whole instruction through the
+  // semantics) and the inline lookup. Returns the slow record.
+  Slow& mem_access(const Insn& i, u32 eip, u64 pa, unsigned seg, unsigned size, bool write,
+                   bool ea_from_insn) {
+    slows_.emplace_back();
+    Slow& s = slows_.back();
+    s.site = new_site(i, eip, pa, false, true);
+    s.site->seg = u8(seg);
+    s.site->size = u8(size);
+    s.site->write = write;
+    s.site->addr = ea_from_insn ? Site::A_EA : pending_addr_;
+    if (ea_from_insn) ea_to_r8(i);
+    else add_seg_base(seg);
+    lookup(size, write, s.entry);
+    return s;
+  }
+
+  enum class Done { next, ended };
+  Done insn(const Insn& i, const u8* bytes, u32 eip, u64 pa);
+  Done callout(const Insn& i, u32 eip, u64 pa, bool ends) {
+    Site* s = new_site(i, eip, pa, ends, false);
+    s->direct = direct_slow(pa);
+    save_flags();
+    call_site(s);
+    bt_.bstats().callout_insns++;
+    if (ends) {
+      ud2();  // the stub never returns here
+      return Done::ended;
+    }
+    return Done::next;
+  }
+  bool stack_ok() const {
+    return (b_.mode & M_SS32) && seg_native(SS);
+  }
+  bool direct_slow(u64 pa) const;
+
+  Bt& bt_;
+  CodeCache& cc_;
+  Block& b_;
+  const u8* page_;
+  i32 tlb_off_;
+  Stubs stubs_;
+  const u8* rx_;
+  bool user_ = false;
+  bool dirty_ = false;  // host flags hold guest flags not yet in Rt::hf
+  unsigned idx_ = 0;
+  u8 pending_addr_ = Site::A_EA;
+  std::deque<Slow> slows_;  // stable addresses
+};
+
+bool Emitter::direct_slow(u64 pa) const { return bt_.is_direct_slow(pa); }
+
+Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
+  const OpInfo& info = i.info();
+  const u32 next = eip + i.len;
+  const u32 group_bit = 1u << group_of(i);
+  const bool interp_only = bt_.interp_group_mask() & group_bit;
+  const bool flat_cs = b_.mode & M_CS_FLAT;
+  auto& st = bt_.bstats();
+
+  if (info.attrs & (SEN | PRV | IOI)) return callout(i, eip, pa, true);
+  if (interp_only || (info.attrs & (FPU | STR))) return callout(i, eip, pa, info.attrs & CT);
+  if (i.asize != 4) return callout(i, eip, pa, info.attrs & CT);
+  const bool mem_native = !i.mem || (seg_native(i.seg) && !direct_slow(pa));
+
+  // Control transfers.
+  if (info.attrs & CT) {
+    if (i.osize != 4 || !flat_cs) return callout(i, eip, pa, true);
+    switch (i.op) {
+      case Op::JMP_Jb: case Op::JMP_Jz:
+        st.native_insns++;
+        exit_direct(next + i.imm);
+        return Done::ended;
+      case Op::JCC_Jb: case Op::JCC_Jz: {
+        st.native_insns++;
+        save_flags();
+        Label taken;
+        jcc(i.opcode & 15, taken);
+        exit_direct(next);
+        L(taken);
+        exit_direct(next + i.imm);
+        return Done::ended;
+      }
+      case Op::CALL_Jz: {
+        if (!stack_ok() || direct_slow(pa)) break;
+        st.native_insns++;
+        lea(r8d, ptr[r12 - 4]);
+        pending_addr_ = Site::A_PUSH;
+        Slow& s = mem_access(i, eip, pa, SS, 4, true, false);
+        mov(dword[r8], next);
+        lea(r12d, ptr[r12 - 4]);
+        L(s.done);
+        exit_direct(next + i.imm);
+        return Done::ended;
+      }
+      case Op::RET: case Op::RET_Iw: {
+        if (!stack_ok() || direct_slow(pa)) break;
+        st.native_insns++;
+        mov(r8d, r12d);
+        pending_addr_ = Site::A_POP;
+        Slow& s = mem_access(i, eip, pa, SS, 4, false, false);
+        mov(r9d, dword[r8]);
+        lea(r12d, ptr[r12 + 4 + int(i.op == Op::RET_Iw ? (i.imm & 0xFFFF) : 0)]);
+        // The slow path ran the instruction: take EIP from the state.
+        Label go;
+        jmp(go);
+        L(s.done);
+        mov(r9d, dword[r15 + kEipOff]);
+        L(go);
+        exit_indirect();
+        return Done::ended;
+      }
+      case Op::JMP_Ev: {
+        st.native_insns++;
+        if (!i.mem) {
+          mov(r9d, Reg32(hreg(i.rm)));
+          exit_indirect();
+          return Done::ended;
+        }
+        if (!mem_native) break;
+        Slow& s = mem_access(i, eip, pa, i.seg, 4, false, true);
+        mov(r9d, dword[r8]);
+        Label go;
+        jmp(go);
+        L(s.done);
+        mov(r9d, dword[r15 + kEipOff]);
+        L(go);
+        exit_indirect();
+        return Done::ended;
+      }
+      case Op::CALL_Ev: {
+        if (i.mem || !stack_ok() || direct_slow(pa)) break;
+        st.native_insns++;
+        lea(r8d, ptr[r12 - 4]);
+        pending_addr_ = Site::A_PUSH;
+        Slow& s = mem_access(i, eip, pa, SS, 4, true, false);
+        mov(dword[r8], next);
+        mov(r9d, Reg32(hreg(i.rm)));
+        lea(r12d, ptr[r12 - 4]);
+        Label go;
+        jmp(go);
+        L(s.done);
+        mov(r9d, dword[r15 + kEipOff]);
+        L(go);
+        exit_indirect();
+        return Done::ended;
+      }
+      default: break;
+    }
+    return callout(i, eip, pa, true);
+  }
+
+  // Stack operations.
+  switch (i.op) {
+    case Op::PUSH_r: case Op::PUSH_Iz: case Op::PUSH_Ib: case Op::PUSH_Ev: {
+      if (i.osize != 4 || !stack_ok() || direct_slow(pa) || (i.op == Op::PUSH_Ev && i.mem)) break;
+      st.native_insns++;
+      lea(r8d, ptr[r12 - 4]);
+      pending_addr_ = Site::A_PUSH;
+      Slow& s = mem_access(i, eip, pa, SS, 4, true, false);
+      if (i.op == Op::PUSH_r) mov(dword[r8], Reg32(hreg(i.opcode & 7)));
+      else if (i.op == Op::PUSH_Ev) mov(dword[r8], Reg32(hreg(i.rm)));
+      else mov(dword[r8], i.imm);
+      lea(r12d, ptr[r12 - 4]);
+      L(s.done);
+      return Done::next;
+    }
+    case Op::POP_r: case Op::POP_Ev: {
+      if (i.osize != 4 || !stack_ok() || direct_slow(pa) || (i.op == Op::POP_Ev && i.mem)) break;
+      st.native_insns++;
+      mov(r8d, r12d);
+      pending_addr_ = Site::A_POP;
+      Slow& s = mem_access(i, eip, pa, SS, 4, false, false);
+      mov(r9d, dword[r8]);
+      lea(r12d, ptr[r12 + 4]);
+      mov(Reg32(hreg(i.op == Op::POP_r ? (i.opcode & 7) : i.rm)), r9d);
+      L(s.done);
+      return Done::next;
+    }
+    case Op::LEAVE: {
+      if (i.osize != 4 || !stack_ok() || direct_slow(pa)) break;
+      st.native_insns++;
+      mov(r8d, ebp);
+      pending_addr_ = Site::A_EBP;
+      Slow& s = mem_access(i, eip, pa, SS, 4, false, false);
+      mov(r9d, dword[r8]);
+      lea(r12d, ptr[rbp + 4]);
+      mov(ebp, r9d);
+      L(s.done);
+      return Done::next;
+    }
+    case Op::LEA: {
+      if (i.osize != 4) break;
+      st.native_insns++;
+      RegExp e;
+      bool any = false;
+      if (i.base != kNoReg) { e = RegExp(Reg64(hreg(i.base))); any = true; }
+      if (i.index != kNoReg) {
+        RegExp ix = Reg64(hreg(i.index)) * (1 << i.scale);
+        e = any ? e + ix : ix;
+        any = true;
+      }
+      if (any) lea(Reg32(hreg(i.reg)), ptr[e + i32(i.disp)]);
+      else mov(Reg32(hreg(i.reg)), i.disp);
+      return Done::next;
+    }
+    case Op::NOP: case Op::HINT_NOP:
+      st.native_insns++;
+      return Done::next;
+    case Op::INC_r: case Op::DEC_r: {
+      st.native_insns++;
+      const int r = hreg(i.opcode & 7);
+      if (i.osize == 2) db(0x66);
+      if (r >= 8) db(0x41);
+      db(0xFF);
+      db(u8(0xC0 | ((i.op == Op::DEC_r ? 1 : 0) << 3) | (r & 7)));
+      dirty_ = true;
+      return Done::next;
+    }
+    case Op::MOV_rIv: case Op::XCHG_eAXr: case Op::BSWAP: {
+      if (i.op == Op::BSWAP && i.osize != 4) break;
+      st.native_insns++;
+      const int r = hreg(i.opcode & 7);
+      if (i.osize == 2) db(0x66);
+      if (r >= 8) db(0x41);
+      if (i.map == 1) db(0x0F);
+      db(u8((i.opcode & ~7) | (r & 7)));
+      if (i.op == Op::MOV_rIv)
+        for (unsigned k = 0; k < i.osize; k++) db(bytes[i.len - i.osize + k]);
+      return Done::next;
+    }
+    case Op::MOV_rbIb: case Op::CBW: case Op::CWD: case Op::CMC: case Op::CLC: case Op::STC:
+    case Op::SAHF: case Op::LAHF:
+    case Op::ADD_ALIb: case Op::ADD_eAXIz: case Op::OR_ALIb: case Op::OR_eAXIz:
+    case Op::ADC_ALIb: case Op::ADC_eAXIz: case Op::SBB_ALIb: case Op::SBB_eAXIz:
+    case Op::AND_ALIb: case Op::AND_eAXIz: case Op::SUB_ALIb: case Op::SUB_eAXIz:
+    case Op::XOR_ALIb: case Op::XOR_eAXIz: case Op::CMP_ALIb: case Op::CMP_eAXIz:
+    case Op::TEST_ALIb: case Op::TEST_eAXIz: {
+      // No ModRM, no ESP: the guest bytes after the prefixes run as they are.
+      st.native_insns++;
+      const unsigned imm_len =
+          info.imm == I_B ? 1 : info.imm == I_Z ? (i.osize == 2 ? 2 : 4) : 0;
+      if (i.osize == 2 && !(info.attrs & B)) db(0x66);
+      db(i.opcode);
+      for (unsigned k = 0; k < imm_len; k++) db(bytes[i.len - imm_len + k]);
+      if (info.flags_written) dirty_ = true;
+      return Done::next;
+    }
+    case Op::MOV_ALOb: case Op::MOV_eAXOv: case Op::MOV_ObAL: case Op::MOV_OveAX: {
+      if (!mem_native) break;
+      // As MOV AL/eAX <-> [moffs] through the generic path.
+      Insn m = i;
+      const bool load = i.op == Op::MOV_ALOb || i.op == Op::MOV_eAXOv;
+      const bool byte = info.attrs & B;
+      m.op = load ? (byte ? Op::MOV_GbEb : Op::MOV_GvEv) : (byte ? Op::MOV_EbGb : Op::MOV_EvGv);
+      m.opcode = load ? (byte ? 0x8A : 0x8B) : (byte ? 0x88 : 0x89);
+      m.mem = true;
+      m.reg = 0;
+      m.base = m.index = kNoReg;
+      st.native_insns++;
+      const unsigned size = byte ? 1 : i.osize;
+      mov(r8d, i.imm);  // the moffs is in imm
+      pending_addr_ = Site::A_MOFFS;
+      Slow& s = mem_access(i, eip, pa, i.seg, size, !load, false);
+      Native n;
+      n.ok = true;
+      n.rm = load ? RM_R : RM_W;
+      n.rm_size = u8(size);
+      n.reg_is_reg = true;
+      reencode(m, n, bytes);  // MOV has no immediate: nothing read from bytes
+      L(s.done);
+      return Done::next;
+    }
+    default: break;
+  }
+
+  const Native n = native_of(i);
+  if (n.ok && !(n.reg_only && i.mem) && mem_native) {
+    if (can_reencode(i, n)) {
+      st.native_insns++;
+      if (!i.mem) {
+        reencode(i, n, bytes);
+      } else {
+        Slow& s = mem_access(i, eip, pa, i.seg, n.rm_size, n.rm == RM_W || n.rm == RM_RW, true);
+        reencode(i, n, bytes);
+        L(s.done);
+      }
+      if (info.flags_written) dirty_ = true;
+      return Done::next;
+    }
+  }
+  return callout(i, eip, pa, info.attrs & CT);
+}
+
+void Emitter::run(u32 max_insns) {
+  auto& st = bt_.bstats();
+  // Prologue: account for the block's instructions (patched at the end).
+  db(0x49); db(0x81); db(0x2E);  // sub qword [r14], imm32
+  const size_t count_at = getSize();
+  dd(0);
+  Label budget_exit;
+  jl(budget_exit, T_NEAR);
+  const size_t restore_at = getSize();
+
+  u32 eip = b_.eip;
+  u32 off = b_.pa & 0xFFF;
+  const u64 page_pa = b_.pa & ~u64(0xFFF);
+  Done d = Done::next;
+  while (idx_ < max_insns) {
+    const unsigned avail = 4096 - off;
+    Insn i;
+    DecodeStatus ds = decode(page_ + off, avail < 15 ? avail : 15, true, &i);
+    if (ds != DecodeStatus::ok) {
+      if (idx_ == 0) {
+        // Invalid, too long or crossing the page: the semantics raise the fault
+        // (or the dispatcher interprets it) — a one-instruction callout block
+        // would need the bytes; leave it to the interpreter.
+        b_.n = 0;
+        return;
+      }
+      break;
+    }
+    if (idx_ == 0) {
+      // Restore the guest flags unless the first instruction defines them all
+      // without a memory access (faults and slow paths see the host flags).
+      const bool defines = must_write(i) == ARITH && !i.mem && !(i.info().attrs & (SEN | PRV | IOI));
+      if (!defines) restore_flags();
+    }
+    const u8* bytes = page_ + off;
+    const u32 ieip = eip;
+    d = insn(i, bytes, ieip, page_pa | off);
+    st.guest_insns_translated++;
+    idx_++;
+    eip += i.len;
+    off += i.len;
+    if (d == Done::ended) break;
+    if (off >= 4096) break;
+  }
+  if (d != Done::ended) exit_direct(eip);
+  (void)restore_at;
+
+  // Out-of-line slow paths.
+  for (Slow& s : slows_) {
+    L(s.entry);
+    call_site(s.site);  // the stub saves the flags
+    jmp(s.done, T_NEAR);
+  }
+  L(budget_exit);
+  db(0x49); db(0x81); db(0x06);  // add qword [r14], imm32
+  const size_t count2_at = getSize();
+  dd(0);
+  mov(dword[r15 + kEipOff], b_.eip);
+  mov(qword[r14 + kReasonOff], u32(kExitNormal));
+  jmp_abs(stubs_.exit_common);
+  if (hasUndefinedLabel()) throw Error("bt: internal error: undefined label in a translation");
+
+  b_.n = idx_;
+  b_.guest_bytes = eip - b_.eip;
+  u8* code = const_cast<u8*>(getCode());
+  std::memcpy(code + count_at, &b_.n, 4);
+  std::memcpy(code + count2_at, &b_.n, 4);
+  b_.code = rx_;
+  b_.code_size = u32(getSize());
+}
+
+}  // namespace
+
+bool Translator::translate(Block& b, const u8* page, u32 max_insns) {
+  constexpr size_t kMaxBlockCode = 64 * 1024;
+  if (cc_.free_bytes() < kMaxBlockCode) return false;
+  Emitter e(bt_, cc_, b, page, tlb_off_, stubs_, kMaxBlockCode);
+  e.run(max_insns);
+  if (b.n) cc_.advance(b.code_size);
+  return true;
+}
+
+}  // namespace popek::engine::bt

@@ -1,0 +1,48 @@
+// Guest basic block -> host x86-64 code. Internal to the bt engine.
+#pragma once
+#include <memory>
+
+#include "engine/bt/block.h"
+#include "engine/bt/code_cache.h"
+
+namespace popek::engine {
+class Bt;
+}
+
+namespace popek::engine::bt {
+
+// Mode bits of a translation key (what changes the generated code).
+enum : u32 {
+  M_CPL = 3,
+  M_CS_FLAT = 1u << 2,   // CS limit 4 GiB
+  M_SS32 = 1u << 3,      // 32-bit stack
+};
+// Per data segment (x86 segment number s): flat_rw (limit 4 GiB, writable,
+// expand-up, present) and base 0.
+constexpr u32 m_flat(unsigned s) { return 1u << (4 + 2 * s); }
+constexpr u32 m_base0(unsigned s) { return 1u << (5 + 2 * s); }
+
+struct Stubs {
+  const u8* exit_common;
+  const u8* exit_nostore;
+  const u8* callout;
+};
+
+class Translator {
+ public:
+  Translator(Bt& bt, CodeCache& cc, i32 tlb_off) : bt_(bt), cc_(cc), tlb_off_(tlb_off) {}
+  void set_stubs(const Stubs& s) { stubs_ = s; }
+  // Translates the block starting at `eip` (guest-physical `pa`, host bytes of
+  // its page at `page`). Fills `b` (code, sites, links). Returns false if the
+  // cache is too full (the caller flushes and retries) — never for other reasons:
+  // an instruction it cannot translate becomes a callout.
+  bool translate(Block& b, const u8* page, u32 max_insns);
+
+ private:
+  Bt& bt_;
+  CodeCache& cc_;
+  i32 tlb_off_;
+  Stubs stubs_{};
+};
+
+}  // namespace popek::engine::bt

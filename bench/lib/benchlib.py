@@ -220,8 +220,15 @@ def run_guest(engine, popek, kernel, initrd, args, run_path, append_extra="", ke
             break  # QEMU halts without exiting
     # QEMU halts without exiting, and anything past its time is stopped; popek
     # exits by itself after the power-off (given 30 s).
+    # (os.kill, not Popen.terminate/kill: those poll, and would reap the child
+    # before wait4 can read its CPU time.)
+    def signal(sig):
+        try:
+            os.kill(p.pid, sig)
+        except ProcessLookupError:
+            pass
     if engine == "qemu" or r.timed_out or r.off is None:
-        p.terminate()
+        signal(15)
     grace = time.monotonic() + 30
     while True:
         pid, st, ru = os.wait4(p.pid, os.WNOHANG)
@@ -230,7 +237,7 @@ def run_guest(engine, popek, kernel, initrd, args, run_path, append_extra="", ke
             r.cpu = ru.ru_utime + ru.ru_stime
             break
         if time.monotonic() > grace:
-            p.kill()
+            signal(9)
             grace = float("inf")
         time.sleep(0.01)
     r.exited = time.monotonic() - t0

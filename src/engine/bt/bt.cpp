@@ -398,6 +398,9 @@ u64 Bt::callout(Site* site) {
     pending_error_ = std::current_exception();
   }
   if (cpu_.stop != StopReason::none) exit = true;
+  // An instruction that did not finish (REP string work done in chunks) or
+  // transferred control continues from the dispatcher.
+  if (s_.eip != site->eip + site->insn.len && !site->slow_path) exit = true;
   if (!b->valid) {
     if (!exit) st_.smc_exits++;
     exit = true;

@@ -108,15 +108,25 @@ Native native_of(const Insn& i) {
   return n;
 }
 
-// The flags an instruction always writes (shifts by a count that may be 0
-// write none).
-u16 must_write(const Insn& i) {
-  switch (group_of(i)) {
-    case G_SHIFT: return 0;
-    default: break;
+// True if the instruction sets all six arithmetic flags from its result alone
+// (none read, none left undefined — a host may leave an undefined flag as it
+// was, and the interpreter runs the host instruction on the guest's flags).
+bool defines_all_flags(const Insn& i) {
+  switch (i.op) {
+    case Op::ADD_EbGb: case Op::ADD_EvGv: case Op::ADD_GbEb: case Op::ADD_GvEv:
+    case Op::ADD_ALIb: case Op::ADD_eAXIz: case Op::ADD_EbIb: case Op::ADD_EvIz:
+    case Op::ADD_EbIb82: case Op::ADD_EvIb:
+    case Op::SUB_EbGb: case Op::SUB_EvGv: case Op::SUB_GbEb: case Op::SUB_GvEv:
+    case Op::SUB_ALIb: case Op::SUB_eAXIz: case Op::SUB_EbIb: case Op::SUB_EvIz:
+    case Op::SUB_EbIb82: case Op::SUB_EvIb:
+    case Op::CMP_EbGb: case Op::CMP_EvGv: case Op::CMP_GbEb: case Op::CMP_GvEv:
+    case Op::CMP_ALIb: case Op::CMP_eAXIz: case Op::CMP_EbIb: case Op::CMP_EvIz:
+    case Op::CMP_EbIb82: case Op::CMP_EvIb:
+    case Op::NEG_Eb: case Op::NEG_Ev:
+      return true;
+    default:
+      return false;
   }
-  if (i.info().attrs & (CT | SEN | STR | FPU)) return 0;
-  return i.info().flags_written;
 }
 
 class Emitter : public CodeGenerator {
@@ -384,7 +394,7 @@ class Emitter : public CodeGenerator {
     s.site->seg = u8(seg);
     s.site->size = u8(size);
     s.site->write = write;
-    s.site->addr = ea_from_insn ? Site::A_EA : pending_addr_;
+    s.site->addr = ea_from_insn ? u8(Site::A_EA) : pending_addr_;
     if (ea_from_insn) ea_to_r8(i);
     else add_seg_base(seg);
     lookup(size, write, s.entry);
@@ -699,7 +709,7 @@ void Emitter::run(u32 max_insns) {
     if (idx_ == 0) {
       // Restore the guest flags unless the first instruction defines them all
       // without a memory access (faults and slow paths see the host flags).
-      const bool defines = must_write(i) == ARITH && !i.mem && !(i.info().attrs & (SEN | PRV | IOI));
+      const bool defines = defines_all_flags(i) && !i.mem;
       if (!defines) restore_flags();
     }
     const u8* bytes = page_ + off;

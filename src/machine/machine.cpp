@@ -50,6 +50,7 @@ Machine::Machine(const Config& cfg) : cfg_(cfg), clock_(cfg.deterministic, &cpu_
     pio_.map(cfg.exit_port, 1, devices_.back().get());
   }
   build_pc();
+  build_virtio();
 
   if (!cfg.firmware.empty() && !cfg.kernel.empty())
     throw Error("give either --firmware or --kernel, not both");
@@ -241,6 +242,11 @@ void Machine::wait_for_event(u64 deadline) {
   u64 now = clock_.now_ns();
   u64 wait_ns = deadline == Timed::kNever ? 50000000 : (deadline > now ? deadline - now : 0);
   if (wait_ns > 50000000) wait_ns = 50000000;
+  if (virtio_) {  // device I/O and the console together
+    pollfd con{0, POLLIN, 0};
+    virtio_->poll(wait_ns, console_ && !console_->eof() ? &con : nullptr);
+    return;
+  }
   if (console_ && !console_->eof()) {
     pollfd p{0, POLLIN, 0};
     ::poll(&p, 1, int(wait_ns / 1000000));
@@ -256,6 +262,7 @@ RunResult Machine::run() {
   u64 slices = 0;
   for (;;) {
     fire_timers();
+    poll_io_if_due();
     if ((++slices & 15) == 0 || cpu_.halted || !console_pending_.empty()) pump_console(&quit_requested_);
     if (quit_requested_) return {Outcome::stopped, 10, "quit from the console (Ctrl-A X)"};
     u64 budget = kSlice;
@@ -286,7 +293,7 @@ RunResult Machine::run() {
           return {Outcome::halted, 6, "guest halted with interrupts disabled"};
         }
         u64 d = next_deadline();
-        if (d == Timed::kNever && (!console_ || console_->eof()))
+        if (d == Timed::kNever && (!console_ || console_->eof()) && !has_io())
           return {Outcome::halted, 6, "guest halted waiting for an interrupt no device will raise"};
         wait_for_event(d);
         continue;
@@ -307,6 +314,8 @@ std::vector<std::pair<std::string, u64>> Machine::stats() const {
   out.emplace_back("mem.code_invalidations", pm_->code_invalidations());
   for (unsigned i = 0; i < 16; i++)
     if (irq_counts_[i]) out.emplace_back("irq." + std::to_string(i), irq_counts_[i]);
+  if (virtio_)
+    for (auto& kv : virtio_->stats()) out.push_back(kv);
   return out;
 }
 

@@ -20,6 +20,7 @@
 #include "engine/bt/bt.h"
 #include "engine/engine.h"
 #include "machine/clock.h"
+#include "machine/virtio_board.h"
 #include "memory/phys_mem.h"
 #include "x86/cpu.h"
 
@@ -42,6 +43,7 @@ struct Config {
   bool deterministic = false;
   std::string trace_file;  // "-" for stderr
   u64 max_insns = 0;       // stop after this many instructions (0: no limit)
+  VirtioConfig virtio;     // --drive, --netdev, --rng (see virtio_board.h)
 };
 
 // How a run ended; the exit status of `popek run` encodes it.
@@ -86,6 +88,10 @@ class Machine final : public x86::Platform, public mem::MmioHandler {
   void pump_console(bool* quit);
   void wait_for_event(u64 deadline);
   void status_line();
+  // Paravirtual devices and their host I/O (machine_virtio.cpp).
+  void build_virtio();
+  void poll_io_if_due();
+  bool has_io() const;
 
   Config cfg_;
   x86::CpuState cpu_;
@@ -117,6 +123,8 @@ class Machine final : public x86::Platform, public mem::MmioHandler {
   std::FILE* trace_ = nullptr;
   bool exit_requested_ = false;
   int exit_value_ = 0;
+  std::unique_ptr<VirtioBoard> virtio_;
+  u64 last_io_poll_ns_ = 0;
 };
 
 }  // namespace popek::machine

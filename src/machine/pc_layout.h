@@ -23,5 +23,15 @@ inline constexpr u64 kBaseMemEnd = 0x9FC00;   // 639 KiB of conventional memory
 inline constexpr u64 kBiosStart = 0xF0000;    // reserved (firmware area)
 inline constexpr u64 kHighMem = 0x100000;
 inline constexpr u32 kBootGdt = 0x6000;       // GDT for the Linux 32-bit entry
+// Device DMA never targets [kVgaHole, kHighMem): the VGA hole, option ROM and
+// BIOS area (reserved in the E820 map).
+inline constexpr u64 kVgaHole = 0xA0000;
+
+// PCI: virtio functions from slot kVirtioFirstSlot on (00:00.0 is the host
+// bridge); memory BARs assigned from kPciMmioBase as firmware would; INTA# of
+// slot s is ISA IRQ kPciIrqs[s % 4] (level-triggered, possibly shared).
+inline constexpr unsigned kVirtioFirstSlot = 1;
+inline constexpr u64 kPciMmioBase = 0xE0000000, kPciMmioEnd = 0xFEC00000;
+inline constexpr unsigned kPciIrqs[4] = {11, 10, 9, 5};
 
 }  // namespace popek::machine::pc

@@ -96,6 +96,20 @@ int main(int argc, char** argv) {
                   "Write an instruction trace with disassembly to FILE ('-' for stderr)");
   run->add_option("--max-insns", cfg.max_insns, "Stop after this many guest instructions");
   run->add_flag("--stats", stats, "Print statistics of what the VMM did at exit");
+  // Paravirtual devices (virtio over PCI); see src/machine/virtio_board.h.
+  std::vector<std::string> drives, netdevs;
+  run->add_option("--drive", drives,
+                  "A virtio-blk disk (repeatable; /dev/vda, vdb, ...): file=PATH[,format=raw|qcow2]"
+                  "[,readonly=on][,cache=writeback|writethrough|unsafe][,serial=S]")
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  run->add_option("--netdev", netdevs,
+                  "A virtio-net card (repeatable) on user-mode NAT (user[,hostfwd=tcp:[HOSTADDR]:PORT-"
+                  "[GUESTADDR]:PORT]...[,mac=..]: guest 10.0.2.15, host 10.0.2.2, DNS 10.0.2.3) or a "
+                  "TAP interface (tap,ifname=NAME)")
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  run->add_flag("--rng", cfg.virtio.rng, "A virtio-rng entropy device fed from the host's getrandom");
   run->footer(
       "Exit status: the isa-debug-exit port 0xF4 ends the run with (value << 1) | 1;\n"
       "The serial console (COM1) is the terminal: Ctrl-A X quits, Ctrl-A S prints a status line.\n"
@@ -110,6 +124,8 @@ int main(int argc, char** argv) {
   try {
     if (*run) {
       cfg.memory = parse_size(mem);
+      for (const auto& d : drives) cfg.virtio.drives.push_back(machine::parse_drive(d));
+      for (const auto& n : netdevs) cfg.virtio.netdevs.push_back(net::parse_netdev(n));
       for (const auto& d : dports) {
         machine::DebugPortSpec spec;
         std::string port = d, file;

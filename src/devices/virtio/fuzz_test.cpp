@@ -61,7 +61,7 @@ struct Dut {
     static const u8 mac[6] = {2, 0, 0, 0, 0, 1};
     switch (k) {
       case Kind::blk: {
-        auto f = std::make_unique<block::MemFile>("fuzz.img", std::vector<u8>(256 * 1024), true);
+        auto f = std::make_unique<block::MemFile>("fuzz.img", std::vector<u8>(32 * 1024), true);
         VirtioBlk::Options o;
         o.synchronous = sync_blk;
         o.queue_size = 16;

@@ -21,7 +21,7 @@ CACHE="${POPEK_CACHE:-$repo/cache/guest}"
 META_PKG="linux-image-686:i386"
 BUSYBOX_PKG="busybox-static:i386"
 # Virtio drivers carried in the initramfs (loaded only when a virtio PCI device
-# exists). Missing ones (built in, or absent in this kernel) are skipped.
+# exists: popek run --drive/--netdev/--rng). Missing ones (built in, or absent in this kernel) are skipped.
 VIRTIO_MODULES="virtio virtio_ring virtio_pci virtio_pci_modern_dev virtio_pci_legacy_dev
   virtio_blk virtio_net net_failover failover virtio_rng virtio_console"
 # Debian builds ext4 (which also mounts ext2/ext3) as a module; loaded only when
@@ -276,6 +276,19 @@ done
 if [ -b /dev/vda ]; then
   mount /dev/vda /mnt 2>/dev/null || mount -o ro /dev/vda /mnt 2>/dev/null
 fi
+ifconfig lo 127.0.0.1 up 2>/dev/null
+# A virtio-net card (device id 0x1000 transitional, 0x1041 modern): bring eth0
+# up and configure it by DHCP (/etc/udhcpc/default.script); with popek's or
+# QEMU's user-mode network that is 10.0.2.15, gateway and host 10.0.2.2.
+for d in /sys/bus/pci/devices/*; do
+  if [ "$(cat $d/vendor 2>/dev/null)" = 0x1af4 ]; then
+    case "$(cat $d/device)" in 0x1000|0x1041)
+      i=0; while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 20 ]; do usleep 100000; i=$((i+1)); done
+      udhcpc -i eth0 -n -q -t 5 -T 1 >/dev/null 2>&1 || echo "popek: no DHCP answer on eth0"
+      break ;;
+    esac
+  fi
+done
 
 echo "POPEK-READY"
 # popek.run=PATH on the kernel command line (used by bench/): run the program
@@ -300,6 +313,29 @@ export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root
 PS1='popek:\w# '
 cd /root
 EOF
+mkdir -p "$root/etc/udhcpc"
+cat >"$root/etc/udhcpc/default.script" <<'EOF'
+#!/bin/sh
+# udhcpc's event script: configure the interface, default route and DNS from
+# the lease ($interface, $ip, $subnet, $router, $dns, $domain come from udhcpc).
+case "$1" in
+  deconfig)
+    ifconfig "$interface" 0.0.0.0 up
+    ;;
+  bound|renew)
+    ifconfig "$interface" "$ip" netmask "${subnet:-255.255.255.0}" up
+    if [ -n "$router" ]; then
+      while route del default dev "$interface" 2>/dev/null; do :; done
+      for r in $router; do route add default gw "$r" dev "$interface"; break; done
+    fi
+    : >/etc/resolv.conf
+    [ -n "$domain" ] && echo "search $domain" >>/etc/resolv.conf
+    for s in $dns; do echo "nameserver $s" >>/etc/resolv.conf; done
+    ;;
+esac
+exit 0
+EOF
+chmod 755 "$root/etc/udhcpc/default.script"
 echo "root:x:0:0:root:/root:/bin/sh" >"$root/etc/passwd"
 echo "root:x:0:" >"$root/etc/group"
 

@@ -1,0 +1,119 @@
+"""Shared helpers for the whole-system tests: find the default Debian guest
+(scripts/fetch-guest.sh), boot it headless under popek, and drive its shell
+over the serial console (stdin/stdout of `popek run`).
+
+    import guestlib
+    kernel, initrd = guestlib.guest_files()        # exits 77 (skip) if absent
+    g = guestlib.Guest(guestlib.popek_argv(popek, "interp", kernel, initrd, ["--stats"]))
+    g.wait_ready()
+    status, out = g.run("uname -a")
+    code, tail = g.poweroff()
+"""
+import os
+import re
+import select
+import subprocess
+import sys
+import time
+
+SKIP = 77
+APPEND = "console=ttyS0 quiet cryptomgr.notests noisapnp panic=-1"
+
+
+def guest_files():
+    """(kernel, initrd) of the default guest; exits with the skip status if absent."""
+    cache = os.environ.get("POPEK_CACHE") or os.path.join(os.path.dirname(__file__), "../../cache/guest")
+    kernel, initrd = os.path.join(cache, "vmlinuz"), os.path.join(cache, "initrd.img")
+    if not (os.path.exists(kernel) and os.path.exists(initrd)):
+        print(f"guest not fetched ({kernel}); run scripts/fetch-guest.sh")
+        sys.exit(SKIP)
+    return kernel, initrd
+
+
+def popek_argv(popek, engine, kernel, initrd, extra=(), memory="256M", append=APPEND):
+    return [popek, "run", "--engine", engine, "--kernel", kernel, "--initrd", initrd,
+            "--append", append, "--memory", memory, *extra]
+
+
+class Guest:
+    """A guest whose console is this process's pipe."""
+
+    def __init__(self, argv, echo=False):
+        self.argv = argv
+        self.echo = echo
+        self.p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT)
+        self.buf = b""
+        self.log = b""
+        self.t0 = time.time()
+        self.seq = 0
+
+    def _fill(self, timeout):
+        r, _, _ = select.select([self.p.stdout], [], [], timeout)
+        if not r:
+            return True
+        chunk = os.read(self.p.stdout.fileno(), 65536)
+        if not chunk:
+            return False
+        if self.echo:
+            sys.stdout.write(chunk.decode(errors="replace"))
+            sys.stdout.flush()
+        self.buf += chunk
+        self.log += chunk
+        return True
+
+    def read_until(self, pattern, timeout):
+        """Consumes output up to and including the first match of pattern."""
+        end = time.time() + timeout
+        rx = re.compile(pattern.encode())
+        while time.time() < end:
+            m = rx.search(self.buf)
+            if m:
+                out, self.buf = self.buf[:m.end()], self.buf[m.end():]
+                return out.decode(errors="replace")
+            if not self._fill(0.5):
+                break
+        print(self.log.decode(errors="replace")[-4000:])
+        raise SystemExit(f"timeout or end of output waiting for {pattern!r}")
+
+    def send(self, text):
+        self.p.stdin.write(text.encode())
+        self.p.stdin.flush()
+
+    def wait_ready(self, timeout=1500):
+        """Waits for the POPEK-READY marker and the shell prompt; returns the seconds taken."""
+        self.read_until(r"POPEK-READY", timeout)
+        ready = time.time() - self.t0
+        self.send("\n")
+        self.read_until(r"[#$] ", 120)
+        return ready
+
+    def run(self, cmd, timeout=120):
+        """Runs a shell command line; returns (exit status, output)."""
+        self.seq += 1
+        tag = f"__END{os.getpid() % 1000}_{self.seq}__"
+        self.send(cmd + f"; echo {tag}$?\n")
+        # The echo of the command line also holds the tag, but not followed by digits.
+        out = self.read_until(re.escape(tag) + r"(\d+)", timeout)
+        status = int(re.search(re.escape(tag) + r"(\d+)", out).group(1))
+        text = out[: out.rfind(tag)]
+        # Drop the echoed command line itself.
+        first_nl = text.find("\n")
+        return status, text[first_nl + 1:] if first_nl >= 0 else text
+
+    def poweroff(self, timeout=120):
+        """`poweroff -f` in the guest; returns (popek's exit status, the last of the output)."""
+        self.send("poweroff -f\n")
+        try:
+            rest, _ = self.p.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.communicate()
+            raise SystemExit("poweroff -f did not end popek")
+        self.log += rest
+        return self.p.returncode, (self.buf + rest).decode(errors="replace")
+
+    def kill(self):
+        if self.p.poll() is None:
+            self.p.kill()
+            self.p.communicate()

@@ -265,13 +265,13 @@ void Bt::flush_cache() {
   st_.cache_flushes++;
 }
 
-Block* Bt::lookup(u64 pa, u32 cs_base, u32 mode) {
+Block* Bt::lookup(u64 pa, u32 cs_base, u32 eip, u32 mode) {
   st_.block_lookups++;
   const u64 key = pa | (u64(mode) << 32);
   auto it = by_key_.find(key);
   if (it != by_key_.end())
     for (Block* b : it->second)
-      if (b->cs_base == cs_base) return b;
+      if (b->cs_base == cs_base && b->eip == eip) return b;  // EIPs are baked into the code
   st_.block_lookup_misses++;
   return nullptr;
 }
@@ -488,7 +488,7 @@ Exit Bt::run_blocks(u64 end) {
       continue;
     }
     const u32 mode = mode_key();
-    Block* b = lookup(pa, cs.base, mode);
+    Block* b = lookup(pa, cs.base, eip, mode);
     if (!b) b = translate(eip, pa, mode);
     if (!b || (!(mode & M_CS_FLAT) && b->guest_bytes - 1 > cs.limit - eip)) {
       interp_steps(end, 1);
@@ -525,7 +525,7 @@ Exit Bt::run_blocks(u64 end) {
       if (from->valid && !from->links[k].to && s_.eip == from->links[k].target_eip &&
           mode_key() == from->mode) {
         const u64 tpa = (from->pa & ~u64(0xFFF)) | (s_.eip & 0xFFF);
-        Block* to = lookup(tpa, from->cs_base, from->mode);
+        Block* to = lookup(tpa, from->cs_base, s_.eip, from->mode);
         const u64 flushes = st_.cache_flushes;
         if (!to) to = translate(s_.eip, tpa, from->mode);
         if (to && st_.cache_flushes == flushes && to->valid) patch_chain(from, k, to);

@@ -109,7 +109,9 @@ class Bt final : public Engine, public mem::CodeWatcher {
 
  private:
   friend class bt::Translator;
-  bt::Block* lookup(u64 pa, u32 cs_base, u32 mode);
+  // Blocks are keyed by physical address, CS base, EIP (one physical page may
+  // be mapped at several linear addresses) and mode.
+  bt::Block* lookup(u64 pa, u32 cs_base, u32 eip, u32 mode);
   bt::Block* translate(u32 eip, u64 pa, u32 mode);
   u32 mode_key() const;
   bool translatable() const;

@@ -178,15 +178,20 @@ bool Mmu::probe(u32 la, u64* pa) const {
     *pa = la;
     return true;
   }
-  PhysMem& pm = const_cast<PhysMem&>(pm_);
-  u32 pde = u32(pm.read((s_.cr3 & ~0xFFFu) + ((la >> 22) << 2), 4));
-  if (!(pde & PTE_P)) return false;
+  // Page-table reads from RAM only: probing has no side effects, not even on devices.
+  auto entry = [&](u64 at, u32* v) {
+    const PhysMem::Page pg = pm_.page(at);
+    if (!pg.host) return false;
+    std::memcpy(v, pg.host + (at & (kPageSize - 1)), 4);
+    return true;
+  };
+  u32 pde, pte;
+  if (!entry((s_.cr3 & ~0xFFFu) + ((la >> 22) << 2), &pde) || !(pde & PTE_P)) return false;
   if ((pde & PTE_PS) && (s_.cr4 & CR4_PSE)) {
     *pa = (pde & 0xFFC00000u) | (la & 0x3FFFFFu);
     return true;
   }
-  u32 pte = u32(pm.read((pde & ~0xFFFu) + (((la >> 12) & 0x3FF) << 2), 4));
-  if (!(pte & PTE_P)) return false;
+  if (!entry((pde & ~0xFFFu) + (((la >> 12) & 0x3FF) << 2), &pte) || !(pte & PTE_P)) return false;
   *pa = (pte & ~0xFFFu) | (la & 0xFFF);
   return true;
 }

@@ -155,6 +155,10 @@ Bt::Bt(CpuState& s, mem::PhysMem& pm, Platform& plat, const BtOptions& opt)
 
 Bt::~Bt() { pm_.remove_watcher(this); }
 
+void Bt::lockstep_resync() {
+  if (lockstep_) lockstep_->resync();
+}
+
 void Bt::set_trace(std::FILE* out) {
   Engine::set_trace(out);
   step_.set_trace(out);
@@ -401,6 +405,9 @@ u64 Bt::callout(Site* site) {
   // An instruction that did not finish (REP string work done in chunks) or
   // transferred control continues from the dispatcher.
   if (s_.eip != site->eip + site->insn.len && !site->slow_path) exit = true;
+  // Anything that changed what the translation assumed (a segment loaded by
+  // LDS/LES/..., CPL) ends the block too.
+  if (!exit && mode_key() != b->mode) exit = true;
   if (!b->valid) {
     if (!exit) st_.smc_exits++;
     exit = true;

@@ -95,6 +95,9 @@ class Bt final : public Engine, public mem::CodeWatcher {
   std::vector<std::pair<std::string, u64>> stats() const override;
   void set_trace(std::FILE* out) override;
 
+  // Lockstep: the CPU state was changed from outside; the shadow follows anew.
+  void lockstep_resync();
+
   // CodeWatcher: a page holding translated code was written.
   void code_page_written(u64 ppn) override;
 

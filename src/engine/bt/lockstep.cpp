@@ -116,6 +116,14 @@ void Lockstep::mmio_write(u64 pa, unsigned size, u64 value) {
   log_.pop_front();
 }
 
+void Lockstep::resync() {
+  sh_ = real_;
+  log_.clear();
+  exc_base_real_ = real_stats_ ? real_stats_->exceptions : 0;
+  exc_base_sh_ = sstep_.stats().exceptions;
+  smmu_.flush_tlb(true);
+}
+
 void Lockstep::after_block() {
   blocks_++;
   sync_and_compare("after the block");
@@ -146,7 +154,7 @@ void Lockstep::sync_and_compare(const char* where) {
       }
       continue;
     }
-    const bool behind_faults = real_stats_ && sstep_.stats().exceptions < real_stats_->exceptions;
+    const bool behind_faults = sh_exc() < real_exc();
     if (sh_.icount >= real_.icount && !behind_faults) break;
     if (sh_.icount > real_.icount) break;
     if (sh_.halted || sh_.shutdown) break;
@@ -187,7 +195,7 @@ void Lockstep::sync_and_compare(const char* where) {
   cmp("cr4", real_.cr4, sh_.cr4);
   cmp("cpl", real_.cpl, sh_.cpl);
   cmp("icount", real_.icount, sh_.icount);
-  if (real_stats_) cmp("exceptions", real_stats_->exceptions, sstep_.stats().exceptions);
+  cmp("exceptions", real_exc(), sh_exc());
   cmp("halted", real_.halted, sh_.halted);
   cmp("tr", real_.tr.sel, sh_.tr.sel);
   cmp("ldtr", real_.ldtr.sel, sh_.ldtr.sel);

@@ -40,6 +40,10 @@ class Lockstep final : public x86::Platform, public mem::MmioHandler,
   void append_stats(std::vector<std::pair<std::string, u64>>& out) const;
   // Faults do not retire: the shadow also catches up to the real exception count.
   void set_real_stats(const StepStats* st) { real_stats_ = st; }
+  // The real CPU's state was changed from outside (a test harness, a
+  // debugger): start following it afresh. Guest memory changes made through
+  // PhysMem::write_bytes reach the shadow by themselves.
+  void resync();
 
   // Platform (the shadow's side: replays).
   u32 io_in(u16 port, unsigned size) override;
@@ -109,6 +113,9 @@ class Lockstep final : public x86::Platform, public mem::MmioHandler,
   x86::Cpu scpu_;
   Stepper sstep_;
   const StepStats* real_stats_ = nullptr;
+  u64 exc_base_real_ = 0, exc_base_sh_ = 0;
+  u64 real_exc() const { return real_stats_ ? real_stats_->exceptions - exc_base_real_ : 0; }
+  u64 sh_exc() const { return sstep_.stats().exceptions - exc_base_sh_; }
   u32 block_eip_ = 0;
   u64 blocks_ = 0;
   u64 compares_ = 0;

@@ -633,7 +633,7 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
       return Done::next;
     }
     case Op::MOV_ALOb: case Op::MOV_eAXOv: case Op::MOV_ObAL: case Op::MOV_OveAX: {
-      if (!mem_native) break;
+      if (!seg_native(i.seg) || direct_slow(pa)) break;  // no ModRM: i.mem is false
       // As MOV AL/eAX <-> [moffs] through the generic path.
       Insn m = i;
       const bool load = i.op == Op::MOV_ALOb || i.op == Op::MOV_eAXOv;

@@ -1,0 +1,310 @@
+// Differential fuzzing of bt against interp: random instruction sequences
+// (ALU, shifts, multiply/divide, bit operations, moves, stack, string
+// instructions with REP, conditional jumps, call/ret, 16-bit operands, FS
+// overrides with a non-zero base, memory operands that cross pages, hit a
+// not-present or read-only page, and stores into the code being run) run on
+// bt in lockstep with the interpreter, which stops at the first difference in
+// registers, flags or memory. Each sequence starts from random registers and
+// flags and ends at HLT or at the first exception (every vector's handler
+// records it and halts).
+//
+// POPEK_FUZZ_SECONDS (default 20) bounds the run; POPEK_FUZZ_SEED picks the seed.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+
+#include "base/error.h"
+#include "test_vm.h"
+
+using namespace popek;
+using namespace popek::x86;
+
+namespace {
+
+constexpr u32 kCode = 0x1000;     // code may run into the next page
+constexpr u32 kData = 0x100000;   // RW data pages
+constexpr u32 kAbsent = 0x110000;  // not present
+constexpr u32 kReadOnly = 0x111000;
+constexpr u32 kPd = 0x10000, kPt = 0x11000;
+
+struct Gen {
+  std::mt19937 rng;
+  std::vector<u8> out;
+  explicit Gen(u32 seed) : rng(seed) {}
+  u32 r(u32 n) { return std::uniform_int_distribution<u32>(0, n - 1)(rng); }
+  void b(u8 v) { out.push_back(v); }
+  void d(u32 v) {
+    for (int k = 0; k < 4; k++) b(u8(v >> (8 * k)));
+  }
+  // An address near interesting places: data, page boundaries, the absent
+  // and read-only pages, the code itself.
+  u32 addr() {
+    switch (r(6)) {
+      case 0: return kData + r(0x2000);
+      case 1: return kData + 0x1000 - 4 + r(8);  // crossing a page inside RAM
+      case 2: return kAbsent - 4 + r(8);          // crossing into the absent page
+      case 3: return kReadOnly + r(0x1000);
+      case 4: return kCode + r(0x400);            // self-modifying
+      default: return kData + 0xFFFC + r(8);
+    }
+  }
+  // A ModRM byte with `reg`, a random register or memory form, plus SIB/disp.
+  void modrm(unsigned reg, bool mem_only = false) {
+    unsigned kind = mem_only ? 1 + r(4) : r(5);
+    switch (kind) {
+      case 0: b(u8(0xC0 | (reg << 3) | r(8))); break;                      // register
+      case 1: b(u8(0x40 | (reg << 3) | 3)); b(u8(r(256))); break;          // [ebx+d8]
+      case 2: b(u8(0x80 | (reg << 3) | 6)); d(r(0x1100) - 0x80); break;   // [esi+d32]
+      case 3: b(u8(0x44 | (reg << 3))); b(u8((r(4) << 6) | (1 << 3) | 7)); b(u8(r(256))); break;  // [edi+ecx*s+d8]
+      default: b(u8(0x05 | (reg << 3))); d(addr()); break;                 // [abs]
+    }
+  }
+  void insn() {
+    if (r(8) == 0) b(0x66);          // 16-bit operands
+    if (r(10) == 0) b(0x64);         // FS: (base 0x100)
+    switch (r(26)) {
+      case 0: case 1: case 2: {      // ALU r/m forms
+        static const u8 ops[] = {0x00, 0x01, 0x02, 0x03, 0x08, 0x09, 0x0A, 0x0B, 0x10, 0x11, 0x12, 0x13,
+                                 0x18, 0x19, 0x1A, 0x1B, 0x20, 0x21, 0x22, 0x23, 0x28, 0x29, 0x2A, 0x2B,
+                                 0x30, 0x31, 0x32, 0x33, 0x38, 0x39, 0x3A, 0x3B, 0x84, 0x85, 0x86, 0x87,
+                                 0x88, 0x89, 0x8A, 0x8B};
+        b(ops[r(sizeof ops)]);
+        modrm(r(8));
+        break;
+      }
+      case 3: {                      // group 1 with immediates (0x82 too)
+        const u8 op = u8(0x80 + r(4));
+        b(op);
+        modrm(r(8));
+        if (op == 0x81) d(rng()); else b(u8(r(256)));
+        break;
+      }
+      case 4: {                      // shifts and rotates
+        static const u8 ops[] = {0xC0, 0xC1, 0xD0, 0xD1, 0xD2, 0xD3};
+        const u8 op = ops[r(6)];
+        b(op);
+        modrm(r(8));
+        if (op <= 0xC1) b(u8(r(4) == 0 ? r(256) : r(33)));
+        break;
+      }
+      case 5: {                      // group 3: test/not/neg/mul/imul/div/idiv
+        const u8 op = r(2) ? 0xF7 : 0xF6;
+        const unsigned ext = r(8);
+        b(op);
+        modrm(ext);
+        if (ext < 2) { if (op == 0xF7) d(rng()); else b(u8(r(256))); }
+        break;
+      }
+      case 6: b(r(2) ? 0xFF : 0xFE); modrm(r(2)); break;  // inc/dec r/m
+      case 7: b(u8(0x40 + r(16))); break;                   // inc/dec r
+      case 8: {                      // 0F: imul, movzx/sx, cmov, setcc, bsf/bsr
+        static const u8 ops[] = {0xAF, 0xB6, 0xB7, 0xBE, 0xBF, 0xBC, 0xBD};
+        b(0x0F);
+        switch (r(3)) {
+          case 0: b(ops[r(sizeof ops)]); modrm(r(8)); break;
+          case 1: b(u8(0x40 + r(16))); modrm(r(8)); break;
+          default: b(u8(0x90 + r(16))); modrm(0); break;
+        }
+        break;
+      }
+      case 9: {                      // bit tests, shld/shrd, cmpxchg, xadd
+        static const u8 ops[] = {0xA3, 0xAB, 0xB3, 0xBB, 0xA5, 0xAD, 0xB0, 0xB1, 0xC0, 0xC1};
+        b(0x0F);
+        const u8 op = ops[r(sizeof ops)];
+        b(op);
+        // Register bit offsets into memory reach far: keep those in registers.
+        if (op == 0xA3 || op == 0xAB || op == 0xB3 || op == 0xBB) b(u8(0xC0 | (r(8) << 3) | r(8)));
+        else modrm(r(8));
+        break;
+      }
+      case 10: b(0x0F); b(0xBA); modrm(4 + r(4)); b(u8(r(256))); break;
+      case 11: b(0x0F); b(r(2) ? 0xA4 : 0xAC); modrm(r(8)); b(u8(r(40))); break;
+      case 12: b(u8(r(2) ? 0x69 : 0x6B)); { const u8 op = out.back(); modrm(r(8)); if (op == 0x69) d(rng()); else b(u8(r(256))); } break;
+      case 13: b(u8(0x50 + r(8))); break;                    // push r
+      case 14: b(u8(0x58 + (r(8) | 0))); if ((out.back() & 7) == 4) out.back() = 0x58; break;  // pop r (not esp)
+      case 15: if (r(2)) { b(0x68); d(rng()); } else { b(0x6A); b(u8(r(256))); } break;
+      case 16: {                     // mov r, imm / mov r/m, imm
+        if (r(2)) { b(u8(0xB8 + r(8))); d(r(2) ? addr() : rng()); }
+        else { b(0xC7); modrm(0, true); d(rng()); }
+        break;
+      }
+      case 17: {                     // one-byte specials
+        static const u8 ops[] = {0x90, 0x91, 0x93, 0x96, 0x98, 0x99, 0x9E, 0x9F, 0xF5, 0xF8, 0xF9};
+        b(ops[r(sizeof ops)]);
+        break;
+      }
+      case 18: b(0x8D); modrm(r(8), true); break;             // lea
+      case 19: {                     // string instructions with a small count
+        b(0xB9); d(r(20));                                     // mov ecx, n
+        if (r(2)) b(r(2) ? 0xF3 : 0xF2);
+        static const u8 ops[] = {0xA4, 0xA5, 0xA6, 0xA7, 0xAA, 0xAB, 0xAC, 0xAD, 0xAE, 0xAF};
+        b(ops[r(sizeof ops)]);
+        break;
+      }
+      case 20: b(u8(0x70 + r(16))); b(2); b(0xB0); b(u8(r(256))); break;  // jcc over mov al, imm
+      case 21: b(0xE8); d(2); b(0xEB); b(1); b(0xC3); break;  // call L; jmp over; L: ret
+      case 22: b(u8(0xA0 + r(4))); d(addr()); break;           // moffs
+      case 23: b(0xC6); b(0x05); d(kCode + r(0x200)); b(u8(r(256))); break;  // store into code
+      case 24: b(0x0F); b(u8(0xC8 + r(8))); break;             // bswap
+      default: b(0xFC); break;                                  // cld (std would break REP sets)
+    }
+  }
+};
+
+constexpr u32 kTable = 0x20000;    // code offset -> next instruction's EIP (0: none)
+constexpr u32 kFaultCommon = 0x9000;
+
+struct FuzzResult {
+  u64 insns = 0;
+  bool diverged = false;
+  std::string message;
+};
+
+// One fuzz machine per engine variant, reused across sequences.
+struct FuzzVm {
+  test::TestVm vm;
+  u64 last_icount = 0;
+  explicit FuzzVm(const test::EngineKind& k) : vm(k) {
+    // Page tables: identity, one page absent, one read-only (CR0.WP).
+    u32 pde = kPt | 3;
+    vm.pm.write_bytes(kPd, &pde, 4);
+    for (u32 p = 0; p < 1024; p++) {
+      u32 pte = (p << 12) | 3;
+      if (p << 12 == kAbsent) pte = 0;
+      if (p << 12 == kReadOnly) pte = (p << 12) | 1;
+      vm.pm.write_bytes(kPt + p * 4, &pte, 4);
+    }
+    // Exceptions resume at the next instruction (from kTable) or halt.
+    for (u32 v = 0; v < 256; v++) {
+      const bool err = v == 8 || (v >= 10 && v <= 14) || v == 17;
+      std::vector<u8> stub;
+      if (err) stub = {0x83, 0xC4, 0x04};  // add esp, 4
+      const u32 at = test::kHandlers + v * 16 + u32(stub.size());
+      const i32 rel = i32(kFaultCommon - (at + 5));
+      stub.push_back(0xE9);
+      for (int k = 0; k < 4; k++) stub.push_back(u8(u32(rel) >> (8 * k)));
+      vm.code(test::kHandlers + v * 16, stub);
+    }
+    vm.code(kFaultCommon, {0x8B, 0x1C, 0x24,                          // mov ebx, [esp]
+                           0x81, 0xEB, u8(kCode), u8(kCode >> 8), 0, 0,  // sub ebx, kCode
+                           0x81, 0xFB, 0x00, 0x20, 0, 0,              // cmp ebx, 0x2000
+                           0x73, 0x0F,                                // jae halt
+                           0x8B, 0x1C, 0x9D, u8(kTable), u8(kTable >> 8), u8(kTable >> 16), 0,
+                           0x85, 0xDB,                                // test ebx, ebx
+                           0x74, 0x04,                                // jz halt
+                           0x89, 0x1C, 0x24,                          // mov [esp], ebx
+                           0xCF,                                      // iret
+                           0xF4});                                    // halt: hlt
+  }
+  FuzzResult run(u32 seed, const std::string& name) {
+    Gen g(seed);
+    const unsigned n = 1 + g.r(60);
+    for (unsigned k = 0; k < n; k++) g.insn();
+    g.b(0xF4);
+    const std::vector<u8> code = g.out;
+    const u32 start = g.r(4) == 0 ? kCode + 0x1000 - u32(code.size()) / 2 : kCode;
+    // Instruction boundaries for the fault handler.
+    std::vector<u32> table(0x2000, 0);
+    for (u32 off = 0; off < code.size();) {
+      Insn i;
+      const unsigned avail = u32(code.size()) - off;
+      if (decode(code.data() + off, avail < 15 ? avail : 15, true, &i) != DecodeStatus::ok) break;
+      const u32 eip = start + off;
+      table[eip - kCode] = eip + i.len;
+      off += i.len;
+    }
+    vm.pm.write_bytes(kTable, table.data(), table.size() * 4);
+    std::vector<u8> junk(0x3000);
+    for (auto& c : junk) c = u8(g.r(256));
+    vm.pm.write_bytes(kData, junk.data(), junk.size());
+    vm.pm.write_bytes(kReadOnly, junk.data(), 0x1000);
+    vm.pm.write_bytes(kCode, std::vector<u8>(0x2000, 0xF4).data(), 0x2000);
+    // Restore what garbage may have overwritten: page tables, handlers' code.
+    for (u32 p = 0; p < 1024; p++) {
+      u32 pte = (p << 12) | 3;
+      if (p << 12 == kAbsent) pte = 0;
+      if (p << 12 == kReadOnly) pte = (p << 12) | 1;
+      vm.pm.write_bytes(kPt + p * 4, &pte, 4);
+    }
+    vm.code(start, code);
+    // Everything a previous sequence may have changed (it may have run
+    // garbage: segment loads, LGDT...), so that a seed reproduces alone.
+    CpuState& s = vm.s;
+    for (auto& sg : s.seg) sg = Segment{0x10, 0, 0xFFFFFFFF, 0xC093};
+    s.seg[CS] = Segment{0x08, 0, 0xFFFFFFFF, 0xC09B};
+    s.gdtr = {test::kGdt, 0x17};
+    s.idtr = {test::kIdt, 0x7FF};
+    s.cr3 = kPd;
+    s.cr0 = CR0_PE | CR0_ET | CR0_PG | CR0_WP;
+    s.cr4 = 0;
+    s.cpl = 0;
+    s.intr_shadow = 0;
+    s.eip = start;
+    for (unsigned r = 0; r < 8; r++) s.gpr[r] = g.rng();
+    s.gpr[EBX] = kData + g.r(0x1000);
+    s.gpr[ESI] = kData + g.r(0x1000);
+    s.gpr[EDI] = kData + g.r(0x1000);
+    s.gpr[ECX] = g.r(64);
+    s.gpr[ESP] = test::kStackTop - 4 * g.r(64);
+    s.eflags = FLAGS_FIXED1 | (g.rng() & (CF | PF | AF | ZF | SF | OF));
+    s.seg[FS].base = 0x100;
+    s.halted = s.shutdown = false;
+    FuzzResult res;
+    const u64 before = s.icount;
+    try {
+      if (vm.eng) static_cast<engine::Bt&>(*vm.eng).lockstep_resync();
+      for (int round = 0; round < 20 && !s.halted && !s.shutdown; round++) vm.run(1000);
+    } catch (const Error& e) {
+      res.diverged = true;
+      char hex[8];
+      std::string bytes;
+      for (u8 c : code) {
+        std::snprintf(hex, sizeof hex, "%02x ", c);
+        bytes += hex;
+      }
+      res.message = std::string(e.what()) + "\nseed " + std::to_string(seed) + " engine " + name +
+                    " code at " + std::to_string(start) + ": " + bytes;
+    }
+    res.insns = s.icount - before;
+    return res;
+  }
+};
+
+}  // namespace
+
+TEST(BtFuzz, RandomSequencesAgreeWithTheInterpreter) {
+  const char* secs_env = std::getenv("POPEK_FUZZ_SECONDS");
+  const char* seed_env = std::getenv("POPEK_FUZZ_SEED");
+  const double seconds = secs_env ? std::atof(secs_env) : 20.0;
+  u32 seed = seed_env ? u32(std::strtoul(seed_env, nullptr, 0)) : 1;
+  std::vector<test::EngineKind> kinds;
+  for (auto& k : test::all_engines())
+    if (k.bt && !k.opt.lockstep) kinds.push_back(k);
+  std::vector<std::unique_ptr<FuzzVm>> vms(kinds.size());
+  const auto t0 = std::chrono::steady_clock::now();
+  u64 sequences = 0, insns = 0, divergences = 0;
+  std::string first;
+  while (std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() < seconds) {
+    const unsigned ki = seed % kinds.size();
+    test::EngineKind k = kinds[ki];
+    k.opt.lockstep = true;
+    k.opt.code_cache_mb = 8;
+    if (!vms[ki]) vms[ki] = std::make_unique<FuzzVm>(k);
+    FuzzResult r = vms[ki]->run(seed, k.name);
+    if (r.diverged) vms[ki].reset();  // start clean after a divergence
+    sequences++;
+    insns += r.insns;
+    if (r.diverged) {
+      if (divergences++ == 0) first = r.message;
+    }
+    seed++;
+  }
+  std::printf("bt fuzz: %llu sequences, %llu instructions compared in lockstep, %llu divergences\n",
+              (unsigned long long)sequences, (unsigned long long)insns,
+              (unsigned long long)divergences);
+  EXPECT_EQ(divergences, 0u) << first;
+  EXPECT_GT(insns, 1000u);
+}

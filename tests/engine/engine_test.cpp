@@ -1,0 +1,154 @@
+// Engine behaviour every engine must show, run on each of them (interp, bt
+// with full blocks, one-instruction blocks, no chaining, and in lockstep).
+#include <gtest/gtest.h>
+
+#include "test_vm.h"
+
+using namespace popek;
+using namespace popek::x86;
+using test::TestVm;
+
+class EngineTest : public ::testing::TestWithParam<test::EngineKind> {};
+
+TEST_P(EngineTest, SelfModifyingCodeSeesItsOwnStore) {
+  TestVm vm(GetParam());
+  // mov byte [0x1007], 0x42 ; mov al, 0x00 ; hlt   (the store patches the immediate)
+  vm.code(0x1000, {0xC6, 0x05, 0x08, 0x10, 0x00, 0x00, 0x42, 0xB0, 0x00, 0xF4});
+  vm.s.eip = 0x1000;
+  EXPECT_EQ(vm.run(100), engine::Exit::halt);
+  EXPECT_EQ(vm.s.gpr[EAX] & 0xFF, 0x42u);
+}
+
+TEST_P(EngineTest, StoreIntoALaterPartOfTheRunningLoop) {
+  TestVm vm(GetParam());
+  // A loop whose body rewrites its own `add eax, imm8` on the second pass:
+  //   mov ecx, 3
+  // top: add eax, 1          (83 C0 01 at 0x1005)
+  //   mov byte [0x1007], 10
+  //   dec ecx ; jnz top ; hlt
+  vm.code(0x1000, {0xB9, 0x03, 0, 0, 0, 0x83, 0xC0, 0x01, 0xC6, 0x05, 0x07, 0x10, 0, 0, 10,
+                   0x49, 0x75, 0xF3, 0xF4});
+  vm.s.eip = 0x1000;
+  vm.s.gpr[EAX] = 0;
+  EXPECT_EQ(vm.run(1000), engine::Exit::halt);
+  EXPECT_EQ(vm.s.gpr[EAX], 1u + 10 + 10);
+}
+
+TEST_P(EngineTest, CachedCodeIsDroppedWhenTheHostWritesIt) {
+  if (GetParam().opt.lockstep) GTEST_SKIP() << "the test sets EIP between runs; lockstep's shadow cannot follow";
+  TestVm vm(GetParam());
+  vm.code(0x2000, {0xB0, 0x01, 0xF4});  // mov al, 1 ; hlt
+  vm.s.eip = 0x2000;
+  vm.run(10);
+  EXPECT_EQ(vm.s.gpr[EAX] & 0xFF, 1u);
+  vm.code(0x2000, {0xB0, 0x07, 0xF4});  // DMA-style rewrite
+  vm.s.eip = 0x2000;
+  vm.s.halted = false;
+  vm.run(10);
+  EXPECT_EQ(vm.s.gpr[EAX] & 0xFF, 7u);
+}
+
+TEST_P(EngineTest, InterruptWaitsForTheStiShadow) {
+  TestVm vm(GetParam());
+  vm.set_gate(0x20, 0x4000);
+  vm.code(0x4000, {0xE6, 0x80, 0xF4});  // out 0x80, al ; hlt
+  // sti ; mov al, 5 ; mov al, 6 ; hlt
+  vm.code(0x1000, {0xFB, 0xB0, 0x05, 0xB0, 0x06, 0xF4});
+  vm.s.eip = 0x1000;
+  vm.s.intr_line = true;
+  vm.run(3);
+  // The instruction after STI ran before the interrupt was taken.
+  ASSERT_EQ(vm.plat.outs.size(), 1u);
+  EXPECT_EQ(vm.plat.outs[0].second & 0xFF, 5u);
+}
+
+TEST_P(EngineTest, InvalidOpcodeRaisesUdAsAFault) {
+  TestVm vm(GetParam());
+  vm.code(0x1000, {0x0F, 0x0B});  // ud2
+  vm.s.eip = 0x1000;
+  vm.run(50);
+  EXPECT_EQ(vm.vector_taken(), u32(UD));
+  EXPECT_EQ(vm.rd32(test::kStackTop - 12), 0x1000u);  // EIP of the instruction
+}
+
+TEST_P(EngineTest, FaultInTheMiddleOfABlockIsPrecise) {
+  TestVm vm(GetParam());
+  // Paging with page 0x200000 not present. The block sets registers and flags,
+  // then faults on a load; the handler must see everything before the load.
+  const u32 pd = 0x10000, pt = 0x11000;
+  u32 pde = pt | 3;
+  vm.pm.write_bytes(pd, &pde, 4);
+  for (u32 k = 0; k < 1024; k++) {
+    u32 pte = (k << 12) | 3;
+    if (k == 0x200) pte = 0;
+    vm.pm.write_bytes(pt + k * 4, &pte, 4);
+  }
+  vm.s.cr3 = pd;
+  vm.s.cr0 |= CR0_PG;
+  // mov ebx, 7 ; add ebx, ebx (flags: 14, PF=0...) ; stc ; mov ecx, [0x200010] ; mov ebx, 1 ; hlt
+  vm.code(0x1000, {0xBB, 7, 0, 0, 0, 0x01, 0xDB, 0xF9, 0x8B, 0x0D, 0x10, 0x00, 0x20, 0x00, 0xBB,
+                   1, 0, 0, 0, 0xF4});
+  vm.s.eip = 0x1000;
+  vm.s.gpr[ECX] = 0x5555;
+  vm.run(100);
+  EXPECT_EQ(vm.vector_taken(), u32(PF_V));
+  EXPECT_EQ(vm.s.cr2, 0x200010u);
+  EXPECT_EQ(vm.s.gpr[EBX], 14u);
+  EXPECT_EQ(vm.s.gpr[ECX], 0x5555u);
+  // Frame: error code, EIP, CS, EFLAGS.
+  EXPECT_EQ(vm.rd32(test::kStackTop - 12), 0x1008u);
+  EXPECT_EQ(vm.rd32(test::kStackTop - 4) & (CF | ZF | SF | OF), u32(CF));
+}
+
+TEST_P(EngineTest, SingleStepTrapsAfterEachInstruction) {
+  TestVm vm(GetParam());
+  // #DB handler: count in [0x7100], iret.
+  vm.set_gate(1, 0x4000);
+  vm.code(0x4000, {0xFF, 0x05, 0x00, 0x71, 0, 0, 0xCF});  // inc dword [0x7100] ; iret
+  // pushf ; or dword [esp], 0x100 ; popf ; nop ; nop ; nop ;
+  // pushf ; and dword [esp], ~0x100 ; popf ; hlt
+  vm.code(0x1000, {0x9C, 0x81, 0x0C, 0x24, 0x00, 0x01, 0, 0, 0x9D, 0x90, 0x90, 0x90,
+                   0x9C, 0x81, 0x24, 0x24, 0xFF, 0xFE, 0xFF, 0xFF, 0x9D, 0xF4});
+  vm.s.eip = 0x1000;
+  vm.run(200);
+  // A trap after every instruction from the one after the first POPF through
+  // the POPF that clears TF (TF is sampled before each instruction).
+  EXPECT_EQ(vm.rd32(0x7100), 6u);
+  EXPECT_EQ(vm.s.eip, 0x1016u);
+  EXPECT_TRUE(vm.s.halted);
+}
+
+TEST_P(EngineTest, RepMovsCopiesAndLoopsTerminate) {
+  TestVm vm(GetParam());
+  std::vector<u8> src(300);
+  for (unsigned k = 0; k < src.size(); k++) src[k] = u8(k * 7);
+  vm.pm.write_bytes(0x20000, src.data(), src.size());
+  // mov esi, 0x20000 ; mov edi, 0x30000 ; mov ecx, 300 ; rep movsb ; hlt
+  vm.code(0x1000, {0xBE, 0, 0, 2, 0, 0xBF, 0, 0, 3, 0, 0xB9, 0x2C, 1, 0, 0, 0xF3, 0xA4, 0xF4});
+  vm.s.eip = 0x1000;
+  vm.run(10000);
+  std::vector<u8> dst(300);
+  vm.pm.read_bytes(0x30000, dst.data(), dst.size());
+  EXPECT_EQ(dst, src);
+  EXPECT_EQ(vm.s.gpr[ECX], 0u);
+}
+
+TEST_P(EngineTest, CallsReturnsAndIndirectJumps) {
+  TestVm vm(GetParam());
+  // 0x1000: mov eax, 0 ; mov ecx, 50
+  // loop:   call f ; dec ecx ; jnz loop ; mov edx, 0x1100 ; jmp edx
+  // f (0x1080): add eax, 3 ; ret
+  // 0x1100: hlt
+  vm.code(0x1000, {0xB8, 0, 0, 0, 0, 0xB9, 50, 0, 0, 0, 0xE8, 0x71, 0, 0, 0, 0x49, 0x75, 0xF8,
+                   0xBA, 0, 0x11, 0, 0, 0xFF, 0xE2});
+  vm.code(0x1080, {0x83, 0xC0, 0x03, 0xC3});
+  vm.code(0x1100, {0xF4});
+  vm.s.eip = 0x1000;
+  vm.run(10000);
+  EXPECT_EQ(vm.s.gpr[EAX], 150u);
+  EXPECT_EQ(vm.s.eip, 0x1101u);
+  EXPECT_EQ(vm.s.gpr[ESP], test::kStackTop);
+}
+
+INSTANTIATE_TEST_SUITE_P(Engines, EngineTest, ::testing::ValuesIn(test::all_engines()),
+                         [](const auto& info) { return info.param.name; });

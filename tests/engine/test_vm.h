@@ -1,0 +1,97 @@
+// A small flat protected-mode test machine for engine tests: RAM, a GDT with
+// flat code/data, an IDT whose every vector goes to a handler that records the
+// vector and halts, and any engine (interp, bt with options).
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/bt/bt.h"
+#include "engine/interp/interp.h"
+
+namespace popek::test {
+
+struct TestPlatform : x86::Platform {
+  std::vector<std::pair<u16, u32>> outs;
+  u32 io_in(u16, unsigned) override { return 0xFFFFFFFF; }
+  void io_out(u16 p, unsigned, u32 v) override { outs.emplace_back(p, v); }
+  u64 tsc() override { return 12345; }
+  u8 intr_ack() override { return 0x20; }
+};
+
+// Engine variants every engine test runs on.
+struct EngineKind {
+  std::string name;
+  bool bt;
+  engine::BtOptions opt;
+};
+inline std::vector<EngineKind> all_engines() {
+  std::vector<EngineKind> v;
+  v.push_back({"interp", false, {}});
+  engine::BtOptions o;
+  v.push_back({"bt", true, o});
+  o.block_insns = 1;
+  v.push_back({"bt_one_insn_blocks", true, o});
+  o = {};
+  o.chain = false;
+  v.push_back({"bt_no_chain", true, o});
+  o = {};
+  o.lockstep = true;
+  v.push_back({"bt_lockstep", true, o});
+  return v;
+}
+
+constexpr u32 kIdt = 0x3000, kGdt = 0x5000, kHandlers = 0x6000, kStackTop = 0x80000;
+// Handler k stores its vector at kVectorLog and halts with IF=0.
+constexpr u32 kVectorLog = 0x7000;
+
+struct TestVm {
+  x86::CpuState s;
+  mem::PhysMem pm{4u << 20};
+  TestPlatform plat;
+  std::unique_ptr<engine::Engine> eng;
+  EngineKind kind;
+  // The engine is made at the first run, after the test has set up memory
+  // and registers (the lockstep shadow starts from a copy of them).
+  engine::Exit run(u64 budget) {
+    if (!eng) {
+      if (kind.bt) eng = std::make_unique<engine::Bt>(s, pm, plat, kind.opt);
+      else eng = std::make_unique<engine::Interp>(s, pm, plat);
+    }
+    return eng->run(budget);
+  }
+  explicit TestVm(const EngineKind& k) : kind(k) {
+    s.cr0 = x86::CR0_PE | x86::CR0_ET;
+    for (auto& sg : s.seg) sg = x86::Segment{0x10, 0, 0xFFFFFFFF, 0xC093};
+    s.seg[x86::CS] = x86::Segment{0x08, 0, 0xFFFFFFFF, 0xC09B};
+    s.gpr[x86::ESP] = kStackTop;
+    const u64 gdt[3] = {0, 0x00CF9B000000FFFFull, 0x00CF93000000FFFFull};
+    pm.write_bytes(kGdt, gdt, sizeof gdt);
+    s.gdtr = {kGdt, 0x17};
+    s.idtr = {kIdt, 0x7FF};
+    for (u32 v = 0; v < 256; v++) {
+      const u32 h = kHandlers + v * 16;
+      set_gate(v, h);
+      // mov dword [kVectorLog], v ; hlt
+      std::vector<u8> c = {0xC7, 0x05, u8(kVectorLog), u8(kVectorLog >> 8), u8(kVectorLog >> 16),
+                           u8(kVectorLog >> 24), u8(v), 0, 0, 0, 0xF4};
+      code(h, c);
+    }
+    u32 none = 0xFFFFFFFF;
+    pm.write_bytes(kVectorLog, &none, 4);
+  }
+  void set_gate(u32 v, u32 handler) {
+    u64 gate = (handler & 0xFFFF) | (u64(0x08) << 16) | (u64(0x8E00) << 32) |
+               (u64(handler >> 16) << 48);
+    pm.write_bytes(kIdt + v * 8, &gate, 8);
+  }
+  void code(u32 at, const std::vector<u8>& b) { pm.write_bytes(at, b.data(), b.size()); }
+  u32 rd32(u32 at) {
+    u32 v = 0;
+    pm.read_bytes(at, &v, 4);
+    return v;
+  }
+  u32 vector_taken() { return rd32(kVectorLog); }
+};
+
+}  // namespace popek::test

@@ -44,6 +44,7 @@ def main():
         B.log(line)
 
     runs = {e: [] for e in engines}
+    trouble = []
     for i in range(args.runs):
         for e in engines:
             r = B.run_guest(e, popek, kernel, initrd, args, "/bin/true",
@@ -52,6 +53,8 @@ def main():
             extra = f", {r.mips:.1f} guest MIPS" if r.mips else ""
             B.log(f"{e} run {i + 1}: ready {B.fmt(r.ready)} s, power-off {B.fmt(r.off)} s, "
                   f"host CPU {B.fmt(r.cpu, '.2f')} s{extra}")
+            if r.trouble():
+                trouble.append(f"{e} run {i + 1}: {r.trouble()}")
 
     med = {e: (B.median(r.ready for r in runs[e]), B.median(r.off for r in runs[e])) for e in engines}
     failed = {e: sum(not r.ok() for r in runs[e]) for e in engines}
@@ -75,6 +78,8 @@ def main():
     B.table(rows, ["engine", "to READY", "to power-off", "host CPU s", "guest insns", "MIPS",
                    "each run: ready / power-off"], ["<", ">", ">", ">", ">", ">", "<"])
 
+    for t in trouble:
+        print(f"FAILED: {t}")
     if "qemu" in engines:
         print()
         rows = []
@@ -110,7 +115,7 @@ def main():
                     print(f"  < {t}")
                 for t in only_ref:
                     print(f"  > {t}")
-    return 1 if any(failed.values()) else 0
+    return 1 if trouble else 0
 
 
 if __name__ == "__main__":

@@ -33,6 +33,9 @@ READY = "POPEK-READY"
 # The kernel's last line when `poweroff -f` halts the machine (isapc has no
 # ACPI, so QEMU does not exit by itself; popek exits with status 0).
 OFF_RX = re.compile(r"reboot: (System halted|Power down)")
+# /init's line when the popek.run= program has ended, just before `poweroff -f`.
+RUN_DONE_RX = re.compile(r"popek: \S+ exited with status (\d+), powering off")
+POWEROFF_GRACE = 30  # seconds from that line to the power-off before giving up
 # QEMU's PC without APIC (as in scripts/qemu-ref.sh), with the CPUID features
 # popek's Pentium II model lacks switched off, so the guest kernel and libc
 # (glibc picks string functions by CPUID) run the same code under both.
@@ -167,6 +170,8 @@ class GuestRun:
     engine = ""
     ready = None     # POPEK-READY line seen
     off = None       # the kernel's power-off line seen
+    run_done = None  # /init's line saying the popek.run= program ended
+    run_status = None  # ... and its exit status
     exited = None    # the process ended (QEMU: killed after `off`)
     status = None    # exit status (popek: 0 after a power-off)
     timed_out = False
@@ -178,6 +183,21 @@ class GuestRun:
 
     def ok(self):
         return self.ready is not None and self.off is not None and not self.timed_out
+
+    def trouble(self):
+        """What went wrong, or '' for a clean run."""
+        tail = "; ".join(t.strip() for _, t in self.lines[-12:] if t.strip() and READY not in t)[-300:]
+        if self.timed_out and self.run_done is not None:
+            return f"no power-off within {POWEROFF_GRACE} s of the program's end (console ends: {tail})"
+        if self.timed_out:
+            return "timed out"
+        if self.ready is None:
+            return f"no {READY} (exit status {self.status})"
+        if self.off is None:
+            return f"no power-off (exit status {self.status}; console ends: {tail})"
+        if self.engine != "qemu" and self.status != 0:
+            return f"popek exited with status {self.status} after the power-off"
+        return ""
 
 
 def run_guest(engine, popek, kernel, initrd, args, run_path, append_extra="", keep=None):
@@ -191,6 +211,8 @@ def run_guest(engine, popek, kernel, initrd, args, run_path, append_extra="", ke
     t0 = time.monotonic()
     p = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errtmp)
     fd = p.stdout.fileno()
+    # The serial log is written as lines arrive, so a long run can be watched.
+    serial = open(keep + ".serial", "w", buffering=1) if keep else None
     buf = b""
     deadline = t0 + args.timeout
     eof = False
@@ -212,10 +234,16 @@ def run_guest(engine, popek, kernel, initrd, args, run_path, append_extra="", ke
         for raw in parts:
             text = raw.decode("utf-8", "replace").replace("\r", "")
             lines.append((t, text))
+            if serial:
+                serial.write(f"{t:10.3f} {text}\n")
             if r.ready is None and READY in text:
                 r.ready = t
             if r.ready is not None and r.off is None and OFF_RX.search(text):
                 r.off = t
+            m = RUN_DONE_RX.search(text) if r.run_done is None else None
+            if m:
+                r.run_done, r.run_status = t, int(m.group(1))
+                deadline = min(deadline, time.monotonic() + POWEROFF_GRACE)
         if r.off is not None and engine == "qemu":
             break  # QEMU halts without exiting
     # QEMU halts without exiting, and anything past its time is stopped; popek
@@ -253,22 +281,17 @@ def run_guest(engine, popek, kernel, initrd, args, run_path, append_extra="", ke
         r.mips = float(m.group(2))
         r.insns = float(m.group(1)) * r.mips * 1e6
     if keep:
-        with open(keep + ".serial", "w") as f:
-            f.writelines(f"{t:10.3f} {text}\n" for t, text in lines)
+        serial.close()
         with open(keep + ".err", "w") as f:
             f.write(" ".join(cmd) + "\n" + r.stderr)
-    if r.timed_out:
-        log(f"{engine}: timed out after {args.timeout:.0f} s")
-    elif r.ready is None:
-        log(f"{engine}: never printed {READY} (status {r.status}); the log ends:")
-        for _, text in lines[-8:]:
-            log(f"  | {text}")
-        for text in r.stderr.strip().splitlines()[:3]:
-            log(f"  stderr: {text}")
-    elif r.off is None:
-        log(f"{engine}: never powered off (status {r.status})")
-    if engine != "qemu" and r.off is not None and r.status != 0:
-        log(f"{engine}: popek exited with status {r.status} after the power-off")
+    trouble = r.trouble()
+    if trouble:
+        log(f"{engine}: {trouble}")
+        if r.ready is None:
+            for _, text in lines[-8:]:
+                log(f"  | {text}")
+            for text in r.stderr.strip().splitlines()[:3]:
+                log(f"  stderr: {text}")
     return r
 
 

@@ -156,6 +156,8 @@ Bt::Bt(CpuState& s, mem::PhysMem& pm, Platform& plat, const BtOptions& opt)
 Bt::~Bt() { pm_.remove_watcher(this); }
 
 void Bt::lockstep_resync() {
+  // The state was set from outside: neither TLB may keep what it held.
+  mmu_.flush_tlb(true);
   if (lockstep_) lockstep_->resync();
 }
 

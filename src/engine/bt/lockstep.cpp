@@ -117,6 +117,7 @@ void Lockstep::mmio_write(u64 pa, unsigned size, u64 value) {
 }
 
 void Lockstep::resync() {
+  compare_all_memory();  // what the last run left must agree before starting afresh
   sh_ = real_;
   log_.clear();
   exc_base_real_ = real_stats_ ? real_stats_->exceptions : 0;
@@ -127,16 +128,18 @@ void Lockstep::resync() {
 void Lockstep::after_block() {
   blocks_++;
   sync_and_compare("after the block");
-  if (blocks_ % kFullCompareEvery == 0) {
-    full_compares_++;
-    if (std::memcmp(pm_.ram(), spm_.ram(), pm_.ram_size()) != 0) {
-      u64 k = 0;
-      while (pm_.ram()[k] == spm_.ram()[k]) k++;
-      char buf[120];
-      std::snprintf(buf, sizeof buf, "guest RAM differs at physical %#llx (full comparison)",
-                    (unsigned long long)k);
-      diverged(buf);
-    }
+  if (blocks_ % kFullCompareEvery == 0) compare_all_memory();
+}
+
+void Lockstep::compare_all_memory() {
+  full_compares_++;
+  if (std::memcmp(pm_.ram(), spm_.ram(), pm_.ram_size()) != 0) {
+    u64 k = 0;
+    while (pm_.ram()[k] == spm_.ram()[k]) k++;
+    char buf[120];
+    std::snprintf(buf, sizeof buf, "guest RAM differs at physical %#llx (full comparison): bt %02x, interp %02x",
+                  (unsigned long long)k, pm_.ram()[k], spm_.ram()[k]);
+    diverged(buf);
   }
 }
 

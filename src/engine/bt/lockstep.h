@@ -44,6 +44,8 @@ class Lockstep final : public x86::Platform, public mem::MmioHandler,
   // debugger): start following it afresh. Guest memory changes made through
   // PhysMem::write_bytes reach the shadow by themselves.
   void resync();
+  // Compares all of guest RAM (periodically, and at resync).
+  void compare_all_memory();
 
   // Platform (the shadow's side: replays).
   u32 io_in(u16 port, unsigned size) override;

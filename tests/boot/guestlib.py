@@ -84,8 +84,11 @@ class Guest:
         """Waits for the POPEK-READY marker and the shell prompt; returns the seconds taken."""
         self.read_until(r"POPEK-READY", timeout)
         ready = time.time() - self.t0
-        self.send("\n")
-        self.read_until(r"[#$] ", 120)
+        # No echo: output is then exactly what the commands print (a long
+        # echoed command line would wrap, with the terminal's escapes in it).
+        # The quotes keep the echo of this line from matching the marker.
+        self.send("stty -echo; echo __SHELL''_READY__\n")
+        self.read_until(r"__SHELL_READY__", 120)
         return ready
 
     def run(self, cmd, timeout=120):
@@ -93,13 +96,12 @@ class Guest:
         self.seq += 1
         tag = f"__END{os.getpid() % 1000}_{self.seq}__"
         self.send(cmd + f"; echo {tag}$?\n")
-        # The echo of the command line also holds the tag, but not followed by digits.
+        # (Were the command echoed, its tag is not followed by digits.)
         out = self.read_until(re.escape(tag) + r"(\d+)", timeout)
         status = int(re.search(re.escape(tag) + r"(\d+)", out).group(1))
         text = out[: out.rfind(tag)]
-        # Drop the echoed command line itself.
-        first_nl = text.find("\n")
-        return status, text[first_nl + 1:] if first_nl >= 0 else text
+        # Drop the prompt before the output.
+        return status, re.sub(r"^[\r\n]*[^\r\n]*?[#$] ", "", text, count=1)
 
     def poweroff(self, timeout=120):
         """`poweroff -f` in the guest; returns (popek's exit status, the last of the output)."""

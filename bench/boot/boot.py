@@ -37,6 +37,7 @@ def main():
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     B.add_common_args(ap)
     args = ap.parse_args()
+    args.timeout = args.timeout or 900
     kernel, initrd = B.check_guest()
     engines, popek = B.select_engines(args)
     note = B.machine_note(args, popek)

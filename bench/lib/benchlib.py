@@ -54,13 +54,13 @@ def die(msg, status=2):
 
 
 # ---------------------------------------------------------------- arguments
-def add_common_args(ap, runs=3):
-    ap.add_argument("--engines", default=",".join(ALL_ENGINES),
+def add_common_args(ap, runs=3, engines=ALL_ENGINES, timeout="900"):
+    ap.add_argument("--engines", default=",".join(engines),
                     help="comma-separated engines to measure: popek engines (bt, interp) "
                          "and qemu (default: %(default)s; engines popek lacks are skipped)")
     ap.add_argument("--runs", type=int, default=runs, help="runs per engine (default: %(default)s)")
     ap.add_argument("--popek", help="popek binary (default: $POPEK, else the newest build*/popek)")
-    ap.add_argument("--timeout", type=float, default=900, help="seconds per guest run (default: %(default)s)")
+    ap.add_argument("--timeout", type=float, help=f"seconds per guest run (default: {timeout})")
     ap.add_argument("--memory", default=MEMORY, help="guest RAM (default: %(default)s)")
     ap.add_argument("--qemu-cpu", default=QEMU_CPU, help="QEMU -cpu model (default: %(default)s)")
     ap.add_argument("--keep-logs", metavar="DIR", help="keep every serial log and stderr in DIR")

@@ -21,7 +21,7 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 boot=() cpu=() boot_last=() cpu_last=()
 while [[ $# -gt 0 ]]; do
   case "$1" in
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     --scale|--parts|--clock|--native-cflags) cpu+=("$1" "${2:?$1 needs a value}"); shift 2 ;;
     --boot-runs) boot_last=(--runs "${2:?$1 needs a value}"); shift 2 ;;
     --cpu-runs) cpu_last=(--runs "${2:?$1 needs a value}"); shift 2 ;;

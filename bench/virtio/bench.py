@@ -24,15 +24,12 @@ virtio devices interrupt through the 8259 as popek's do; cache=writeback on
 both sides (popek's default: FLUSH = fdatasync).
 """
 import argparse
-import http.server
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 
@@ -56,12 +53,6 @@ def guest_seconds(g, cmd, timeout):
         bl.log(f"could not time `{cmd}`: {out[-500:]!r}")
         return None, -1
     return (secs[1] - secs[0]) + (usecs[1] - usecs[0]) / 1e6, int(rc.group(1))
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def host_fetch_seconds(port, nbytes, timeout):
@@ -91,7 +82,7 @@ def measure(engine, args, popek, kernel, initrd, work, http_port):
     size = f"{args.disk_mb + 16}M"
     subprocess.run(["qemu-img", "create", "-q", "-f", "raw", raw, size], check=True)
     subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", qcow, size], check=True)
-    fwd = free_port()
+    fwd = guestlib.free_port()
     if engine == "qemu":
         argv = (["qemu-system-i386", "-accel", "tcg", "-M", "pc", "-cpu", args.qemu_cpu, "-m", args.memory,
                  "-nographic", "-no-reboot", "-kernel", kernel, "-initrd", initrd, "-append", bl.APPEND,
@@ -172,15 +163,7 @@ def main():
     with open(os.path.join(www, "blob"), "wb") as f:
         f.write(os.urandom(args.net_mb * 1000000))
 
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *a, **k):
-            super().__init__(*a, directory=www, **k)
-
-        def log_message(self, *a):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    httpd = guestlib.serve_directory(www)
     res = {}
     try:
         for e in engines:

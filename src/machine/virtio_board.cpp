@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "base/error.h"
+#include "base/strings.h"
 #include "base/log.h"
 #include "block/backend.h"
 #include "devices/bus/bus.h"
@@ -26,17 +27,6 @@ using dev::virtio::VirtioDevice;
 using dev::virtio::VirtioPciFunction;
 
 namespace {
-
-std::vector<std::string> split(const std::string& s, char sep) {
-  std::vector<std::string> out;
-  usize start = 0;
-  for (;;) {
-    usize p = s.find(sep, start);
-    out.push_back(s.substr(start, p == std::string::npos ? std::string::npos : p - start));
-    if (p == std::string::npos) return out;
-    start = p + 1;
-  }
-}
 
 bool parse_bool(const std::string& key, const std::string& v) {
   if (v == "on" || v == "true" || v == "yes" || v == "1") return true;

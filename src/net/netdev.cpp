@@ -4,6 +4,7 @@
 #include <cstdlib>
 
 #include "base/error.h"
+#include "base/strings.h"
 #include "net/net.h"
 #include "net/slirp.h"
 #include "net/tap.h"
@@ -11,17 +12,6 @@
 namespace popek::net {
 
 namespace {
-
-std::vector<std::string> split(const std::string& s, char sep) {
-  std::vector<std::string> out;
-  usize start = 0;
-  for (;;) {
-    usize p = s.find(sep, start);
-    out.push_back(s.substr(start, p == std::string::npos ? std::string::npos : p - start));
-    if (p == std::string::npos) return out;
-    start = p + 1;
-  }
-}
 
 u16 parse_port(const std::string& s, const std::string& what) {
   char* end = nullptr;

@@ -77,8 +77,14 @@ class Guest:
         raise SystemExit(f"timeout or end of output waiting for {pattern!r}")
 
     def send(self, text):
-        self.p.stdin.write(text.encode())
-        self.p.stdin.flush()
+        try:
+            self.p.stdin.write(text.encode())
+            self.p.stdin.flush()
+        except BrokenPipeError:
+            while self._fill(0.5):
+                pass
+            print(self.log.decode(errors="replace")[-4000:])
+            raise SystemExit(f"popek is gone (exit status {self.p.wait()}) before {text.strip()!r} was sent")
 
     def wait_ready(self, timeout=1500):
         """Waits for the POPEK-READY marker and the shell prompt; returns the seconds taken."""
@@ -119,3 +125,29 @@ class Guest:
         if self.p.poll() is None:
             self.p.kill()
             self.p.communicate()
+
+
+def free_port():
+    """A TCP port on the host's loopback that nothing listens on (now)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def serve_directory(path):
+    """Serves `path` over HTTP on the host's loopback from a thread (quietly).
+    Returns the server; .server_address[1] is its port, .shutdown() stops it."""
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **k):
+            super().__init__(*a, directory=path, **k)
+
+        def log_message(self, *a):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd

@@ -15,7 +15,6 @@ guest `nc -l` through the forwards. `qemu-img check` again.
 Usage: virtio_guest_test.py POPEK [ENGINE]. Exit 77 (skip) without the guest.
 """
 import hashlib
-import http.server
 import os
 import random
 import re
@@ -24,7 +23,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 
@@ -55,12 +53,12 @@ def expect(g, cmd, pattern=None, status=0, timeout=600):
     return out
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+def qemu_img_check(image, when):
+    if not qemu_img:
+        return
+    r = subprocess.run([qemu_img, "check", image], capture_output=True, text=True)
+    check(r.returncode == 0 and "No errors" in r.stdout, f"qemu-img check after {when} is clean",
+          r.stdout + r.stderr)
 
 
 def stat_value(log, name):
@@ -119,10 +117,7 @@ try:
     check("virtio-blk1.reads" in log1 and stat_value(log1, "virtio-blk1.writes") == 0,
           "stats: virtio-blk1 (read-only) was read, never written")
     check(stat_value(log1, "virtio-rng0.bytes") >= 4096, "stats: virtio-rng0.bytes >= 4096")
-    if qemu_img:
-        r = subprocess.run([qemu_img, "check", disk], capture_output=True, text=True)
-        check(r.returncode == 0 and "No errors" in r.stdout, "qemu-img check after boot 1 is clean",
-              r.stdout + r.stderr)
+    qemu_img_check(disk, "boot 1")
     with open(ro, "rb") as f:
         check(hashlib.sha256(f.read()).hexdigest() == ro_hash, "the read-only image is unchanged")
 
@@ -133,17 +128,9 @@ try:
     with open(os.path.join(www, "blob.bin"), "wb") as f:
         f.write(blob)
 
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *a, **k):
-            super().__init__(*a, directory=www, **k)
-
-        def log_message(self, *a):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    httpd = guestlib.serve_directory(www)
     http_port = httpd.server_address[1]
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    fwd_http, fwd_nc = free_port(), free_port()
+    fwd_http, fwd_nc = guestlib.free_port(), guestlib.free_port()
 
     argv = guestlib.popek_argv(popek, engine, kernel, initrd, [
         "--stats",
@@ -168,7 +155,9 @@ try:
               repr(body))
     except Exception as e:  # noqa: BLE001
         check(False, "host fetched the guest's httpd page through hostfwd", repr(e))
-    g.send("nc -l -p 7777 > /tmp/nc.out &\n")
+    # Not a child of the interactive shell: with echo off, busybox ash reads the
+    # console without line editing and a finished job's SIGCHLD ends that read.
+    g.send("(sleep 600 | nc -l -p 7777 > /tmp/nc.out &)\n")
     time.sleep(3)
     try:
         with socket.create_connection(("127.0.0.1", fwd_nc), timeout=60) as s:
@@ -186,10 +175,7 @@ try:
     check(code == 0, f"boot 2 powered off with status {code}", tail)
     check(stat_value(log2, "virtio-net0.rx_packets") > 0 and stat_value(log2, "virtio-net0.tx_packets") > 0,
           "stats: virtio-net0 sent and received packets", log2[-3000:])
-    if qemu_img:
-        r = subprocess.run([qemu_img, "check", disk], capture_output=True, text=True)
-        check(r.returncode == 0 and "No errors" in r.stdout, "qemu-img check after boot 2 is clean",
-              r.stdout + r.stderr)
+    qemu_img_check(disk, "boot 2")
 finally:
     shutil.rmtree(work, ignore_errors=True)
 

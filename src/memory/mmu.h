@@ -87,6 +87,12 @@ class Mmu final : public x86::LinearMem, public TlbShootdown {
     write_slow(la, 8, v, user);
   }
   void probe_write(u32 la, unsigned size, bool user) override;
+  u8* direct(u32 la, u32 len, bool write, bool user) override {
+    const TlbEntry& e = entry(la, user);
+    if ((la & 0xFFF) + len > 4096 || len == 0) return nullptr;
+    if ((write ? e.tag_write : e.tag_read) != (la & ~0xFFFu)) return nullptr;
+    return reinterpret_cast<u8*>(e.addend + la);
+  }
   void flush_tlb(bool global) override;
   void invlpg(u32 la) override;
 

@@ -28,6 +28,10 @@ class LinearMem {
   // TLB maintenance, called where x86 flushes its TLB.
   virtual void flush_tlb(bool global) = 0;
   virtual void invlpg(u32 la) = 0;
+  // Host address of [la, la+len) if it lies in one page that is already
+  // mapped for this access as plain RAM (no page walk, no fault, no watched
+  // page); null otherwise. Lets REP string work copy a page at a time.
+  virtual u8* direct(u32 la, u32 len, bool write, bool user) { return nullptr; }
 };
 
 // What the CPU sees of the board.

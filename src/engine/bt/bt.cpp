@@ -2,6 +2,7 @@
 
 #include <xbyak/xbyak.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 
@@ -241,6 +242,7 @@ u32 Bt::mode_key() const {
   u32 m = s_.cpl & M_CPL;
   if (s_.seg[CS].limit == 0xFFFFFFFFu) m |= M_CS_FLAT;
   if (s_.seg[SS].db()) m |= M_SS32;
+  if (s_.eflags & DF) m |= M_DF;
   for (unsigned k : {ES, SS, DS, FS, GS}) {
     const Segment& sg = s_.seg[k];
     if (sg.limit == 0xFFFFFFFFu && sg.usable() && sg.writable() && !sg.expand_down()) {
@@ -362,6 +364,7 @@ void Bt::code_page_written(u64 ppn) {
 u64 Bt::callout(Site* site) {
   st_.callouts++;
   st_.callouts_by_group[site->group]++;
+  st_.callouts_by_op[unsigned(site->insn.op)]++;
   if (site->direct) st_.adaptive_direct_calls++;
   Block* b = site->block;
   s_.eflags = merge_hf(s_.eflags, rt_.hf);
@@ -408,8 +411,11 @@ u64 Bt::callout(Site* site) {
   // transferred control continues from the dispatcher.
   if (s_.eip != site->eip + site->insn.len && !site->slow_path) exit = true;
   // Anything that changed what the translation assumed (a segment loaded by
-  // LDS/LES/..., CPL) ends the block too.
-  if (!exit && mode_key() != b->mode) exit = true;
+  // LDS/LES/..., CPL, DF), flushed the TLB (the jump cache follows it), set TF
+  // or an interrupt shadow, or made an interrupt deliverable ends the block.
+  if (!exit && (mode_key() != b->mode || mmu_.epoch() != last_tlb_flushes_ ||
+                (s_.eflags & TF) || s_.intr_shadow || step_.event_ready()))
+    exit = true;
   if (!b->valid) {
     if (!exit) st_.smc_exits++;
     exit = true;
@@ -577,6 +583,13 @@ std::vector<std::pair<std::string, u64>> Bt::stats() const {
       {"bt.unimplemented", ss.unimplemented}};
   for (unsigned g = 0; g < G_COUNT; g++)
     out.emplace_back(std::string("bt.callouts.") + group_name(g), st_.callouts_by_group[g]);
+  // The instructions called out most.
+  std::vector<std::pair<u64, unsigned>> ops;
+  for (unsigned k = 0; k < kOpCount; k++)
+    if (st_.callouts_by_op[k]) ops.emplace_back(st_.callouts_by_op[k], k);
+  std::sort(ops.rbegin(), ops.rend());
+  for (size_t k = 0; k < ops.size() && k < 12; k++)
+    out.emplace_back(std::string("bt.callouts.top.") + op_info(Op(ops[k].second)).name, ops[k].first);
   append_mmu_stats(mmu_, out);
   if (lockstep_) lockstep_->append_stats(out);
   return out;

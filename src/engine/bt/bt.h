@@ -82,6 +82,7 @@ struct BtStats {
   u64 cache_flushes = 0;
   u64 translate_ns = 0;
   u64 callouts_by_group[16] = {};
+  std::vector<u64> callouts_by_op = std::vector<u64>(x86::kOpCount, 0);
 };
 }  // namespace bt
 

@@ -108,6 +108,24 @@ Native native_of(const Insn& i) {
   return n;
 }
 
+// Byte operations whose ModRM.reg register is written.
+bool writes_reg8(Op op) {
+  switch (op) {
+    case Op::MOV_GbEb: case Op::ADD_GbEb: case Op::OR_GbEb: case Op::ADC_GbEb: case Op::SBB_GbEb:
+    case Op::AND_GbEb: case Op::SUB_GbEb: case Op::XOR_GbEb: case Op::XCHG_EbGb: case Op::XADD_EbGb:
+      return true;
+    default:
+      return false;
+  }
+}
+
+// Byte operations with a memory operand and AH..BH in ModRM.reg that the
+// staging through r10b handles (CMPXCHG's implicit AL is fine; its reg is a source).
+bool can_reencode_hi8(const Insn& i) {
+  const ImmKind k = i.info().imm;
+  return k == I_NONE || k == I_B || k == I_BS;
+}
+
 // True if the instruction sets all six arithmetic flags from its result alone
 // (none read, none left undefined — a host may leave an undefined flag as it
 // was, and the interpreter runs the host instruction on the guest's flags).
@@ -267,7 +285,9 @@ class Emitter : public CodeGenerator {
       default: return false;
     }
   }
-  void reencode(const Insn& i, const Native& n, const u8* bytes) {
+  // reg_host >= 0: ModRM.reg names that host register instead (an AH..BH
+  // operand staged in r10b next to a memory operand that needs REX).
+  void reencode(const Insn& i, const Native& n, const u8* bytes, int reg_host = -1) {
     const OpInfo& info = i.info();
     const bool byte = info.attrs & B;
     const unsigned reg_size = byte ? 1 : i.osize;
@@ -275,7 +295,10 @@ class Emitter : public CodeGenerator {
     u8 rex = 0;
     bool hi8 = false;
     u8 reg_field = i.reg & 7, rm_field;
-    if (n.reg_is_reg) {
+    if (reg_host >= 0) {
+      reg_field = u8(reg_host & 7);
+      if (reg_host >= 8) rex |= 4;
+    } else if (n.reg_is_reg) {
       if (reg_size == 1) hi8 |= i.reg >= 4;
       else if (hreg(i.reg) >= 8) rex |= 4;
     }
@@ -444,7 +467,73 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
   const bool flat_cs = b_.mode & M_CS_FLAT;
   auto& st = bt_.bstats();
 
-  if (info.attrs & (SEN | PRV | IOI)) return callout(i, eip, pa, true);
+  // Sensitive instructions call the semantics. Those that do not transfer
+  // control continue in the block unless the callout finds the mode, the TLB,
+  // TF, the interrupt shadow or a deliverable interrupt changed.
+  if (info.attrs & (SEN | PRV | IOI)) return callout(i, eip, pa, info.attrs & CT);
+  // With DF in the translation's mode, CLD/STD that keep it are no-ops.
+  if ((i.op == Op::CLD && !(b_.mode & M_DF)) || (i.op == Op::STD && (b_.mode & M_DF))) {
+    st.native_insns++;
+    return Done::next;
+  }
+  // Single (not REP) string moves, stores and loads, 32-bit addressing.
+  if (!interp_only && (i.op == Op::MOVSB || i.op == Op::MOVSV || i.op == Op::STOSB ||
+                       i.op == Op::STOSV || i.op == Op::LODSB || i.op == Op::LODSV) &&
+      !i.rep() && i.asize == 4 && !direct_slow(pa) && seg_native(ES) &&
+      (i.op == Op::STOSB || i.op == Op::STOSV || seg_native(i.seg))) {
+    st.native_insns++;
+    const unsigned size = (info.attrs & B) ? 1 : i.osize;
+    const int step = (b_.mode & M_DF) ? -int(size) : int(size);
+    const bool load = i.op != Op::STOSB && i.op != Op::STOSV;
+    const bool store = i.op != Op::LODSB && i.op != Op::LODSV;
+    Slow* s1 = nullptr;
+    Slow* s2 = nullptr;
+    auto val = [&](int r) -> const Xbyak::Reg& {
+      static const Reg8 b8[] = {Reg8(0), Reg8(9), Reg8(10)};
+      static const Reg16 b16[] = {Reg16(0), Reg16(9), Reg16(10)};
+      static const Reg32 b32[] = {Reg32(0), Reg32(9), Reg32(10)};
+      return size == 1 ? static_cast<const Xbyak::Reg&>(b8[r]) : size == 2 ? static_cast<const Xbyak::Reg&>(b16[r])
+                                                                   : static_cast<const Xbyak::Reg&>(b32[r]);
+    };
+    if (load) {
+      mov(r8d, esi);
+      pending_addr_ = Site::A_EA;
+      s1 = &mem_access(i, eip, pa, i.seg, size, false, false);
+      if (store) {
+        // Keep the value in rax's slot on the host stack (red zone): r9-r11 are the lookup's.
+        if (size == 1) { movzx(r9d, byte[r8]); }
+        else if (size == 2) { movzx(r9d, word[r8]); }
+        else { mov(r9d, dword[r8]); }
+        mov(dword[rsp - 8], r9d);
+      } else {
+        mov(val(0), size == 1 ? static_cast<const Operand&>(byte[r8])
+                              : size == 2 ? static_cast<const Operand&>(word[r8])
+                                          : static_cast<const Operand&>(dword[r8]));
+      }
+    }
+    if (store) {
+      mov(r8d, edi);
+      s2 = &mem_access(i, eip, pa, ES, size, true, false);
+      if (load) {
+        mov(r9d, dword[rsp - 8]);
+        mov(size == 1 ? static_cast<const Operand&>(byte[r8]) : size == 2 ? static_cast<const Operand&>(word[r8])
+                                                                          : static_cast<const Operand&>(dword[r8]),
+            val(1));
+      } else {
+        mov(size == 1 ? static_cast<const Operand&>(byte[r8]) : size == 2 ? static_cast<const Operand&>(word[r8])
+                                                                          : static_cast<const Operand&>(dword[r8]),
+            val(0));
+      }
+      lea(edi, ptr[rdi + step]);
+    }
+    if (load) lea(esi, ptr[rsi + step]);
+    Label done;
+    jmp(done, T_NEAR);
+    if (s1) L(s1->done);
+    if (s2) L(s2->done);
+    L(done);
+    return Done::next;
+  }
   if (interp_only || (info.attrs & (FPU | STR))) return callout(i, eip, pa, info.attrs & CT);
   if (i.asize != 4) return callout(i, eip, pa, info.attrs & CT);
   const bool mem_native = !i.mem || (seg_native(i.seg) && !direct_slow(pa));
@@ -662,6 +751,23 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
 
   const Native n = native_of(i);
   if (n.ok && !(n.reg_only && i.mem) && mem_native) {
+    const bool byte_op = info.attrs & B;
+    if (i.mem && n.reg_is_reg && byte_op && i.reg >= 4 && can_reencode_hi8(i)) {
+      // AH..BH with a memory operand: stage the register in r10b (flag-free
+      // moves through the red zone below RSP).
+      st.native_insns++;
+      Slow& s = mem_access(i, eip, pa, i.seg, 1, n.rm == RM_W || n.rm == RM_RW, true);
+      db(0x88); db(u8(0x44 | (i.reg << 3))); db(0x24); db(0xF8);       // mov [rsp-8], ah..bh
+      movzx(r10d, byte[rsp - 8]);
+      reencode(i, n, bytes, 10);
+      if (writes_reg8(i.op)) {
+        mov(byte[rsp - 8], r10b);
+        db(0x8A); db(u8(0x44 | (i.reg << 3))); db(0x24); db(0xF8);     // mov ah..bh, [rsp-8]
+      }
+      if (info.flags_written) dirty_ = true;
+      L(s.done);
+      return Done::next;
+    }
     if (can_reencode(i, n)) {
       st.native_insns++;
       if (!i.mem) {

@@ -16,6 +16,7 @@ enum : u32 {
   M_CPL = 3,
   M_CS_FLAT = 1u << 2,   // CS limit 4 GiB
   M_SS32 = 1u << 3,      // 32-bit stack
+  M_DF = 1u << 16,       // EFLAGS.DF (string direction; CLD/STD end blocks when they change it)
 };
 // Per data segment (x86 segment number s): flat_rw (limit 4 GiB, writable,
 // expand-up, present) and base 0.

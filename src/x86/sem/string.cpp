@@ -2,6 +2,8 @@
 // OUTS. Each iteration commits ESI/EDI/ECX, so a fault restarts precisely; a
 // long REP yields after a bounded number of iterations (EIP stays on the
 // instruction) so interrupts are taken.
+#include <cstring>
+
 #include "x86/arith.h"
 #include "x86/sem/sem.h"
 
@@ -59,6 +61,70 @@ inline void one(Cpu& c, const Insn& i, StrRegs& r, i32 d) {
   }
 }
 
+// REP MOVS/STOS forward with 32-bit addressing: one element through the
+// normal path (it faults, fills the TLB and checks the segments), then the
+// rest of the page at once through host pointers. Watched pages (code) and
+// MMIO have no direct pointer and go element by element. Returns true when
+// the instruction is complete or yields (next_eip set as the loop would).
+template <StrK K, typename T>
+bool bulk(Cpu& c, const Insn& i, StrRegs& r) {
+  // Elements per call, then yield for interrupts. Counted the same whichever
+  // way an element went, so where a long REP yields never depends on the TLB.
+  constexpr u32 kMaxElems = 1u << 16;
+  u32 done = 0;
+  while (r.get(ECX) != 0) {
+    if (done == kMaxElems) {
+      c.next_eip = c.s.eip;
+      return true;
+    }
+    one<K, T>(c, i, r, sizeof(T));
+    r.add(ECX, -1);
+    done++;
+    u32 n = r.get(ECX);
+    if (n == 0) return true;
+    const u32 edi = r.get(EDI);
+    const u32 dst_room = (4096 - ((c.s.seg[ES].base + edi) & 0xFFF)) / sizeof(T);
+    u32 k = n < dst_room ? n : dst_room;
+    if (kMaxElems - done < k) k = kMaxElems - done;
+    const u32 esi = K == S_MOVS ? r.get(ESI) : 0;
+    if constexpr (K == S_MOVS) {
+      const u32 src_room = (4096 - ((c.s.seg[i.seg].base + esi) & 0xFFF)) / sizeof(T);
+      if (src_room < k) k = src_room;
+    }
+    if (k == 0) continue;
+    const u32 bytes = k * sizeof(T);
+    // The whole run must pass the segment checks; otherwise the element loop
+    // finds the exact element that faults.
+    auto seg_ok = [&](unsigned sg, u32 off, bool write) {
+      const Segment& g = c.s.seg[sg];
+      if (!c.s.pe() || c.s.vm86()) return off <= g.limit && bytes - 1 <= g.limit - off;
+      return g.usable() && !g.expand_down() && (write ? g.writable() : g.readable()) &&
+             off <= g.limit && bytes - 1 <= g.limit - off;
+    };
+    if (!seg_ok(ES, edi, true)) continue;
+    u8* dst = c.mem.direct(c.s.seg[ES].base + edi, bytes, true, c.user());
+    if (!dst) continue;
+    if constexpr (K == S_MOVS) {
+      if (!seg_ok(i.seg, esi, false)) continue;
+      const u8* src = c.mem.direct(c.s.seg[i.seg].base + esi, bytes, false, c.user());
+      if (!src) continue;
+      if (dst > src && dst < src + bytes) {
+        for (u32 b = 0; b < bytes; b += sizeof(T)) std::memcpy(dst + b, src + b, sizeof(T));
+      } else {
+        std::memmove(dst, src, bytes);
+      }
+      r.add(ESI, i32(bytes));
+    } else {
+      const T v = c.reg<T>(EAX);
+      for (u32 b = 0; b < bytes; b += sizeof(T)) std::memcpy(dst + b, &v, sizeof(T));
+    }
+    r.add(EDI, i32(bytes));
+    r.add(ECX, -i32(k));
+    done += k;
+  }
+  return true;
+}
+
 template <StrK K, typename T>
 void h_str(Cpu& c, const Insn& i) {
   if constexpr (K == S_INS || K == S_OUTS) c.check_io(u16(c.s.gpr[EDX]), sizeof(T));
@@ -69,6 +135,9 @@ void h_str(Cpu& c, const Insn& i) {
     return;
   }
   constexpr bool cond = K == S_CMPS || K == S_SCAS;
+  if constexpr (K == S_MOVS || K == S_STOS) {
+    if (i.asize == 4 && d > 0 && bulk<K, T>(c, i, r)) return;
+  }
   for (u32 n = 0; n < kMaxIterations; n++) {
     if (r.get(ECX) == 0) return;
     one<K, T>(c, i, r, d);

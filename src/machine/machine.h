@@ -33,7 +33,7 @@ struct DebugPortSpec {
 
 struct Config {
   u64 memory = 256ull << 20;
-  std::string engine = "interp";
+  std::string engine = "bt";
   engine::BtOptions bt;  // --engine bt switches
   std::string firmware;  // raw ROM image: mapped to end at 0xFFFFF and at 4 GiB
   std::string kernel, initrd, append;  // Linux boot protocol (bzImage)

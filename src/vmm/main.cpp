@@ -71,7 +71,7 @@ int main(int argc, char** argv) {
   run->add_option("--append", cfg.append, "Kernel command line")->capture_default_str();
   run->add_option("-m,--memory", mem, "Guest RAM size, e.g. 256M, 1G (default unit MiB)")
       ->capture_default_str();
-  run->add_option("--engine", cfg.engine, "Execution engine: interp (reference interpreter) or bt (binary translation)")
+  run->add_option("--engine", cfg.engine, "Execution engine: bt (binary translation) or interp (reference interpreter)")
       ->capture_default_str();
   run->add_flag("--lockstep", cfg.bt.lockstep,
                 "bt: run the interpreter beside the translator and stop at the first divergence");

@@ -152,6 +152,8 @@ def main():
     ap.add_argument("--disk-mb", type=int, default=64, help="MiB per dd (default: %(default)s)")
     ap.add_argument("--net-mb", type=int, default=32, help="MB per TCP transfer (default: %(default)s)")
     args = ap.parse_args()
+    if args.timeout is None:
+        args.timeout = 900.0
     if not shutil.which("qemu-img"):
         bl.die("qemu-img is not installed (it makes the disk images); apt-get install qemu-utils")
     engines, popek = bl.select_engines(args)

@@ -116,7 +116,7 @@ Bt::Bt(CpuState& s, mem::PhysMem& pm, Platform& plat, const BtOptions& opt)
     : s_(s), pm_(pm),
       lockstep_(opt.lockstep ? std::make_unique<Lockstep>(s, pm, plat) : nullptr),
       mmu_(s, pm), cpu_(s, mmu_, lockstep_ ? lockstep_->recorder() : plat),
-      step_(s, pm, mmu_, cpu_), opt_(opt), jc_(size_t(1) << kJcBits) {
+      step_(s, pm, mmu_, cpu_), opt_(opt), jc_(size_t(1) << kJcBits), dc_(size_t(1) << kJcBits) {
   if (!__builtin_cpu_supports("bmi2"))
     throw Error("the bt engine needs a host CPU with BMI2 (Intel Haswell, AMD Excavator or "
                 "later); use --engine interp");
@@ -265,6 +265,7 @@ void Bt::flush_jc() {
 }
 
 void Bt::flush_cache() {
+  for (auto& d : dc_) d = DcEntry{};
   blocks_.clear();
   by_key_.clear();
   by_page_.clear();
@@ -303,8 +304,11 @@ Block* Bt::translate(u32 eip, u64 pa, u32 mode) {
   }
   st_.translate_ns += u64(std::chrono::duration_cast<std::chrono::nanoseconds>(
                               std::chrono::steady_clock::now() - t0).count());
-  if (b->n == 0) return nullptr;
-  st_.blocks_translated++;
+  // n == 0: the first instruction cannot be translated here (it crosses the
+  // page, or does not decode). The empty block is kept so that the next visit
+  // goes straight to the interpreter instead of trying again.
+  if (b->n > 0) st_.blocks_translated++;
+  else st_.untranslatable++;
   if (trace_) {
     std::fprintf(trace_, "bt: translated %04x:%08x (pa %#llx) %u insns, %u bytes -> %u host bytes\n",
                  s_.seg[CS].sel, eip, (unsigned long long)pa, b->n, b->guest_bytes, b->code_size);
@@ -503,9 +507,17 @@ Exit Bt::run_blocks(u64 end) {
       continue;
     }
     const u32 mode = mode_key();
-    Block* b = lookup(pa, cs.base, eip, mode);
-    if (!b) b = translate(eip, pa, mode);
-    if (!b || (!(mode & M_CS_FLAT) && b->guest_bytes - 1 > cs.limit - eip)) {
+    DcEntry& dc = dc_[((eip >> 12) ^ eip) & ((1u << kJcBits) - 1)];
+    Block* b = nullptr;
+    if (dc.block && dc.pa == pa && dc.eip == eip && dc.mode == mode && dc.cs_base == cs.base &&
+        dc.block->valid) {
+      b = dc.block;
+    } else {
+      b = lookup(pa, cs.base, eip, mode);
+      if (!b) b = translate(eip, pa, mode);
+      if (b) dc = DcEntry{pa, eip, mode, cs.base, b};
+    }
+    if (!b || b->n == 0 || (!(mode & M_CS_FLAT) && b->guest_bytes - 1 > cs.limit - eip)) {
       interp_steps(end, 1);
       if (cpu_.stop != StopReason::none) return Exit::stopped;
       continue;
@@ -543,7 +555,7 @@ Exit Bt::run_blocks(u64 end) {
         Block* to = lookup(tpa, from->cs_base, s_.eip, from->mode);
         const u64 flushes = st_.cache_flushes;
         if (!to) to = translate(s_.eip, tpa, from->mode);
-        if (to && st_.cache_flushes == flushes && to->valid) patch_chain(from, k, to);
+        if (to && to->n && st_.cache_flushes == flushes && to->valid) patch_chain(from, k, to);
       }
     }
     if (cpu_.stop != StopReason::none) return Exit::stopped;
@@ -556,7 +568,7 @@ std::vector<std::pair<std::string, u64>> Bt::stats() const {
       {"bt.insns", s_.icount},
       {"bt.blocks_translated", st_.blocks_translated},
       {"bt.blocks_invalidated", st_.blocks_invalidated},
-      {"bt.blocks_live", blocks_.size()},
+      {"bt.blocks_untranslatable", st_.untranslatable},
       {"bt.guest_insns_translated", st_.guest_insns_translated},
       {"bt.translated_native", st_.native_insns},
       {"bt.translated_callout", st_.callout_insns},

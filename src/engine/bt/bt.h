@@ -61,6 +61,7 @@ enum Reason : u64 { kExitNormal = 0, kExitChain = 1 };
 
 struct BtStats {
   u64 blocks_translated = 0;
+  u64 untranslatable = 0;    // first instruction crosses a page: interpreted
   u64 blocks_invalidated = 0;
   u64 guest_insns_translated = 0;
   u64 native_insns = 0;      // translated into inline host code
@@ -141,6 +142,13 @@ class Bt final : public Engine, public mem::CodeWatcher {
   std::unique_ptr<bt::CodeCache> cache_;
   std::unique_ptr<bt::Translator> tr_;
   std::vector<bt::JcEntry> jc_;
+  // The dispatcher's own direct-mapped cache in front of the hash map.
+  struct DcEntry {
+    u64 pa = ~0ull;
+    u32 eip = 0, mode = 0, cs_base = 0;
+    bt::Block* block = nullptr;
+  };
+  std::vector<DcEntry> dc_;
   u32 interp_group_mask_ = 0;
 
   // Blocks: all live objects (freed at cache flush), the lookup map, and per

@@ -147,15 +147,28 @@ bool defines_all_flags(const Insn& i) {
   }
 }
 
+}  // namespace
+
 class Emitter : public CodeGenerator {
  public:
-  Emitter(Bt& bt, CodeCache& cc, Block& b, const u8* page, i32 tlb_off, const Stubs& stubs,
-          size_t max)
-      : CodeGenerator(max, cc.cursor()), bt_(bt), cc_(cc), b_(b), page_(page),
-        tlb_off_(tlb_off), stubs_(stubs), rx_(cc.to_rx(cc.cursor())) {
-    user_ = (b.mode & M_CPL) == 3;
-  }
+  // One emitter for all translations (xbyak's generator is costly to build):
+  // it writes into `scratch`; begin() starts a block that will be copied to
+  // the cache at `cc.cursor()` (absolute targets are computed for that address).
+  Emitter(Bt& bt, CodeCache& cc, u8* scratch, size_t max, i32 tlb_off)
+      : CodeGenerator(max, scratch), bt_(bt), cc_(cc), tlb_off_(tlb_off) {}
 
+  void begin(Block& b, const u8* page, const Stubs& stubs) {
+    slows_.clear();  // their labels belong to the previous block
+    reset();
+    b_ = &b;
+    page_ = page;
+    stubs_ = stubs;
+    rx_ = cc_.to_rx(cc_.cursor());
+    user_ = (b.mode & M_CPL) == 3;
+    dirty_ = false;
+    idx_ = 0;
+    pending_addr_ = Site::A_EA;
+  }
   void run(u32 max_insns);
 
  private:
@@ -200,7 +213,7 @@ class Emitter : public CodeGenerator {
     auto s = std::make_unique<Site>();
     s->insn = i;
     s->fn = handler_for(i);
-    s->block = &b_;
+    s->block = b_;
     s->pa = pa;
     s->eip = eip;
     s->idx = u16(idx_);
@@ -208,7 +221,7 @@ class Emitter : public CodeGenerator {
     s->ends = ends;
     s->slow_path = slow;
     Site* p = s.get();
-    b_.sites.push_back(std::move(s));
+    b_->sites.push_back(std::move(s));
     return p;
   }
   void call_site(Site* s) {
@@ -218,7 +231,7 @@ class Emitter : public CodeGenerator {
   }
 
   // ---- memory operands ----
-  bool seg_native(unsigned seg) const { return b_.mode & m_flat(seg); }
+  bool seg_native(unsigned seg) const { return b_->mode & m_flat(seg); }
   // r8d = linear address of the memory operand.
   void ea_to_r8(const Insn& i) {
     RegExp e;
@@ -234,7 +247,7 @@ class Emitter : public CodeGenerator {
     add_seg_base(i.seg);
   }
   void add_seg_base(unsigned seg) {
-    if (b_.mode & m_base0(seg)) return;
+    if (b_->mode & m_base0(seg)) return;
     mov(r9d, dword[r15 + kSegOff + int(seg * sizeof(Segment)) + kBaseOff]);
     lea(r8d, ptr[r8 + r9]);
   }
@@ -336,19 +349,19 @@ class Emitter : public CodeGenerator {
   void exit_direct(u32 target) {
     save_flags();
     mov(dword[r15 + kEipOff], target);
-    const bool flat = b_.mode & M_CS_FLAT;
-    if (bt_.options().chain && flat && b_.nlinks < 2 &&
-        (target & ~0xFFFu) == (b_.eip & ~0xFFFu)) {
-      const unsigned k = b_.nlinks++;
-      b_.links[k].slot = u32(getSize());
-      b_.links[k].target_eip = target;
+    const bool flat = b_->mode & M_CS_FLAT;
+    if (bt_.options().chain && flat && b_->nlinks < 2 &&
+        (target & ~0xFFFu) == (b_->eip & ~0xFFFu)) {
+      const unsigned k = b_->nlinks++;
+      b_->links[k].slot = u32(getSize());
+      b_->links[k].target_eip = target;
       db(0xE9);
       dd(0);  // falls through until patched
       mov(qword[r14 + kReasonOff], u32(kExitChain));
-      mov(r8, u64(&b_) | k);
+      mov(r8, u64(b_) | k);
       mov(qword[r14 + kArgOff], r8);
       jmp_abs(stubs_.exit_common);
-    } else if (bt_.options().chain && flat && b_.cs_base == 0) {
+    } else if (bt_.options().chain && flat && b_->cs_base == 0) {
       mov(r9d, target);
       jc_lookup();
     } else {
@@ -360,7 +373,7 @@ class Emitter : public CodeGenerator {
   void exit_indirect() {
     save_flags();
     mov(dword[r15 + kEipOff], r9d);
-    if (bt_.options().chain && (b_.mode & M_CS_FLAT) && b_.cs_base == 0) {
+    if (bt_.options().chain && (b_->mode & M_CS_FLAT) && b_->cs_base == 0) {
       jc_lookup();
     } else {
       mov(qword[r14 + kReasonOff], u32(kExitNormal));
@@ -375,7 +388,7 @@ class Emitter : public CodeGenerator {
     and_(r10d, (1u << kJcBits) - 1);
     shl(r10d, 4);
     add(r10, qword[r14 + kJcOff]);
-    mov(r11, u64(b_.mode) << 32);
+    mov(r11, u64(b_->mode) << 32);
     or_(r11, r9);
     Label miss;
     cmp(qword[r10], r11);
@@ -439,17 +452,17 @@ class Emitter : public CodeGenerator {
     return Done::next;
   }
   bool stack_ok() const {
-    return (b_.mode & M_SS32) && seg_native(SS);
+    return (b_->mode & M_SS32) && seg_native(SS);
   }
   bool direct_slow(u64 pa) const;
 
   Bt& bt_;
   CodeCache& cc_;
-  Block& b_;
-  const u8* page_;
   i32 tlb_off_;
-  Stubs stubs_;
-  const u8* rx_;
+  Block* b_ = nullptr;
+  const u8* page_ = nullptr;
+  Stubs stubs_{};
+  const u8* rx_ = nullptr;
   bool user_ = false;
   bool dirty_ = false;  // host flags hold guest flags not yet in Rt::hf
   unsigned idx_ = 0;
@@ -464,7 +477,7 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
   const u32 next = eip + i.len;
   const u32 group_bit = 1u << group_of(i);
   const bool interp_only = bt_.interp_group_mask() & group_bit;
-  const bool flat_cs = b_.mode & M_CS_FLAT;
+  const bool flat_cs = b_->mode & M_CS_FLAT;
   auto& st = bt_.bstats();
 
   // Sensitive instructions call the semantics. Those that do not transfer
@@ -472,7 +485,7 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
   // TF, the interrupt shadow or a deliverable interrupt changed.
   if (info.attrs & (SEN | PRV | IOI)) return callout(i, eip, pa, info.attrs & CT);
   // With DF in the translation's mode, CLD/STD that keep it are no-ops.
-  if ((i.op == Op::CLD && !(b_.mode & M_DF)) || (i.op == Op::STD && (b_.mode & M_DF))) {
+  if ((i.op == Op::CLD && !(b_->mode & M_DF)) || (i.op == Op::STD && (b_->mode & M_DF))) {
     st.native_insns++;
     return Done::next;
   }
@@ -483,7 +496,7 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
       (i.op == Op::STOSB || i.op == Op::STOSV || seg_native(i.seg))) {
     st.native_insns++;
     const unsigned size = (info.attrs & B) ? 1 : i.osize;
-    const int step = (b_.mode & M_DF) ? -int(size) : int(size);
+    const int step = (b_->mode & M_DF) ? -int(size) : int(size);
     const bool load = i.op != Op::STOSB && i.op != Op::STOSV;
     const bool store = i.op != Op::LODSB && i.op != Op::LODSV;
     Slow* s1 = nullptr;
@@ -794,9 +807,9 @@ void Emitter::run(u32 max_insns) {
   jl(budget_exit, T_NEAR);
   const size_t restore_at = getSize();
 
-  u32 eip = b_.eip;
-  u32 off = b_.pa & 0xFFF;
-  const u64 page_pa = b_.pa & ~u64(0xFFF);
+  u32 eip = b_->eip;
+  u32 off = b_->pa & 0xFFF;
+  const u64 page_pa = b_->pa & ~u64(0xFFF);
   Done d = Done::next;
   while (idx_ < max_insns) {
     const unsigned avail = 4096 - off;
@@ -807,7 +820,7 @@ void Emitter::run(u32 max_insns) {
         // Invalid, too long or crossing the page: the semantics raise the fault
         // (or the dispatcher interprets it) — a one-instruction callout block
         // would need the bytes; leave it to the interpreter.
-        b_.n = 0;
+        b_->n = 0;
         return;
       }
       break;
@@ -841,28 +854,35 @@ void Emitter::run(u32 max_insns) {
   db(0x49); db(0x81); db(0x06);  // add qword [r14], imm32
   const size_t count2_at = getSize();
   dd(0);
-  mov(dword[r15 + kEipOff], b_.eip);
+  mov(dword[r15 + kEipOff], b_->eip);
   mov(qword[r14 + kReasonOff], u32(kExitNormal));
   jmp_abs(stubs_.exit_common);
   if (hasUndefinedLabel()) throw Error("bt: internal error: undefined label in a translation");
 
-  b_.n = idx_;
-  b_.guest_bytes = eip - b_.eip;
+  b_->n = idx_;
+  b_->guest_bytes = eip - b_->eip;
   u8* code = const_cast<u8*>(getCode());
-  std::memcpy(code + count_at, &b_.n, 4);
-  std::memcpy(code + count2_at, &b_.n, 4);
-  b_.code = rx_;
-  b_.code_size = u32(getSize());
+  std::memcpy(code + count_at, &b_->n, 4);
+  std::memcpy(code + count2_at, &b_->n, 4);
+  b_->code = rx_;
+  b_->code_size = u32(getSize());
 }
 
-}  // namespace
+Translator::Translator(Bt& bt, CodeCache& cc, i32 tlb_off)
+    : bt_(bt), cc_(cc), tlb_off_(tlb_off), scratch_(kMaxBlockCode) {}
+
+Translator::~Translator() = default;
 
 bool Translator::translate(Block& b, const u8* page, u32 max_insns) {
-  constexpr size_t kMaxBlockCode = 64 * 1024;
   if (cc_.free_bytes() < kMaxBlockCode) return false;
-  Emitter e(bt_, cc_, b, page, tlb_off_, stubs_, kMaxBlockCode);
+  if (!emitter_) emitter_ = std::make_unique<Emitter>(bt_, cc_, scratch_.data(), kMaxBlockCode, tlb_off_);
+  Emitter& e = *emitter_;
+  e.begin(b, page, stubs_);
   e.run(max_insns);
-  if (b.n) cc_.advance(b.code_size);
+  if (b.n) {
+    std::memcpy(cc_.cursor(), e.getCode(), e.getSize());
+    cc_.advance(b.code_size);
+  }
   return true;
 }
 

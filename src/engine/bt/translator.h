@@ -1,6 +1,7 @@
 // Guest basic block -> host x86-64 code. Internal to the bt engine.
 #pragma once
 #include <memory>
+#include <vector>
 
 #include "engine/bt/block.h"
 #include "engine/bt/code_cache.h"
@@ -29,9 +30,12 @@ struct Stubs {
   const u8* callout;
 };
 
+class Emitter;
+
 class Translator {
  public:
-  Translator(Bt& bt, CodeCache& cc, i32 tlb_off) : bt_(bt), cc_(cc), tlb_off_(tlb_off) {}
+  Translator(Bt& bt, CodeCache& cc, i32 tlb_off);
+  ~Translator();
   void set_stubs(const Stubs& s) { stubs_ = s; }
   // Translates the block starting at `eip` (guest-physical `pa`, host bytes of
   // its page at `page`). Fills `b` (code, sites, links). Returns false if the
@@ -40,10 +44,13 @@ class Translator {
   bool translate(Block& b, const u8* page, u32 max_insns);
 
  private:
+  static constexpr size_t kMaxBlockCode = 64 * 1024;
   Bt& bt_;
   CodeCache& cc_;
   i32 tlb_off_;
   Stubs stubs_{};
+  std::vector<u8> scratch_;
+  std::unique_ptr<Emitter> emitter_;
 };
 
 }  // namespace popek::engine::bt

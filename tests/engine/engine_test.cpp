@@ -133,6 +133,32 @@ TEST_P(EngineTest, RepMovsCopiesAndLoopsTerminate) {
   EXPECT_EQ(vm.s.gpr[ECX], 0u);
 }
 
+TEST_P(EngineTest, RepneScasbFindsAByteAcrossAPage) {
+  TestVm vm(GetParam());
+  // A 5000-byte run of 'a' from 0x20F00 (crossing into the next page), then 0.
+  std::vector<u8> str(5000, 'a');
+  str.push_back(0);
+  vm.pm.write_bytes(0x20F00, str.data(), str.size());
+  // mov edi, 0x20F00 ; xor eax, eax ; mov ecx, -1 ; repne scasb ; hlt
+  vm.code(0x1000, {0xBF, 0x00, 0x0F, 0x02, 0x00, 0x31, 0xC0, 0xB9, 0xFF, 0xFF, 0xFF, 0xFF,
+                   0xF2, 0xAE, 0xF4});
+  vm.s.eip = 0x1000;
+  vm.run(100000);
+  EXPECT_EQ(vm.s.gpr[EDI], 0x20F00u + 5001);
+  EXPECT_EQ(vm.s.gpr[ECX], 0xFFFFFFFFu - 5001);
+  EXPECT_TRUE(vm.s.eflags & ZF);
+  // Not found within ECX: stops with ZF clear and ECX 0.
+  vm.s.halted = false;
+  if (GetParam().opt.lockstep) return;  // the test sets registers between runs
+  vm.s.gpr[EDI] = 0x20F00;
+  vm.s.gpr[ECX] = 300;
+  vm.s.eip = 0x100C;
+  vm.run(100000);
+  EXPECT_EQ(vm.s.gpr[ECX], 0u);
+  EXPECT_EQ(vm.s.gpr[EDI], 0x20F00u + 300);
+  EXPECT_FALSE(vm.s.eflags & ZF);
+}
+
 TEST_P(EngineTest, CallsReturnsAndIndirectJumps) {
   TestVm vm(GetParam());
   // 0x1000: mov eax, 0 ; mov ecx, 50

@@ -125,6 +125,44 @@ bool bulk(Cpu& c, const Insn& i, StrRegs& r) {
   return true;
 }
 
+// REPNE SCASB forward (strlen, memchr): bytes that compare unequal change
+// EDI, ECX and the flags, and the flags of the next compare replace them; so
+// up to a page is skipped at once with memchr and the byte after the skipped
+// run goes through the normal compare. Same yield rule as bulk().
+void scan_bytes(Cpu& c, const Insn& i, StrRegs& r) {
+  constexpr u32 kMaxElems = 1u << 16;
+  u32 done = 0;
+  while (r.get(ECX) != 0) {
+    if (done == kMaxElems) {
+      c.next_eip = c.s.eip;
+      return;
+    }
+    const u32 n = r.get(ECX);
+    const u32 edi = r.get(EDI);
+    const Segment& g = c.s.seg[ES];
+    u32 k = n - 1;  // leave the last element to the normal compare
+    const u32 room = 4096 - ((g.base + edi) & 0xFFF);
+    if (room < k) k = room;
+    if (kMaxElems - done - 1 < k) k = kMaxElems - done - 1;
+    const bool seg_ok = (!c.s.pe() || c.s.vm86() || (g.usable() && !g.expand_down() && g.readable())) &&
+                        k > 0 && edi <= g.limit && k - 1 <= g.limit - edi;
+    const u8* p = seg_ok ? c.mem.direct(g.base + edi, k, false, c.user()) : nullptr;
+    if (p) {
+      const void* hit = std::memchr(p, u8(c.s.gpr[EAX]), k);
+      const u32 skip = hit ? u32(static_cast<const u8*>(hit) - p) : k;
+      r.add(EDI, i32(skip));
+      r.add(ECX, -i32(skip));
+      done += skip;
+    }
+    // Every round ends with a real compare, so the flags (and a yield) always
+    // follow the last element compared.
+    one<S_SCAS, u8>(c, i, r, 1);
+    r.add(ECX, -1);
+    done++;
+    if (c.s.eflags & ZF) return;
+  }
+}
+
 template <StrK K, typename T>
 void h_str(Cpu& c, const Insn& i) {
   if constexpr (K == S_INS || K == S_OUTS) c.check_io(u16(c.s.gpr[EDX]), sizeof(T));
@@ -137,6 +175,12 @@ void h_str(Cpu& c, const Insn& i) {
   constexpr bool cond = K == S_CMPS || K == S_SCAS;
   if constexpr (K == S_MOVS || K == S_STOS) {
     if (i.asize == 4 && d > 0 && bulk<K, T>(c, i, r)) return;
+  }
+  if constexpr (K == S_SCAS && sizeof(T) == 1) {
+    if (i.asize == 4 && d > 0 && (i.prefixes & P_REPNE)) {
+      scan_bytes(c, i, r);
+      return;
+    }
   }
   for (u32 n = 0; n < kMaxIterations; n++) {
     if (r.get(ECX) == 0) return;

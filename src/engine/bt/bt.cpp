@@ -438,6 +438,7 @@ u64 Bt::callout(Site* site) {
     }
   }
   if (exit) {
+    rt_.reason = kExitNormal;  // exit_nostore returns it: never a stale chain request
     rt_.budget = budget_start_ - i64(s_.icount - icount_base_);
     st_.callout_exits++;
     return 1;

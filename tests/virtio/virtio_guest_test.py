@@ -53,6 +53,14 @@ def expect(g, cmd, pattern=None, status=0, timeout=600):
     return out
 
 
+def boot(name, devices):
+    argv = guestlib.popek_argv(popek, engine, kernel, initrd, ["--stats", *devices])
+    print(" ".join(argv), flush=True)
+    g = guestlib.Guest(argv)
+    print(f"{name}: ready after {g.wait_ready():.1f} s", flush=True)
+    return g
+
+
 def qemu_img_check(image, when):
     if not qemu_img:
         return
@@ -83,13 +91,8 @@ try:
     ro_hash = hashlib.sha256(ro_data).hexdigest()
 
     # ---------------- boot 1 ----------------
-    argv = guestlib.popek_argv(popek, engine, kernel, initrd, [
-        "--stats", "--rng",
-        "--drive", f"file={disk},format=qcow2",
-        "--drive", f"file={ro},format=raw,readonly=on,serial=popek-ro-1"])
-    print(" ".join(argv), flush=True)
-    g = guestlib.Guest(argv)
-    print(f"boot 1: ready after {g.wait_ready():.1f} s", flush=True)
+    g = boot("boot 1", ["--rng", "--drive", f"file={disk},format=qcow2",
+                         "--drive", f"file={ro},format=raw,readonly=on,serial=popek-ro-1"])
     expect(g, "cat /sys/block/vda/size", r"\b131072\b")
     expect(g, "cat /sys/block/vdb/ro /sys/block/vdb/serial", r"1\s+popek-ro-1")
     expect(g, "mke2fs -q /dev/vda && mount /dev/vda /mnt && echo mounted", r"mounted")
@@ -132,13 +135,8 @@ try:
     http_port = httpd.server_address[1]
     fwd_http, fwd_nc = guestlib.free_port(), guestlib.free_port()
 
-    argv = guestlib.popek_argv(popek, engine, kernel, initrd, [
-        "--stats",
-        "--drive", f"file={disk}",
-        "--netdev", f"user,hostfwd=tcp:127.0.0.1:{fwd_http}-:8080,hostfwd=tcp:127.0.0.1:{fwd_nc}-:7777"])
-    print(" ".join(argv), flush=True)
-    g = guestlib.Guest(argv)
-    print(f"boot 2: ready after {g.wait_ready():.1f} s", flush=True)
+    g = boot("boot 2", ["--drive", f"file={disk}", "--netdev",
+                        f"user,hostfwd=tcp:127.0.0.1:{fwd_http}-:8080,hostfwd=tcp:127.0.0.1:{fwd_nc}-:7777"])
     expect(g, "cat /mnt/hello.txt", r"hello-from-popek")
     expect(g, "md5sum /mnt/dir/rand.bin", re.escape(rand_md5))
     expect(g, "ifconfig eth0", r"inet addr:10\.0\.2\.15")

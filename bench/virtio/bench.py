@@ -176,7 +176,8 @@ def main():
 
     print(f"virtio throughput, MB/s (best of {args.runs}); dd {args.disk_mb} MiB with O_DIRECT, "
           f"TCP {args.net_mb} MB through user-mode networking")
-    print(bl.machine_note(args, popek).replace("-M isapc", "-M pc").replace(" popek.run=...", ""))
+    note = bl.machine_note(args, popek).replace("-M isapc", "-M pc").replace(" popek.run=...", "")
+    print("\n".join(l for l in note.splitlines() if not l.startswith("guest:")))
     print(f"guest: {args.memory} RAM, append '{bl.APPEND}'; QEMU: qemu-system-i386 -accel tcg -M pc "
           f"-cpu {args.qemu_cpu}, virtio-blk-pci (cache=writeback) and virtio-net-pci on -netdev user")
     popek_engines = [e for e in engines if e != "qemu"]

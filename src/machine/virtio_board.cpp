@@ -96,7 +96,7 @@ class VirtioBoard::Ram final : public dev::virtio::GuestMemory {
     return pm_.ram() + gpa;
   }
   void written(u64 gpa, u64 len) override {
-    if (len) pm_.notify_write(gpa, len);
+    pm_.device_wrote(gpa, len);  // translated code and the lockstep shadow see DMA
   }
 
  private:

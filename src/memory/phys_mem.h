@@ -60,6 +60,14 @@ class PhysMem {
     virtual void bulk_written(u64 pa, const void* src, u64 len) = 0;
   };
   void set_bulk_observer(BulkWriteObserver* o) { bulk_observer_ = o; }
+  // A device wrote [pa, pa+len) of RAM in place (DMA through its own
+  // pointer): drop translated code there and tell the bulk observer.
+  void device_wrote(u64 pa, u64 len) {
+    if (!len) return;
+    notify_write(pa, len);
+    if (bulk_observer_ && pa < ram_size_ && len <= ram_size_ - pa)
+      bulk_observer_->bulk_written(pa, ram_ + pa, len);
+  }
 
   // Where a physical page lives. host is the page's host address (RAM or ROM),
   // or null for MMIO/unassigned space.

@@ -24,8 +24,8 @@ struct Site {
   bool slow_path = false;  // reached when an inline memory access missed
   bool direct = false;     // the adaptive policy made this a plain callout
   // The inline access the slow path stands for (adaptive translation).
-  enum Addr : u8 { A_EA, A_PUSH, A_POP, A_EBP, A_MOFFS };
-  u8 addr = A_EA;
+  enum Addr : u8 { A_EA, A_PUSH, A_POP, A_EBP, A_MOFFS, A_ESI, A_EDI };
+  Addr addr = A_EA;
   u8 seg = 0;
   u8 size = 0;
   bool write = false;

@@ -27,7 +27,7 @@ u64 callout_entry(Rt* rt, Site* site) { return rt->self->callout(site); }
 // Rt::hf image of EFLAGS: the LAHF byte in bits 8..15, OF in bit 0.
 u64 encode_hf(u32 eflags) { return (u64((eflags & 0xD5) | 2) << 8) | ((eflags & OF) ? 1 : 0); }
 u32 merge_hf(u32 eflags, u64 hf) {
-  return (eflags & ~u32(ARITH)) | u32((hf >> 8) & 0xD5) | ((hf & 1) ? OF : 0);
+  return (eflags & ~u32(ARITH)) | u32((hf >> 8) & 0xD5) | ((hf & 1) ? u32(OF) : 0u);
 }
 
 constexpr int kGprOff = int(offsetof(CpuState, gpr));
@@ -386,7 +386,9 @@ u64 Bt::callout(Site* site) {
       case Site::A_PUSH: la = s_.gpr[ESP] - 4; break;
       case Site::A_POP: la = s_.gpr[ESP]; break;
       case Site::A_MOFFS: la = site->insn.imm; break;
-      default: la = s_.gpr[EBP]; break;
+      case Site::A_ESI: la = s_.gpr[ESI]; break;
+      case Site::A_EDI: la = s_.gpr[EDI]; break;
+      case Site::A_EBP: la = s_.gpr[EBP]; break;
     }
     la += s_.seg[site->seg].base;
   }

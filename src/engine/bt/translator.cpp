@@ -167,7 +167,6 @@ class Emitter : public CodeGenerator {
     user_ = (b.mode & M_CPL) == 3;
     dirty_ = false;
     idx_ = 0;
-    pending_addr_ = Site::A_EA;
   }
   void run(u32 max_insns);
 
@@ -421,20 +420,40 @@ class Emitter : public CodeGenerator {
   }
 
   // Starts a memory access: a slow path (the whole instruction through the
-  // semantics) and the inline lookup. Returns the slow record.
+  // semantics) and the inline lookup of the operand `addr` names (the ModRM
+  // operand, or an implicit one: the stack, [EBP], a moffs, [ESI], [EDI]) in
+  // segment `seg`. Leaves its host address in r8. Returns the slow record.
   Slow& mem_access(const Insn& i, u32 eip, u64 pa, unsigned seg, unsigned size, bool write,
-                   bool ea_from_insn) {
+                   Site::Addr addr) {
     slows_.emplace_back();
     Slow& s = slows_.back();
     s.site = new_site(i, eip, pa, false, true);
     s.site->seg = u8(seg);
     s.site->size = u8(size);
     s.site->write = write;
-    s.site->addr = ea_from_insn ? u8(Site::A_EA) : pending_addr_;
-    if (ea_from_insn) ea_to_r8(i);
-    else add_seg_base(seg);
+    s.site->addr = addr;
+    switch (addr) {
+      case Site::A_EA: ea_to_r8(i); break;
+      case Site::A_PUSH: lea(r8d, ptr[r12 - 4]); break;
+      case Site::A_POP: mov(r8d, r12d); break;
+      case Site::A_EBP: mov(r8d, ebp); break;
+      case Site::A_MOFFS: mov(r8d, i.imm); break;
+      case Site::A_ESI: mov(r8d, esi); break;
+      case Site::A_EDI: mov(r8d, edi); break;
+    }
+    if (addr != Site::A_EA) add_seg_base(seg);
     lookup(size, write, s.entry);
     return s;
+  }
+  // The end of an indirect transfer whose target the fast path left in r9d;
+  // after the slow path (which ran the instruction) it is the state's EIP.
+  void exit_indirect_after(Slow& s) {
+    Label go;
+    jmp(go);
+    L(s.done);
+    mov(r9d, dword[r15 + kEipOff]);
+    L(go);
+    exit_indirect();
   }
 
   enum class Done { next, ended };
@@ -466,7 +485,6 @@ class Emitter : public CodeGenerator {
   bool user_ = false;
   bool dirty_ = false;  // host flags hold guest flags not yet in Rt::hf
   unsigned idx_ = 0;
-  u8 pending_addr_ = Site::A_EA;
   std::deque<Slow> slows_;  // stable addresses
 };
 
@@ -509,9 +527,7 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
                                                                    : static_cast<const Xbyak::Reg&>(b32[r]);
     };
     if (load) {
-      mov(r8d, esi);
-      pending_addr_ = Site::A_EA;
-      s1 = &mem_access(i, eip, pa, i.seg, size, false, false);
+      s1 = &mem_access(i, eip, pa, i.seg, size, false, Site::A_ESI);
       if (store) {
         // Keep the value in rax's slot on the host stack (red zone): r9-r11 are the lookup's.
         if (size == 1) { movzx(r9d, byte[r8]); }
@@ -525,8 +541,7 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
       }
     }
     if (store) {
-      mov(r8d, edi);
-      s2 = &mem_access(i, eip, pa, ES, size, true, false);
+      s2 = &mem_access(i, eip, pa, ES, size, true, Site::A_EDI);
       if (load) {
         mov(r9d, dword[rsp - 8]);
         mov(size == 1 ? static_cast<const Operand&>(byte[r8]) : size == 2 ? static_cast<const Operand&>(word[r8])
@@ -572,9 +587,7 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
       case Op::CALL_Jz: {
         if (!stack_ok() || direct_slow(pa)) break;
         st.native_insns++;
-        lea(r8d, ptr[r12 - 4]);
-        pending_addr_ = Site::A_PUSH;
-        Slow& s = mem_access(i, eip, pa, SS, 4, true, false);
+        Slow& s = mem_access(i, eip, pa, SS, 4, true, Site::A_PUSH);
         mov(dword[r8], next);
         lea(r12d, ptr[r12 - 4]);
         L(s.done);
@@ -584,53 +597,34 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
       case Op::RET: case Op::RET_Iw: {
         if (!stack_ok() || direct_slow(pa)) break;
         st.native_insns++;
-        mov(r8d, r12d);
-        pending_addr_ = Site::A_POP;
-        Slow& s = mem_access(i, eip, pa, SS, 4, false, false);
+        Slow& s = mem_access(i, eip, pa, SS, 4, false, Site::A_POP);
         mov(r9d, dword[r8]);
         lea(r12d, ptr[r12 + 4 + int(i.op == Op::RET_Iw ? (i.imm & 0xFFFF) : 0)]);
-        // The slow path ran the instruction: take EIP from the state.
-        Label go;
-        jmp(go);
-        L(s.done);
-        mov(r9d, dword[r15 + kEipOff]);
-        L(go);
-        exit_indirect();
+        exit_indirect_after(s);
         return Done::ended;
       }
       case Op::JMP_Ev: {
-        st.native_insns++;
         if (!i.mem) {
+          st.native_insns++;
           mov(r9d, Reg32(hreg(i.rm)));
           exit_indirect();
           return Done::ended;
         }
         if (!mem_native) break;
-        Slow& s = mem_access(i, eip, pa, i.seg, 4, false, true);
+        st.native_insns++;
+        Slow& s = mem_access(i, eip, pa, i.seg, 4, false, Site::A_EA);
         mov(r9d, dword[r8]);
-        Label go;
-        jmp(go);
-        L(s.done);
-        mov(r9d, dword[r15 + kEipOff]);
-        L(go);
-        exit_indirect();
+        exit_indirect_after(s);
         return Done::ended;
       }
       case Op::CALL_Ev: {
         if (i.mem || !stack_ok() || direct_slow(pa)) break;
         st.native_insns++;
-        lea(r8d, ptr[r12 - 4]);
-        pending_addr_ = Site::A_PUSH;
-        Slow& s = mem_access(i, eip, pa, SS, 4, true, false);
+        Slow& s = mem_access(i, eip, pa, SS, 4, true, Site::A_PUSH);
         mov(dword[r8], next);
         mov(r9d, Reg32(hreg(i.rm)));
         lea(r12d, ptr[r12 - 4]);
-        Label go;
-        jmp(go);
-        L(s.done);
-        mov(r9d, dword[r15 + kEipOff]);
-        L(go);
-        exit_indirect();
+        exit_indirect_after(s);
         return Done::ended;
       }
       default: break;
@@ -643,9 +637,7 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
     case Op::PUSH_r: case Op::PUSH_Iz: case Op::PUSH_Ib: case Op::PUSH_Ev: {
       if (i.osize != 4 || !stack_ok() || direct_slow(pa) || (i.op == Op::PUSH_Ev && i.mem)) break;
       st.native_insns++;
-      lea(r8d, ptr[r12 - 4]);
-      pending_addr_ = Site::A_PUSH;
-      Slow& s = mem_access(i, eip, pa, SS, 4, true, false);
+      Slow& s = mem_access(i, eip, pa, SS, 4, true, Site::A_PUSH);
       if (i.op == Op::PUSH_r) mov(dword[r8], Reg32(hreg(i.opcode & 7)));
       else if (i.op == Op::PUSH_Ev) mov(dword[r8], Reg32(hreg(i.rm)));
       else mov(dword[r8], i.imm);
@@ -656,9 +648,7 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
     case Op::POP_r: case Op::POP_Ev: {
       if (i.osize != 4 || !stack_ok() || direct_slow(pa) || (i.op == Op::POP_Ev && i.mem)) break;
       st.native_insns++;
-      mov(r8d, r12d);
-      pending_addr_ = Site::A_POP;
-      Slow& s = mem_access(i, eip, pa, SS, 4, false, false);
+      Slow& s = mem_access(i, eip, pa, SS, 4, false, Site::A_POP);
       mov(r9d, dword[r8]);
       lea(r12d, ptr[r12 + 4]);
       mov(Reg32(hreg(i.op == Op::POP_r ? (i.opcode & 7) : i.rm)), r9d);
@@ -668,9 +658,7 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
     case Op::LEAVE: {
       if (i.osize != 4 || !stack_ok() || direct_slow(pa)) break;
       st.native_insns++;
-      mov(r8d, ebp);
-      pending_addr_ = Site::A_EBP;
-      Slow& s = mem_access(i, eip, pa, SS, 4, false, false);
+      Slow& s = mem_access(i, eip, pa, SS, 4, false, Site::A_EBP);
       mov(r9d, dword[r8]);
       lea(r12d, ptr[rbp + 4]);
       mov(ebp, r9d);
@@ -747,9 +735,7 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
       m.base = m.index = kNoReg;
       st.native_insns++;
       const unsigned size = byte ? 1 : i.osize;
-      mov(r8d, i.imm);  // the moffs is in imm
-      pending_addr_ = Site::A_MOFFS;
-      Slow& s = mem_access(i, eip, pa, i.seg, size, !load, false);
+      Slow& s = mem_access(i, eip, pa, i.seg, size, !load, Site::A_MOFFS);  // moffs is in imm
       Native n;
       n.ok = true;
       n.rm = load ? RM_R : RM_W;
@@ -769,7 +755,7 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
       // AH..BH with a memory operand: stage the register in r10b (flag-free
       // moves through the red zone below RSP).
       st.native_insns++;
-      Slow& s = mem_access(i, eip, pa, i.seg, 1, n.rm == RM_W || n.rm == RM_RW, true);
+      Slow& s = mem_access(i, eip, pa, i.seg, 1, n.rm == RM_W || n.rm == RM_RW, Site::A_EA);
       db(0x88); db(u8(0x44 | (i.reg << 3))); db(0x24); db(0xF8);       // mov [rsp-8], ah..bh
       movzx(r10d, byte[rsp - 8]);
       reencode(i, n, bytes, 10);
@@ -786,7 +772,7 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
       if (!i.mem) {
         reencode(i, n, bytes);
       } else {
-        Slow& s = mem_access(i, eip, pa, i.seg, n.rm_size, n.rm == RM_W || n.rm == RM_RW, true);
+        Slow& s = mem_access(i, eip, pa, i.seg, n.rm_size, n.rm == RM_W || n.rm == RM_RW, Site::A_EA);
         reencode(i, n, bytes);
         L(s.done);
       }

@@ -49,6 +49,31 @@ class Stepper final : public mem::CodeWatcher {
   // Fetch + execute until icount reaches `end`, the CPU stops (cpu.stop), an
   // interrupt becomes deliverable, or `max` instructions ran.
   void run_insns(u64 end, u64 max = ~0ull);
+  // The outer loop of a software engine: take a stop request, deliver
+  // pending events, end at shutdown, halt or the end of the budget, and
+  // otherwise run `inner()` (which executes instructions up to `end`),
+  // delivering the faults it raises.
+  template <typename TakeStop, typename Inner>
+  Exit run_loop(u64 end, TakeStop take_stop, Inner inner) {
+    for (;;) {
+      if (take_stop()) return Exit::stopped;
+      if (s_.shutdown) return Exit::shutdown;
+      try {
+        deliver_pending();
+        if (s_.shutdown) return Exit::shutdown;
+        if (s_.halted) return Exit::halt;
+        if (s_.icount >= end) return Exit::budget;
+        cpu_.stop = x86::StopReason::none;
+        inner();
+        if (cpu_.stop == x86::StopReason::shutdown) return Exit::shutdown;
+        if (cpu_.stop == x86::StopReason::halt) return Exit::halt;
+      } catch (const x86::Fault& f) {
+        take_fault(f);
+      } catch (const x86::Unimplemented& u) {
+        take_unimplemented(u);
+      }
+    }
+  }
   // Delivers a pending NMI or (IF permitting) INTR. Call between instructions.
   void deliver_pending();
   // Delivers a fault raised at the current EIP.

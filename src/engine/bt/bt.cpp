@@ -463,29 +463,14 @@ Exit Bt::run(u64 budget) {
 
 Exit Bt::run_dispatch(u64 budget) {
   const u64 end = s_.icount + budget;
-  for (;;) {
-    if (take_stop()) return Exit::stopped;
-    if (s_.shutdown) return Exit::shutdown;
-    try {
-      step_.deliver_pending();
-      if (s_.shutdown) return Exit::shutdown;
-      if (s_.halted) return Exit::halt;
-      if (s_.icount >= end) return Exit::budget;
-      cpu_.stop = StopReason::none;
-      run_blocks(end);
-      if (pending_error_) {
-        std::exception_ptr e = pending_error_;
-        pending_error_ = nullptr;
-        std::rethrow_exception(e);
-      }
-      if (cpu_.stop == StopReason::shutdown) return Exit::shutdown;
-      if (cpu_.stop == StopReason::halt) return Exit::halt;
-    } catch (const Fault& f) {
-      step_.take_fault(f);
-    } catch (const Unimplemented& u) {
-      step_.take_unimplemented(u);
+  return step_.run_loop(end, [&] { return take_stop(); }, [&] {
+    run_blocks(end);
+    if (pending_error_) {  // an error inside a callout, carried past the generated code
+      std::exception_ptr e = pending_error_;
+      pending_error_ = nullptr;
+      std::rethrow_exception(e);
     }
-  }
+  });
 }
 
 // Runs blocks until the budget is used, the CPU stops, an event can be taken

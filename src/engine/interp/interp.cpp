@@ -9,24 +9,7 @@ Interp::Interp(CpuState& s, mem::PhysMem& pm, Platform& plat)
 
 Exit Interp::run(u64 budget) {
   const u64 end = s_.icount + budget;
-  for (;;) {
-    if (take_stop()) return Exit::stopped;
-    if (s_.shutdown) return Exit::shutdown;
-    try {
-      step_.deliver_pending();
-      if (s_.shutdown) return Exit::shutdown;
-      if (s_.halted) return Exit::halt;
-      if (s_.icount >= end) return Exit::budget;
-      cpu_.stop = StopReason::none;
-      step_.run_insns(end);
-      if (cpu_.stop == StopReason::shutdown) return Exit::shutdown;
-      if (cpu_.stop == StopReason::halt) return Exit::halt;
-    } catch (const Fault& f) {
-      step_.take_fault(f);
-    } catch (const Unimplemented& u) {
-      step_.take_unimplemented(u);
-    }
-  }
+  return step_.run_loop(end, [&] { return take_stop(); }, [&] { step_.run_insns(end); });
 }
 
 std::vector<std::pair<std::string, u64>> Interp::stats() const {

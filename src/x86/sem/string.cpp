@@ -153,6 +153,9 @@ void scan_bytes(Cpu& c, const Insn& i, StrRegs& r) {
       r.add(EDI, i32(skip));
       r.add(ECX, -i32(skip));
       done += skip;
+      // The flags of the last byte skipped: the next compare may fault, and
+      // the handler must see them as the byte-by-byte loop leaves them.
+      if (skip > 0) arith::sub(u8(c.s.gpr[EAX]), p[skip - 1], c.s.eflags);
     }
     // Every round ends with a real compare, so the flags (and a yield) always
     // follow the last element compared.

@@ -24,10 +24,12 @@ void Mmu::flush_tlb(bool global) {
       e.tag_read = e.tag_write = e.tag_exec = invalid_tag(k);
       e.flags = 0;
     }
+  if (listener_) listener_->tlb_flushed(global);
 }
 
 void Mmu::invlpg(u32 la) {
   epoch_++;
+  if (listener_) listener_->tlb_invlpg(la);
   for (auto& set : tlb_) {
     const unsigned k = (la >> 12) & (kTlbSize - 1);
     TlbEntry& e = set[k];

@@ -36,6 +36,14 @@ struct MmuStats {
   u64 slow_accesses = 0;
 };
 
+// Told when the guest drops translations (an engine's caches of
+// linear-address lookups follow the TLB).
+struct TlbListener {
+  virtual ~TlbListener() = default;
+  virtual void tlb_flushed(bool global) = 0;  // all entries (global: global pages too)
+  virtual void tlb_invlpg(u32 la) = 0;        // the page holding la
+};
+
 class Mmu final : public x86::LinearMem, public TlbShootdown {
  public:
   static constexpr unsigned kTlbBits = 8;
@@ -115,6 +123,11 @@ class Mmu final : public x86::LinearMem, public TlbShootdown {
   // Changes whenever entries are dropped (flush, INVLPG): caches of
   // linear-address translations kept outside the TLB compare it.
   u64 epoch() const { return epoch_; }
+  void set_listener(TlbListener* l) { listener_ = l; }
+  // The page of an instruction fetch that just hit is global (survives CR3 loads).
+  bool exec_global(u32 la, bool user) const {
+    return tlb_[user][(la >> 12) & (kTlbSize - 1)].flags & kGlobal;
+  }
 
   // TlbShootdown
   void drop_writable(u64 ppn) override;
@@ -134,6 +147,7 @@ class Mmu final : public x86::LinearMem, public TlbShootdown {
   TlbEntry tlb_[2][kTlbSize];
   MmuStats stats_;
   u64 epoch_ = 0;
+  TlbListener* listener_ = nullptr;
 };
 
 }  // namespace popek::mem

@@ -87,6 +87,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   run->add_flag("!--bt-no-adaptive", cfg.bt.adaptive,
                 "bt: do not retranslate instructions that keep taking the slow path");
+  run->add_flag("--bt-perf-map", cfg.bt.perf_map,
+                "bt: write /tmp/perf-PID.map naming each translation by its guest address, "
+                "for `perf report`");
   run->add_option("--debug-port", dports,
                   "PORT[=FILE]: record bytes the guest writes to I/O port PORT (hex 0x.. or "
                   "decimal) to FILE, or to standard output");

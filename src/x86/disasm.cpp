@@ -11,4 +11,14 @@ std::string disassemble(const u8* bytes, unsigned len, bool code32, u32 eip) {
     return ins.text;
   return "(bad)";
 }
+
+std::string disassemble_host(const u8* bytes, unsigned avail, u64 address, unsigned* len) {
+  ZydisDisassembledInstruction ins;
+  if (ZYAN_SUCCESS(ZydisDisassembleIntel(ZYDIS_MACHINE_MODE_LONG_64, address, bytes, avail, &ins))) {
+    *len = ins.info.length;
+    return ins.text;
+  }
+  *len = 1;
+  return "(bad)";
+}
 }  // namespace popek::x86

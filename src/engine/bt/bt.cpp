@@ -4,7 +4,11 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cerrno>
 #include <cstring>
+#include <string>
+
+#include <unistd.h>
 
 #include "base/error.h"
 #include "engine/bt/block.h"
@@ -149,12 +153,26 @@ Bt::Bt(CpuState& s, mem::PhysMem& pm, Platform& plat, const BtOptions& opt)
   cache_ = std::make_unique<CodeCache>(opt_.code_cache_mb << 20);
   tr_ = std::make_unique<Translator>(*this, *cache_, i32(tlb_off));
   emit_stubs();
+  for (auto& e : jc_) e = JcEntry{0xFFFFFFFFu, 0xFFFFFFFFu, nullptr};
+  jc_meta_.resize(jc_.size());
+  jc_pages_.resize(65536 / 64);
   flush_jc();
+  mmu_.set_listener(this);
   pm_.add_watcher(this);
+  if (opt_.perf_map) {
+    const std::string path = "/tmp/perf-" + std::to_string(getpid()) + ".map";
+    perf_map_ = std::fopen(path.c_str(), "w");
+    if (!perf_map_) throw Error("bt: cannot write " + path + ": " + std::strerror(errno));
+    std::fprintf(perf_map_, "%llx %zx bt_stubs\n", (unsigned long long)(uintptr_t)enter_,
+                 cache_->used());
+  }
   if (lockstep_) lockstep_->set_real_stats(&step_.stats());
 }
 
-Bt::~Bt() { pm_.remove_watcher(this); }
+Bt::~Bt() {
+  pm_.remove_watcher(this);
+  if (perf_map_) std::fclose(perf_map_);
+}
 
 void Bt::lockstep_resync() {
   // The state was set from outside: neither TLB may keep what it held.
@@ -210,6 +228,8 @@ void Bt::emit_stubs() {
   g.seto(al);
   g.mov(word[r14 + int(offsetof(Rt, hf))], ax);
   g.mov(rax, r11);
+  // callout_nosave: the same where the host flags are not the guest's (Rt::hf is).
+  const u8* callout_nosave = g.getCurr();
   g.store_regs();
   g.mov(rdi, r14);
   g.mov(rsi, r8);
@@ -235,7 +255,7 @@ void Bt::emit_stubs() {
   callout_stub_ = cache_->to_rx(callout);
   cache_->advance(g.getSize());
   cache_->set_reserved();
-  tr_->set_stubs(Stubs{exit_common_, exit_nostore_, callout_stub_});
+  tr_->set_stubs(Stubs{exit_common_, exit_nostore_, callout_stub_, cache_->to_rx(callout_nosave)});
 }
 
 u32 Bt::mode_key() const {
@@ -259,9 +279,53 @@ bool Bt::translatable() const {
 }
 
 void Bt::flush_jc() {
-  for (auto& e : jc_) e = JcEntry{0xFFFFFFFFu, 0xFFFFFFFFu, nullptr};
+  for (u32 k : jc_filled_) {
+    jc_[k] = JcEntry{0xFFFFFFFFu, 0xFFFFFFFFu, nullptr};
+    jc_meta_[k] = JcMeta{};
+  }
+  jc_filled_.clear();
+  std::fill(jc_pages_.begin(), jc_pages_.end(), 0);
   st_.jc_flushes++;
-  last_tlb_flushes_ = mmu_.epoch();
+}
+
+void Bt::jc_fill(u32 k, u32 eip, u32 mode, Block* b, bool global) {
+  if (!jc_[k].code) jc_filled_.push_back(k);
+  jc_[k] = JcEntry{eip, mode, b->code};
+  jc_meta_[k] = JcMeta{b, eip >> 12, global};
+  const u32 bit = jc_page_bit(eip >> 12);
+  jc_pages_[bit >> 6] |= u64(1) << (bit & 63);
+  st_.jc_fills++;
+}
+
+template <typename Drop>
+void Bt::jc_drop_if(Drop drop) {
+  size_t n = 0;
+  for (u32 k : jc_filled_) {
+    if (drop(jc_meta_[k])) {
+      jc_[k] = JcEntry{0xFFFFFFFFu, 0xFFFFFFFFu, nullptr};
+      jc_meta_[k] = JcMeta{};
+      st_.jc_drops++;
+    } else {
+      jc_filled_[n++] = k;
+    }
+  }
+  jc_filled_.resize(n);
+}
+
+void Bt::tlb_flushed(bool global) {
+  if (global) {
+    flush_jc();
+    return;
+  }
+  // A CR3 load: entries on global pages stay, as their TLB entries do.
+  jc_drop_if([](const JcMeta& m) { return !m.global; });
+}
+
+void Bt::tlb_invlpg(u32 la) {
+  const u32 page = la >> 12;
+  const u32 bit = jc_page_bit(page);
+  if (!(jc_pages_[bit >> 6] & (u64(1) << (bit & 63)))) return;
+  jc_drop_if([page](const JcMeta& m) { return m.page == page; });
 }
 
 void Bt::flush_cache() {
@@ -312,7 +376,15 @@ Block* Bt::translate(u32 eip, u64 pa, u32 mode) {
   if (trace_) {
     std::fprintf(trace_, "bt: translated %04x:%08x (pa %#llx) %u insns, %u bytes -> %u host bytes\n",
                  s_.seg[CS].sel, eip, (unsigned long long)pa, b->n, b->guest_bytes, b->code_size);
+    for (unsigned off = 0, len = 0; off < b->code_size; off += len) {
+      const std::string t = disassemble_host(b->code + off, b->code_size - off,
+                                             u64(uintptr_t(b->code + off)), &len);
+      std::fprintf(trace_, "bt:   %5x  %s\n", off, t.c_str());
+    }
   }
+  if (perf_map_ && b->n)
+    std::fprintf(perf_map_, "%llx %x guest_%08x_cpl%u\n", (unsigned long long)(uintptr_t)b->code,
+                 b->code_size, eip, mode & M_CPL);
   const u64 ppn = pa >> mem::kPageShift;
   pm_.mark_code(ppn);
   Block* p = b.get();
@@ -362,7 +434,7 @@ void Bt::code_page_written(u64 ppn) {
   if (it == by_page_.end()) return;
   for (Block* b : it->second) invalidate(b);
   by_page_.erase(it);
-  flush_jc();
+  jc_drop_if([](const JcMeta& m) { return !m.block->valid; });
 }
 
 u64 Bt::callout(Site* site) {
@@ -419,7 +491,7 @@ u64 Bt::callout(Site* site) {
   // Anything that changed what the translation assumed (a segment loaded by
   // LDS/LES/..., CPL, DF), flushed the TLB (the jump cache follows it), set TF
   // or an interrupt shadow, or made an interrupt deliverable ends the block.
-  if (!exit && (mode_key() != b->mode || mmu_.epoch() != last_tlb_flushes_ ||
+  if (!exit && (mode_key() != b->mode || mmu_.epoch() != entry_epoch_ ||
                 (s_.eflags & TF) || s_.intr_shadow || step_.event_ready()))
     exit = true;
   if (!b->valid) {
@@ -484,7 +556,6 @@ Exit Bt::run_blocks(u64 end) {
       if (cpu_.stop != StopReason::none) return Exit::stopped;
       continue;
     }
-    if (mmu_.epoch() != last_tlb_flushes_) flush_jc();
     const Segment& cs = s_.seg[CS];
     const u32 eip = s_.eip;
     u64 pa;
@@ -517,15 +588,15 @@ Exit Bt::run_blocks(u64 end) {
       continue;
     }
     if (opt_.chain && cs.base == 0) {
-      JcEntry& j = jc_[((eip >> 12) ^ eip) & ((1u << kJcBits) - 1)];
-      if (j.code != b->code || j.eip != eip || j.mode != mode) {
-        j = JcEntry{eip, mode, b->code};
-        st_.jc_fills++;
-      }
+      const u32 k = ((eip >> 12) ^ eip) & ((1u << kJcBits) - 1);
+      const JcEntry& j = jc_[k];
+      if (j.code != b->code || j.eip != eip || j.mode != mode)
+        jc_fill(k, eip, mode, b, mmu_.exec_global(eip, s_.cpl == 3));
     }
     if (lockstep_) lockstep_->before_block(eip);
     rt_.budget = remaining;
     budget_start_ = remaining;
+    entry_epoch_ = mmu_.epoch();
     icount_base_ = s_.icount;
     rt_.hf = encode_hf(s_.eflags);
     st_.block_entries++;
@@ -535,6 +606,7 @@ Exit Bt::run_blocks(u64 end) {
     if (pending_error_) return Exit::stopped;
     if (lockstep_) lockstep_->after_block();
     if (reason == kExitChain && opt_.chain) {
+      st_.chain_requests++;
       Block* from = reinterpret_cast<Block*>(rt_.arg & ~u64(1));
       const unsigned k = unsigned(rt_.arg & 1);
       if (from->valid && !from->links[k].to && s_.eip == from->links[k].target_eip &&
@@ -567,10 +639,12 @@ std::vector<std::pair<std::string, u64>> Bt::stats() const {
       {"bt.block_entries_from_dispatcher", st_.block_entries},
       {"bt.block_lookups", st_.block_lookups},
       {"bt.block_lookup_misses", st_.block_lookup_misses},
+      {"bt.chain_requests", st_.chain_requests},
       {"bt.chains_patched", st_.chains_patched},
       {"bt.chains_undone", st_.chains_undone},
       {"bt.jump_cache_fills", st_.jc_fills},
       {"bt.jump_cache_flushes", st_.jc_flushes},
+      {"bt.jump_cache_drops", st_.jc_drops},
       {"bt.callouts", st_.callouts},
       {"bt.callouts_slow_memory", st_.callouts_slow_mem},
       {"bt.callout_exits", st_.callout_exits},

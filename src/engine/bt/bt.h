@@ -27,6 +27,7 @@ struct BtOptions {
   size_t code_cache_mb = 64;
   bool adaptive = true;        // retranslate instructions that keep taking the slow path
   bool lockstep = false;       // run interp beside and compare at every block boundary
+  bool perf_map = false;       // name translations in /tmp/perf-PID.map (perf's JIT map)
 };
 
 // Instruction groups `interp_groups` may name (also used by stats).
@@ -69,10 +70,12 @@ struct BtStats {
   u64 block_entries = 0;     // dispatcher -> generated code
   u64 block_lookups = 0;
   u64 block_lookup_misses = 0;
+  u64 chain_requests = 0;    // exits through a link not patched yet
   u64 chains_patched = 0;
   u64 chains_undone = 0;
   u64 jc_fills = 0;
   u64 jc_flushes = 0;
+  u64 jc_drops = 0;          // entries dropped by INVLPG, CR3 loads, code writes
   u64 callouts = 0;
   u64 callouts_slow_mem = 0;  // memory operands that missed the inline TLB
   u64 callout_exits = 0;
@@ -87,7 +90,7 @@ struct BtStats {
 };
 }  // namespace bt
 
-class Bt final : public Engine, public mem::CodeWatcher {
+class Bt final : public Engine, public mem::CodeWatcher, public mem::TlbListener {
  public:
   Bt(x86::CpuState& s, mem::PhysMem& pm, x86::Platform& plat, const BtOptions& opt);
   ~Bt() override;
@@ -102,6 +105,9 @@ class Bt final : public Engine, public mem::CodeWatcher {
 
   // CodeWatcher: a page holding translated code was written.
   void code_page_written(u64 ppn) override;
+  // TlbListener: the jump cache keeps what the TLB keeps.
+  void tlb_flushed(bool global) override;
+  void tlb_invlpg(u32 la) override;
 
   // For the runtime (callouts) and the translator.
   u64 callout(bt::Site* site);
@@ -142,6 +148,19 @@ class Bt final : public Engine, public mem::CodeWatcher {
   std::unique_ptr<bt::CodeCache> cache_;
   std::unique_ptr<bt::Translator> tr_;
   std::vector<bt::JcEntry> jc_;
+  // Beside each jump-cache entry: its block, the linear page of its EIP and
+  // whether that page is global (the entry then survives CR3 loads).
+  struct JcMeta {
+    bt::Block* block = nullptr;
+    u32 page = 0;
+    bool global = false;
+  };
+  std::vector<JcMeta> jc_meta_;
+  std::vector<u32> jc_filled_;        // indices of the jc_ entries in use
+  std::vector<u64> jc_pages_;         // bitmap by hashed page: might have an entry
+  static u32 jc_page_bit(u32 page) { return (page ^ (page >> 16)) & 0xFFFF; }
+  void jc_fill(u32 k, u32 eip, u32 mode, bt::Block* b, bool global);
+  template <typename Drop> void jc_drop_if(Drop drop);
   // The dispatcher's own direct-mapped cache in front of the hash map.
   struct DcEntry {
     u64 pa = ~0ull;
@@ -171,7 +190,8 @@ class Bt final : public Engine, public mem::CodeWatcher {
   u64 icount_base_ = 0;
   i64 budget_start_ = 0;
   std::exception_ptr pending_error_;
-  u64 last_tlb_flushes_ = 0;
+  std::FILE* perf_map_ = nullptr;
+  u64 entry_epoch_ = 0;  // the MMU's epoch when the dispatcher entered generated code
   bt::BtStats st_;
 };
 

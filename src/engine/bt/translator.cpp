@@ -3,8 +3,10 @@
 //   r13 = 12 (shift count for the flag-free TLB check), r14 = bt::Rt*, r15 = CpuState*
 //   r8-r11 temporaries; host RFLAGS hold the guest's OSZAPC; DF is always clear.
 // Guest flags are saved into Rt::hf (LAHF/SETO image) at block exits and around
-// callouts; a block restores them at entry unless its first instruction
-// defines all six without touching memory.
+// callouts. A block starts with them "parked" there: the host flags are free
+// (memory operands use a short compare-and-branch TLB check) until the first
+// instruction that reads or partly writes them restores them, or one that
+// defines all six puts the guest's flags in the host's again.
 //
 // Ordinary instructions are re-encoded for the host with their registers
 // mapped and their memory operand replaced by [r8], which holds the host
@@ -147,6 +149,21 @@ bool defines_all_flags(const Insn& i) {
   }
 }
 
+// True if the instruction's result depends on the guest's arithmetic flags
+// before it: it reads one, or writes only some of them (or leaves some undefined).
+bool needs_flags(const Insn& i) {
+  const OpInfo& info = i.info();
+  if (info.flags_read & ARITH) return true;
+  if (!(info.flags_written & ARITH)) return false;
+  return !defines_all_flags(i);
+}
+
+// Instructions always run by the semantics (they find the flags in Rt::hf).
+bool is_callout_only(const Insn& i) {
+  const u32 a = i.info().attrs;
+  return (a & (SEN | PRV | IOI | FPU)) || ((a & STR) && i.rep());
+}
+
 }  // namespace
 
 class Emitter : public CodeGenerator {
@@ -165,7 +182,7 @@ class Emitter : public CodeGenerator {
     stubs_ = stubs;
     rx_ = cc_.to_rx(cc_.cursor());
     user_ = (b.mode & M_CPL) == 3;
-    dirty_ = false;
+    fl_ = Fl::parked;
     idx_ = 0;
   }
   void run(u32 max_insns);
@@ -174,6 +191,13 @@ class Emitter : public CodeGenerator {
   struct Slow {
     Label entry, done;
     Site* site;
+    bool parked;  // the guest flags were in Rt::hf (not the host's) at the access
+  };
+  // Where the guest's arithmetic flags are.
+  enum class Fl {
+    host,    // in host RFLAGS and in Rt::hf alike
+    dirty,   // in host RFLAGS only
+    parked,  // in Rt::hf only: host RFLAGS are free
   };
 
   // ---- raw emission against executable addresses ----
@@ -192,13 +216,13 @@ class Emitter : public CodeGenerator {
   }
 
   void save_flags() {
-    if (!dirty_) return;
+    if (fl_ != Fl::dirty) return;
     mov(r11, rax);
     lahf();
     seto(al);
     mov(word[r14 + kHfOff], ax);
     mov(rax, r11);
-    dirty_ = false;
+    fl_ = Fl::host;
   }
   void restore_flags() {
     mov(r11, rax);
@@ -206,6 +230,7 @@ class Emitter : public CodeGenerator {
     add(al, 0x7F);  // OF from bit 0
     sahf();
     mov(rax, r11);
+    fl_ = Fl::host;
   }
 
   Site* new_site(const Insn& i, u32 eip, u64 pa, bool ends, bool slow) {
@@ -223,10 +248,12 @@ class Emitter : public CodeGenerator {
     b_->sites.push_back(std::move(s));
     return p;
   }
-  void call_site(Site* s) {
+  // Calls the semantics for `s`; `parked`: Rt::hf holds the guest flags and
+  // the host's are not theirs.
+  void call_site(Site* s, bool parked) {
     mov(r8, u64(s));
-    call_abs(stubs_.callout);
-    dirty_ = false;  // the stub restored the flags from Rt::hf
+    call_abs(parked ? stubs_.callout_nosave : stubs_.callout);
+    fl_ = Fl::host;  // the stub restored the flags from Rt::hf
   }
 
   // ---- memory operands ----
@@ -251,7 +278,9 @@ class Emitter : public CodeGenerator {
     lea(r8d, ptr[r8 + r9]);
   }
   // r8 (linear, zero-extended) -> host address, or a jump to `slow`.
-  void lookup(unsigned size, bool write, Label& slow) {
+  // `clobber`: the host flags are free (a compare and branch); otherwise a
+  // flag-free sequence.
+  void lookup(unsigned size, bool write, Label& slow, bool clobber) {
     const int set = tlb_off_ + (user_ ? int(mem::Mmu::kTlbSize * sizeof(mem::TlbEntry)) : 0);
     const int tag = set + (write ? int(offsetof(mem::TlbEntry, tag_write))
                                  : int(offsetof(mem::TlbEntry, tag_read)));
@@ -259,6 +288,16 @@ class Emitter : public CodeGenerator {
     rorx(r9d, r8d, 12);
     movzx(r9d, r9b);
     lea(r9, ptr[r9 * 8]);
+    if (clobber) {
+      // The page of the last byte must be the entry's tag (invalid tags have
+      // low bits set and never compare equal).
+      lea(r10d, ptr[r8 + int(size - 1)]);
+      and_(r10d, ~0xFFFu);
+      cmp(r10d, dword[r14 + r9 * 4 + tag]);
+      jne(slow, T_NEAR);
+      add(r8, qword[r14 + r9 * 4 + addend]);
+      return;
+    }
     mov(r10d, dword[r14 + r9 * 4 + tag]);
     not_(r10d);
     lea(r10d, ptr[r8 + r10 + int(size)]);  // last byte - tag
@@ -428,6 +467,11 @@ class Emitter : public CodeGenerator {
     slows_.emplace_back();
     Slow& s = slows_.back();
     s.site = new_site(i, eip, pa, false, true);
+    // The host flags are free for the check unless they hold guest flags not
+    // yet saved, or the instruction needs the guest's flags as input.
+    const bool clobber = fl_ != Fl::dirty && !needs_flags(i);
+    if (clobber) fl_ = Fl::parked;
+    s.parked = fl_ == Fl::parked;
     s.site->seg = u8(seg);
     s.site->size = u8(size);
     s.site->write = write;
@@ -442,7 +486,7 @@ class Emitter : public CodeGenerator {
       case Site::A_EDI: mov(r8d, edi); break;
     }
     if (addr != Site::A_EA) add_seg_base(seg);
-    lookup(size, write, s.entry);
+    lookup(size, write, s.entry, clobber);
     return s;
   }
   // The end of an indirect transfer whose target the fast path left in r9d;
@@ -462,7 +506,7 @@ class Emitter : public CodeGenerator {
     Site* s = new_site(i, eip, pa, ends, false);
     s->direct = direct_slow(pa);
     save_flags();
-    call_site(s);
+    call_site(s, fl_ == Fl::parked);
     bt_.bstats().callout_insns++;
     if (ends) {
       ud2();  // the stub never returns here
@@ -483,7 +527,7 @@ class Emitter : public CodeGenerator {
   Stubs stubs_{};
   const u8* rx_ = nullptr;
   bool user_ = false;
-  bool dirty_ = false;  // host flags hold guest flags not yet in Rt::hf
+  Fl fl_ = Fl::parked;
   unsigned idx_ = 0;
   std::deque<Slow> slows_;  // stable addresses
 };
@@ -690,7 +734,7 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
       if (r >= 8) db(0x41);
       db(0xFF);
       db(u8(0xC0 | ((i.op == Op::DEC_r ? 1 : 0) << 3) | (r & 7)));
-      dirty_ = true;
+      fl_ = Fl::dirty;
       return Done::next;
     }
     case Op::MOV_rIv: case Op::XCHG_eAXr: case Op::BSWAP: {
@@ -719,7 +763,7 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
       if (i.osize == 2 && !(info.attrs & B)) db(0x66);
       db(i.opcode);
       for (unsigned k = 0; k < imm_len; k++) db(bytes[i.len - imm_len + k]);
-      if (info.flags_written) dirty_ = true;
+      if (info.flags_written & ARITH) fl_ = Fl::dirty;
       return Done::next;
     }
     case Op::MOV_ALOb: case Op::MOV_eAXOv: case Op::MOV_ObAL: case Op::MOV_OveAX: {
@@ -763,7 +807,7 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
         mov(byte[rsp - 8], r10b);
         db(0x8A); db(u8(0x44 | (i.reg << 3))); db(0x24); db(0xF8);     // mov ah..bh, [rsp-8]
       }
-      if (info.flags_written) dirty_ = true;
+      if (info.flags_written & ARITH) fl_ = Fl::dirty;
       L(s.done);
       return Done::next;
     }
@@ -776,7 +820,7 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
         reencode(i, n, bytes);
         L(s.done);
       }
-      if (info.flags_written) dirty_ = true;
+      if (info.flags_written & ARITH) fl_ = Fl::dirty;
       return Done::next;
     }
   }
@@ -811,12 +855,9 @@ void Emitter::run(u32 max_insns) {
       }
       break;
     }
-    if (idx_ == 0) {
-      // Restore the guest flags unless the first instruction defines them all
-      // without a memory access (faults and slow paths see the host flags).
-      const bool defines = defines_all_flags(i) && !i.mem;
-      if (!defines) restore_flags();
-    }
+    // Parked flags come back before an instruction that needs them (one
+    // that the semantics run, through a callout, finds them in Rt::hf).
+    if (fl_ == Fl::parked && needs_flags(i) && !is_callout_only(i)) restore_flags();
     const u8* bytes = page_ + off;
     const u32 ieip = eip;
     d = insn(i, bytes, ieip, page_pa | off);
@@ -833,7 +874,7 @@ void Emitter::run(u32 max_insns) {
   // Out-of-line slow paths.
   for (Slow& s : slows_) {
     L(s.entry);
-    call_site(s.site);  // the stub saves the flags
+    call_site(s.site, s.parked);  // the stub saves the flags unless parked
     jmp(s.done, T_NEAR);
   }
   L(budget_exit);

@@ -28,6 +28,7 @@ struct Stubs {
   const u8* exit_common;
   const u8* exit_nostore;
   const u8* callout;
+  const u8* callout_nosave;  // the guest flags are already in Rt::hf
 };
 
 class Emitter;

@@ -179,13 +179,18 @@ struct FuzzVm {
     vm.pm.write_bytes(test::kGdt, gdt, sizeof gdt);
     for (u32 v = 0; v < 256; v++) vm.set_gate(v, test::kHandlers + v * 16);
 
-    // Page tables: identity, one page absent, one read-only (CR0.WP).
+    // Page tables: identity, one page absent, one read-only (CR0.WP), the
+    // tables read-only.
     u32 pde = kPt | 3;
     vm.pm.write_bytes(kPd, &pde, 4);
     for (u32 p = 0; p < 1024; p++) {
       u32 pte = (p << 12) | 3;
       if (p << 12 == kAbsent) pte = 0;
       if (p << 12 == kReadOnly) pte = (p << 12) | 1;
+      // The paging structures themselves are read-only: a write to them
+      // without INVLPG leaves which translation the CPU uses undefined (each
+      // engine's TLB may keep a different set), which lockstep cannot judge.
+      if (p << 12 == kPd || p << 12 == kPt) pte = (p << 12) | 1;
       vm.pm.write_bytes(kPt + p * 4, &pte, 4);
     }
     // Exceptions resume at the next instruction (from kTable) or halt.

@@ -44,6 +44,10 @@ struct Block {
   const u8* code = nullptr;  // executable address
   u32 code_size = 0;
   bool valid = true;
+  // The first instruction crosses into the next linear page, mapped to pa2
+  // when translated (the code checks that at entry).
+  bool crosses = false;
+  u64 pa2 = 0;
   struct Link {
     u32 slot = 0;         // offset of the patchable `jmp rel32` in the code
     u32 target_eip = 0;

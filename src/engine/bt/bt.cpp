@@ -359,11 +359,24 @@ Block* Bt::translate(u32 eip, u64 pa, u32 mode) {
   b->cs_base = s_.seg[CS].base;
   b->mode = mode;
   b->eip = eip;
-  if (!tr_->translate(*b, pg.host, opt_.block_insns)) {
+  // A first instruction that continues on the next page: its bytes come from
+  // that page as mapped now (the fetch faults as the CPU's would).
+  const u8* page2 = nullptr;
+  const u32 off = u32(pa & 0xFFF);
+  if (off > 4096 - 15) {
+    Insn probe;
+    if (decode(pg.host + off, 4096 - off, true, &probe) == DecodeStatus::need_more) {
+      u64 pa2;
+      page2 = mmu_.fetch(((b->cs_base + eip) & ~0xFFFu) + 0x1000, s_.cpl == 3, &pa2);
+      b->pa2 = pa2 & ~u64(0xFFF);
+      if (page2) page2 -= pa2 & 0xFFF;
+    }
+  }
+  if (!tr_->translate(*b, pg.host, opt_.block_insns, page2)) {
     flush_cache();
     b->sites.clear();
     b->nlinks = 0;
-    if (!tr_->translate(*b, pg.host, opt_.block_insns))
+    if (!tr_->translate(*b, pg.host, opt_.block_insns, page2))
       throw Error("bt: a block does not fit in an empty code cache");
   }
   st_.translate_ns += u64(std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -390,6 +403,10 @@ Block* Bt::translate(u32 eip, u64 pa, u32 mode) {
   Block* p = b.get();
   by_key_[p->key].push_back(p);
   by_page_[ppn].push_back(p);
+  if (p->crosses) {
+    pm_.mark_code(p->pa2 >> mem::kPageShift);
+    by_page_[p->pa2 >> mem::kPageShift].push_back(p);
+  }
   blocks_.push_back(std::move(b));
   return p;
 }
@@ -575,6 +592,16 @@ Exit Bt::run_blocks(u64 end) {
       b = lookup(pa, cs.base, eip, mode);
       if (!b) b = translate(eip, pa, mode);
       if (b) dc = DcEntry{pa, eip, mode, cs.base, b};
+    }
+    if (b && b->crosses && b->n) {
+      // Its second page must still be mapped where it was (this fetch also
+      // fills the TLB entry the block checks at entry).
+      u64 pa2;
+      const u8* h2 = mmu_.fetch(((cs.base + eip) & ~0xFFFu) + 0x1000, s_.cpl == 3, &pa2);
+      if (!h2 || (pa2 & ~u64(0xFFF)) != b->pa2) {
+        invalidate(b);
+        continue;
+      }
     }
     if (!b || b->n == 0 || (!(mode & M_CS_FLAT) && b->guest_bytes - 1 > cs.limit - eip)) {
       interp_steps(end, 1);

@@ -174,11 +174,13 @@ class Emitter : public CodeGenerator {
   Emitter(Bt& bt, CodeCache& cc, u8* scratch, size_t max, i32 tlb_off)
       : CodeGenerator(max, scratch), bt_(bt), cc_(cc), tlb_off_(tlb_off) {}
 
-  void begin(Block& b, const u8* page, const Stubs& stubs) {
+  void begin(Block& b, const u8* page, const Stubs& stubs, const u8* page2) {
     slows_.clear();  // their labels belong to the previous block
     reset();
     b_ = &b;
     page_ = page;
+    page2_ = page2;
+    b.crosses = page2 != nullptr;
     stubs_ = stubs;
     rx_ = cc_.to_rx(cc_.cursor());
     user_ = (b.mode & M_CPL) == 3;
@@ -524,6 +526,7 @@ class Emitter : public CodeGenerator {
   i32 tlb_off_;
   Block* b_ = nullptr;
   const u8* page_ = nullptr;
+  const u8* page2_ = nullptr;
   Stubs stubs_{};
   const u8* rx_ = nullptr;
   bool user_ = false;
@@ -829,6 +832,18 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
 
 void Emitter::run(u32 max_insns) {
   auto& st = bt_.bstats();
+  Label stale;
+  if (page2_) {
+    // The second page must still be mapped (executable) to pa2: its TLB entry
+    // says so, or the dispatcher looks again. The flags are parked.
+    const u32 la2 = (b_->cs_base + b_->eip + 0x1000) & ~0xFFFu;
+    const int entry = tlb_off_ + (user_ ? int(mem::Mmu::kTlbSize * sizeof(mem::TlbEntry)) : 0) +
+                      int(((la2 >> 12) & (mem::Mmu::kTlbSize - 1)) * sizeof(mem::TlbEntry));
+    cmp(dword[r14 + entry + int(offsetof(mem::TlbEntry, tag_exec))], la2);
+    jne(stale, T_NEAR);
+    cmp(dword[r14 + entry + int(offsetof(mem::TlbEntry, ppn))], u32(b_->pa2 >> 12));
+    jne(stale, T_NEAR);
+  }
   // Prologue: account for the block's instructions (patched at the end).
   db(0x49); db(0x81); db(0x2E);  // sub qword [r14], imm32
   const size_t count_at = getSize();
@@ -844,7 +859,15 @@ void Emitter::run(u32 max_insns) {
   while (idx_ < max_insns) {
     const unsigned avail = 4096 - off;
     Insn i;
+    const u8* bytes = page_ + off;
+    u8 joined[15];
     DecodeStatus ds = decode(page_ + off, avail < 15 ? avail : 15, true, &i);
+    if (ds == DecodeStatus::need_more && idx_ == 0 && page2_) {
+      std::memcpy(joined, page_ + off, avail);
+      std::memcpy(joined + avail, page2_, 15 - avail);
+      ds = decode(joined, 15, true, &i);
+      bytes = joined;
+    }
     if (ds != DecodeStatus::ok) {
       if (idx_ == 0) {
         // Invalid, too long or crossing the page: the semantics raise the fault
@@ -858,7 +881,6 @@ void Emitter::run(u32 max_insns) {
     // Parked flags come back before an instruction that needs them (one
     // that the semantics run, through a callout, finds them in Rt::hf).
     if (fl_ == Fl::parked && needs_flags(i) && !is_callout_only(i)) restore_flags();
-    const u8* bytes = page_ + off;
     const u32 ieip = eip;
     d = insn(i, bytes, ieip, page_pa | off);
     st.guest_insns_translated++;
@@ -876,6 +898,12 @@ void Emitter::run(u32 max_insns) {
     L(s.entry);
     call_site(s.site, s.parked);  // the stub saves the flags unless parked
     jmp(s.done, T_NEAR);
+  }
+  if (page2_) {
+    L(stale);
+    mov(dword[r15 + kEipOff], b_->eip);
+    mov(qword[r14 + kReasonOff], u32(kExitNormal));
+    jmp_abs(stubs_.exit_common);
   }
   L(budget_exit);
   db(0x49); db(0x81); db(0x06);  // add qword [r14], imm32
@@ -900,11 +928,11 @@ Translator::Translator(Bt& bt, CodeCache& cc, i32 tlb_off)
 
 Translator::~Translator() = default;
 
-bool Translator::translate(Block& b, const u8* page, u32 max_insns) {
+bool Translator::translate(Block& b, const u8* page, u32 max_insns, const u8* page2) {
   if (cc_.free_bytes() < kMaxBlockCode) return false;
   if (!emitter_) emitter_ = std::make_unique<Emitter>(bt_, cc_, scratch_.data(), kMaxBlockCode, tlb_off_);
   Emitter& e = *emitter_;
-  e.begin(b, page, stubs_);
+  e.begin(b, page, stubs_, page2);
   e.run(max_insns);
   if (b.n) {
     std::memcpy(cc_.cursor(), e.getCode(), e.getSize());

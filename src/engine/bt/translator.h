@@ -42,7 +42,10 @@ class Translator {
   // its page at `page`). Fills `b` (code, sites, links). Returns false if the
   // cache is too full (the caller flushes and retries) — never for other reasons:
   // an instruction it cannot translate becomes a callout.
-  bool translate(Block& b, const u8* page, u32 max_insns);
+  // `page2`: the host bytes of the page after it, when the first instruction
+  // continues there (a one-instruction block that checks at entry that the
+  // second page is still mapped to b.pa2).
+  bool translate(Block& b, const u8* page, u32 max_insns, const u8* page2 = nullptr);
 
  private:
   static constexpr size_t kMaxBlockCode = 64 * 1024;

@@ -13,17 +13,23 @@ PhysMem::PhysMem(u64 ram_size) : ram_size_(ram_size) {
   if (ram_size < (1u << 20) || ram_size > (u64(3) << 30) || (ram_size & (kPageSize - 1)))
     throw Error("memory size must be a multiple of 4 KiB between 1 MiB and 3 GiB (got " +
                 std::to_string(ram_size) + " bytes)");
-  map_size_ = ram_size;
+  // Over-allocated by 2 MiB so RAM can start on a 2 MiB boundary: with
+  // transparent huge pages the guest's first touches cost one host fault per
+  // 2 MiB instead of per 4 KiB (a Linux boot touches most of its RAM).
+  constexpr u64 kHuge = u64(2) << 20;
+  map_size_ = ram_size + kHuge;
   void* p = mmap(nullptr, map_size_, PROT_READ | PROT_WRITE,
                  MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (p == MAP_FAILED) throw Error("cannot map " + std::to_string(ram_size >> 20) + " MiB of guest RAM");
-  ram_ = static_cast<u8*>(p);
+  map_ = static_cast<u8*>(p);
+  ram_ = reinterpret_cast<u8*>((reinterpret_cast<uintptr_t>(p) + kHuge - 1) & ~uintptr_t(kHuge - 1));
+  madvise(ram_, ram_size, MADV_HUGEPAGE);  // advice only: without THP it stays 4 KiB pages
   npages_ = ram_size >> kPageShift;
   code_.assign(npages_, 0);
 }
 
 PhysMem::~PhysMem() {
-  if (ram_) munmap(ram_, map_size_);
+  if (map_) munmap(map_, map_size_);
 }
 
 void PhysMem::add_rom(u64 base, const std::vector<u8>& data) {

@@ -109,6 +109,7 @@ class PhysMem {
     u64 base;
     std::vector<u8> data;
   };
+  u8* map_ = nullptr;  // the mapping; ram_ is its first 2 MiB boundary
   u8* ram_ = nullptr;
   u64 ram_size_ = 0;
   u64 map_size_ = 0;

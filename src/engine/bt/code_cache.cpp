@@ -30,6 +30,16 @@ CodeCache::CodeCache(size_t bytes) : size_(bytes) {
   }
   rw_ = static_cast<u8*>(w);
   rx_ = static_cast<u8*>(x);
+  populate();
+}
+
+void CodeCache::populate() {
+  if (populated_ >= size_) return;
+  const size_t n = populated_ + kPopulateAhead > size_ ? size_ - populated_ : kPopulateAhead;
+  // Advice only (kernels before 5.14 refuse it): the pages then fault one by one.
+  madvise(rw_ + populated_, n, MADV_POPULATE_WRITE);
+  madvise(rx_ + populated_, n, MADV_POPULATE_READ);
+  populated_ += n;
 }
 
 CodeCache::~CodeCache() {

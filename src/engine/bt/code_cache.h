@@ -26,7 +26,10 @@ class CodeCache {
   // Bump allocation: `reserve` bytes at the start are never freed (stubs).
   u8* cursor() const { return rw_ + used_; }
   size_t free_bytes() const { return size_ - used_; }
-  void advance(size_t n) { used_ += (n + 15) & ~size_t(15); }
+  void advance(size_t n) {
+    used_ += (n + 15) & ~size_t(15);
+    if (used_ + kPopulateAhead / 2 > populated_) populate();
+  }
   void set_reserved() { reserved_ = used_; }
   // Drops every translation (the caller forgets its blocks).
   void reset() { used_ = reserved_; }
@@ -38,6 +41,11 @@ class CodeCache {
   size_t size_ = 0;
   size_t used_ = 0;
   size_t reserved_ = 0;
+  // Pages ahead of the cursor are faulted in a chunk at a time (one system
+  // call instead of a fault per page in each view).
+  static constexpr size_t kPopulateAhead = size_t(2) << 20;
+  size_t populated_ = 0;
+  void populate();
 };
 
 }  // namespace popek::engine::bt

@@ -44,6 +44,7 @@ struct Block {
   const u8* code = nullptr;  // executable address
   u32 code_size = 0;
   bool valid = true;
+  Block* hnext = nullptr;  // the engine's lookup chain
   // The first instruction crosses into the next linear page, mapped to pa2
   // when translated (the code checks that at entry).
   bool crosses = false;

@@ -155,6 +155,7 @@ Bt::Bt(CpuState& s, mem::PhysMem& pm, Platform& plat, const BtOptions& opt)
   emit_stubs();
   for (auto& e : jc_) e = JcEntry{0xFFFFFFFFu, 0xFFFFFFFFu, nullptr};
   jc_meta_.resize(jc_.size());
+  htab_.assign(size_t(1) << 16, nullptr);
   jc_pages_.resize(65536 / 64);
   flush_jc();
   mmu_.set_listener(this);
@@ -331,7 +332,8 @@ void Bt::tlb_invlpg(u32 la) {
 void Bt::flush_cache() {
   for (auto& d : dc_) d = DcEntry{};
   blocks_.clear();
-  by_key_.clear();
+  std::fill(htab_.begin(), htab_.end(), nullptr);
+  hcount_ = 0;
   by_page_.clear();
   cache_->reset();
   flush_jc();
@@ -341,12 +343,45 @@ void Bt::flush_cache() {
 Block* Bt::lookup(u64 pa, u32 cs_base, u32 eip, u32 mode) {
   st_.block_lookups++;
   const u64 key = pa | (u64(mode) << 32);
-  auto it = by_key_.find(key);
-  if (it != by_key_.end())
-    for (Block* b : it->second)
-      if (b->cs_base == cs_base && b->eip == eip) return b;  // EIPs are baked into the code
+  for (Block* b = htab_[hash_slot(key, eip)]; b; b = b->hnext)
+    if (b->key == key && b->cs_base == cs_base && b->eip == eip) return b;  // EIPs are baked into the code
   st_.block_lookup_misses++;
   return nullptr;
+}
+
+size_t Bt::hash_slot(u64 key, u32 eip) const {
+  u64 h = (key ^ (u64(eip) << 20)) * 0x9E3779B97F4A7C15ull;
+  return size_t(h >> 32) & (htab_.size() - 1);
+}
+
+void Bt::hash_insert(Block* b) {
+  if (hcount_ >= htab_.size()) {
+    // Grow: twice the buckets, chains rebuilt.
+    std::vector<Block*> old(htab_.size() * 2, nullptr);
+    old.swap(htab_);
+    for (Block* head : old)
+      for (Block* x = head; x;) {
+        Block* next = x->hnext;
+        Block*& slot = htab_[hash_slot(x->key, x->eip)];
+        x->hnext = slot;
+        slot = x;
+        x = next;
+      }
+  }
+  Block*& slot = htab_[hash_slot(b->key, b->eip)];
+  b->hnext = slot;
+  slot = b;
+  hcount_++;
+}
+
+void Bt::hash_remove(Block* b) {
+  for (Block** p = &htab_[hash_slot(b->key, b->eip)]; *p; p = &(*p)->hnext)
+    if (*p == b) {
+      *p = b->hnext;
+      b->hnext = nullptr;
+      hcount_--;
+      return;
+    }
 }
 
 Block* Bt::translate(u32 eip, u64 pa, u32 mode) {
@@ -401,7 +436,7 @@ Block* Bt::translate(u32 eip, u64 pa, u32 mode) {
   const u64 ppn = pa >> mem::kPageShift;
   pm_.mark_code(ppn);
   Block* p = b.get();
-  by_key_[p->key].push_back(p);
+  hash_insert(p);
   by_page_[ppn].push_back(p);
   if (p->crosses) {
     pm_.mark_code(p->pa2 >> mem::kPageShift);
@@ -438,12 +473,7 @@ void Bt::invalidate(Block* b) {
   b->valid = false;
   st_.blocks_invalidated++;
   unlink(b);
-  auto it = by_key_.find(b->key);
-  if (it != by_key_.end()) {
-    auto& v = it->second;
-    v.erase(std::remove(v.begin(), v.end(), b), v.end());
-    if (v.empty()) by_key_.erase(it);
-  }
+  hash_remove(b);
 }
 
 void Bt::code_page_written(u64 ppn) {
@@ -508,7 +538,8 @@ u64 Bt::callout(Site* site) {
   // Anything that changed what the translation assumed (a segment loaded by
   // LDS/LES/..., CPL, DF), flushed the TLB (the jump cache follows it), set TF
   // or an interrupt shadow, or made an interrupt deliverable ends the block.
-  if (!exit && (mode_key() != b->mode || mmu_.epoch() != entry_epoch_ ||
+  // (A slow path is an ordinary instruction: it changes no segment, CPL or DF.)
+  if (!exit && ((!site->slow_path && mode_key() != b->mode) || mmu_.epoch() != entry_epoch_ ||
                 (s_.eflags & TF) || s_.intr_shadow || step_.event_ready()))
     exit = true;
   if (!b->valid) {

@@ -173,7 +173,12 @@ class Bt final : public Engine, public mem::CodeWatcher, public mem::TlbListener
   // Blocks: all live objects (freed at cache flush), the lookup map, and per
   // physical page the blocks translated from it.
   std::vector<std::unique_ptr<bt::Block>> blocks_;
-  std::unordered_map<u64, std::vector<bt::Block*>> by_key_;
+  // The lookup table: chained through Block::hnext, power-of-two buckets.
+  std::vector<bt::Block*> htab_;
+  size_t hcount_ = 0;
+  size_t hash_slot(u64 key, u32 eip) const;
+  void hash_insert(bt::Block* b);
+  void hash_remove(bt::Block* b);
   std::unordered_map<u64, std::vector<bt::Block*>> by_page_;
   // Guest instructions (by physical address) the adaptive policy sends
   // straight to their slow path.

@@ -57,7 +57,6 @@ struct Block {
   Link links[2];
   u8 nlinks = 0;
   std::vector<std::pair<Block*, u8>> incoming;  // patched links into this block
-  std::vector<std::unique_ptr<Site>> sites;
 };
 
 // Instruction groups (stats, --bt-interp).

@@ -332,6 +332,7 @@ void Bt::tlb_invlpg(u32 la) {
 void Bt::flush_cache() {
   for (auto& d : dc_) d = DcEntry{};
   blocks_.clear();
+  sites_.clear();
   std::fill(htab_.begin(), htab_.end(), nullptr);
   hcount_ = 0;
   by_page_.clear();
@@ -409,7 +410,6 @@ Block* Bt::translate(u32 eip, u64 pa, u32 mode) {
   }
   if (!tr_->translate(*b, pg.host, opt_.block_insns, page2)) {
     flush_cache();
-    b->sites.clear();
     b->nlinks = 0;
     if (!tr_->translate(*b, pg.host, opt_.block_insns, page2))
       throw Error("bt: a block does not fit in an empty code cache");

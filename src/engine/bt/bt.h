@@ -4,6 +4,7 @@
 // ("callouts") into the shared x86 semantics for sensitive instructions, slow
 // paths and everything it does not translate. See docs/bt.md.
 #pragma once
+#include <deque>
 #include <exception>
 #include <memory>
 #include <string>
@@ -16,6 +17,8 @@
 #include "memory/mmu.h"
 #include "memory/phys_mem.h"
 #include "x86/cpu.h"
+
+#include "engine/bt/block.h"
 
 namespace popek::engine {
 
@@ -117,6 +120,7 @@ class Bt final : public Engine, public mem::CodeWatcher, public mem::TlbListener
   bt::BtStats& bstats() { return st_; }
   u32 interp_group_mask() const { return interp_group_mask_; }
   bool is_direct_slow(u64 pa) const { return direct_slow_.count(pa) != 0; }
+  bt::Site* new_site() { return &sites_.emplace_back(); }
 
  private:
   friend class bt::Translator;
@@ -173,6 +177,7 @@ class Bt final : public Engine, public mem::CodeWatcher, public mem::TlbListener
   // Blocks: all live objects (freed at cache flush), the lookup map, and per
   // physical page the blocks translated from it.
   std::vector<std::unique_ptr<bt::Block>> blocks_;
+  std::deque<bt::Site> sites_;  // callout sites of all blocks (freed at flush)
   // The lookup table: chained through Block::hnext, power-of-two buckets.
   std::vector<bt::Block*> htab_;
   size_t hcount_ = 0;

@@ -190,8 +190,12 @@ class Emitter : public CodeGenerator {
   void run(u32 max_insns);
 
  private:
+  // Forward jumps are rel32 fields patched when their target is known (no
+  // xbyak labels: their bookkeeping cost more than the rest of a translation).
+  static constexpr u32 kNone = ~0u;
   struct Slow {
-    Label entry, done;
+    u32 entry_fix = kNone;  // the rel32 of the lookup's jump to the slow path
+    u32 done = kNone;       // where the slow path resumes
     Site* site;
     bool parked;  // the guest flags were in Rt::hf (not the host's) at the access
   };
@@ -201,6 +205,29 @@ class Emitter : public CodeGenerator {
     dirty,   // in host RFLAGS only
     parked,  // in Rt::hf only: host RFLAGS are free
   };
+
+  // ---- jumps ----
+  u32 here() const { return u32(getSize()); }
+  u32 jcc32(unsigned cc) {  // jcc rel32 to be bound
+    db(0x0F);
+    db(u8(0x80 | (cc & 15)));
+    dd(0);
+    return here() - 4;
+  }
+  u32 jmp32() {
+    db(0xE9);
+    dd(0);
+    return here() - 4;
+  }
+  void bind_to(u32 fix, u32 target) {
+    const i32 rel = i32(target) - i32(fix + 4);
+    std::memcpy(const_cast<u8*>(getCode()) + fix, &rel, 4);
+  }
+  void bind(u32 fix) { bind_to(fix, here()); }
+  void jmp_back(u32 target) {  // jmp rel32 to an offset already emitted
+    db(0xE9);
+    dd(u32(i32(target) - i32(here() + 4)));
+  }
 
   // ---- raw emission against executable addresses ----
   i32 rel_to(const u8* target, unsigned len) {
@@ -236,7 +263,7 @@ class Emitter : public CodeGenerator {
   }
 
   Site* new_site(const Insn& i, u32 eip, u64 pa, bool ends, bool slow) {
-    auto s = std::make_unique<Site>();
+    Site* s = bt_.new_site();
     s->insn = i;
     s->fn = handler_for(i);
     s->block = b_;
@@ -246,9 +273,7 @@ class Emitter : public CodeGenerator {
     s->group = u8(group_of(i));
     s->ends = ends;
     s->slow_path = slow;
-    Site* p = s.get();
-    b_->sites.push_back(std::move(s));
-    return p;
+    return s;
   }
   // Calls the semantics for `s`; `parked`: Rt::hf holds the guest flags and
   // the host's are not theirs.
@@ -282,7 +307,8 @@ class Emitter : public CodeGenerator {
   // r8 (linear, zero-extended) -> host address, or a jump to `slow`.
   // `clobber`: the host flags are free (a compare and branch); otherwise a
   // flag-free sequence.
-  void lookup(unsigned size, bool write, Label& slow, bool clobber) {
+  // Returns the rel32 to bind to the slow path.
+  u32 lookup(unsigned size, bool write, bool clobber) {
     const int set = tlb_off_ + (user_ ? int(mem::Mmu::kTlbSize * sizeof(mem::TlbEntry)) : 0);
     const int tag = set + (write ? int(offsetof(mem::TlbEntry, tag_write))
                                  : int(offsetof(mem::TlbEntry, tag_read)));
@@ -296,9 +322,9 @@ class Emitter : public CodeGenerator {
       lea(r10d, ptr[r8 + int(size - 1)]);
       and_(r10d, ~0xFFFu);
       cmp(r10d, dword[r14 + r9 * 4 + tag]);
-      jne(slow, T_NEAR);
+      const u32 fix = jcc32(5);  // jne
       add(r8, qword[r14 + r9 * 4 + addend]);
-      return;
+      return fix;
     }
     mov(r10d, dword[r14 + r9 * 4 + tag]);
     not_(r10d);
@@ -306,14 +332,14 @@ class Emitter : public CodeGenerator {
     shrx(r10d, r10d, r13d);                  // zero iff on the tagged page
     mov(r11, rcx);
     mov(ecx, r10d);
-    Label hit;
-    jrcxz(hit);
-    mov(rcx, r11);
-    jmp(slow, T_NEAR);
-    L(hit);
+    db(0xE3);  // jrcxz over the next two instructions (hit)
+    db(8);
+    mov(rcx, r11);  // 3 bytes
+    const u32 fix = jmp32();  // 5 bytes
     mov(rcx, r11);
     mov(r10, qword[r14 + r9 * 4 + addend]);
     lea(r8, ptr[r8 + r10]);
+    return fix;
   }
 
   // ---- the generic re-encoder ----
@@ -430,35 +456,14 @@ class Emitter : public CodeGenerator {
     add(r10, qword[r14 + kJcOff]);
     mov(r11, u64(b_->mode) << 32);
     or_(r11, r9);
-    Label miss;
     cmp(qword[r10], r11);
-    jne(miss);
+    const u32 miss = jcc32(5);
     jmp(qword[r10 + 8]);
-    L(miss);
+    bind(miss);
     mov(qword[r14 + kReasonOff], u32(kExitNormal));
     jmp_abs(stubs_.exit_common);
   }
 
-  void jcc(unsigned cc, const Label& l) {
-    switch (cc & 15) {
-      case 0: jo(l, T_NEAR); break;
-      case 1: jno(l, T_NEAR); break;
-      case 2: jb(l, T_NEAR); break;
-      case 3: jae(l, T_NEAR); break;
-      case 4: je(l, T_NEAR); break;
-      case 5: jne(l, T_NEAR); break;
-      case 6: jbe(l, T_NEAR); break;
-      case 7: ja(l, T_NEAR); break;
-      case 8: js(l, T_NEAR); break;
-      case 9: jns(l, T_NEAR); break;
-      case 10: jp(l, T_NEAR); break;
-      case 11: jnp(l, T_NEAR); break;
-      case 12: jl(l, T_NEAR); break;
-      case 13: jge(l, T_NEAR); break;
-      case 14: jle(l, T_NEAR); break;
-      default: jg(l, T_NEAR); break;
-    }
-  }
 
   // Starts a memory access: a slow path (the whole instruction through the
   // semantics) and the inline lookup of the operand `addr` names (the ModRM
@@ -488,17 +493,16 @@ class Emitter : public CodeGenerator {
       case Site::A_EDI: mov(r8d, edi); break;
     }
     if (addr != Site::A_EA) add_seg_base(seg);
-    lookup(size, write, s.entry, clobber);
+    s.entry_fix = lookup(size, write, clobber);
     return s;
   }
   // The end of an indirect transfer whose target the fast path left in r9d;
   // after the slow path (which ran the instruction) it is the state's EIP.
   void exit_indirect_after(Slow& s) {
-    Label go;
-    jmp(go);
-    L(s.done);
+    const u32 go = jmp32();
+    s.done = here();
     mov(r9d, dword[r15 + kEipOff]);
-    L(go);
+    bind(go);
     exit_indirect();
   }
 
@@ -602,11 +606,8 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
       lea(edi, ptr[rdi + step]);
     }
     if (load) lea(esi, ptr[rsi + step]);
-    Label done;
-    jmp(done, T_NEAR);
-    if (s1) L(s1->done);
-    if (s2) L(s2->done);
-    L(done);
+    if (s1) s1->done = here();
+    if (s2) s2->done = here();
     return Done::next;
   }
   if (interp_only || (info.attrs & (FPU | STR))) return callout(i, eip, pa, info.attrs & CT);
@@ -624,10 +625,9 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
       case Op::JCC_Jb: case Op::JCC_Jz: {
         st.native_insns++;
         save_flags();
-        Label taken;
-        jcc(i.opcode & 15, taken);
+        const u32 taken = jcc32(i.opcode & 15);
         exit_direct(next);
-        L(taken);
+        bind(taken);
         exit_direct(next + i.imm);
         return Done::ended;
       }
@@ -637,7 +637,7 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
         Slow& s = mem_access(i, eip, pa, SS, 4, true, Site::A_PUSH);
         mov(dword[r8], next);
         lea(r12d, ptr[r12 - 4]);
-        L(s.done);
+        s.done = here();
         exit_direct(next + i.imm);
         return Done::ended;
       }
@@ -689,7 +689,7 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
       else if (i.op == Op::PUSH_Ev) mov(dword[r8], Reg32(hreg(i.rm)));
       else mov(dword[r8], i.imm);
       lea(r12d, ptr[r12 - 4]);
-      L(s.done);
+      s.done = here();
       return Done::next;
     }
     case Op::POP_r: case Op::POP_Ev: {
@@ -699,7 +699,7 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
       mov(r9d, dword[r8]);
       lea(r12d, ptr[r12 + 4]);
       mov(Reg32(hreg(i.op == Op::POP_r ? (i.opcode & 7) : i.rm)), r9d);
-      L(s.done);
+      s.done = here();
       return Done::next;
     }
     case Op::LEAVE: {
@@ -709,7 +709,7 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
       mov(r9d, dword[r8]);
       lea(r12d, ptr[rbp + 4]);
       mov(ebp, r9d);
-      L(s.done);
+      s.done = here();
       return Done::next;
     }
     case Op::LEA: {
@@ -789,7 +789,7 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
       n.rm_size = u8(size);
       n.reg_is_reg = true;
       reencode(m, n, bytes);  // MOV has no immediate: nothing read from bytes
-      L(s.done);
+      s.done = here();
       return Done::next;
     }
     default: break;
@@ -811,7 +811,7 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
         db(0x8A); db(u8(0x44 | (i.reg << 3))); db(0x24); db(0xF8);     // mov ah..bh, [rsp-8]
       }
       if (info.flags_written & ARITH) fl_ = Fl::dirty;
-      L(s.done);
+      s.done = here();
       return Done::next;
     }
     if (can_reencode(i, n)) {
@@ -821,7 +821,7 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
       } else {
         Slow& s = mem_access(i, eip, pa, i.seg, n.rm_size, n.rm == RM_W || n.rm == RM_RW, Site::A_EA);
         reencode(i, n, bytes);
-        L(s.done);
+        s.done = here();
       }
       if (info.flags_written & ARITH) fl_ = Fl::dirty;
       return Done::next;
@@ -832,7 +832,7 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
 
 void Emitter::run(u32 max_insns) {
   auto& st = bt_.bstats();
-  Label stale;
+  u32 stale1 = kNone, stale2 = kNone;
   if (page2_) {
     // The second page must still be mapped (executable) to pa2: its TLB entry
     // says so, or the dispatcher looks again. The flags are parked.
@@ -840,16 +840,15 @@ void Emitter::run(u32 max_insns) {
     const int entry = tlb_off_ + (user_ ? int(mem::Mmu::kTlbSize * sizeof(mem::TlbEntry)) : 0) +
                       int(((la2 >> 12) & (mem::Mmu::kTlbSize - 1)) * sizeof(mem::TlbEntry));
     cmp(dword[r14 + entry + int(offsetof(mem::TlbEntry, tag_exec))], la2);
-    jne(stale, T_NEAR);
+    stale1 = jcc32(5);
     cmp(dword[r14 + entry + int(offsetof(mem::TlbEntry, ppn))], u32(b_->pa2 >> 12));
-    jne(stale, T_NEAR);
+    stale2 = jcc32(5);
   }
   // Prologue: account for the block's instructions (patched at the end).
   db(0x49); db(0x81); db(0x2E);  // sub qword [r14], imm32
   const size_t count_at = getSize();
   dd(0);
-  Label budget_exit;
-  jl(budget_exit, T_NEAR);
+  const u32 budget_exit = jcc32(12);  // jl
   const size_t restore_at = getSize();
 
   u32 eip = b_->eip;
@@ -895,24 +894,26 @@ void Emitter::run(u32 max_insns) {
 
   // Out-of-line slow paths.
   for (Slow& s : slows_) {
-    L(s.entry);
+    bind(s.entry_fix);
     call_site(s.site, s.parked);  // the stub saves the flags unless parked
-    jmp(s.done, T_NEAR);
+    jmp_back(s.done);
   }
   if (page2_) {
-    L(stale);
+    bind(stale1);
+    bind(stale2);
     mov(dword[r15 + kEipOff], b_->eip);
     mov(qword[r14 + kReasonOff], u32(kExitNormal));
     jmp_abs(stubs_.exit_common);
   }
-  L(budget_exit);
+  bind(budget_exit);
   db(0x49); db(0x81); db(0x06);  // add qword [r14], imm32
   const size_t count2_at = getSize();
   dd(0);
   mov(dword[r15 + kEipOff], b_->eip);
   mov(qword[r14 + kReasonOff], u32(kExitNormal));
   jmp_abs(stubs_.exit_common);
-  if (hasUndefinedLabel()) throw Error("bt: internal error: undefined label in a translation");
+  for (const Slow& s : slows_)
+    if (s.done == kNone) throw Error("bt: internal error: a slow path without its resume point");
 
   b_->n = idx_;
   b_->guest_bytes = eip - b_->eip;

@@ -8,7 +8,19 @@ namespace {
 enum : u32 { PTE_P = 1, PTE_W = 2, PTE_U = 4, PTE_A = 0x20, PTE_D = 0x40, PTE_PS = 0x80, PTE_G = 0x100 };
 }
 
-Mmu::Mmu(CpuState& s, PhysMem& pm) : s_(s), pm_(pm) {
+Mmu::Mmu(CpuState& s, PhysMem& pm)
+    : s_(s), pm_(pm), tlb_store_(new TlbEntry[kEngineArea / sizeof(TlbEntry) + 2 * kTlbSize]()) {
+  tlb_[0] = tlb_store_.get() + kEngineArea / sizeof(TlbEntry);
+  tlb_[1] = tlb_[0] + kTlbSize;
+  for (auto* set : tlb_)
+    for (unsigned k = 0; k < kTlbSize; k++) {
+      TlbEntry& e = set[k];
+      e.tag_read = e.tag_write = e.tag_exec = invalid_tag(k);
+      e.ppn = 0;
+      e.addend = 0;
+      e.flags = 0;
+      e.pad = 0;
+    }
   flush_tlb(true);
   pm_.add_shootdown(this);
 }
@@ -17,13 +29,21 @@ Mmu::~Mmu() { pm_.remove_shootdown(this); }
 void Mmu::flush_tlb(bool global) {
   stats_.flushes++;
   epoch_++;
-  for (auto& set : tlb_)
-    for (unsigned k = 0; k < kTlbSize; k++) {
+  for (unsigned u = 0; u < 2; u++) {
+    TlbEntry* set = tlb_[u];
+    std::vector<u32>& used = used_[u];
+    size_t n = 0;
+    for (u32 k : used) {
       TlbEntry& e = set[k];
-      if (!global && (e.flags & kGlobal)) continue;
+      if (!global && (e.flags & kGlobal)) {
+        used[n++] = k;
+        continue;
+      }
       e.tag_read = e.tag_write = e.tag_exec = invalid_tag(k);
       e.flags = 0;
     }
+    used.resize(n);
+  }
   if (listener_) listener_->tlb_flushed(global);
 }
 
@@ -36,15 +56,15 @@ void Mmu::invlpg(u32 la) {
     if ((e.tag_read & ~0xFFFu) == (la & ~0xFFFu) || (e.tag_exec & ~0xFFFu) == (la & ~0xFFFu) ||
         (e.tag_write & ~0xFFFu) == (la & ~0xFFFu)) {
       e.tag_read = e.tag_write = e.tag_exec = invalid_tag(k);
-      e.flags = 0;
+      e.flags &= kListed;
     }
   }
 }
 
 void Mmu::drop_writable(u64 ppn) {
-  for (auto& set : tlb_)
-    for (unsigned k = 0; k < kTlbSize; k++)
-      if (set[k].ppn == ppn) set[k].tag_write = invalid_tag(k);
+  for (unsigned u = 0; u < 2; u++)
+    for (u32 k : used_[u])
+      if (tlb_[u][k].ppn == ppn) tlb_[u][k].tag_write = invalid_tag(k);
 }
 
 void Mmu::page_fault(u32 la, u32 err) {
@@ -116,7 +136,8 @@ u64 Mmu::translate(u32 la, Acc acc, bool user) {
   if (pg.host) {
     e.addend = uintptr_t(pg.host) - page;
     e.ppn = u32(ppn);
-    e.flags = global ? kGlobal : 0;
+    if (!(e.flags & kListed)) used_[user].push_back((la >> 12) & (kTlbSize - 1));
+    e.flags = (global ? kGlobal : 0) | kListed;
     e.tag_read = page;
     e.tag_exec = page;
     if (can_write && dirty && !pg.rom && !pm_.is_code(ppn)) e.tag_write = page;

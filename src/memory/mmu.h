@@ -9,6 +9,8 @@
 // slow path.
 #pragma once
 #include <cstring>
+#include <memory>
+#include <vector>
 
 #include "base/types.h"
 #include "memory/phys_mem.h"
@@ -46,7 +48,10 @@ struct TlbListener {
 
 class Mmu final : public x86::LinearMem, public TlbShootdown {
  public:
-  static constexpr unsigned kTlbBits = 8;
+  // 64 Ki entries per privilege class: generated code takes the index with a
+  // flag-free 16-bit zero extension, and flushes clear only the entries used
+  // since (the kListed list), so the size costs memory, not time.
+  static constexpr unsigned kTlbBits = 16;
   static constexpr unsigned kTlbSize = 1u << kTlbBits;
   // An invalid tag never equals a page address and, for generated code that
   // tests "last byte - tag < 4096", names only pages that map to other
@@ -54,7 +59,7 @@ class Mmu final : public x86::LinearMem, public TlbShootdown {
   static constexpr u32 invalid_tag(unsigned index) {
     return (((index + 128) & (kTlbSize - 1)) << 12) | 0x800;
   }
-  enum : u32 { kGlobal = 1 };
+  enum : u32 { kGlobal = 1, kListed = 2 /* in used_ */ };
 
   Mmu(x86::CpuState& s, PhysMem& pm);
   ~Mmu() override;
@@ -118,6 +123,11 @@ class Mmu final : public x86::LinearMem, public TlbShootdown {
   // Walks without side effects (no A/D bits, no fault): for debuggers/tracing.
   bool probe(u32 la, u64* pa) const;
   TlbEntry* tlb(bool user) { return tlb_[user]; }
+  const TlbEntry* tlb(bool user) const { return tlb_[user]; }
+  // Bytes just before the TLB for an engine's own data: generated code that
+  // addresses both from one register needs them within a 32-bit offset.
+  static constexpr size_t kEngineArea = 256;
+  void* engine_area() { return tlb_store_.get(); }
   const MmuStats& stats() const { return stats_; }
   PhysMem& phys() { return pm_; }
   // Changes whenever entries are dropped (flush, INVLPG): caches of
@@ -144,7 +154,9 @@ class Mmu final : public x86::LinearMem, public TlbShootdown {
 
   x86::CpuState& s_;
   PhysMem& pm_;
-  TlbEntry tlb_[2][kTlbSize];
+  std::unique_ptr<TlbEntry[]> tlb_store_;
+  TlbEntry* tlb_[2];
+  std::vector<u32> used_[2];  // indices of entries filled since they were last cleared
   MmuStats stats_;
   u64 epoch_ = 0;
   TlbListener* listener_ = nullptr;

@@ -143,11 +143,13 @@ Bt::Bt(CpuState& s, mem::PhysMem& pm, Platform& plat, const BtOptions& opt)
       throw Error("bt: unknown instruction group '" + name + "' (known: " + bt_groups_help() + ")");
     interp_group_mask_ |= 1u << k;
   }
-  rt_.callout = &callout_entry;
-  rt_.self = this;
-  rt_.jc = jc_.data();
+  static_assert(sizeof(Rt) <= mem::Mmu::kEngineArea, "Rt must fit the MMU's engine area");
+  rt_ = new (mmu_.engine_area()) Rt();
+  rt_->callout = &callout_entry;
+  rt_->self = this;
+  rt_->jc = jc_.data();
   const intptr_t tlb_off =
-      reinterpret_cast<const char*>(mmu_.tlb(false)) - reinterpret_cast<const char*>(&rt_);
+      reinterpret_cast<const char*>(mmu_.tlb(false)) - reinterpret_cast<const char*>(rt_);
   if (tlb_off < INT32_MIN + (1 << 16) || tlb_off > INT32_MAX - (1 << 16))
     throw Error("bt: internal error: TLB too far from the runtime block");
   cache_ = std::make_unique<CodeCache>(opt_.code_cache_mb << 20);
@@ -490,9 +492,9 @@ u64 Bt::callout(Site* site) {
   st_.callouts_by_op[unsigned(site->insn.op)]++;
   if (site->direct) st_.adaptive_direct_calls++;
   Block* b = site->block;
-  s_.eflags = merge_hf(s_.eflags, rt_.hf);
+  s_.eflags = merge_hf(s_.eflags, rt_->hf);
   s_.eip = site->eip;
-  s_.icount = icount_base_ + u64(budget_start_ - rt_.budget) - (b->n - site->idx);
+  s_.icount = icount_base_ + u64(budget_start_ - rt_->budget) - (b->n - site->idx);
   bool exit = site->ends;
   cpu_.stop = StopReason::none;
   // Where the inline access would have gone (for the adaptive policy).
@@ -560,12 +562,12 @@ u64 Bt::callout(Site* site) {
     }
   }
   if (exit) {
-    rt_.reason = kExitNormal;  // exit_nostore returns it: never a stale chain request
-    rt_.budget = budget_start_ - i64(s_.icount - icount_base_);
+    rt_->reason = kExitNormal;  // exit_nostore returns it: never a stale chain request
+    rt_->budget = budget_start_ - i64(s_.icount - icount_base_);
     st_.callout_exits++;
     return 1;
   }
-  rt_.hf = encode_hf(s_.eflags);
+  rt_->hf = encode_hf(s_.eflags);
   return 0;
 }
 
@@ -652,21 +654,21 @@ Exit Bt::run_blocks(u64 end) {
         jc_fill(k, eip, mode, b, mmu_.exec_global(eip, s_.cpl == 3));
     }
     if (lockstep_) lockstep_->before_block(eip);
-    rt_.budget = remaining;
+    rt_->budget = remaining;
     budget_start_ = remaining;
     entry_epoch_ = mmu_.epoch();
     icount_base_ = s_.icount;
-    rt_.hf = encode_hf(s_.eflags);
+    rt_->hf = encode_hf(s_.eflags);
     st_.block_entries++;
     if (trace_) std::fprintf(trace_, "bt: run %04x:%08x\n", cs.sel, eip);
-    const u64 reason = enter_(&s_, &rt_, b->code);
-    s_.icount = icount_base_ + u64(budget_start_ - rt_.budget);
+    const u64 reason = enter_(&s_, rt_, b->code);
+    s_.icount = icount_base_ + u64(budget_start_ - rt_->budget);
     if (pending_error_) return Exit::stopped;
     if (lockstep_) lockstep_->after_block();
     if (reason == kExitChain && opt_.chain) {
       st_.chain_requests++;
-      Block* from = reinterpret_cast<Block*>(rt_.arg & ~u64(1));
-      const unsigned k = unsigned(rt_.arg & 1);
+      Block* from = reinterpret_cast<Block*>(rt_->arg & ~u64(1));
+      const unsigned k = unsigned(rt_->arg & 1);
       if (from->valid && !from->links[k].to && s_.eip == from->links[k].target_eip &&
           mode_key() == from->mode) {
         const u64 tpa = (from->pa & ~u64(0xFFF)) | (s_.eip & 0xFFF);

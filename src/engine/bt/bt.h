@@ -141,7 +141,7 @@ class Bt final : public Engine, public mem::CodeWatcher, public mem::TlbListener
   // Runs instructions in the interpreter (stepper) up to `max`.
   void interp_steps(u64 end, u64 max);
 
-  bt::Rt rt_;  // first: generated code reaches the TLB at a 32-bit offset from it
+  bt::Rt* rt_ = nullptr;  // in the MMU's engine area: generated code reaches the TLB from it
   x86::CpuState& s_;
   mem::PhysMem& pm_;
   std::unique_ptr<bt::Lockstep> lockstep_;  // before cpu_: it records what cpu_ gets

@@ -314,7 +314,7 @@ class Emitter : public CodeGenerator {
                                  : int(offsetof(mem::TlbEntry, tag_read)));
     const int addend = set + int(offsetof(mem::TlbEntry, addend));
     rorx(r9d, r8d, 12);
-    movzx(r9d, r9b);
+    movzx(r9d, r9w);
     lea(r9, ptr[r9 * 8]);
     if (clobber) {
       // The page of the last byte must be the entry's tag (invalid tags have

@@ -12,6 +12,12 @@
 
 namespace popek::x86 {
 
+// Long REP MOVS/STOS/SCAS runs leave EIP on the instruction (so interrupts
+// come in) whenever, after at least one element, ECX is a non-zero multiple of
+// 65536: a point that depends only on ECX, so every engine and fast path
+// (page-at-a-time copies, translated loops) yields at the same places.
+inline bool rep_yield_point(u32 ecx) { return (ecx & 0xFFFF) == 0; }
+
 // Guest linear memory with paging. `user` checks the access as CPL 3 (false for
 // the implicit supervisor accesses to descriptor tables and the TSS).
 // Accesses may cross pages; both pages are checked before anything is written.

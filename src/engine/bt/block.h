@@ -23,6 +23,7 @@ struct Site {
   bool ends = false;   // the block ends after it: always leave to the dispatcher
   bool slow_path = false;  // reached when an inline memory access missed
   bool direct = false;     // the adaptive policy made this a plain callout
+  bool rep_resume = false; // continues a REP the block began: leaves at a yield point
   // The inline access the slow path stands for (adaptive translation).
   enum Addr : u8 { A_EA, A_PUSH, A_POP, A_EBP, A_MOFFS, A_ESI, A_EDI };
   Addr addr = A_EA;

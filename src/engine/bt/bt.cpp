@@ -514,7 +514,14 @@ u64 Bt::callout(Site* site) {
     la += s_.seg[site->seg].base;
   }
   try {
-    step_.execute(site->insn, site->fn);
+    // A REP the generated code took to a yield point stops there, as the
+    // semantics would have.
+    if (site->rep_resume && rep_yield_point(s_.gpr[ECX])) {
+      exit = true;
+      s_.icount++;  // the generated code's chunk was the execution that yields
+    } else {
+      step_.execute(site->insn, site->fn);
+    }
   } catch (const Fault& f) {
     exit = true;
     try {
@@ -534,6 +541,8 @@ u64 Bt::callout(Site* site) {
     pending_error_ = std::current_exception();
   }
   if (cpu_.stop != StopReason::none) exit = true;
+  // Not finished (a REP instruction yields in chunks, even from a slow path).
+  if (s_.eip == site->eip) exit = true;
   // An instruction that did not finish (REP string work done in chunks) or
   // transferred control continues from the dispatcher.
   if (s_.eip != site->eip + site->insn.len && !site->slow_path) exit = true;

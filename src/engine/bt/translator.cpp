@@ -469,14 +469,16 @@ class Emitter : public CodeGenerator {
   // semantics) and the inline lookup of the operand `addr` names (the ModRM
   // operand, or an implicit one: the stack, [EBP], a moffs, [ESI], [EDI]) in
   // segment `seg`. Leaves its host address in r8. Returns the slow record.
+  // `flags_dead`: the instruction's result does not depend on the flags
+  // before it from here on (the caller saved them for the slow path).
   Slow& mem_access(const Insn& i, u32 eip, u64 pa, unsigned seg, unsigned size, bool write,
-                   Site::Addr addr) {
+                   Site::Addr addr, bool flags_dead = false) {
     slows_.emplace_back();
     Slow& s = slows_.back();
     s.site = new_site(i, eip, pa, false, true);
     // The host flags are free for the check unless they hold guest flags not
     // yet saved, or the instruction needs the guest's flags as input.
-    const bool clobber = fl_ != Fl::dirty && !needs_flags(i);
+    const bool clobber = fl_ != Fl::dirty && (flags_dead || !needs_flags(i));
     if (clobber) fl_ = Fl::parked;
     s.parked = fl_ == Fl::parked;
     s.site->seg = u8(seg);
@@ -505,6 +507,18 @@ class Emitter : public CodeGenerator {
     bind(go);
     exit_indirect();
   }
+
+  // out = elements of `size` bytes from linear address (reg + seg base) to
+  // the end of its page. Clobbers the flags.
+  void room(const Reg32& out, const Reg32& reg, unsigned seg, unsigned size) {
+    mov(out, reg);
+    if (!(b_->mode & m_base0(seg))) add(out, dword[r15 + kSegOff + int(seg * sizeof(Segment)) + kBaseOff]);
+    and_(out, 0xFFF);
+    neg(out);
+    add(out, 4096);
+    if (size > 1) shr(out, size == 4 ? 2 : 1);
+  }
+  void rep_string(const Insn& i, u32 eip, u64 pa, unsigned size);
 
   enum class Done { next, ended };
   Done insn(const Insn& i, const u8* bytes, u32 eip, u64 pa);
@@ -541,6 +555,104 @@ class Emitter : public CodeGenerator {
 
 bool Emitter::direct_slow(u64 pa) const { return bt_.is_direct_slow(pa); }
 
+void Emitter::rep_string(const Insn& i, u32 eip, u64 pa, unsigned size) {
+  const bool scas = i.op == Op::SCASB;
+  const bool movs = i.op == Op::MOVSB || i.op == Op::MOVSV;
+  const unsigned shift = size == 4 ? 2 : 0;
+  // The guest flags go to Rt::hf: the checks below clobber the host's, and a
+  // fault on the first element must see them. REPNE SCASB with ECX = 0 keeps
+  // them: it needs them in the host's too.
+  if (scas && fl_ == Fl::parked) restore_flags();
+  save_flags();
+  const Fl at_start = fl_;  // host (or parked): valid in Rt::hf
+  u32 zero;
+  if (scas) {
+    // ECX = 0 changes nothing, the flags included.
+    db(0x67); db(0xE3); db(5);  // jecxz over the jmp
+    const u32 go = jmp32();
+    zero = jmp32();
+    bind(go);
+  } else {
+    test(ecx, ecx);
+    zero = jcc32(4);  // jz
+  }
+  // From here on at least one element is done: the flags before are dead.
+  Slow* src = nullptr;
+  if (movs) {
+    src = &mem_access(i, eip, pa, i.seg, size, false, Site::A_ESI, true);
+    mov(qword[rsp - 16], r8);
+  }
+  Slow& dst = mem_access(i, eip, pa, ES, size, !scas, Site::A_EDI, true);
+  // r9d = elements to do here: min(ECX, room in the page(s)).
+  room(r9d, edi, ES, size);
+  if (movs) {
+    room(r10d, esi, i.seg, size);
+    cmp(r10d, r9d);
+    cmovb(r9d, r10d);
+  }
+  cmp(ecx, r9d);
+  cmovb(r9d, ecx);
+  // ... and not past the next yield point (ECX a multiple of 65536).
+  lea(r10d, ptr[rcx - 1]);
+  movzx(r10d, r10w);
+  inc(r10d);
+  cmp(r10d, r9d);
+  cmovb(r9d, r10d);
+  mov(r10d, ecx);  // guest ECX
+  mov(r11d, edi);  // guest EDI
+  if (movs) {
+    mov(qword[rsp - 8], rsi);  // guest ESI
+    mov(rsi, qword[rsp - 16]);
+  }
+  mov(rdi, r8);
+  mov(ecx, r9d);
+  if (scas) {
+    db(0xF2); db(0xAE);  // repne scasb
+    // Flag-free: d = n - remaining; EDI += d; ECX -= d.
+    not_(ecx);
+    lea(r8d, ptr[r9 + rcx + 1]);
+    lea(edi, ptr[r11 + r8]);
+    not_(r8d);
+    lea(ecx, ptr[r10 + r8 + 1]);
+    fl_ = Fl::dirty;  // the last compare's flags
+  } else {
+    db(0xF3);
+    if (size == 4) db(movs ? 0xA5 : 0xAB);
+    else db(movs ? 0xA4 : 0xAA);
+    if (movs) {
+      mov(rsi, qword[rsp - 8]);
+      lea(esi, ptr[rsi + r9 * (1 << shift)]);
+    }
+    lea(edi, ptr[r11 + r9 * (1 << shift)]);
+    sub(r10d, r9d);
+    mov(ecx, r10d);
+  }
+  // Unfinished (the page ended first): the semantics go on from here.
+  slows_.emplace_back();
+  Slow& more = slows_.back();
+  more.site = new_site(i, eip, pa, false, false);
+  more.site->rep_resume = true;
+  if (scas) {
+    const u32 found = jcc32(4);  // jz: the byte was found
+    db(0x67); db(0xE3); db(5);   // jecxz over the jmp: ECX ran out
+    more.entry_fix = jmp32();
+    more.parked = false;  // the host flags are the guest's
+    bind(found);
+  } else {
+    test(ecx, ecx);
+    more.entry_fix = jcc32(5);  // jnz
+    more.parked = true;
+    fl_ = Fl::parked;
+  }
+  bind(zero);
+  // Every path arrives with the flags valid where fl_ says: REPNE SCASB in
+  // the host's (ECX = 0 kept them there and in Rt::hf); MOVS/STOS in Rt::hf.
+  (void)at_start;
+  more.done = here();
+  dst.done = here();
+  if (src) src->done = here();
+}
+
 Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
   const OpInfo& info = i.info();
   const u32 next = eip + i.len;
@@ -556,6 +668,19 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
   // With DF in the translation's mode, CLD/STD that keep it are no-ops.
   if ((i.op == Op::CLD && !(b_->mode & M_DF)) || (i.op == Op::STD && (b_->mode & M_DF))) {
     st.native_insns++;
+    return Done::next;
+  }
+  // REP MOVS/STOS and REPNE SCASB forward: the host's own string instruction
+  // over the part that lies in one page of each operand; the rest of a
+  // longer run continues through the semantics.
+  if (!interp_only && i.rep() && i.asize == 4 && !(b_->mode & M_DF) && !direct_slow(pa) &&
+      seg_native(ES) &&
+      (((i.op == Op::MOVSB || i.op == Op::MOVSV) && seg_native(i.seg)) ||
+       i.op == Op::STOSB || i.op == Op::STOSV ||
+       (i.op == Op::SCASB && (i.prefixes & P_REPNE))) &&
+      ((info.attrs & B) || i.osize == 4)) {
+    st.native_insns++;
+    rep_string(i, eip, pa, (info.attrs & B) ? 1 : 4);
     return Done::next;
   }
   // Single (not REP) string moves, stores and loads, 32-bit addressing.

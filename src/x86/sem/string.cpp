@@ -68,24 +68,21 @@ inline void one(Cpu& c, const Insn& i, StrRegs& r, i32 d) {
 // the instruction is complete or yields (next_eip set as the loop would).
 template <StrK K, typename T>
 bool bulk(Cpu& c, const Insn& i, StrRegs& r) {
-  // Elements per call, then yield for interrupts. Counted the same whichever
-  // way an element went, so where a long REP yields never depends on the TLB.
-  constexpr u32 kMaxElems = 1u << 16;
-  u32 done = 0;
+  bool done = false;
   while (r.get(ECX) != 0) {
-    if (done == kMaxElems) {
+    if (done && rep_yield_point(r.get(ECX))) {
       c.next_eip = c.s.eip;
       return true;
     }
     one<K, T>(c, i, r, sizeof(T));
     r.add(ECX, -1);
-    done++;
+    done = true;
     u32 n = r.get(ECX);
     if (n == 0) return true;
     const u32 edi = r.get(EDI);
     const u32 dst_room = (4096 - ((c.s.seg[ES].base + edi) & 0xFFF)) / sizeof(T);
     u32 k = n < dst_room ? n : dst_room;
-    if (kMaxElems - done < k) k = kMaxElems - done;
+    if ((n & 0xFFFF) < k) k = n & 0xFFFF;  // up to the next yield point
     const u32 esi = K == S_MOVS ? r.get(ESI) : 0;
     if constexpr (K == S_MOVS) {
       const u32 src_room = (4096 - ((c.s.seg[i.seg].base + esi) & 0xFFF)) / sizeof(T);
@@ -120,7 +117,6 @@ bool bulk(Cpu& c, const Insn& i, StrRegs& r) {
     }
     r.add(EDI, i32(bytes));
     r.add(ECX, -i32(k));
-    done += k;
   }
   return true;
 }
@@ -130,20 +126,20 @@ bool bulk(Cpu& c, const Insn& i, StrRegs& r) {
 // up to a page is skipped at once with memchr and the byte after the skipped
 // run goes through the normal compare. Same yield rule as bulk().
 void scan_bytes(Cpu& c, const Insn& i, StrRegs& r) {
-  constexpr u32 kMaxElems = 1u << 16;
-  u32 done = 0;
+  bool done = false;
   while (r.get(ECX) != 0) {
-    if (done == kMaxElems) {
+    if (done && rep_yield_point(r.get(ECX))) {
       c.next_eip = c.s.eip;
       return;
     }
     const u32 n = r.get(ECX);
     const u32 edi = r.get(EDI);
     const Segment& g = c.s.seg[ES];
-    u32 k = n - 1;  // leave the last element to the normal compare
+    // Skip at most up to the next yield point, leaving the last element of
+    // the round to the normal compare.
+    u32 k = (n - 1) & 0xFFFF;
     const u32 room = 4096 - ((g.base + edi) & 0xFFF);
     if (room < k) k = room;
-    if (kMaxElems - done - 1 < k) k = kMaxElems - done - 1;
     const bool seg_ok = (!c.s.pe() || c.s.vm86() || (g.usable() && !g.expand_down() && g.readable())) &&
                         k > 0 && edi <= g.limit && k - 1 <= g.limit - edi;
     const u8* p = seg_ok ? c.mem.direct(g.base + edi, k, false, c.user()) : nullptr;
@@ -152,7 +148,6 @@ void scan_bytes(Cpu& c, const Insn& i, StrRegs& r) {
       const u32 skip = hit ? u32(static_cast<const u8*>(hit) - p) : k;
       r.add(EDI, i32(skip));
       r.add(ECX, -i32(skip));
-      done += skip;
       // The flags of the last byte skipped: the next compare may fault, and
       // the handler must see them as the byte-by-byte loop leaves them.
       if (skip > 0) arith::sub(u8(c.s.gpr[EAX]), p[skip - 1], c.s.eflags);
@@ -161,7 +156,7 @@ void scan_bytes(Cpu& c, const Insn& i, StrRegs& r) {
     // follow the last element compared.
     one<S_SCAS, u8>(c, i, r, 1);
     r.add(ECX, -1);
-    done++;
+    done = true;
     if (c.s.eflags & ZF) return;
   }
 }

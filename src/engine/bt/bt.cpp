@@ -25,6 +25,10 @@ using namespace popek::engine::bt;
 namespace {
 
 constexpr u64 kAdaptiveThreshold = 16;
+// A direct callout gets another chance at the inline path after this many
+// calls (its page may have stopped being watched, e.g. code that was copied
+// elsewhere; if not, it comes back after kAdaptiveThreshold slow hits).
+constexpr u64 kAdaptiveRetry = 1u << 16;
 
 u64 callout_entry(Rt* rt, Site* site) { return rt->self->callout(site); }
 
@@ -557,6 +561,12 @@ u64 Bt::callout(Site* site) {
     if (!exit) st_.smc_exits++;
     exit = true;
   }
+  if (site->direct && !exit && ++site->hits >= kAdaptiveRetry) {
+    direct_slow_.erase(site->pa);
+    invalidate(b);
+    st_.adaptive_retries++;
+    exit = true;
+  }
   if (site->slow_path && !exit && opt_.adaptive) {
     // Would the inline lookup hit now? If not, the slow path is the normal
     // path for this instruction (MMIO, a watched page): translate it so.
@@ -720,6 +730,7 @@ std::vector<std::pair<std::string, u64>> Bt::stats() const {
       {"bt.smc_exits", st_.smc_exits},
       {"bt.adaptive_retranslations", st_.adaptive_retranslations},
       {"bt.adaptive_direct_callouts", st_.adaptive_direct_calls},
+      {"bt.adaptive_retries", st_.adaptive_retries},
       {"bt.interp_steps", st_.interp_steps},
       {"bt.exceptions", ss.exceptions},
       {"bt.interrupts", ss.interrupts},

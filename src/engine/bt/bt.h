@@ -84,6 +84,7 @@ struct BtStats {
   u64 callout_exits = 0;
   u64 adaptive_retranslations = 0;
   u64 adaptive_direct_calls = 0;  // slow paths taken directly after retranslation
+  u64 adaptive_retries = 0;       // direct callouts given the inline path again
   u64 smc_exits = 0;
   u64 interp_steps = 0;      // instructions run by the interpreter (modes, TF, shadows)
   u64 cache_flushes = 0;

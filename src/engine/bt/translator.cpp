@@ -153,6 +153,10 @@ bool defines_all_flags(const Insn& i) {
 // before it: it reads one, or writes only some of them (or leaves some undefined).
 bool needs_flags(const Insn& i) {
   const OpInfo& info = i.info();
+  // One SCAS/CMPS compares and defines all six (a REP one with ECX = 0 keeps them).
+  if ((i.op == Op::SCASB || i.op == Op::SCASV || i.op == Op::CMPSB || i.op == Op::CMPSV) &&
+      !i.rep())
+    return false;
   if (info.flags_read & ARITH) return true;
   if (!(info.flags_written & ARITH)) return false;
   return !defines_all_flags(i);
@@ -195,6 +199,7 @@ class Emitter : public CodeGenerator {
   static constexpr u32 kNone = ~0u;
   struct Slow {
     u32 entry_fix = kNone;  // the rel32 of the lookup's jump to the slow path
+    u32 entry_fix2 = kNone;  // another (an offset that wraps)
     u32 done = kNone;       // where the slow path resumes
     Site* site;
     bool parked;  // the guest flags were in Rt::hf (not the host's) at the access
@@ -285,7 +290,7 @@ class Emitter : public CodeGenerator {
 
   // ---- memory operands ----
   bool seg_native(unsigned seg) const { return b_->mode & m_flat(seg); }
-  // r8d = linear address of the memory operand.
+  // r8d = offset of the memory operand.
   void ea_to_r8(const Insn& i) {
     RegExp e;
     bool any = false;
@@ -297,18 +302,35 @@ class Emitter : public CodeGenerator {
     }
     if (any) lea(r8d, ptr[e + i32(i.disp)]);
     else mov(r8d, i.disp);
-    add_seg_base(i.seg);
   }
-  void add_seg_base(unsigned seg) {
-    if (b_->mode & m_base0(seg)) return;
+  // Offset r8d -> linear r8d. A flat segment's limit check is only that the
+  // access does not wrap past offset 4 GiB: with base 0 the TLB check sees
+  // that (the last byte's page differs), with another base it must be tested
+  // here — by a branch to `s` (clobber), else into r11d (non-zero: wraps) for
+  // the flag-free lookup to fold in. Returns true in the latter case.
+  bool add_seg_base(unsigned seg, unsigned size, bool clobber, Slow& s) {
+    if (b_->mode & m_base0(seg)) return false;
+    bool wrap_in_r11 = false;
+    if (size > 1) {
+      if (clobber) {
+        cmp(r8d, u32(0xFFFFFFFFu - (size - 1)));
+        s.entry_fix2 = jcc32(7);  // ja
+      } else {
+        lea(r11, ptr[r8 + int(size - 1)]);  // 33 bits
+        rorx(r11, r11, 32);
+        movzx(r11d, r11b);                   // bit 32 of the last offset
+        wrap_in_r11 = true;
+      }
+    }
     mov(r9d, dword[r15 + kSegOff + int(seg * sizeof(Segment)) + kBaseOff]);
     lea(r8d, ptr[r8 + r9]);
+    return wrap_in_r11;
   }
   // r8 (linear, zero-extended) -> host address, or a jump to `slow`.
   // `clobber`: the host flags are free (a compare and branch); otherwise a
   // flag-free sequence.
   // Returns the rel32 to bind to the slow path.
-  u32 lookup(unsigned size, bool write, bool clobber) {
+  u32 lookup(unsigned size, bool write, bool clobber, bool wrap_in_r11 = false) {
     const int set = tlb_off_ + (user_ ? int(mem::Mmu::kTlbSize * sizeof(mem::TlbEntry)) : 0);
     const int tag = set + (write ? int(offsetof(mem::TlbEntry, tag_write))
                                  : int(offsetof(mem::TlbEntry, tag_read)));
@@ -330,6 +352,7 @@ class Emitter : public CodeGenerator {
     not_(r10d);
     lea(r10d, ptr[r8 + r10 + int(size)]);  // last byte - tag
     shrx(r10d, r10d, r13d);                  // zero iff on the tagged page
+    if (wrap_in_r11) lea(r10d, ptr[r10 + r11]);
     mov(r11, rcx);
     mov(ecx, r10d);
     db(0xE3);  // jrcxz over the next two instructions (hit)
@@ -494,8 +517,8 @@ class Emitter : public CodeGenerator {
       case Site::A_ESI: mov(r8d, esi); break;
       case Site::A_EDI: mov(r8d, edi); break;
     }
-    if (addr != Site::A_EA) add_seg_base(seg);
-    s.entry_fix = lookup(size, write, clobber);
+    const bool wrap = add_seg_base(seg, size, clobber, s);
+    s.entry_fix = lookup(size, write, clobber, wrap);
     return s;
   }
   // The end of an indirect transfer whose target the fast path left in r9d;
@@ -673,14 +696,30 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
   // REP MOVS/STOS and REPNE SCASB forward: the host's own string instruction
   // over the part that lies in one page of each operand; the rest of a
   // longer run continues through the semantics.
+  // (Base-0 segments only: a chunk then never wraps past offset 4 GiB unseen.)
   if (!interp_only && i.rep() && i.asize == 4 && !(b_->mode & M_DF) && !direct_slow(pa) &&
-      seg_native(ES) &&
-      (((i.op == Op::MOVSB || i.op == Op::MOVSV) && seg_native(i.seg)) ||
+      (b_->mode & m_base0(ES)) &&
+      (((i.op == Op::MOVSB || i.op == Op::MOVSV) && (b_->mode & m_base0(i.seg))) ||
        i.op == Op::STOSB || i.op == Op::STOSV ||
        (i.op == Op::SCASB && (i.prefixes & P_REPNE))) &&
       ((info.attrs & B) || i.osize == 4)) {
     st.native_insns++;
     rep_string(i, eip, pa, (info.attrs & B) ? 1 : 4);
+    return Done::next;
+  }
+  // One SCAS: compare AL/AX/EAX with ES:[EDI], step EDI.
+  if (!interp_only && (i.op == Op::SCASB || i.op == Op::SCASV) && !i.rep() && i.asize == 4 &&
+      !direct_slow(pa) && seg_native(ES)) {
+    st.native_insns++;
+    const unsigned size = (info.attrs & B) ? 1 : i.osize;
+    Slow& s = mem_access(i, eip, pa, ES, size, false, Site::A_EDI);
+    if (size == 2) db(0x66);
+    db(0x41);
+    db(size == 1 ? 0x3A : 0x3B);  // cmp al/ax/eax, [r8]
+    db(0x00);
+    fl_ = Fl::dirty;
+    lea(edi, ptr[rdi + ((b_->mode & M_DF) ? -int(size) : int(size))]);
+    s.done = here();
     return Done::next;
   }
   // Single (not REP) string moves, stores and loads, 32-bit addressing.
@@ -790,7 +829,21 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
         return Done::ended;
       }
       case Op::CALL_Ev: {
-        if (i.mem || !stack_ok() || direct_slow(pa)) break;
+        if (i.mem) {
+          if (!stack_ok() || !mem_native) break;
+          st.native_insns++;
+          Slow& s1 = mem_access(i, eip, pa, i.seg, 4, false, Site::A_EA);
+          mov(r9d, dword[r8]);
+          mov(dword[rsp - 8], r9d);
+          Slow& s2 = mem_access(i, eip, pa, SS, 4, true, Site::A_PUSH);
+          mov(dword[r8], next);
+          mov(r9d, dword[rsp - 8]);
+          lea(r12d, ptr[r12 - 4]);
+          exit_indirect_after(s2);
+          s1.done = s2.done;
+          return Done::ended;
+        }
+        if (!stack_ok() || direct_slow(pa)) break;
         st.native_insns++;
         Slow& s = mem_access(i, eip, pa, SS, 4, true, Site::A_PUSH);
         mov(dword[r8], next);
@@ -806,8 +859,26 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
 
   // Stack operations.
   switch (i.op) {
-    case Op::PUSH_r: case Op::PUSH_Iz: case Op::PUSH_Ib: case Op::PUSH_Ev: {
-      if (i.osize != 4 || !stack_ok() || direct_slow(pa) || (i.op == Op::PUSH_Ev && i.mem)) break;
+    case Op::PUSH_Ev:
+      if (!i.mem) goto push;
+      if (i.osize != 4 || !stack_ok() || !mem_native) break;
+      {
+        // The operand (before ESP moves), then the push. A slow path runs the
+        // whole instruction: the fast read before it was RAM, so reading again is harmless.
+        st.native_insns++;
+        Slow& s1 = mem_access(i, eip, pa, i.seg, 4, false, Site::A_EA);
+        mov(r9d, dword[r8]);
+        mov(dword[rsp - 8], r9d);
+        Slow& s2 = mem_access(i, eip, pa, SS, 4, true, Site::A_PUSH);
+        mov(r9d, dword[rsp - 8]);
+        mov(dword[r8], r9d);
+        lea(r12d, ptr[r12 - 4]);
+        s1.done = s2.done = here();
+        return Done::next;
+      }
+    case Op::PUSH_r: case Op::PUSH_Iz: case Op::PUSH_Ib:
+    push: {
+      if (i.osize != 4 || !stack_ok() || direct_slow(pa)) break;
       st.native_insns++;
       Slow& s = mem_access(i, eip, pa, SS, 4, true, Site::A_PUSH);
       if (i.op == Op::PUSH_r) mov(dword[r8], Reg32(hreg(i.opcode & 7)));
@@ -1020,6 +1091,7 @@ void Emitter::run(u32 max_insns) {
   // Out-of-line slow paths.
   for (Slow& s : slows_) {
     bind(s.entry_fix);
+    if (s.entry_fix2 != kNone) bind(s.entry_fix2);
     call_site(s.site, s.parked);  // the stub saves the flags unless parked
     jmp_back(s.done);
   }

@@ -50,7 +50,7 @@ struct JcEntry {
   u32 mode;
   const u8* code;
 };
-static constexpr unsigned kJcBits = 12;
+static constexpr unsigned kJcBits = 16;
 
 struct Rt {
   i64 budget = 0;      // instructions left; each block subtracts its length at entry

@@ -338,7 +338,8 @@ void Bt::tlb_invlpg(u32 la) {
 void Bt::flush_cache() {
   for (auto& d : dc_) d = DcEntry{};
   blocks_.clear();
-  sites_.clear();
+  site_chunks_.clear();
+  site_used_ = 0;
   std::fill(htab_.begin(), htab_.end(), nullptr);
   hcount_ = 0;
   by_page_.clear();

@@ -121,7 +121,15 @@ class Bt final : public Engine, public mem::CodeWatcher, public mem::TlbListener
   bt::BtStats& bstats() { return st_; }
   u32 interp_group_mask() const { return interp_group_mask_; }
   bool is_direct_slow(u64 pa) const { return direct_slow_.count(pa) != 0; }
-  bt::Site* new_site() { return &sites_.emplace_back(); }
+  bt::Site* new_site() {
+    if (site_chunks_.empty() || site_used_ == kSiteChunk) {
+      site_chunks_.emplace_back(new bt::Site[kSiteChunk]);
+      site_used_ = 0;
+    }
+    bt::Site* s = &site_chunks_.back()[site_used_++];
+    *s = bt::Site{};
+    return s;
+  }
 
  private:
   friend class bt::Translator;
@@ -178,7 +186,10 @@ class Bt final : public Engine, public mem::CodeWatcher, public mem::TlbListener
   // Blocks: all live objects (freed at cache flush), the lookup map, and per
   // physical page the blocks translated from it.
   std::vector<std::unique_ptr<bt::Block>> blocks_;
-  std::deque<bt::Site> sites_;  // callout sites of all blocks (freed at flush)
+  // Callout sites of all blocks, in chunks (freed at flush).
+  std::vector<std::unique_ptr<bt::Site[]>> site_chunks_;
+  size_t site_used_ = 0;  // in the last chunk
+  static constexpr size_t kSiteChunk = 4096;
   // The lookup table: chained through Block::hnext, power-of-two buckets.
   std::vector<bt::Block*> htab_;
   size_t hcount_ = 0;

@@ -178,8 +178,12 @@ class Emitter : public CodeGenerator {
   Emitter(Bt& bt, CodeCache& cc, u8* scratch, size_t max, i32 tlb_off)
       : CodeGenerator(max, scratch), bt_(bt), cc_(cc), tlb_off_(tlb_off) {}
 
-  void begin(Block& b, const u8* page, const Stubs& stubs, const u8* page2) {
-    slows_.clear();  // their labels belong to the previous block
+  void begin(Block& b, const u8* page, const Stubs& stubs, const u8* page2, u32 max_insns) {
+    max_insns_ = max_insns;
+    slows_.clear();
+    // References into it are kept while a block is emitted: never reallocate
+    // (at most three slow paths per instruction).
+    if (slows_.capacity() < size_t(max_insns_) * 3 + 8) slows_.reserve(size_t(max_insns_) * 3 + 8);
     reset();
     b_ = &b;
     page_ = page;
@@ -210,6 +214,12 @@ class Emitter : public CodeGenerator {
     dirty,   // in host RFLAGS only
     parked,  // in Rt::hf only: host RFLAGS are free
   };
+
+  Slow& new_slow() {
+    if (slows_.size() == slows_.capacity())
+      throw Error("bt: internal error: more slow paths in a block than reserved");
+    return slows_.emplace_back();
+  }
 
   // ---- jumps ----
   u32 here() const { return u32(getSize()); }
@@ -496,8 +506,7 @@ class Emitter : public CodeGenerator {
   // before it from here on (the caller saved them for the slow path).
   Slow& mem_access(const Insn& i, u32 eip, u64 pa, unsigned seg, unsigned size, bool write,
                    Site::Addr addr, bool flags_dead = false) {
-    slows_.emplace_back();
-    Slow& s = slows_.back();
+    Slow& s = new_slow();
     s.site = new_site(i, eip, pa, false, true);
     // The host flags are free for the check unless they hold guest flags not
     // yet saved, or the instruction needs the guest's flags as input.
@@ -573,7 +582,8 @@ class Emitter : public CodeGenerator {
   bool user_ = false;
   Fl fl_ = Fl::parked;
   unsigned idx_ = 0;
-  std::deque<Slow> slows_;  // stable addresses
+  std::vector<Slow> slows_;
+  u32 max_insns_ = 0;
 };
 
 bool Emitter::direct_slow(u64 pa) const { return bt_.is_direct_slow(pa); }
@@ -651,8 +661,7 @@ void Emitter::rep_string(const Insn& i, u32 eip, u64 pa, unsigned size) {
     mov(ecx, r10d);
   }
   // Unfinished (the page ended first): the semantics go on from here.
-  slows_.emplace_back();
-  Slow& more = slows_.back();
+  Slow& more = new_slow();
   more.site = new_site(i, eip, pa, false, false);
   more.site->rep_resume = true;
   if (scas) {
@@ -1130,7 +1139,7 @@ bool Translator::translate(Block& b, const u8* page, u32 max_insns, const u8* pa
   if (cc_.free_bytes() < kMaxBlockCode) return false;
   if (!emitter_) emitter_ = std::make_unique<Emitter>(bt_, cc_, scratch_.data(), kMaxBlockCode, tlb_off_);
   Emitter& e = *emitter_;
-  e.begin(b, page, stubs_, page2);
+  e.begin(b, page, stubs_, page2, max_insns);
   e.run(max_insns);
   if (b.n) {
     std::memcpy(cc_.cursor(), e.getCode(), e.getSize());

@@ -340,7 +340,40 @@ class Emitter : public CodeGenerator {
   // `clobber`: the host flags are free (a compare and branch); otherwise a
   // flag-free sequence.
   // Returns the rel32 to bind to the slow path.
+  // Emits code bytes as they are.
+  void emit_bytes(const u8* bytes, unsigned len) {
+    const size_t at = getSize();
+    if (at + len > Translator::kMaxBlockCode) throw Error("bt: internal error: block code too big");
+    std::memcpy(const_cast<u8*>(getCode()) + at, bytes, len);
+    setSize(at + len);
+  }
+  // The lookup sequences depend only on their parameters (no position): each
+  // is encoded once and copied afterwards.
+  struct Snip {
+    u8 len = 0;
+    u8 fix = 0;  // offset of the rel32 to the slow path
+    u8 bytes[80];
+  };
+  Snip lookup_snips_[64];
   u32 lookup(unsigned size, bool write, bool clobber, bool wrap_in_r11 = false) {
+    const unsigned key = (size == 1 ? 0u : size == 2 ? 1u : size == 4 ? 2u : 3u) | (write ? 4u : 0u) |
+                         (clobber ? 8u : 0u) | (wrap_in_r11 ? 16u : 0u) | (user_ ? 32u : 0u);
+    Snip& sn = lookup_snips_[key];
+    const u32 at = here();
+    if (sn.len) {
+      emit_bytes(sn.bytes, sn.len);
+      return at + sn.fix;
+    }
+    const u32 fix = encode_lookup(size, write, clobber, wrap_in_r11);
+    const u32 len = here() - at;
+    if (len <= sizeof sn.bytes) {
+      std::memcpy(sn.bytes, getCode() + at, len);
+      sn.fix = u8(fix - at);
+      sn.len = u8(len);
+    }
+    return fix;
+  }
+  u32 encode_lookup(unsigned size, bool write, bool clobber, bool wrap_in_r11) {
     const int set = tlb_off_ + (user_ ? int(mem::Mmu::kTlbSize * sizeof(mem::TlbEntry)) : 0);
     const int tag = set + (write ? int(offsetof(mem::TlbEntry, tag_write))
                                  : int(offsetof(mem::TlbEntry, tag_read)));

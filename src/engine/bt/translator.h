@@ -47,8 +47,9 @@ class Translator {
   // second page is still mapped to b.pa2).
   bool translate(Block& b, const u8* page, u32 max_insns, const u8* page2 = nullptr);
 
- private:
   static constexpr size_t kMaxBlockCode = 64 * 1024;
+
+ private:
   Bt& bt_;
   CodeCache& cc_;
   i32 tlb_off_;

@@ -31,7 +31,8 @@ struct Site {
   u8 size = 0;
   bool write = false;
   u64 hits = 0;
-  u64 persistent = 0;  // slow-path hits after which the TLB still could not serve it
+  u64 persistent = 0;
+  u64 last_slow = 0;   // instruction count at the last such visit  // slow-path hits after which the TLB still could not serve it
 };
 
 struct Block {

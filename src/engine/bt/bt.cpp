@@ -24,7 +24,8 @@ using namespace popek::engine::bt;
 
 namespace {
 
-constexpr u64 kAdaptiveThreshold = 16;
+constexpr u64 kAdaptiveThreshold = 16;  // slow-path visits in a row, each within
+constexpr u64 kAdaptiveWindow = 4096;    // this many guest instructions of the last
 // A direct callout gets another chance at the inline path after this many
 // calls (its page may have stopped being watched, e.g. code that was copied
 // elsewhere; if not, it comes back after kAdaptiveThreshold slow hits).
@@ -574,7 +575,14 @@ u64 Bt::callout(Site* site) {
     const mem::TlbEntry& e = mmu_.tlb(s_.cpl == 3)[(la >> 12) & (mem::Mmu::kTlbSize - 1)];
     const u32 last = la + site->size - 1;
     const u32 tag = site->write ? e.tag_write : e.tag_read;
-    if (last - tag >= 4096 && ++site->persistent >= kAdaptiveThreshold) {
+    // An access across a page goes to the slow path either way: not counted.
+    // Nor are misses far apart (a TLB refill now and then).
+    const bool crosses = (la & 0xFFF) + site->size > 4096;
+    if (last - tag >= 4096 && !crosses) {
+      if (s_.icount - site->last_slow > kAdaptiveWindow) site->persistent = 0;
+      site->last_slow = s_.icount;
+    }
+    if (last - tag >= 4096 && !crosses && ++site->persistent >= kAdaptiveThreshold) {
       direct_slow_.insert(site->pa);
       invalidate(b);
       st_.adaptive_retranslations++;

@@ -36,6 +36,8 @@ constexpr int kGprOff = int(offsetof(CpuState, gpr));
 constexpr int kEipOff = int(offsetof(CpuState, eip));
 constexpr int kSegOff = int(offsetof(CpuState, seg));
 constexpr int kBaseOff = int(offsetof(Segment, base));
+constexpr int kSelOff = int(offsetof(Segment, sel));
+constexpr int kEflagsOff = int(offsetof(CpuState, eflags));
 constexpr int kHfOff = int(offsetof(Rt, hf));
 constexpr int kReasonOff = int(offsetof(Rt, reason));
 constexpr int kArgOff = int(offsetof(Rt, arg));
@@ -726,6 +728,41 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
   const bool flat_cs = b_->mode & M_CS_FLAT;
   auto& st = bt_.bstats();
 
+  // PUSHF (never in virtual-8086 mode here): EFLAGS with the guest's
+  // arithmetic flags from Rt::hf, VM and RF clear.
+  if (i.op == Op::PUSHF && i.osize == 4 && stack_ok() && !direct_slow(pa) && !interp_only) {
+    st.native_insns++;
+    save_flags();
+    Slow& s = mem_access(i, eip, pa, SS, 4, true, Site::A_PUSH, true);
+    mov(r9d, dword[r15 + kEflagsOff]);
+    and_(r9d, ~u32(ARITH | VM | RF));
+    movzx(r10d, byte[r14 + kHfOff + 1]);
+    and_(r10d, 0xD5);
+    or_(r9d, r10d);
+    movzx(r10d, byte[r14 + kHfOff]);
+    and_(r10d, 1);
+    shl(r10d, 11);
+    or_(r9d, r10d);
+    mov(dword[r8], r9d);
+    lea(r12d, ptr[r12 - 4]);
+    s.done = here();
+    return Done::next;
+  }
+  // PUSH of a segment register: the selector into the low 16 bits of the new
+  // stack slot (current CPUs leave the upper half as it was).
+  if ((i.op == Op::PUSH_ES || i.op == Op::PUSH_CS || i.op == Op::PUSH_SS || i.op == Op::PUSH_DS ||
+       i.op == Op::PUSH_FS || i.op == Op::PUSH_GS) &&
+      i.osize == 4 && stack_ok() && !direct_slow(pa) && !interp_only) {
+    const unsigned sreg = i.op == Op::PUSH_ES ? ES : i.op == Op::PUSH_CS ? CS : i.op == Op::PUSH_SS ? SS
+                        : i.op == Op::PUSH_DS ? DS : i.op == Op::PUSH_FS ? FS : GS;
+    st.native_insns++;
+    Slow& s = mem_access(i, eip, pa, SS, 2, true, Site::A_PUSH);
+    mov(r9w, word[r15 + kSegOff + int(sreg * sizeof(Segment)) + kSelOff]);
+    mov(word[r8], r9w);
+    lea(r12d, ptr[r12 - 4]);
+    s.done = here();
+    return Done::next;
+  }
   // Sensitive instructions call the semantics. Those that do not transfer
   // control continue in the block unless the callout finds the mode, the TLB,
   // TF, the interrupt shadow or a deliverable interrupt changed.

@@ -267,16 +267,16 @@ void Bt::emit_stubs() {
 }
 
 u32 Bt::mode_key() const {
-  u32 m = s_.cpl & M_CPL;
-  if (s_.seg[CS].limit == 0xFFFFFFFFu) m |= M_CS_FLAT;
-  if (s_.seg[SS].db()) m |= M_SS32;
-  if (s_.eflags & DF) m |= M_DF;
+  // Called at every dispatch and callout: one mask test per segment. Flat:
+  // limit 4 GiB, present, writable expand-up data (P, S, W set; code and
+  // expand-down clear).
+  constexpr u16 kMask = 0x80 | 0x10 | 0x8 | 0x4 | 0x2, kFlat = 0x80 | 0x10 | 0x2;
+  u32 m = (s_.cpl & M_CPL) | (s_.seg[CS].limit == 0xFFFFFFFFu ? M_CS_FLAT : 0) |
+          (s_.seg[SS].db() ? M_SS32 : 0) | ((s_.eflags & DF) ? M_DF : 0);
   for (unsigned k : {ES, SS, DS, FS, GS}) {
     const Segment& sg = s_.seg[k];
-    if (sg.limit == 0xFFFFFFFFu && sg.usable() && sg.writable() && !sg.expand_down()) {
-      m |= m_flat(k);
-      if (sg.base == 0) m |= m_base0(k);
-    }
+    if (sg.limit == 0xFFFFFFFFu && (sg.attr & kMask) == kFlat)
+      m |= m_flat(k) | (sg.base == 0 ? m_base0(k) : 0);
   }
   return m;
 }

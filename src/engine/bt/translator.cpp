@@ -763,6 +763,15 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
     s.done = here();
     return Done::next;
   }
+  // CLI at CPL 0 (always allowed there): clear IF. Clearing it never makes an
+  // interrupt deliverable, so the block goes on.
+  if (i.op == Op::CLI && (b_->mode & M_CPL) == 0 && !interp_only) {
+    st.native_insns++;
+    save_flags();
+    and_(dword[r15 + kEflagsOff], ~u32(IF));
+    fl_ = Fl::parked;
+    return Done::next;
+  }
   // Sensitive instructions call the semantics. Those that do not transfer
   // control continue in the block unless the callout finds the mode, the TLB,
   // TF, the interrupt shadow or a deliverable interrupt changed.

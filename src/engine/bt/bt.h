@@ -7,6 +7,8 @@
 #include <deque>
 #include <exception>
 #include <memory>
+#include <new>
+#include <type_traits>
 #include <string>
 #include <unordered_map>
 #include <unordered_set>
@@ -123,12 +125,11 @@ class Bt final : public Engine, public mem::CodeWatcher, public mem::TlbListener
   bool is_direct_slow(u64 pa) const { return direct_slow_.count(pa) != 0; }
   bt::Site* new_site() {
     if (site_chunks_.empty() || site_used_ == kSiteChunk) {
-      site_chunks_.emplace_back(new bt::Site[kSiteChunk]);
+      site_chunks_.emplace_back(new SiteStore[kSiteChunk]);
       site_used_ = 0;
     }
-    bt::Site* s = &site_chunks_.back()[site_used_++];
-    *s = bt::Site{};
-    return s;
+    static_assert(std::is_trivially_destructible_v<bt::Site>, "sites are freed without destructors");
+    return new (site_chunks_.back()[site_used_++].bytes) bt::Site();
   }
 
  private:
@@ -187,7 +188,12 @@ class Bt final : public Engine, public mem::CodeWatcher, public mem::TlbListener
   // physical page the blocks translated from it.
   std::vector<std::unique_ptr<bt::Block>> blocks_;
   // Callout sites of all blocks, in chunks (freed at flush).
-  std::vector<std::unique_ptr<bt::Site[]>> site_chunks_;
+  // Raw storage: a Site is built when handed out (building a whole chunk up
+  // front cost more than the translations that used it).
+  struct SiteStore {
+    alignas(bt::Site) unsigned char bytes[sizeof(bt::Site)];
+  };
+  std::vector<std::unique_ptr<SiteStore[]>> site_chunks_;
   size_t site_used_ = 0;  // in the last chunk
   static constexpr size_t kSiteChunk = 4096;
   // The lookup table: chained through Block::hnext, power-of-two buckets.

@@ -261,21 +261,44 @@ class Emitter : public CodeGenerator {
     dd(u32(rel));
   }
 
+  // Constant sequences, encoded once and copied.
+  struct Fixed {
+    u8 len = 0;
+    u8 bytes[32];
+  };
+  Fixed save_seq_, restore_seq_;
+  template <typename Encode> void fixed(Fixed& f, Encode encode) {
+    const u32 at = here();
+    if (f.len) {
+      emit_bytes(f.bytes, f.len);
+      return;
+    }
+    encode();
+    const u32 len = here() - at;
+    if (len <= sizeof f.bytes) {
+      std::memcpy(f.bytes, getCode() + at, len);
+      f.len = u8(len);
+    }
+  }
   void save_flags() {
     if (fl_ != Fl::dirty) return;
-    mov(r11, rax);
-    lahf();
-    seto(al);
-    mov(word[r14 + kHfOff], ax);
-    mov(rax, r11);
+    fixed(save_seq_, [&] {
+      mov(r11, rax);
+      lahf();
+      seto(al);
+      mov(word[r14 + kHfOff], ax);
+      mov(rax, r11);
+    });
     fl_ = Fl::host;
   }
   void restore_flags() {
-    mov(r11, rax);
-    mov(ax, word[r14 + kHfOff]);
-    add(al, 0x7F);  // OF from bit 0
-    sahf();
-    mov(rax, r11);
+    fixed(restore_seq_, [&] {
+      mov(r11, rax);
+      mov(ax, word[r14 + kHfOff]);
+      add(al, 0x7F);  // OF from bit 0
+      sahf();
+      mov(rax, r11);
+    });
     fl_ = Fl::host;
   }
 

@@ -24,6 +24,7 @@ struct Site {
   bool slow_path = false;  // reached when an inline memory access missed
   bool direct = false;     // the adaptive policy made this a plain callout
   bool rep_resume = false; // continues a REP the block began: leaves at a yield point
+  bool shadow_ok = false;  // the next instruction is a callout that ends the block
   // The inline access the slow path stands for (adaptive translation).
   enum Addr : u8 { A_EA, A_PUSH, A_POP, A_EBP, A_MOFFS, A_ESI, A_EDI };
   Addr addr = A_EA;

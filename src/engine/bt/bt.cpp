@@ -557,7 +557,7 @@ u64 Bt::callout(Site* site) {
   // or an interrupt shadow, or made an interrupt deliverable ends the block.
   // (A slow path is an ordinary instruction: it changes no segment, CPL or DF.)
   if (!exit && ((!site->slow_path && mode_key() != b->mode) || mmu_.epoch() != entry_epoch_ ||
-                (s_.eflags & TF) || s_.intr_shadow || step_.event_ready()))
+                (s_.eflags & TF) || (s_.intr_shadow && !site->shadow_ok) || step_.event_ready()))
     exit = true;
   if (!b->valid) {
     if (!exit) st_.smc_exits++;

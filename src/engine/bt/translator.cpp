@@ -196,6 +196,7 @@ class Emitter : public CodeGenerator {
     user_ = (b.mode & M_CPL) == 3;
     fl_ = Fl::parked;
     idx_ = 0;
+    prev_callout_ = nullptr;
   }
   void run(u32 max_insns);
 
@@ -631,6 +632,11 @@ class Emitter : public CodeGenerator {
   Done callout(const Insn& i, u32 eip, u64 pa, bool ends) {
     Site* s = new_site(i, eip, pa, ends, false);
     s->direct = direct_slow(pa);
+    // An interrupt shadow (STI, MOV SS) need not end the block when the
+    // instruction it covers is this callout that ends it: the semantics run
+    // it, then the dispatcher looks for interrupts, as the interpreter would.
+    if (ends && prev_callout_ && prev_callout_->idx + 1u == idx_) prev_callout_->shadow_ok = true;
+    prev_callout_ = s;
     save_flags();
     call_site(s, fl_ == Fl::parked);
     bt_.bstats().callout_insns++;
@@ -655,6 +661,7 @@ class Emitter : public CodeGenerator {
   const u8* rx_ = nullptr;
   bool user_ = false;
   Fl fl_ = Fl::parked;
+  Site* prev_callout_ = nullptr;  // the last plain callout of this block
   unsigned idx_ = 0;
   std::vector<Slow> slows_;
   u32 max_insns_ = 0;

@@ -555,6 +555,10 @@ u64 Bt::callout(Site* site) {
   // Anything that changed what the translation assumed (a segment loaded by
   // LDS/LES/..., CPL, DF), flushed the TLB (the jump cache follows it), set TF
   // or an interrupt shadow, or made an interrupt deliverable ends the block.
+  // An interrupt shadow (STI, MOV SS) with no interrupt request pending can
+  // end here when the block goes on: only a callout can raise the request
+  // during the next instruction, and the semantics clear the shadow first.
+  if (s_.intr_shadow && !s_.intr_line && site->idx + 1u < b->n) s_.intr_shadow = 0;
   // (A slow path is an ordinary instruction: it changes no segment, CPL or DF.)
   if (!exit && ((!site->slow_path && mode_key() != b->mode) || mmu_.epoch() != entry_epoch_ ||
                 (s_.eflags & TF) || (s_.intr_shadow && !site->shadow_ok) || step_.event_ready()))

@@ -136,7 +136,7 @@ class Mmu final : public x86::LinearMem, public TlbShootdown {
   void set_listener(TlbListener* l) { listener_ = l; }
   // The page of an instruction fetch that just hit is global (survives CR3 loads).
   bool exec_global(u32 la, bool user) const {
-    return tlb_[user][(la >> 12) & (kTlbSize - 1)].flags & kGlobal;
+    return entry(la, user).flags & kGlobal;
   }
 
   // TlbShootdown
@@ -145,6 +145,7 @@ class Mmu final : public x86::LinearMem, public TlbShootdown {
  private:
   enum class Acc { read, write, exec };
   TlbEntry& entry(u32 la, bool user) { return tlb_[user][(la >> 12) & (kTlbSize - 1)]; }
+  const TlbEntry& entry(u32 la, bool user) const { return tlb_[user][(la >> 12) & (kTlbSize - 1)]; }
   // Translates one page for an access, filling the TLB; faults with #PF.
   u64 translate(u32 la, Acc acc, bool user);
   u64 read_slow(u32 la, unsigned size, bool user);

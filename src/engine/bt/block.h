@@ -52,6 +52,8 @@ struct Block {
   // when translated (the code checks that at entry).
   bool crosses = false;
   u64 pa2 = 0;
+  // The linear address of the page after the block's first byte.
+  u32 second_page_la() const { return ((cs_base + eip) & ~0xFFFu) + 0x1000; }
   struct Link {
     u32 slot = 0;         // offset of the patchable `jmp rel32` in the code
     u32 target_eip = 0;

@@ -411,7 +411,7 @@ Block* Bt::translate(u32 eip, u64 pa, u32 mode) {
     Insn probe;
     if (decode(pg.host + off, 4096 - off, true, &probe) == DecodeStatus::need_more) {
       u64 pa2;
-      page2 = mmu_.fetch(((b->cs_base + eip) & ~0xFFFu) + 0x1000, s_.cpl == 3, &pa2);
+      page2 = mmu_.fetch(b->second_page_la(), s_.cpl == 3, &pa2);
       b->pa2 = pa2 & ~u64(0xFFF);
       if (page2) page2 -= pa2 & 0xFFF;
     }
@@ -547,11 +547,10 @@ u64 Bt::callout(Site* site) {
     pending_error_ = std::current_exception();
   }
   if (cpu_.stop != StopReason::none) exit = true;
-  // Not finished (a REP instruction yields in chunks, even from a slow path).
-  if (s_.eip == site->eip) exit = true;
-  // An instruction that did not finish (REP string work done in chunks) or
-  // transferred control continues from the dispatcher.
-  if (s_.eip != site->eip + site->insn.len && !site->slow_path) exit = true;
+  // An instruction that did not finish (a REP yields in chunks, even from a
+  // slow path) or that transferred control (not a slow path: those resume in
+  // the block, indirect transfers included) continues from the dispatcher.
+  if (s_.eip == site->eip || (s_.eip != site->eip + site->insn.len && !site->slow_path)) exit = true;
   // Anything that changed what the translation assumed (a segment loaded by
   // LDS/LES/..., CPL, DF), flushed the TLB (the jump cache follows it), set TF
   // or an interrupt shadow, or made an interrupt deliverable ends the block.
@@ -582,11 +581,10 @@ u64 Bt::callout(Site* site) {
     // An access across a page goes to the slow path either way: not counted.
     // Nor are misses far apart (a TLB refill now and then).
     const bool crosses = (la & 0xFFF) + site->size > 4096;
-    if (last - tag >= 4096 && !crosses) {
-      if (s_.icount - site->last_slow > kAdaptiveWindow) site->persistent = 0;
-      site->last_slow = s_.icount;
-    }
-    if (last - tag >= 4096 && !crosses && ++site->persistent >= kAdaptiveThreshold) {
+    const bool stays_slow = last - tag >= 4096 && !crosses;
+    if (stays_slow && s_.icount - site->last_slow > kAdaptiveWindow) site->persistent = 0;
+    if (stays_slow) site->last_slow = s_.icount;
+    if (stays_slow && ++site->persistent >= kAdaptiveThreshold) {
       direct_slow_.insert(site->pa);
       invalidate(b);
       st_.adaptive_retranslations++;
@@ -662,7 +660,7 @@ Exit Bt::run_blocks(u64 end) {
       // Its second page must still be mapped where it was (this fetch also
       // fills the TLB entry the block checks at entry).
       u64 pa2;
-      const u8* h2 = mmu_.fetch(((cs.base + eip) & ~0xFFFu) + 0x1000, s_.cpl == 3, &pa2);
+      const u8* h2 = mmu_.fetch(b->second_page_la(), s_.cpl == 3, &pa2);
       if (!h2 || (pa2 & ~u64(0xFFF)) != b->pa2) {
         invalidate(b);
         continue;

@@ -262,43 +262,52 @@ class Emitter : public CodeGenerator {
     dd(u32(rel));
   }
 
-  // Constant sequences, encoded once and copied.
-  struct Fixed {
+  // Sequences that depend only on their parameters (no position), encoded
+  // once by xbyak and copied afterwards; `fix` is the offset of a rel32 the
+  // caller binds (kNone: none).
+  struct Snip {
     u8 len = 0;
-    u8 bytes[32];
+    u8 fix = 0;
+    u8 bytes[80];
   };
-  Fixed save_seq_, restore_seq_;
-  template <typename Encode> void fixed(Fixed& f, Encode encode) {
+  // Emits `sn` (encoding it with `encode`, which returns the absolute offset
+  // of its rel32 or kNone, the first time). Returns the rel32's offset.
+  template <typename Encode> u32 cached(Snip& sn, Encode encode) {
     const u32 at = here();
-    if (f.len) {
-      emit_bytes(f.bytes, f.len);
-      return;
+    if (sn.len) {
+      emit_bytes(sn.bytes, sn.len);
+      return sn.fix == 0xFF ? kNone : at + sn.fix;
     }
-    encode();
+    const u32 fix = encode();
     const u32 len = here() - at;
-    if (len <= sizeof f.bytes) {
-      std::memcpy(f.bytes, getCode() + at, len);
-      f.len = u8(len);
+    if (len <= sizeof sn.bytes) {
+      std::memcpy(sn.bytes, getCode() + at, len);
+      sn.fix = fix == kNone ? 0xFF : u8(fix - at);
+      sn.len = u8(len);
     }
+    return fix;
   }
+  Snip save_seq_, restore_seq_;
   void save_flags() {
     if (fl_ != Fl::dirty) return;
-    fixed(save_seq_, [&] {
+    cached(save_seq_, [&] {
       mov(r11, rax);
       lahf();
       seto(al);
       mov(word[r14 + kHfOff], ax);
       mov(rax, r11);
+      return kNone;
     });
     fl_ = Fl::host;
   }
   void restore_flags() {
-    fixed(restore_seq_, [&] {
+    cached(restore_seq_, [&] {
       mov(r11, rax);
       mov(ax, word[r14 + kHfOff]);
       add(al, 0x7F);  // OF from bit 0
       sahf();
       mov(rax, r11);
+      return kNone;
     });
     fl_ = Fl::host;
   }
@@ -326,6 +335,11 @@ class Emitter : public CodeGenerator {
 
   // ---- memory operands ----
   bool seg_native(unsigned seg) const { return b_->mode & m_flat(seg); }
+  // A field of CpuState::seg[seg] (selector, base) as a memory operand.
+  Address seg_field(unsigned seg, int off, unsigned bytes) const {
+    const int disp = kSegOff + int(seg * sizeof(Segment)) + off;
+    return bytes == 2 ? word[r15 + disp] : dword[r15 + disp];
+  }
   // r8d = offset of the memory operand.
   // Encoded by hand (the most frequent sequence after the TLB check):
   // lea r8d, [base + index*scale + disp], or mov r8d, disp.
@@ -374,14 +388,10 @@ class Emitter : public CodeGenerator {
         wrap_in_r11 = true;
       }
     }
-    mov(r9d, dword[r15 + kSegOff + int(seg * sizeof(Segment)) + kBaseOff]);
+    mov(r9d, seg_field(seg, kBaseOff, 4));
     lea(r8d, ptr[r8 + r9]);
     return wrap_in_r11;
   }
-  // r8 (linear, zero-extended) -> host address, or a jump to `slow`.
-  // `clobber`: the host flags are free (a compare and branch); otherwise a
-  // flag-free sequence.
-  // Returns the rel32 to bind to the slow path.
   // Emits code bytes as they are.
   void emit_bytes(const u8* bytes, unsigned len) {
     const size_t at = getSize();
@@ -389,31 +399,14 @@ class Emitter : public CodeGenerator {
     std::memcpy(const_cast<u8*>(getCode()) + at, bytes, len);
     setSize(at + len);
   }
-  // The lookup sequences depend only on their parameters (no position): each
-  // is encoded once and copied afterwards.
-  struct Snip {
-    u8 len = 0;
-    u8 fix = 0;  // offset of the rel32 to the slow path
-    u8 bytes[80];
-  };
+  // r8 (linear, zero-extended) -> host address, or a jump to the slow path,
+  // whose rel32 it returns. `clobber`: the host flags are free (a compare and
+  // branch); otherwise a flag-free sequence.
   Snip lookup_snips_[64];
   u32 lookup(unsigned size, bool write, bool clobber, bool wrap_in_r11 = false) {
     const unsigned key = (size == 1 ? 0u : size == 2 ? 1u : size == 4 ? 2u : 3u) | (write ? 4u : 0u) |
                          (clobber ? 8u : 0u) | (wrap_in_r11 ? 16u : 0u) | (user_ ? 32u : 0u);
-    Snip& sn = lookup_snips_[key];
-    const u32 at = here();
-    if (sn.len) {
-      emit_bytes(sn.bytes, sn.len);
-      return at + sn.fix;
-    }
-    const u32 fix = encode_lookup(size, write, clobber, wrap_in_r11);
-    const u32 len = here() - at;
-    if (len <= sizeof sn.bytes) {
-      std::memcpy(sn.bytes, getCode() + at, len);
-      sn.fix = u8(fix - at);
-      sn.len = u8(len);
-    }
-    return fix;
+    return cached(lookup_snips_[key], [&] { return encode_lookup(size, write, clobber, wrap_in_r11); });
   }
   u32 encode_lookup(unsigned size, bool write, bool clobber, bool wrap_in_r11) {
     const int set = tlb_off_ + (user_ ? int(mem::Mmu::kTlbSize * sizeof(mem::TlbEntry)) : 0);
@@ -619,13 +612,24 @@ class Emitter : public CodeGenerator {
   // the end of its page. Clobbers the flags.
   void room(const Reg32& out, const Reg32& reg, unsigned seg, unsigned size) {
     mov(out, reg);
-    if (!(b_->mode & m_base0(seg))) add(out, dword[r15 + kSegOff + int(seg * sizeof(Segment)) + kBaseOff]);
+    if (!(b_->mode & m_base0(seg))) add(out, seg_field(seg, kBaseOff, 4));
     and_(out, 0xFFF);
     neg(out);
     add(out, 4096);
     if (size > 1) shr(out, size == 4 ? 2 : 1);
   }
   void rep_string(const Insn& i, u32 eip, u64 pa, unsigned size);
+  // PUSH/CALL through memory: the 32-bit operand (read before ESP moves) to
+  // [rsp-8] in the red zone, then r8 = the new stack slot. A slow path runs
+  // the whole instruction: the fast read before it was RAM, so reading again
+  // is harmless. Returns both slow records (the caller sets where they resume).
+  std::pair<Slow*, Slow*> operand_then_push_slot(const Insn& i, u32 eip, u64 pa) {
+    Slow& s1 = mem_access(i, eip, pa, i.seg, 4, false, Site::A_EA);
+    mov(r9d, dword[r8]);
+    mov(dword[rsp - 8], r9d);
+    Slow& s2 = mem_access(i, eip, pa, SS, 4, true, Site::A_PUSH);
+    return {&s1, &s2};
+  }
 
   enum class Done { next, ended };
   Done insn(const Insn& i, const u8* bytes, u32 eip, u64 pa);
@@ -678,7 +682,6 @@ void Emitter::rep_string(const Insn& i, u32 eip, u64 pa, unsigned size) {
   // them: it needs them in the host's too.
   if (scas && fl_ == Fl::parked) restore_flags();
   save_flags();
-  const Fl at_start = fl_;  // host (or parked): valid in Rt::hf
   u32 zero;
   if (scas) {
     // ECX = 0 changes nothing, the flags included.
@@ -760,7 +763,6 @@ void Emitter::rep_string(const Insn& i, u32 eip, u64 pa, unsigned size) {
   bind(zero);
   // Every path arrives with the flags valid where fl_ says: REPNE SCASB in
   // the host's (ECX = 0 kept them there and in Rt::hf); MOVS/STOS in Rt::hf.
-  (void)at_start;
   more.done = here();
   dst.done = here();
   if (src) src->done = here();
@@ -803,7 +805,7 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
                         : i.op == Op::PUSH_DS ? DS : i.op == Op::PUSH_FS ? FS : GS;
     st.native_insns++;
     Slow& s = mem_access(i, eip, pa, SS, 2, true, Site::A_PUSH);
-    mov(r9w, word[r15 + kSegOff + int(sreg * sizeof(Segment)) + kSelOff]);
+    mov(r9w, seg_field(sreg, kSelOff, 2));
     mov(word[r8], r9w);
     lea(r12d, ptr[r12 - 4]);
     s.done = here();
@@ -966,15 +968,12 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
         if (i.mem) {
           if (!stack_ok() || !mem_native) break;
           st.native_insns++;
-          Slow& s1 = mem_access(i, eip, pa, i.seg, 4, false, Site::A_EA);
-          mov(r9d, dword[r8]);
-          mov(dword[rsp - 8], r9d);
-          Slow& s2 = mem_access(i, eip, pa, SS, 4, true, Site::A_PUSH);
+          auto [s1, s2] = operand_then_push_slot(i, eip, pa);
           mov(dword[r8], next);
           mov(r9d, dword[rsp - 8]);
           lea(r12d, ptr[r12 - 4]);
-          exit_indirect_after(s2);
-          s1.done = s2.done;
+          exit_indirect_after(*s2);
+          s1->done = s2->done;
           return Done::ended;
         }
         if (!stack_ok() || direct_slow(pa)) break;
@@ -997,17 +996,12 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
       if (!i.mem) goto push;
       if (i.osize != 4 || !stack_ok() || !mem_native) break;
       {
-        // The operand (before ESP moves), then the push. A slow path runs the
-        // whole instruction: the fast read before it was RAM, so reading again is harmless.
         st.native_insns++;
-        Slow& s1 = mem_access(i, eip, pa, i.seg, 4, false, Site::A_EA);
-        mov(r9d, dword[r8]);
-        mov(dword[rsp - 8], r9d);
-        Slow& s2 = mem_access(i, eip, pa, SS, 4, true, Site::A_PUSH);
+        auto [s1, s2] = operand_then_push_slot(i, eip, pa);
         mov(r9d, dword[rsp - 8]);
         mov(dword[r8], r9d);
         lea(r12d, ptr[r12 - 4]);
-        s1.done = s2.done = here();
+        s1->done = s2->done = here();
         return Done::next;
       }
     case Op::PUSH_r: case Op::PUSH_Iz: case Op::PUSH_Ib:
@@ -1166,7 +1160,7 @@ void Emitter::run(u32 max_insns) {
   if (page2_) {
     // The second page must still be mapped (executable) to pa2: its TLB entry
     // says so, or the dispatcher looks again. The flags are parked.
-    const u32 la2 = (b_->cs_base + b_->eip + 0x1000) & ~0xFFFu;
+    const u32 la2 = b_->second_page_la();
     const int entry = tlb_off_ + (user_ ? int(mem::Mmu::kTlbSize * sizeof(mem::TlbEntry)) : 0) +
                       int(((la2 >> 12) & (mem::Mmu::kTlbSize - 1)) * sizeof(mem::TlbEntry));
     cmp(dword[r14 + entry + int(offsetof(mem::TlbEntry, tag_exec))], la2);

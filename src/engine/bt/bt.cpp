@@ -721,6 +721,7 @@ std::vector<std::pair<std::string, u64>> Bt::stats() const {
       {"bt.blocks_untranslatable", st_.untranslatable},
       {"bt.guest_insns_translated", st_.guest_insns_translated},
       {"bt.translated_native", st_.native_insns},
+      {"bt.flag_restores_skipped", st_.flag_restores_skipped},
       {"bt.translated_callout", st_.callout_insns},
       {"bt.code_cache_bytes_used", cache_->used()},
       {"bt.code_cache_bytes", cache_->size()},

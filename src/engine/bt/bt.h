@@ -72,6 +72,7 @@ struct BtStats {
   u64 guest_insns_translated = 0;
   u64 native_insns = 0;      // translated into inline host code
   u64 callout_insns = 0;     // translated into a call of the semantics
+  u64 flag_restores_skipped = 0;  // partial flag writers whose other flags are dead
   u64 block_entries = 0;     // dispatcher -> generated code
   u64 block_lookups = 0;
   u64 block_lookup_misses = 0;

@@ -23,6 +23,7 @@
 
 #include "base/error.h"
 #include "engine/bt/bt.h"
+#include "x86/arith.h"
 
 namespace popek::engine::bt {
 
@@ -130,11 +131,118 @@ bool can_reencode_hi8(const Insn& i) {
   return k == I_NONE || k == I_B || k == I_BS;
 }
 
-// True if the instruction sets all six arithmetic flags from its result alone
-// (none read, none left undefined — a host may leave an undefined flag as it
-// was, and the interpreter runs the host instruction on the guest's flags).
+// Which instructions with flags the SDM calls "undefined" leave all six
+// arithmetic flags independent of the flags before them on this host. The
+// semantics run the host's own instruction (x86/arith.h), so where the host
+// does not keep an undefined flag from before, the instruction defines all of
+// them, in both engines alike. Measured once by running the semantics'
+// primitives with every flag clear and every flag set on the same operands.
+struct HostDefines {
+  bool logic = false;      // AND OR XOR TEST (AF)
+  bool shift_imm = false;  // SHL SHR SAR by a non-zero count (AF, OF beyond 1)
+  bool dshift_imm = false; // SHLD SHRD by a non-zero count
+  bool bsf = false;        // BSF BSR (all but ZF)
+  bool imul = false;       // IMUL r, r/m (, imm) (SF ZF AF PF)
+  bool mul1 = false;       // MUL/IMUL r/m (SF ZF AF PF)
+};
+HostDefines probe_host_defines() {
+  HostDefines h;
+  u32 seed = 0x9E3779B9u;
+  auto rnd = [&] {
+    seed = seed * 1664525u + 1013904223u;
+    return seed ^ (seed >> 15);
+  };
+  // True if fn(flags) gives the same flags for flags = 0 and flags = all six.
+  auto same = [](auto fn) {
+    u32 lo = 0, hi = ARITH;
+    fn(lo);
+    fn(hi);
+    return (lo & ARITH) == (hi & ARITH);
+  };
+  auto operand = [&](unsigned k) -> u32 {
+    switch (k % 5) {
+      case 0: return 0;
+      case 1: return rnd() & 0xFF;
+      case 2: return 0x80000000u >> (rnd() & 31);
+      default: return rnd();
+    }
+  };
+  bool logic = true, shift = true, dshift = true, bsf = true, imul = true, mul1 = true;
+  for (unsigned n = 0; n < 400; n++) {
+    const u32 a = operand(n), b = operand(n / 5 + 3);
+    const u8 c = u8(1 + n % 31);
+    logic &= same([&](u32& f) { arith::and_<u8>(u8(a), u8(b), f); }) &&
+             same([&](u32& f) { arith::or_<u16>(u16(a), u16(b), f); }) &&
+             same([&](u32& f) { arith::xor_<u32>(a, b, f); }) &&
+             same([&](u32& f) { arith::and_<u32>(a, b, f); }) &&
+             same([&](u32& f) { arith::or_<u8>(u8(a), u8(b), f); });
+    for (int sz = 0; sz < 3; sz++) {
+      auto sh = [&](auto t) {
+        using T = decltype(t);
+        return same([&](u32& f) { arith::shl<T>(T(a), c, f); }) &&
+               same([&](u32& f) { arith::shr<T>(T(a), c, f); }) &&
+               same([&](u32& f) { arith::sar<T>(T(a), c, f); });
+      };
+      shift &= sz == 0 ? sh(u8()) : sz == 1 ? sh(u16()) : sh(u32());
+    }
+    dshift &= same([&](u32& f) { arith::shld<u16>(u16(a), u16(b), c, f); }) &&
+              same([&](u32& f) { arith::shrd<u16>(u16(a), u16(b), c, f); }) &&
+              same([&](u32& f) { arith::shld<u32>(a, b, c, f); }) &&
+              same([&](u32& f) { arith::shrd<u32>(a, b, c, f); });
+    bsf &= same([&](u32& f) { arith::bsf<u32>(a, b, f); }) &&
+           same([&](u32& f) { arith::bsr<u16>(u16(a), u16(b), f); });
+    imul &= same([&](u32& f) { arith::imul2<u32>(a, b, f); }) &&
+            same([&](u32& f) { arith::imul2<u16>(u16(a), u16(b), f); });
+    mul1 &= same([&](u32& f) { u32 lo = a, hi = 0; arith::mul1<u32>(lo, hi, b, f); }) &&
+            same([&](u32& f) { u32 lo = a, hi = 0; arith::imul1<u32>(lo, hi, b, f); }) &&
+            same([&](u32& f) { u8 lo = u8(a), hi = 0; arith::mul1<u8>(lo, hi, u8(b), f); }) &&
+            same([&](u32& f) { u16 lo = u16(a), hi = 0; arith::imul1<u16>(lo, hi, u16(b), f); });
+  }
+  h.logic = logic;
+  h.shift_imm = shift;
+  h.dshift_imm = dshift;
+  h.bsf = bsf;
+  h.imul = imul;
+  h.mul1 = mul1;
+  return h;
+}
+const HostDefines& host_defines() {
+  static const HostDefines h = probe_host_defines();
+  return h;
+}
+
+// True if the instruction sets all six arithmetic flags from its operands
+// alone: none read, none left as they were (on this host, for those with
+// "undefined" flags).
 bool defines_all_flags(const Insn& i) {
+  const HostDefines& h = host_defines();
   switch (i.op) {
+    case Op::AND_EbGb: case Op::AND_EvGv: case Op::AND_GbEb: case Op::AND_GvEv:
+    case Op::AND_ALIb: case Op::AND_eAXIz: case Op::AND_EbIb: case Op::AND_EvIz:
+    case Op::AND_EbIb82: case Op::AND_EvIb:
+    case Op::OR_EbGb: case Op::OR_EvGv: case Op::OR_GbEb: case Op::OR_GvEv:
+    case Op::OR_ALIb: case Op::OR_eAXIz: case Op::OR_EbIb: case Op::OR_EvIz:
+    case Op::OR_EbIb82: case Op::OR_EvIb:
+    case Op::XOR_EbGb: case Op::XOR_EvGv: case Op::XOR_GbEb: case Op::XOR_GvEv:
+    case Op::XOR_ALIb: case Op::XOR_eAXIz: case Op::XOR_EbIb: case Op::XOR_EvIz:
+    case Op::XOR_EbIb82: case Op::XOR_EvIb:
+    case Op::TEST_EbGb: case Op::TEST_EvGv: case Op::TEST_ALIb: case Op::TEST_eAXIz:
+    case Op::TEST_EbIb: case Op::TEST_EbIb1: case Op::TEST_EvIz: case Op::TEST_EvIz1:
+      return h.logic;
+    case Op::SHL_EbIb: case Op::SHL_EvIb: case Op::SHR_EbIb: case Op::SHR_EvIb:
+    case Op::SAL_EbIb: case Op::SAL_EvIb: case Op::SAR_EbIb: case Op::SAR_EvIb:
+      return h.shift_imm && (i.imm & 31) != 0;
+    case Op::SHL_Eb1: case Op::SHL_Ev1: case Op::SHR_Eb1: case Op::SHR_Ev1:
+    case Op::SAL_Eb1: case Op::SAL_Ev1: case Op::SAR_Eb1: case Op::SAR_Ev1:
+      return h.shift_imm;
+    case Op::SHLD_EvGvIb: case Op::SHRD_EvGvIb:
+      return h.dshift_imm && (i.imm & 31) != 0;
+    case Op::BSF: case Op::BSR:
+      return h.bsf;
+    case Op::IMUL_GvEv: case Op::IMUL_GvEvIz: case Op::IMUL_GvEvIb:
+      return h.imul;
+    case Op::MUL_Eb: case Op::IMUL_Eb: case Op::MUL_Ev: case Op::IMUL_Ev:
+      return h.mul1;
     case Op::ADD_EbGb: case Op::ADD_EvGv: case Op::ADD_GbEb: case Op::ADD_GvEv:
     case Op::ADD_ALIb: case Op::ADD_eAXIz: case Op::ADD_EbIb: case Op::ADD_EvIz:
     case Op::ADD_EbIb82: case Op::ADD_EvIb:
@@ -187,6 +295,7 @@ class Emitter : public CodeGenerator {
     // (at most three slow paths per instruction).
     if (slows_.capacity() < size_t(max_insns_) * 3 + 8) slows_.reserve(size_t(max_insns_) * 3 + 8);
     reset();
+    if (pre_.size() < max_insns) pre_.resize(max_insns);
     b_ = &b;
     page_ = page;
     page2_ = page2;
@@ -578,7 +687,7 @@ class Emitter : public CodeGenerator {
     s.site = new_site(i, eip, pa, false, true);
     // The host flags are free for the check unless they hold guest flags not
     // yet saved, or the instruction needs the guest's flags as input.
-    const bool clobber = fl_ != Fl::dirty && (flags_dead || !needs_flags(i));
+    const bool clobber = fl_ != Fl::dirty && (flags_dead || out_dead_ || !needs_flags(i));
     if (clobber) fl_ = Fl::parked;
     s.parked = fl_ == Fl::parked;
     s.site->seg = u8(seg);
@@ -667,11 +776,75 @@ class Emitter : public CodeGenerator {
   Fl fl_ = Fl::parked;
   Site* prev_callout_ = nullptr;  // the last plain callout of this block
   unsigned idx_ = 0;
+  // The block's instructions, decoded ahead of emission.
+  struct Pre {
+    Insn i;
+    const u8* bytes;
+    u32 eip, off;
+    u8 joined[15];
+  };
+  std::vector<Pre> pre_;
+  // The instruction being emitted writes only some flags, reads none, and
+  // every flag it leaves is dead: it may run on any host flags.
+  bool out_dead_ = false;
+  bool partial_output_dead(unsigned k, unsigned n) const;
+  bool quiet_reg_op(const Insn& i) const;
   std::vector<Slow> slows_;
   u32 max_insns_ = 0;
 };
 
 bool Emitter::direct_slow(u64 pa) const { return bt_.is_direct_slow(pa); }
+
+// A register-only instruction translated inline that cannot fault and does
+// not read the flags: no one can observe the flags while it runs.
+bool Emitter::quiet_reg_op(const Insn& i) const {
+  const OpInfo& info = i.info();
+  if (info.attrs & (SEN | PRV | IOI | FPU | STR | CT)) return false;
+  if (info.flags_read & ARITH) return false;
+  if (bt_.interp_group_mask() & (1u << group_of(i))) return false;
+  if (i.asize != 4) return false;
+  switch (i.op) {
+    case Op::LEA: return i.osize == 4;  // no access
+    case Op::NOP: case Op::HINT_NOP: case Op::INC_r: case Op::DEC_r: case Op::MOV_rIv:
+    case Op::XCHG_eAXr: case Op::MOV_rbIb: case Op::CBW: case Op::CWD:
+    case Op::ADD_ALIb: case Op::ADD_eAXIz: case Op::OR_ALIb: case Op::OR_eAXIz:
+    case Op::AND_ALIb: case Op::AND_eAXIz: case Op::SUB_ALIb: case Op::SUB_eAXIz:
+    case Op::XOR_ALIb: case Op::XOR_eAXIz: case Op::CMP_ALIb: case Op::CMP_eAXIz:
+    case Op::TEST_ALIb: case Op::TEST_eAXIz:
+      return true;
+    case Op::BSWAP: return i.osize == 4;
+    default: break;
+  }
+  if (i.mem) return false;
+  const Native nat = native_of(i);
+  return nat.ok && can_reencode(i, nat);
+}
+
+// Instruction k writes some flags and leaves the rest as they were. If a
+// later instruction of the block defines all six before anything can read or
+// observe them (a flag reader, a memory access or other possible fault, a
+// callout, the end of the block), the flags after k are dead and k may run on
+// whatever the host's flags are.
+bool Emitter::partial_output_dead(unsigned k, unsigned n) const {
+  const Insn& i = pre_[k].i;
+  if (!needs_flags(i) || (i.info().flags_read & ARITH) || is_callout_only(i)) return false;
+  if (i.mem) {
+    // Its own access may fault: the flags before it must then be in Rt::hf
+    // (parked), which the caller's clobbering check keeps.
+    if (fl_ != Fl::parked) return false;
+  } else if (!quiet_reg_op(i)) {
+    return false;
+  }
+  for (unsigned j = k + 1; j < n; j++) {
+    const Insn& x = pre_[j].i;
+    if (!quiet_reg_op(x)) return false;
+    if (defines_all_flags(x)) return true;
+    if (x.info().flags_written & ARITH) {
+      if (!needs_flags(x)) return false;  // not expected: a writer neither full nor partial
+    }
+  }
+  return false;
+}
 
 void Emitter::rep_string(const Insn& i, u32 eip, u64 pa, unsigned size) {
   const bool scas = i.op == Op::SCASB;
@@ -1175,24 +1348,24 @@ void Emitter::run(u32 max_insns) {
   const u32 budget_exit = jcc32(12);  // jl
   const size_t restore_at = getSize();
 
+  // Decode the block first: the flag liveness below looks ahead.
   u32 eip = b_->eip;
   u32 off = b_->pa & 0xFFF;
   const u64 page_pa = b_->pa & ~u64(0xFFF);
-  Done d = Done::next;
-  while (idx_ < max_insns) {
+  unsigned n = 0;
+  while (n < max_insns) {
     const unsigned avail = 4096 - off;
-    Insn i;
-    const u8* bytes = page_ + off;
-    u8 joined[15];
-    DecodeStatus ds = decode(page_ + off, avail < 15 ? avail : 15, true, &i);
-    if (ds == DecodeStatus::need_more && idx_ == 0 && page2_) {
-      std::memcpy(joined, page_ + off, avail);
-      std::memcpy(joined + avail, page2_, 15 - avail);
-      ds = decode(joined, 15, true, &i);
-      bytes = joined;
+    Pre& p = pre_[n];
+    p.bytes = page_ + off;
+    DecodeStatus ds = decode(page_ + off, avail < 15 ? avail : 15, true, &p.i);
+    if (ds == DecodeStatus::need_more && n == 0 && page2_) {
+      std::memcpy(p.joined, page_ + off, avail);
+      std::memcpy(p.joined + avail, page2_, 15 - avail);
+      ds = decode(p.joined, 15, true, &p.i);
+      p.bytes = p.joined;
     }
     if (ds != DecodeStatus::ok) {
-      if (idx_ == 0) {
+      if (n == 0) {
         // Invalid, too long or crossing the page: the semantics raise the fault
         // (or the dispatcher interprets it) — a one-instruction callout block
         // would need the bytes; leave it to the interpreter.
@@ -1201,18 +1374,31 @@ void Emitter::run(u32 max_insns) {
       }
       break;
     }
-    // Parked flags come back before an instruction that needs them (one
-    // that the semantics run, through a callout, finds them in Rt::hf).
-    if (fl_ == Fl::parked && needs_flags(i) && !is_callout_only(i)) restore_flags();
-    const u32 ieip = eip;
-    d = insn(i, bytes, ieip, page_pa | off);
-    st.guest_insns_translated++;
-    idx_++;
-    eip += i.len;
-    off += i.len;
-    if (d == Done::ended) break;
+    p.eip = eip;
+    p.off = off;
+    n++;
+    eip += p.i.len;
+    off += p.i.len;
+    if (p.i.info().attrs & CT) break;
     if (off >= 4096) break;
   }
+  Done d = Done::next;
+  while (idx_ < n) {
+    const Pre& p = pre_[idx_];
+    const Insn& i = p.i;
+    // Parked flags come back before an instruction that needs them (one
+    // that the semantics run, through a callout, finds them in Rt::hf),
+    // unless it only writes some of them and what it leaves is dead.
+    out_dead_ = partial_output_dead(idx_, n);
+    if (out_dead_) st.flag_restores_skipped++;
+    if (fl_ == Fl::parked && needs_flags(i) && !is_callout_only(i) && !out_dead_) restore_flags();
+    d = insn(i, p.bytes, p.eip, page_pa | p.off);
+    st.guest_insns_translated++;
+    idx_++;
+    eip = p.eip + i.len;
+    if (d == Done::ended) break;
+  }
+  out_dead_ = false;
   if (d != Done::ended) exit_direct(eip);
   (void)restore_at;
 

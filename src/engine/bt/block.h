@@ -25,6 +25,7 @@ struct Site {
   bool direct = false;     // the adaptive policy made this a plain callout
   bool rep_resume = false; // continues a REP the block began: leaves at a yield point
   bool shadow_ok = false;  // the next instruction is a callout that ends the block
+  bool mode_check = false; // may change what the translation assumed (segments, CPL, DF)
   // The inline access the slow path stands for (adaptive translation).
   enum Addr : u8 { A_EA, A_PUSH, A_POP, A_EBP, A_MOFFS, A_ESI, A_EDI };
   Addr addr = A_EA;

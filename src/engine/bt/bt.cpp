@@ -244,15 +244,23 @@ void Bt::emit_stubs() {
   g.sub(rsp, 8);
   g.call(qword[r14 + int(offsetof(Rt, callout))]);
   g.add(rsp, 8);
-  Xbyak::Label leave;
-  g.test(rax, rax);
-  g.jnz(leave);
+  // Returns 0: back into the block; 1: leave it; else the code of the block
+  // to go on with (after a transfer or a change of mode the callout found).
+  Xbyak::Label leave, go_on;
+  g.cmp(rax, 1);
+  g.je(leave);
+  g.ja(go_on);
   g.load_regs(false);
   g.mov(ax, word[r14 + int(offsetof(Rt, hf))]);
   g.add(al, 0x7F);
   g.sahf();
   g.mov(eax, dword[r15 + kGprOff]);
   g.ret();
+  g.L(go_on);
+  g.mov(qword[r14 + int(offsetof(Rt, arg))], rax);
+  g.load_regs();
+  g.add(rsp, 8);  // the block's return address
+  g.jmp(qword[r14 + int(offsetof(Rt, arg))]);  // flags are parked: a block starts so
   g.L(leave);
   g.add(rsp, 8);  // the block's return address
   g.jmp(nostore, Xbyak::CodeGenerator::T_NEAR);
@@ -270,15 +278,19 @@ u32 Bt::mode_key() const {
   // Called at every dispatch and callout: one mask test per segment. Flat:
   // limit 4 GiB, present, writable expand-up data (P, S, W set; code and
   // expand-down clear).
+  // Branch-free: segment registers alternate between flat and not on every
+  // system call (FS), which a branch per segment mispredicts.
   constexpr u16 kMask = 0x80 | 0x10 | 0x8 | 0x4 | 0x2, kFlat = 0x80 | 0x10 | 0x2;
   u32 m = (s_.cpl & M_CPL) | (s_.seg[CS].limit == 0xFFFFFFFFu ? M_CS_FLAT : 0) |
           (s_.seg[SS].db() ? M_SS32 : 0) | ((s_.eflags & DF) ? M_DF : 0);
-  for (unsigned k : {ES, SS, DS, FS, GS}) {
+  auto seg = [&](unsigned k) {
     const Segment& sg = s_.seg[k];
-    if (sg.limit == 0xFFFFFFFFu && (sg.attr & kMask) == kFlat)
-      m |= m_flat(k) | (sg.base == 0 ? m_base0(k) : 0);
-  }
-  return m;
+    const u32 flat = u32(sg.limit == 0xFFFFFFFFu) & u32((sg.attr & kMask) == kFlat);
+    const u32 base0 = flat & u32(sg.base == 0);
+    return (flat << (4 + 2 * k)) | (base0 << (5 + 2 * k));
+  };
+  static_assert(m_flat(DS) == 1u << (4 + 2 * DS) && m_base0(DS) == 1u << (5 + 2 * DS));
+  return m | seg(ES) | seg(SS) | seg(DS) | seg(FS) | seg(GS);
 }
 
 bool Bt::translatable() const {
@@ -547,10 +559,17 @@ u64 Bt::callout(Site* site) {
     pending_error_ = std::current_exception();
   }
   if (cpu_.stop != StopReason::none) exit = true;
+  // Whether the block may be left for the next one directly: a transfer or a
+  // change of mode that completed, nothing else.
+  bool go_on = !exit || site->ends;
   // An instruction that did not finish (a REP yields in chunks, even from a
   // slow path) or that transferred control (not a slow path: those resume in
   // the block, indirect transfers included) continues from the dispatcher.
-  if (s_.eip == site->eip || (s_.eip != site->eip + site->insn.len && !site->slow_path)) exit = true;
+  if (s_.eip == site->eip) {
+    exit = true;
+    go_on = false;
+  }
+  if (s_.eip != site->eip + site->insn.len && !site->slow_path) exit = true;
   // Anything that changed what the translation assumed (a segment loaded by
   // LDS/LES/..., CPL, DF), flushed the TLB (the jump cache follows it), set TF
   // or an interrupt shadow, or made an interrupt deliverable ends the block.
@@ -559,12 +578,16 @@ u64 Bt::callout(Site* site) {
   // during the next instruction, and the semantics clear the shadow first.
   if (s_.intr_shadow && !s_.intr_line && site->idx + 1u < b->n) s_.intr_shadow = 0;
   // (A slow path is an ordinary instruction: it changes no segment, CPL or DF.)
-  if (!exit && ((!site->slow_path && mode_key() != b->mode) || mmu_.epoch() != entry_epoch_ ||
-                (s_.eflags & TF) || (s_.intr_shadow && !site->shadow_ok) || step_.event_ready()))
+  if (mmu_.epoch() != entry_epoch_ || (s_.eflags & TF) || (s_.intr_shadow && !site->shadow_ok) ||
+      step_.event_ready()) {
     exit = true;
+    go_on = false;
+  }
+  if (!exit && site->mode_check && mode_key() != b->mode) exit = true;
   if (!b->valid) {
     if (!exit) st_.smc_exits++;
     exit = true;
+    go_on = false;
   }
   if (site->direct && !exit && ++site->hits >= kAdaptiveRetry) {
     direct_slow_.erase(site->pa);
@@ -591,6 +614,15 @@ u64 Bt::callout(Site* site) {
       exit = true;
     }
   }
+  if (exit && go_on) {
+    // Only the transfer or the change of mode ends the block: go on with the
+    // next block here, as the dispatcher would, when it is at hand.
+    if (const u8* code = continue_at()) {
+      rt_->hf = encode_hf(s_.eflags);
+      st_.callout_continues++;
+      return u64(reinterpret_cast<uintptr_t>(code));
+    }
+  }
   if (exit) {
     rt_->reason = kExitNormal;  // exit_nostore returns it: never a stale chain request
     rt_->budget = budget_start_ - i64(s_.icount - icount_base_);
@@ -599,6 +631,37 @@ u64 Bt::callout(Site* site) {
   }
   rt_->hf = encode_hf(s_.eflags);
   return 0;
+}
+
+// The code of the block at CS:EIP in the current mode if the dispatcher would
+// enter it now and it is translated, else null (the callout then leaves).
+const u8* Bt::continue_at() {
+  if (lockstep_ || trace_ || !opt_.chain || pending_error_ || cpu_.stop != StopReason::none ||
+      stop_.load(std::memory_order_relaxed) || !translatable())
+    return nullptr;
+  const Segment& cs = s_.seg[CS];
+  const u32 eip = s_.eip;
+  if (cs.base != 0 || eip > cs.limit) return nullptr;
+  u64 pa;
+  if (!mmu_.fetch_hit(eip, s_.cpl == 3, &pa)) return nullptr;
+  const u32 mode = mode_key();
+  if (!(mode & M_CS_FLAT)) return nullptr;
+  DcEntry& dc = dc_[((eip >> 12) ^ eip) & ((1u << kJcBits) - 1)];
+  Block* b = nullptr;
+  if (dc.block && dc.pa == pa && dc.eip == eip && dc.mode == mode && dc.cs_base == 0 &&
+      dc.block->valid) {
+    b = dc.block;
+  } else {
+    b = lookup(pa, 0, eip, mode);
+    if (!b) return nullptr;  // translating here could flush the cache under the caller
+    dc = DcEntry{pa, eip, mode, 0, b};
+  }
+  if (b->crosses || b->n == 0) return nullptr;
+  const u32 k = ((eip >> 12) ^ eip) & ((1u << kJcBits) - 1);
+  const JcEntry& j = jc_[k];
+  if (j.code != b->code || j.eip != eip || j.mode != mode)
+    jc_fill(k, eip, mode, b, mmu_.exec_global(eip, s_.cpl == 3));
+  return b->code;
 }
 
 void Bt::interp_steps(u64 end, u64 max) {
@@ -739,6 +802,7 @@ std::vector<std::pair<std::string, u64>> Bt::stats() const {
       {"bt.callouts", st_.callouts},
       {"bt.callouts_slow_memory", st_.callouts_slow_mem},
       {"bt.callout_exits", st_.callout_exits},
+      {"bt.callout_continues", st_.callout_continues},
       {"bt.smc_exits", st_.smc_exits},
       {"bt.adaptive_retranslations", st_.adaptive_retranslations},
       {"bt.adaptive_direct_callouts", st_.adaptive_direct_calls},

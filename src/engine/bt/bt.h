@@ -85,6 +85,7 @@ struct BtStats {
   u64 callouts = 0;
   u64 callouts_slow_mem = 0;  // memory operands that missed the inline TLB
   u64 callout_exits = 0;
+  u64 callout_continues = 0;  // callouts that went on to the next block themselves
   u64 adaptive_retranslations = 0;
   u64 adaptive_direct_calls = 0;  // slow paths taken directly after retranslation
   u64 adaptive_retries = 0;       // direct callouts given the inline path again
@@ -151,6 +152,7 @@ class Bt final : public Engine, public mem::CodeWatcher, public mem::TlbListener
   Exit run_blocks(u64 end);
   // Runs instructions in the interpreter (stepper) up to `max`.
   void interp_steps(u64 end, u64 max);
+  const u8* continue_at();
 
   bt::Rt* rt_ = nullptr;  // in the MMU's engine area: generated code reaches the TLB from it
   x86::CpuState& s_;

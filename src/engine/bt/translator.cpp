@@ -272,6 +272,27 @@ bool needs_flags(const Insn& i) {
   return !defines_all_flags(i);
 }
 
+// True if running the instruction may change what a translation assumes
+// (segment registers, CPL, DF, CR0): the callout then compares the mode.
+bool may_change_mode(const Insn& i) {
+  const u32 a = i.info().attrs;
+  if (!(a & (SEN | PRV))) return i.op == Op::CLD || i.op == Op::STD;
+  switch (i.op) {
+    case Op::STI: case Op::CLI: case Op::RDTSC: case Op::RDPMC: case Op::RDMSR: case Op::WRMSR:
+    case Op::CPUID: case Op::VERR: case Op::VERW: case Op::LAR: case Op::LSL:
+    case Op::IN_ALIb: case Op::IN_eAXIb: case Op::OUT_IbAL: case Op::OUT_IbeAX:
+    case Op::IN_ALDX: case Op::IN_eAXDX: case Op::OUT_DXAL: case Op::OUT_DXeAX:
+    case Op::INSB: case Op::INSV: case Op::OUTSB: case Op::OUTSV:
+    case Op::INVLPG: case Op::SGDT: case Op::SIDT: case Op::SLDT: case Op::STR: case Op::SMSW:
+    case Op::LGDT: case Op::LIDT: case Op::LLDT: case Op::LTR: case Op::CLTS:
+    case Op::INVD: case Op::WBINVD: case Op::MOV_RdCd: case Op::MOV_RdDd: case Op::MOV_DdRd:
+    case Op::PUSHF: case Op::MOV_EwSw:
+      return false;
+    default:
+      return true;
+  }
+}
+
 // Instructions always run by the semantics (they find the flags in Rt::hf).
 bool is_callout_only(const Insn& i) {
   const u32 a = i.info().attrs;
@@ -432,6 +453,7 @@ class Emitter : public CodeGenerator {
     s->group = u8(group_of(i));
     s->ends = ends;
     s->slow_path = slow;
+    s->mode_check = !slow && may_change_mode(i);
     return s;
   }
   // Calls the semantics for `s`; `parked`: Rt::hf holds the guest flags and

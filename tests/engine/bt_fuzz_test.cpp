@@ -153,7 +153,28 @@ struct Gen {
       case 22: b(u8(0xA0 + r(4))); d(addr()); break;           // moffs
       case 23: b(0xC6); b(0x05); d(kCode + r(0x200)); b(u8(r(256))); break;  // store into code
       case 24: b(0x0F); b(u8(0xC8 + r(8))); break;             // bswap
-      default: b(0xFC); break;                                  // cld (std would break REP sets)
+      default:
+        switch (r(4)) {
+          case 0: b(0xFC); break;                                // cld (std would break REP sets)
+          case 1: {                  // pushfd; xor [esp], bits; popfd: arithmetic flags, IF, IOPL, AC, ID
+            u32 bits = rng() & (0x8D5u | 0x200u);
+            if (r(8) == 0) bits |= 0x3000u;
+            if (r(16) == 0) bits |= 0x40000u;
+            if (r(16) == 0) bits |= 0x200000u;
+            b(0x9C); b(0x81); b(0x34); b(0x24); d(bits); b(0x9D);
+            break;
+          }
+          case 2: b(r(2) ? 0xFB : 0xFA); break;                  // sti / cli
+          default: {                 // mov r16, 0x10; mov es/ds/fs/gs, r16 (fs had base 0x100)
+            unsigned rr = r(8);
+            if (rr == 4) rr = 0;  // not SP
+            static const u8 sregs[] = {0, 3, 4, 5};
+            b(0x66); b(u8(0xB8 + rr)); b(0x10); b(0x00);
+            b(0x8E); b(u8(0xC0 | (sregs[r(4)] << 3) | rr));
+            break;
+          }
+        }
+        break;
     }
   }
 };

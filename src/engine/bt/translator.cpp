@@ -39,6 +39,9 @@ constexpr int kSegOff = int(offsetof(CpuState, seg));
 constexpr int kBaseOff = int(offsetof(Segment, base));
 constexpr int kSelOff = int(offsetof(Segment, sel));
 constexpr int kEflagsOff = int(offsetof(CpuState, eflags));
+constexpr int kIntrLineOff = int(offsetof(CpuState, intr_line));
+// EFLAGS bits POPF can write (outside virtual-8086 mode, at CPL 0).
+constexpr u32 kFlagsWritable = CF | PF | AF | ZF | SF | TF | IF | DF | OF | IOPL | NT | AC | ID;
 constexpr int kHfOff = int(offsetof(Rt, hf));
 constexpr int kReasonOff = int(offsetof(Rt, reason));
 constexpr int kArgOff = int(offsetof(Rt, arg));
@@ -798,6 +801,7 @@ class Emitter : public CodeGenerator {
   Fl fl_ = Fl::parked;
   Site* prev_callout_ = nullptr;  // the last plain callout of this block
   unsigned idx_ = 0;
+  unsigned n_ = 0;  // instructions in the block
   // The block's instructions, decoded ahead of emission.
   struct Pre {
     Insn i;
@@ -1013,6 +1017,74 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
     save_flags();
     and_(dword[r15 + kEflagsOff], ~u32(IF));
     fl_ = Fl::parked;
+    return Done::next;
+  }
+  // POPF at CPL 0 (32-bit, flat stack): the arithmetic flags and IF from the
+  // stack when no other flag changes, RF is clear and it raises no
+  // interrupt (IF set with the interrupt line up); else the semantics.
+  if (i.op == Op::POPF && i.osize == 4 && (b_->mode & M_CPL) == 0 && stack_ok() &&
+      !direct_slow(pa) && !interp_only) {
+    st.native_insns++;
+    save_flags();
+    Slow& s = mem_access(i, eip, pa, SS, 4, false, Site::A_POP, true);
+    s.site->mode_check = true;  // the slow path is the one that changes DF
+    const u32 fix_same = kFlagsWritable & ~u32(ARITH | IF);
+    mov(r9d, dword[r8]);                    // new
+    mov(r10d, dword[r15 + kEflagsOff]);     // old
+    mov(r11d, r9d);
+    xor_(r11d, r10d);
+    test(r11d, fix_same);
+    const u32 other = jcc32(5);             // jnz: another flag changes
+    test(r10d, RF);
+    const u32 rf = jcc32(5);
+    and_(r11d, r9d);                        // bits set now that were clear
+    test(r11d, IF);
+    const u32 same_if = jcc32(4);           // jz
+    cmp(byte[r15 + kIntrLineOff], 0);
+    const u32 irq = jcc32(5);               // jnz: an interrupt becomes deliverable
+    bind(same_if);
+    and_(r10d, ~u32(ARITH | IF));
+    mov(r11d, r9d);
+    and_(r11d, u32(ARITH | IF));
+    or_(r10d, r11d);
+    mov(dword[r15 + kEflagsOff], r10d);
+    // Rt::hf: (SF ZF AF PF CF | 2) << 8 | OF.
+    mov(r10d, r9d);
+    and_(r10d, 0xD5);
+    or_(r10d, 2);
+    shl(r10d, 8);
+    bt(r9d, 11);
+    setc(r10b);
+    mov(word[r14 + kHfOff], r10w);
+    lea(r12d, ptr[r12 + 4]);
+    fl_ = Fl::parked;
+    Slow& more = new_slow();
+    more.site = s.site;
+    more.entry_fix = other;
+    more.entry_fix2 = rf;
+    more.parked = true;
+    Slow& more2 = new_slow();
+    more2.site = s.site;
+    more2.entry_fix = irq;
+    more2.parked = true;
+    s.done = more.done = more2.done = here();
+    return Done::next;
+  }
+  // STI at CPL 0 with no interrupt requested, not last in the block: set IF.
+  // Its shadow then has no effect: no dispatcher runs before the next
+  // instruction ends, and a callout that raises the line there delivers the
+  // interrupt after that instruction, as the shadow would.
+  if (i.op == Op::STI && (b_->mode & M_CPL) == 0 && idx_ + 1 < n_ && !interp_only) {
+    st.native_insns++;
+    save_flags();
+    Slow& s = new_slow();
+    s.site = new_site(i, eip, pa, false, false);
+    s.parked = true;
+    cmp(byte[r15 + kIntrLineOff], 0);
+    s.entry_fix = jcc32(5);  // jnz: the semantics (and the shadow)
+    or_(dword[r15 + kEflagsOff], u32(IF));
+    fl_ = Fl::parked;
+    s.done = here();
     return Done::next;
   }
   // Sensitive instructions call the semantics. Those that do not transfer
@@ -1404,6 +1476,7 @@ void Emitter::run(u32 max_insns) {
     if (p.i.info().attrs & CT) break;
     if (off >= 4096) break;
   }
+  n_ = n;
   Done d = Done::next;
   while (idx_ < n) {
     const Pre& p = pre_[idx_];

@@ -133,7 +133,7 @@ class Mmu final : public x86::LinearMem, public TlbShootdown {
   const TlbEntry* tlb(bool user) const { return tlb_[user]; }
   // Bytes just before the TLB for an engine's own data: generated code that
   // addresses both from one register needs them within a 32-bit offset.
-  static constexpr size_t kEngineArea = 256;
+  static constexpr size_t kEngineArea = 512;
   void* engine_area() { return tlb_store_.get(); }
   const MmuStats& stats() const { return stats_; }
   PhysMem& phys() { return pm_; }

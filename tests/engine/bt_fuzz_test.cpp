@@ -165,12 +165,20 @@ struct Gen {
             break;
           }
           case 2: b(r(2) ? 0xFB : 0xFA); break;                  // sti / cli
-          default: {                 // mov r16, 0x10; mov es/ds/fs/gs, r16 (fs had base 0x100)
-            unsigned rr = r(8);
-            if (rr == 4) rr = 0;  // not SP
+          default: {                 // load es/ds/fs/gs (fs had base 0x100) from a register or memory
             static const u8 sregs[] = {0, 3, 4, 5};
-            b(0x66); b(u8(0xB8 + rr)); b(0x10); b(0x00);
-            b(0x8E); b(u8(0xC0 | (sregs[r(4)] << 3) | rr));
+            static const u8 sels[] = {0x10, 0x10, 0x00, 0x08, 0x13, 0x18};  // data, null, code, RPL 3, past the GDT
+            const u8 sel = sels[r(sizeof sels)];
+            if (r(2)) {
+              unsigned rr = r(8);
+              if (rr == 4) rr = 0;  // not SP
+              b(0x66); b(u8(0xB8 + rr)); b(sel); b(0x00);          // mov r16, sel
+              b(0x8E); b(u8(0xC0 | (sregs[r(4)] << 3) | rr));      // mov sreg, r16
+            } else {
+              const u8 d8 = u8(r(256));
+              b(0x66); b(0xC7); b(0x43); b(d8); b(sel); b(0x00);   // mov word [ebx+d8], sel
+              b(0x8E); b(u8(0x43 | (sregs[r(4)] << 3))); b(d8);    // mov sreg, [ebx+d8]
+            }
             break;
           }
         }

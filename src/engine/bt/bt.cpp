@@ -559,6 +559,7 @@ u64 Bt::callout(Site* site) {
     pending_error_ = std::current_exception();
   }
   if (cpu_.stop != StopReason::none) exit = true;
+  if (site->insn.op == Op::MOV_SwEw && !exit && s_.cpl == 0) remember_seg_load(site->insn.reg);
   // Whether the block may be left for the next one directly: a transfer or a
   // change of mode that completed, nothing else.
   bool go_on = !exit || site->ends;
@@ -631,6 +632,28 @@ u64 Bt::callout(Site* site) {
   }
   rt_->hf = encode_hf(s_.eflags);
   return 0;
+}
+
+// After a MOV to a data segment register at CPL 0: what the inline path of
+// a later load of that selector compares and copies (see SegLoad).
+void Bt::remember_seg_load(unsigned k) {
+  if (k != ES && k != DS && k != FS && k != GS) return;
+  const Segment& sg = s_.seg[k];
+  if (sg.sel & 4) return;  // LDT
+  u64 raw = 0;
+  if (sg.sel & 0xFFFC) {
+    const u8* d = mmu_.direct(s_.gdtr.base + (sg.sel & ~7u), 8, false, false);
+    if (!d) return;
+    std::memcpy(&raw, d, 8);
+  }
+  constexpr u16 kMask = 0x80 | 0x10 | 0x8 | 0x4 | 0x2, kFlat = 0x80 | 0x10 | 0x2;
+  const u8 flat = u8(sg.limit == 0xFFFFFFFFu && (sg.attr & kMask) == kFlat);
+  SegLoad& e = rt_->seg_loads[(sg.sel >> 3) & (kSegLoads - 1)];
+  e.sel = sg.sel;
+  e.flat = u8(flat | (flat && sg.base == 0 ? 2 : 0));
+  e.raw = raw;
+  e.seg = sg;
+  st_.seg_loads_cached++;
 }
 
 // The code of the block at CS:EIP in the current mode if the dispatcher would
@@ -803,6 +826,7 @@ std::vector<std::pair<std::string, u64>> Bt::stats() const {
       {"bt.callouts_slow_memory", st_.callouts_slow_mem},
       {"bt.callout_exits", st_.callout_exits},
       {"bt.callout_continues", st_.callout_continues},
+      {"bt.seg_loads_remembered", st_.seg_loads_cached},
       {"bt.smc_exits", st_.smc_exits},
       {"bt.adaptive_retranslations", st_.adaptive_retranslations},
       {"bt.adaptive_direct_callouts", st_.adaptive_direct_calls},

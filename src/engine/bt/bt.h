@@ -54,6 +54,20 @@ struct JcEntry {
 };
 static constexpr unsigned kJcBits = 16;
 
+// A data-segment load at CPL 0 the semantics did: a later MOV to ES/DS/FS/GS
+// of the same GDT selector whose descriptor still reads the same loads the
+// same hidden part (the checks depend only on selector, descriptor and CPL),
+// inline. Direct-mapped by selector bits 3..5.
+struct SegLoad {
+  u32 sel = ~0u;        // never a 16-bit selector: empty
+  u8 flat = 0;          // the mode bits this segment gives (bit 0 flat, bit 1 base 0)
+  u8 pad[3] = {};
+  u64 raw = 0;          // the descriptor as it was (accessed bit set); 0 for a null selector
+  x86::Segment seg;     // what the load left in the segment register
+};
+static_assert(sizeof(SegLoad) == 32 && sizeof(x86::Segment) == 16);
+constexpr unsigned kSegLoads = 8;
+
 struct Rt {
   i64 budget = 0;      // instructions left; each block subtracts its length at entry
   u64 hf = 0;          // guest OSZAPC while in generated code: AH image << 8 | OF
@@ -62,6 +76,8 @@ struct Rt {
   u64 (*callout)(Rt*, Site*) = nullptr;
   engine::Bt* self = nullptr;
   JcEntry* jc = nullptr;
+  u64 pad = 0;
+  SegLoad seg_loads[kSegLoads];
 };
 enum Reason : u64 { kExitNormal = 0, kExitChain = 1 };
 
@@ -86,6 +102,7 @@ struct BtStats {
   u64 callouts_slow_mem = 0;  // memory operands that missed the inline TLB
   u64 callout_exits = 0;
   u64 callout_continues = 0;  // callouts that went on to the next block themselves
+  u64 seg_loads_cached = 0;   // segment loads the inline path may repeat
   u64 adaptive_retranslations = 0;
   u64 adaptive_direct_calls = 0;  // slow paths taken directly after retranslation
   u64 adaptive_retries = 0;       // direct callouts given the inline path again
@@ -153,6 +170,7 @@ class Bt final : public Engine, public mem::CodeWatcher, public mem::TlbListener
   // Runs instructions in the interpreter (stepper) up to `max`.
   void interp_steps(u64 end, u64 max);
   const u8* continue_at();
+  void remember_seg_load(unsigned k);
 
   bt::Rt* rt_ = nullptr;  // in the MMU's engine area: generated code reaches the TLB from it
   x86::CpuState& s_;

@@ -682,14 +682,16 @@ class Emitter : public CodeGenerator {
     }
   }
   // The jump cache: (eip, mode) -> code, filled by the dispatcher. Flags are saved.
-  void jc_lookup() {
+  // `mode_in_r8`: the mode is not the block's but r8's high half.
+  void jc_lookup(bool mode_in_r8 = false) {
     mov(r10d, r9d);
     shr(r10d, 12);
     xor_(r10d, r9d);
     and_(r10d, (1u << kJcBits) - 1);
     shl(r10d, 4);
     add(r10, qword[r14 + kJcOff]);
-    mov(r11, u64(b_->mode) << 32);
+    if (mode_in_r8) mov(r11, r8);
+    else mov(r11, u64(b_->mode) << 32);
     or_(r11, r9);
     cmp(qword[r10], r11);
     const u32 miss = jcc32(5);
@@ -1085,6 +1087,101 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
     or_(dword[r15 + kEflagsOff], u32(IF));
     fl_ = Fl::parked;
     s.done = here();
+    return Done::next;
+  }
+  // MOV ES/DS/FS/GS, r16 at CPL 0: a load the semantics did before (Rt's
+  // SegLoad), of a GDT descriptor that still reads the same, giving this
+  // block's mode, is repeated by copying its result.
+  if (i.op == Op::MOV_SwEw && (b_->mode & M_CPL) == 0 && !interp_only &&
+      (i.reg == ES || i.reg == DS || i.reg == FS || i.reg == GS) &&
+      (!i.mem || (i.asize == 4 && seg_native(i.seg) && !direct_slow(pa)))) {
+    st.native_insns++;
+    save_flags();
+    fl_ = Fl::parked;
+    Slow* rd = nullptr;
+    if (i.mem) {
+      rd = &mem_access(i, eip, pa, i.seg, 2, false, Site::A_EA, true);
+      rd->site->mode_check = true;
+      movzx(r11d, word[r8]);
+    } else {
+      movzx(r11d, Reg16(hreg(i.rm)));
+    }
+    Slow& s = new_slow();
+    s.site = new_site(i, eip, pa, false, false);
+    s.parked = true;
+    constexpr int kLoads = int(offsetof(Rt, seg_loads));
+    constexpr int kSel = kLoads + int(offsetof(SegLoad, sel));
+    constexpr int kFlat = kLoads + int(offsetof(SegLoad, flat));
+    constexpr int kRaw = kLoads + int(offsetof(SegLoad, raw));
+    constexpr int kSeg = kLoads + int(offsetof(SegLoad, seg));
+    test(r11d, 0xFFFC);
+    const u32 null_sel = jcc32(4);  // jz
+    mov(r8d, r11d);
+    and_(r8d, 0xFFF8);
+    movzx(r9d, word[r15 + int(offsetof(CpuState, gdtr) + offsetof(TableReg, limit))]);
+    lea(r10d, ptr[r8 + 7]);
+    cmp(r10d, r9d);
+    s.entry_fix2 = jcc32(7);  // ja: past the GDT's limit
+    add(r8d, dword[r15 + int(offsetof(CpuState, gdtr) + offsetof(TableReg, base))]);
+    const u32 miss = lookup(8, false, true);
+    mov(r9, qword[r8]);
+    mov(r10d, r11d);
+    and_(r10d, 0x38);
+    shl(r10d, 2);
+    cmp(r9, qword[r14 + r10 + kRaw]);
+    const u32 other_desc = jcc32(5);
+    bind(null_sel);
+    mov(r10d, r11d);  // null selectors share entry 0 (the flat bits tell them apart)
+    and_(r10d, 0x38);
+    shl(r10d, 2);
+    cmp(r11d, dword[r14 + r10 + kSel]);
+    const u32 other_sel = jcc32(5);
+    const unsigned shift = 4 + 2 * i.reg;
+    cmp(byte[r14 + r10 + kFlat], u8((b_->mode >> shift) & 3));
+    const u32 changed = jcc32(5);  // jne: another mode
+    auto copy = [&] {
+      mov(r9, qword[r14 + r10 + kSeg]);
+      mov(qword[r15 + kSegOff + int(i.reg * sizeof(Segment))], r9);
+      mov(r9, qword[r14 + r10 + kSeg + 8]);
+      mov(qword[r15 + kSegOff + int(i.reg * sizeof(Segment)) + 8], r9);
+    };
+    copy();
+    if (bt_.options().chain && (b_->mode & M_CS_FLAT) && b_->cs_base == 0) {
+      // The mode changes (FS between the kernel's per-CPU segment and the
+      // user's null one on every system call): the block ends here and the
+      // translation for the new mode is looked up in the jump cache.
+      const u32 over = jmp32();
+      bind(changed);
+      copy();
+      const unsigned unrun = n_ - idx_ - 1;  // the prologue counted them
+      if (unrun) add(qword[r14], i32(unrun));
+      movzx(r8d, byte[r14 + r10 + kFlat]);
+      shl(r8d, u8(shift));
+      or_(r8d, b_->mode & ~(3u << shift));
+      shl(r8, 32);
+      mov(r9d, eip + i.len);
+      mov(dword[r15 + kEipOff], r9d);
+      jc_lookup(true);
+      bind(over);
+    } else {
+      s.entry_fix = changed;  // the semantics, then the dispatcher
+    }
+    if (s.entry_fix == kNone) s.entry_fix = miss;
+    else {
+      Slow& m = new_slow();
+      m.site = s.site;
+      m.entry_fix = miss;
+      m.parked = true;
+    }
+    for (u32 f : {other_desc, other_sel}) {
+      Slow& m = new_slow();
+      m.site = s.site;
+      m.entry_fix = f;
+      m.parked = true;
+    }
+    const u32 done = here();
+    for (Slow* p = &s; p <= &slows_.back(); p++) p->done = done;
+    if (rd) rd->done = done;
     return Done::next;
   }
   // Sensitive instructions call the semantics. Those that do not transfer

@@ -87,6 +87,16 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   run->add_flag("!--bt-no-adaptive", cfg.bt.adaptive,
                 "bt: do not retranslate instructions that keep taking the slow path");
+  run->add_option_function<std::string>(
+         "--bt-superblocks",
+         [&cfg](const std::string& v) {
+           cfg.bt.superblocks = v == "all"   ? engine::BtOptions::Superblocks::all
+                                : v == "off" ? engine::BtOptions::Superblocks::off
+                                             : engine::BtOptions::Superblocks::user;
+         },
+         "bt: forward conditional branches inside a block as side exits: user (in user-mode "
+         "code; default), all, off")
+      ->check(CLI::IsMember({"user", "all", "off"}));
   run->add_flag("--bt-perf-map", cfg.bt.perf_map,
                 "bt: write /tmp/perf-PID.map naming each translation by its guest address, "
                 "for `perf report`");

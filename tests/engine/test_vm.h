@@ -36,6 +36,9 @@ inline std::vector<EngineKind> all_engines() {
   o.chain = false;
   v.push_back({"bt_no_chain", true, o});
   o = {};
+  o.superblocks = engine::BtOptions::Superblocks::all;  // the tests run at CPL 0
+  v.push_back({"bt_superblocks", true, o});
+  o = {};
   o.lockstep = true;
   v.push_back({"bt_lockstep", true, o});
   return v;

@@ -60,7 +60,10 @@ struct Block {
     u32 target_eip = 0;
     Block* to = nullptr;  // the block it is patched to, if any
   };
-  Link links[2];
+  // Two for the block's end, the rest for conditional branches inside it
+  // (side exits); the index travels in the low bits of a Block*.
+  static constexpr unsigned kMaxLinks = 6;
+  Link links[kMaxLinks];
   u8 nlinks = 0;
   std::vector<std::pair<Block*, u8>> incoming;  // patched links into this block
 };

@@ -619,6 +619,9 @@ u64 Bt::callout(Site* site) {
     // Only the transfer or the change of mode ends the block: go on with the
     // next block here, as the dispatcher would, when it is at hand.
     if (const u8* code = continue_at()) {
+      // The budget as the instructions really run (the block's prologue
+      // counted all of it; a fault retires nothing).
+      rt_->budget = budget_start_ - i64(s_.icount - icount_base_);
       rt_->hf = encode_hf(s_.eflags);
       st_.callout_continues++;
       return u64(reinterpret_cast<uintptr_t>(code));
@@ -783,8 +786,9 @@ Exit Bt::run_blocks(u64 end) {
     if (lockstep_) lockstep_->after_block();
     if (reason == kExitChain && opt_.chain) {
       st_.chain_requests++;
-      Block* from = reinterpret_cast<Block*>(rt_->arg & ~u64(1));
-      const unsigned k = unsigned(rt_->arg & 1);
+      static_assert(alignof(std::max_align_t) >= 8 && Block::kMaxLinks <= 8);
+      Block* from = reinterpret_cast<Block*>(rt_->arg & ~u64(7));
+      const unsigned k = unsigned(rt_->arg & 7);
       if (from->valid && !from->links[k].to && s_.eip == from->links[k].target_eip &&
           mode_key() == from->mode) {
         const u64 tpa = (from->pa & ~u64(0xFFF)) | (s_.eip & 0xFFF);

@@ -33,6 +33,10 @@ struct BtOptions {
   bool adaptive = true;        // retranslate instructions that keep taking the slow path
   bool lockstep = false;       // run interp beside and compare at every block boundary
   bool perf_map = false;       // name translations in /tmp/perf-PID.map (perf's JIT map)
+  // Forward conditional branches inside a block as side exits (superblocks):
+  // in user-mode code (default), everywhere, or nowhere.
+  enum class Superblocks { user, all, off };
+  Superblocks superblocks = Superblocks::user;
 };
 
 // Instruction groups `interp_groups` may name (also used by stats).

@@ -162,7 +162,7 @@ Bt::Bt(CpuState& s, mem::PhysMem& pm, Platform& plat, const BtOptions& opt)
   emit_stubs();
   for (auto& e : jc_) e = JcEntry{0xFFFFFFFFu, 0xFFFFFFFFu, nullptr};
   jc_meta_.resize(jc_.size());
-  htab_.assign(size_t(1) << 16, nullptr);
+  htab_.assign(size_t(1) << 16, Bucket{});
   jc_pages_.resize(65536 / 64);
   flush_jc();
   mmu_.set_listener(this);
@@ -353,7 +353,7 @@ void Bt::flush_cache() {
   blocks_.clear();
   site_chunks_.clear();
   site_used_ = 0;
-  std::fill(htab_.begin(), htab_.end(), nullptr);
+  std::fill(htab_.begin(), htab_.end(), Bucket{});
   hcount_ = 0;
   by_page_.clear();
   cache_->reset();
@@ -364,7 +364,11 @@ void Bt::flush_cache() {
 Block* Bt::lookup(u64 pa, u32 cs_base, u32 eip, u32 mode) {
   st_.block_lookups++;
   const u64 key = pa | (u64(mode) << 32);
-  for (Block* b = htab_[hash_slot(key, eip)]; b; b = b->hnext)
+  // The bucket holds its first block's key: most lookups read no Block
+  // (those are scattered over the heap; walking them missed the host's caches).
+  const Bucket& bk = htab_[hash_slot(key, eip)];
+  if (bk.head && bk.key == key && bk.eip == eip && bk.cs_base == cs_base) return bk.head;
+  for (Block* b = bk.head ? bk.head->hnext : nullptr; b; b = b->hnext)
     if (b->key == key && b->cs_base == cs_base && b->eip == eip) return b;  // EIPs are baked into the code
   st_.block_lookup_misses++;
   return nullptr;
@@ -375,28 +379,44 @@ size_t Bt::hash_slot(u64 key, u32 eip) const {
   return size_t(h >> 32) & (htab_.size() - 1);
 }
 
+void Bt::Bucket::set_head(Block* b) {
+  head = b;
+  if (b) {
+    key = b->key;
+    eip = b->eip;
+    cs_base = b->cs_base;
+  }
+}
+
 void Bt::hash_insert(Block* b) {
   if (hcount_ >= htab_.size()) {
     // Grow: twice the buckets, chains rebuilt.
-    std::vector<Block*> old(htab_.size() * 2, nullptr);
+    std::vector<Bucket> old(htab_.size() * 2);
     old.swap(htab_);
-    for (Block* head : old)
-      for (Block* x = head; x;) {
+    for (const Bucket& o : old)
+      for (Block* x = o.head; x;) {
         Block* next = x->hnext;
-        Block*& slot = htab_[hash_slot(x->key, x->eip)];
-        x->hnext = slot;
-        slot = x;
+        Bucket& nb = htab_[hash_slot(x->key, x->eip)];
+        x->hnext = nb.head;
+        nb.set_head(x);
         x = next;
       }
   }
-  Block*& slot = htab_[hash_slot(b->key, b->eip)];
-  b->hnext = slot;
-  slot = b;
+  Bucket& bk = htab_[hash_slot(b->key, b->eip)];
+  b->hnext = bk.head;
+  bk.set_head(b);
   hcount_++;
 }
 
 void Bt::hash_remove(Block* b) {
-  for (Block** p = &htab_[hash_slot(b->key, b->eip)]; *p; p = &(*p)->hnext)
+  Bucket& bk = htab_[hash_slot(b->key, b->eip)];
+  if (bk.head == b) {
+    bk.set_head(b->hnext);
+    b->hnext = nullptr;
+    hcount_--;
+    return;
+  }
+  for (Block** p = bk.head ? &bk.head->hnext : nullptr; p && *p; p = &(*p)->hnext)
     if (*p == b) {
       *p = b->hnext;
       b->hnext = nullptr;

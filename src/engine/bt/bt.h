@@ -222,7 +222,14 @@ class Bt final : public Engine, public mem::CodeWatcher, public mem::TlbListener
   size_t site_used_ = 0;  // in the last chunk
   static constexpr size_t kSiteChunk = 4096;
   // The lookup table: chained through Block::hnext, power-of-two buckets.
-  std::vector<bt::Block*> htab_;
+  struct Bucket {
+    u64 key = 0;        // the head block's key, EIP and CS base (valid with head)
+    u32 eip = 0;
+    u32 cs_base = 0;
+    bt::Block* head = nullptr;
+    void set_head(bt::Block* b);
+  };
+  std::vector<Bucket> htab_;
   size_t hcount_ = 0;
   size_t hash_slot(u64 key, u32 eip) const;
   void hash_insert(bt::Block* b);

@@ -651,23 +651,27 @@ class Emitter : public CodeGenerator {
   // Leaves the block for guest EIP `target` (a constant).
   void exit_direct(u32 target) {
     save_flags();
-    mov(dword[r15 + kEipOff], target);
     const bool flat = b_->mode & M_CS_FLAT;
     if (bt_.options().chain && flat && b_->nlinks < Block::kMaxLinks &&
         (target & ~0xFFFu) == (b_->eip & ~0xFFFu)) {
       const unsigned k = b_->nlinks++;
       b_->links[k].slot = u32(getSize());
       b_->links[k].target_eip = target;
+      // Chained, the successor needs no EIP in CpuState (its own exits and
+      // callouts store theirs): only the way out stores it.
       db(0xE9);
       dd(0);  // falls through until patched
+      mov(dword[r15 + kEipOff], target);
       mov(qword[r14 + kReasonOff], u32(kExitChain));
       mov(r8, u64(b_) | k);
       mov(qword[r14 + kArgOff], r8);
       jmp_abs(stubs_.exit_common);
     } else if (bt_.options().chain && flat && b_->cs_base == 0) {
+      mov(dword[r15 + kEipOff], target);
       mov(r9d, target);
       jc_lookup();
     } else {
+      mov(dword[r15 + kEipOff], target);
       mov(qword[r14 + kReasonOff], u32(kExitNormal));
       jmp_abs(stubs_.exit_common);
     }

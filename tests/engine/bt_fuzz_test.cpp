@@ -68,7 +68,7 @@ struct Gen {
   }
   void insn() {
     if (r(8) == 0) b(0x66);          // 16-bit operands
-    if (r(10) == 0) b(0x64);         // FS: (base 0x100)
+    if (r(10) == 0) b(r(3) ? 0x64 : 0x65);  // FS: (base 0x100), GS: (base 0x200)
     switch (r(26)) {
       case 0: case 1: case 2: {      // ALU r/m forms
         static const u8 ops[] = {0x00, 0x01, 0x02, 0x03, 0x08, 0x09, 0x0A, 0x0B, 0x10, 0x11, 0x12, 0x13,
@@ -165,7 +165,7 @@ struct Gen {
             break;
           }
           case 2: b(r(2) ? 0xFB : 0xFA); break;                  // sti / cli
-          default: {                 // load es/ds/fs/gs (fs had base 0x100) from a register or memory
+          default: {                 // load es/ds/fs/gs (fs, gs had bases 0x100, 0x200) from a register or memory
             static const u8 sregs[] = {0, 3, 4, 5};
             static const u8 sels[] = {0x10, 0x10, 0x00, 0x08, 0x13, 0x18};  // data, null, code, RPL 3, past the GDT
             const u8 sel = sels[r(sizeof sels)];
@@ -293,6 +293,7 @@ struct FuzzVm {
     s.gpr[ESP] = test::kStackTop - 4 * g.r(64);
     s.eflags = FLAGS_FIXED1 | (g.rng() & (CF | PF | AF | ZF | SF | OF));
     s.seg[FS].base = 0x100;
+    s.seg[GS].base = 0x200;
     s.halted = s.shutdown = false;
     FuzzResult res;
     const u64 before = s.icount;

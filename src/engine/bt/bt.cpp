@@ -290,7 +290,14 @@ u32 Bt::mode_key() const {
     return (flat << (4 + 2 * k)) | (base0 << (5 + 2 * k));
   };
   static_assert(m_flat(DS) == 1u << (4 + 2 * DS) && m_base0(DS) == 1u << (5 + 2 * DS));
-  return m | seg(ES) | seg(SS) | seg(DS) | seg(FS) | seg(GS);
+  // Not GS: the generated code reads Rt::gs_slow instead (sync_gs).
+  return m | seg(ES) | seg(SS) | seg(DS) | seg(FS);
+}
+
+void Bt::sync_gs() {
+  constexpr u16 kMask = 0x80 | 0x10 | 0x8 | 0x4 | 0x2, kFlat = 0x80 | 0x10 | 0x2;
+  const Segment& g = s_.seg[GS];
+  rt_->gs_slow = !(g.limit == 0xFFFFFFFFu && (g.attr & kMask) == kFlat);
 }
 
 bool Bt::translatable() const {
@@ -580,6 +587,7 @@ u64 Bt::callout(Site* site) {
   }
   if (cpu_.stop != StopReason::none) exit = true;
   if (site->insn.op == Op::MOV_SwEw && !exit && s_.cpl == 0) remember_seg_load(site->insn.reg);
+  if (site->mode_check || site->ends) sync_gs();
   // Whether the block may be left for the next one directly: a transfer or a
   // change of mode that completed, nothing else.
   bool go_on = !exit || site->ends;
@@ -707,6 +715,7 @@ const u8* Bt::continue_at() {
   const JcEntry& j = jc_[k];
   if (j.code != b->code || j.eip != eip || j.mode != mode)
     jc_fill(k, eip, mode, b, mmu_.exec_global(eip, s_.cpl == 3));
+  sync_gs();
   return b->code;
 }
 
@@ -798,6 +807,7 @@ Exit Bt::run_blocks(u64 end) {
     entry_epoch_ = mmu_.epoch();
     icount_base_ = s_.icount;
     rt_->hf = encode_hf(s_.eflags);
+    sync_gs();
     st_.block_entries++;
     if (trace_) std::fprintf(trace_, "bt: run %04x:%08x\n", cs.sel, eip);
     const u64 reason = enter_(&s_, rt_, b->code);

@@ -80,7 +80,11 @@ struct Rt {
   u64 (*callout)(Rt*, Site*) = nullptr;
   engine::Bt* self = nullptr;
   JcEntry* jc = nullptr;
-  u64 pad = 0;
+  // GS is not in the mode key (processes differ in it, and the kernel that
+  // runs for all of them does not use it): 1 if GS is not a flat writable
+  // data segment now (its accesses then take the slow path), else 0.
+  u32 gs_slow = 0;
+  u32 pad = 0;
   SegLoad seg_loads[kSegLoads];
 };
 enum Reason : u64 { kExitNormal = 0, kExitChain = 1 };
@@ -175,6 +179,7 @@ class Bt final : public Engine, public mem::CodeWatcher, public mem::TlbListener
   void interp_steps(u64 end, u64 max);
   const u8* continue_at();
   void remember_seg_load(unsigned k);
+  void sync_gs();
 
   bt::Rt* rt_ = nullptr;  // in the MMU's engine area: generated code reaches the TLB from it
   x86::CpuState& s_;

@@ -342,6 +342,7 @@ class Emitter : public CodeGenerator {
   struct Slow {
     u32 entry_fix = kNone;  // the rel32 of the lookup's jump to the slow path
     u32 entry_fix2 = kNone;  // another (an offset that wraps)
+    u32 entry_fix3 = kNone;  // another (GS not flat)
     u32 done = kNone;       // where the slow path resumes
     Site* site;
     bool parked;  // the guest flags were in Rt::hf (not the host's) at the access
@@ -470,7 +471,8 @@ class Emitter : public CodeGenerator {
   }
 
   // ---- memory operands ----
-  bool seg_native(unsigned seg) const { return b_->mode & m_flat(seg); }
+  // GS is checked at run time (Rt::gs_slow; it is not in the mode key).
+  bool seg_native(unsigned seg) const { return seg == GS || (b_->mode & m_flat(seg)); }
   // A field of CpuState::seg[seg] (selector, base) as a memory operand.
   Address seg_field(unsigned seg, int off, unsigned bytes) const {
     const int disp = kSegOff + int(seg * sizeof(Segment)) + off;
@@ -736,7 +738,21 @@ class Emitter : public CodeGenerator {
       case Site::A_ESI: mov(r8d, esi); break;
       case Site::A_EDI: mov(r8d, edi); break;
     }
-    const bool wrap = add_seg_base(seg, size, clobber, s);
+    bool wrap = add_seg_base(seg, size, clobber, s);
+    if (seg == GS) {
+      // Not flat now: the slow path (folded into the flag-free check's r11).
+      constexpr int kGsSlow = int(offsetof(Rt, gs_slow));
+      if (clobber) {
+        cmp(dword[r14 + kGsSlow], 0);
+        s.entry_fix3 = jcc32(5);  // jne
+      } else if (wrap) {
+        mov(r9d, dword[r14 + kGsSlow]);
+        lea(r11d, ptr[r11 + r9]);
+      } else {
+        mov(r11d, dword[r14 + kGsSlow]);
+        wrap = true;
+      }
+    }
     s.entry_fix = lookup(size, write, clobber, wrap);
     return s;
   }
@@ -1172,14 +1188,33 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
     cmp(r11d, dword[r14 + r10 + kSel]);
     const u32 other_sel = jcc32(5);
     const unsigned shift = 4 + 2 * i.reg;
-    cmp(byte[r14 + r10 + kFlat], u8((b_->mode >> shift) & 3));
-    const u32 changed = jcc32(5);  // jne: another mode
     auto copy = [&] {
       mov(r9, qword[r14 + r10 + kSeg]);
       mov(qword[r15 + kSegOff + int(i.reg * sizeof(Segment))], r9);
       mov(r9, qword[r14 + r10 + kSeg + 8]);
       mov(qword[r15 + kSegOff + int(i.reg * sizeof(Segment)) + 8], r9);
     };
+    if (i.reg == GS) {
+      // Not in the mode: the block goes on, its GS accesses read Rt::gs_slow.
+      copy();
+      movzx(r9d, byte[r14 + r10 + kFlat]);
+      and_(r9d, 1);
+      xor_(r9d, 1);
+      mov(dword[r14 + int(offsetof(Rt, gs_slow))], r9d);
+      s.entry_fix = miss;
+      for (u32 f : {other_desc, other_sel}) {
+        Slow& m = new_slow();
+        m.site = s.site;
+        m.entry_fix = f;
+        m.parked = true;
+      }
+      const u32 done = here();
+      for (Slow* p = &s; p <= &slows_.back(); p++) p->done = done;
+      if (rd) rd->done = done;
+      return Done::next;
+    }
+    cmp(byte[r14 + r10 + kFlat], u8((b_->mode >> shift) & 3));
+    const u32 changed = jcc32(5);  // jne: another mode
     copy();
     if (bt_.options().chain && (b_->mode & M_CS_FLAT) && b_->cs_base == 0) {
       // The mode changes (FS between the kernel's per-CPU segment and the
@@ -1658,6 +1693,7 @@ void Emitter::run(u32 max_insns) {
   for (Slow& s : slows_) {
     bind(s.entry_fix);
     if (s.entry_fix2 != kNone) bind(s.entry_fix2);
+    if (s.entry_fix3 != kNone) bind(s.entry_fix3);
     call_site(s.site, s.parked);  // the stub saves the flags unless parked
     jmp_back(s.done);
   }

@@ -306,17 +306,22 @@ bool Bt::translatable() const {
 }
 
 void Bt::flush_jc() {
-  for (u32 k : jc_filled_) {
-    jc_[k] = JcEntry{0xFFFFFFFFu, 0xFFFFFFFFu, nullptr};
-    jc_meta_[k] = JcMeta{};
+  for (auto& list : jc_filled_) {
+    for (u32 k : list) {
+      jc_[k] = JcEntry{0xFFFFFFFFu, 0xFFFFFFFFu, nullptr};
+      jc_meta_[k] = JcMeta{};
+    }
+    list.clear();
   }
-  jc_filled_.clear();
   std::fill(jc_pages_.begin(), jc_pages_.end(), 0);
   st_.jc_flushes++;
 }
 
 void Bt::jc_fill(u32 k, u32 eip, u32 mode, Block* b, bool global) {
-  if (!jc_[k].code) jc_filled_.push_back(k);
+  // Listed by whether the page is global (a CR3 load looks at the others
+  // only); an entry refilled with the other kind joins that list too, and
+  // the old list forgets it when it next looks.
+  if (!jc_[k].code || jc_meta_[k].global != global) jc_filled_[global].push_back(k);
   jc_[k] = JcEntry{eip, mode, b->code};
   jc_meta_[k] = JcMeta{b, eip >> 12, global};
   const u32 bit = jc_page_bit(eip >> 12);
@@ -325,18 +330,22 @@ void Bt::jc_fill(u32 k, u32 eip, u32 mode, Block* b, bool global) {
 }
 
 template <typename Drop>
-void Bt::jc_drop_if(Drop drop) {
-  size_t n = 0;
-  for (u32 k : jc_filled_) {
-    if (drop(jc_meta_[k])) {
-      jc_[k] = JcEntry{0xFFFFFFFFu, 0xFFFFFFFFu, nullptr};
-      jc_meta_[k] = JcMeta{};
-      st_.jc_drops++;
-    } else {
-      jc_filled_[n++] = k;
+void Bt::jc_drop_if(Drop drop, bool nonglobal_only) {
+  for (unsigned g = 0; g < (nonglobal_only ? 1u : 2u); g++) {
+    std::vector<u32>& list = jc_filled_[g];
+    size_t n = 0;
+    for (u32 k : list) {
+      if (!jc_[k].code || jc_meta_[k].global != bool(g)) continue;  // not this list's any more
+      if (drop(jc_meta_[k])) {
+        jc_[k] = JcEntry{0xFFFFFFFFu, 0xFFFFFFFFu, nullptr};
+        jc_meta_[k] = JcMeta{};
+        st_.jc_drops++;
+      } else {
+        list[n++] = k;
+      }
     }
+    list.resize(n);
   }
-  jc_filled_.resize(n);
 }
 
 void Bt::tlb_flushed(bool global) {
@@ -345,7 +354,7 @@ void Bt::tlb_flushed(bool global) {
     return;
   }
   // A CR3 load: entries on global pages stay, as their TLB entries do.
-  jc_drop_if([](const JcMeta& m) { return !m.global; });
+  jc_drop_if([](const JcMeta&) { return true; }, true);
 }
 
 void Bt::tlb_invlpg(u32 la) {
@@ -842,6 +851,7 @@ std::vector<std::pair<std::string, u64>> Bt::stats() const {
       {"bt.guest_insns_translated", st_.guest_insns_translated},
       {"bt.translated_native", st_.native_insns},
       {"bt.flag_restores_skipped", st_.flag_restores_skipped},
+      {"bt.flag_recipes", st_.flag_recipes},
       {"bt.translated_callout", st_.callout_insns},
       {"bt.code_cache_bytes_used", cache_->used()},
       {"bt.code_cache_bytes", cache_->size()},

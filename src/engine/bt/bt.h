@@ -97,6 +97,7 @@ struct BtStats {
   u64 native_insns = 0;      // translated into inline host code
   u64 callout_insns = 0;     // translated into a call of the semantics
   u64 flag_restores_skipped = 0;  // partial flag writers whose other flags are dead
+  u64 flag_recipes = 0;      // memory accesses whose slow path recomputes the flags
   u64 block_entries = 0;     // dispatcher -> generated code
   u64 block_lookups = 0;
   u64 block_lookup_misses = 0;
@@ -200,11 +201,11 @@ class Bt final : public Engine, public mem::CodeWatcher, public mem::TlbListener
     bool global = false;
   };
   std::vector<JcMeta> jc_meta_;
-  std::vector<u32> jc_filled_;        // indices of the jc_ entries in use
+  std::vector<u32> jc_filled_[2];     // indices of the jc_ entries in use: [global page]
   std::vector<u64> jc_pages_;         // bitmap by hashed page: might have an entry
   static u32 jc_page_bit(u32 page) { return (page ^ (page >> 16)) & 0xFFFF; }
   void jc_fill(u32 k, u32 eip, u32 mode, bt::Block* b, bool global);
-  template <typename Drop> void jc_drop_if(Drop drop);
+  template <typename Drop> void jc_drop_if(Drop drop, bool nonglobal_only = false);
   // The dispatcher's own direct-mapped cache in front of the hash map.
   struct DcEntry {
     u64 pa = ~0ull;

@@ -346,6 +346,7 @@ class Emitter : public CodeGenerator {
     u32 done = kNone;       // where the slow path resumes
     Site* site;
     bool parked;  // the guest flags were in Rt::hf (not the host's) at the access
+    int recipe = -1;  // >= 0: recompute the flags from recipe_[recipe] first
   };
   // Where the guest's arithmetic flags are.
   enum class Fl {
@@ -722,9 +723,17 @@ class Emitter : public CodeGenerator {
     s.site = new_site(i, eip, pa, false, true);
     // The host flags are free for the check unless they hold guest flags not
     // yet saved, or the instruction needs the guest's flags as input.
-    const bool clobber = fl_ != Fl::dirty && (flags_dead || out_dead_ || !needs_flags(i));
-    if (clobber) fl_ = Fl::parked;
-    s.parked = fl_ == Fl::parked;
+    bool clobber = fl_ != Fl::dirty && (flags_dead || out_dead_ || !needs_flags(i));
+    if (!clobber && use_recipe_ >= 0 && fl_ == Fl::dirty) {
+      // The flags are the last producer's, recomputable on the slow path.
+      clobber = true;
+      s.recipe = use_recipe_;
+      fl_ = Fl::parked;  // (not so: the host's are gone; the instruction redefines them)
+      s.parked = false;
+    } else {
+      if (clobber) fl_ = Fl::parked;
+      s.parked = fl_ == Fl::parked;
+    }
     s.site->seg = u8(seg);
     s.site->size = u8(size);
     s.site->write = write;
@@ -863,6 +872,26 @@ class Emitter : public CodeGenerator {
     u8 joined[15];
   };
   std::vector<Pre> pre_;
+  // Flag recipes: a register-only producer P of all six flags, followed
+  // (through register moves that leave P's operands alone) by an instruction F
+  // that defines all six again from a memory operand. The guest flags at F's
+  // access are P's: instead of keeping them (a flag-free TLB check, or a save),
+  // F's check clobbers them and its slow path recomputes them by running P
+  // again, on P's destination as it was (kept in the red zone).
+  struct Recipe {
+    Insn p;
+    const u8* bytes;
+    bool stashed;  // P's destination before P is at [rsp - 24]
+    bool dest_is_reg;  // P writes ModRM.reg (else ModRM.rm, or nothing)
+  };
+  std::vector<Recipe> recipes_;
+  int use_recipe_ = -1;          // F's memory access may use this recipe
+  std::vector<int> recipe_for_;  // per instruction index: the recipe P makes / F uses
+  std::vector<u8> recipe_role_;  // 0 none, 1 P, 2 F
+  static constexpr int kStash = -24;
+  bool recipe_producer(const Insn& i, bool* writes, bool* dest_is_reg) const;
+  void plan_recipes(unsigned n);
+  void emit_recipe(const Recipe& r);
   // The instruction being emitted writes only some flags, reads none, and
   // every flag it leaves is dead: it may run on any host flags.
   bool out_dead_ = false;
@@ -873,6 +902,110 @@ class Emitter : public CodeGenerator {
 };
 
 bool Emitter::direct_slow(u64 pa) const { return bt_.is_direct_slow(pa); }
+
+// P of a flag recipe: a register-only 32-bit ALU op, TEST or shift by an
+// immediate that defines all six flags and is re-encoded as it is.
+bool Emitter::recipe_producer(const Insn& i, bool* writes, bool* dest_is_reg) const {
+  if (i.mem || i.osize != 4 || i.asize != 4 || (i.info().attrs & B) || !defines_all_flags(i)) return false;
+  if (bt_.interp_group_mask() & (1u << group_of(i))) return false;
+  *dest_is_reg = false;
+  switch (i.op) {
+    case Op::ADD_EvGv: case Op::OR_EvGv: case Op::AND_EvGv: case Op::SUB_EvGv: case Op::XOR_EvGv:
+    case Op::ADD_EvIz: case Op::OR_EvIz: case Op::AND_EvIz: case Op::SUB_EvIz: case Op::XOR_EvIz:
+    case Op::ADD_EvIb: case Op::OR_EvIb: case Op::AND_EvIb: case Op::SUB_EvIb: case Op::XOR_EvIb:
+    case Op::SHL_EvIb: case Op::SHR_EvIb: case Op::SAR_EvIb: case Op::SAL_EvIb:
+    case Op::SHL_Ev1: case Op::SHR_Ev1: case Op::SAR_Ev1: case Op::SAL_Ev1:
+      *writes = true;
+      break;
+    case Op::ADD_GvEv: case Op::OR_GvEv: case Op::AND_GvEv: case Op::SUB_GvEv: case Op::XOR_GvEv:
+      *writes = true;
+      *dest_is_reg = true;
+      break;
+    case Op::CMP_EvGv: case Op::CMP_GvEv: case Op::CMP_EvIz: case Op::CMP_EvIb:
+    case Op::TEST_EvGv: case Op::TEST_EvIz: case Op::TEST_EvIz1:
+      *writes = false;
+      break;
+    default:
+      return false;
+  }
+  const Native nat = native_of(i);
+  return nat.ok && can_reencode(i, nat);
+}
+
+// Finds P ... F pairs in the decoded block (see Recipe).
+void Emitter::plan_recipes(unsigned n) {
+  recipes_.clear();
+  recipe_for_.assign(n, -1);
+  recipe_role_.assign(n, 0);
+  for (unsigned k = 0; k + 1 < n; k++) {
+    const Insn& p = pre_[k].i;
+    bool writes, dest_is_reg;
+    if (!recipe_producer(p, &writes, &dest_is_reg)) continue;
+    // P's operands that must not change before F (its destination is kept).
+    const bool has_reg_src = native_of(p).reg_is_reg;  // r, r forms read ModRM.reg too
+    auto conflicts = [&](unsigned r) {
+      if (!writes) return r == p.rm || (has_reg_src && r == p.reg);
+      if (dest_is_reg) return r == p.rm;  // P.reg is the destination
+      return has_reg_src && r == p.reg;   // P.rm is the destination
+    };
+    for (unsigned j = k + 1; j < n; j++) {
+      const Insn& x = pre_[j].i;
+      if (bt_.interp_group_mask() & (1u << group_of(x))) break;
+      unsigned written = ~0u;
+      switch (x.op) {
+        case Op::MOVZX_GvEb: case Op::MOVZX_GvEw: case Op::MOVSX_GvEb: case Op::MOVSX_GvEw:
+        case Op::MOV_GvEv:
+          if (!x.mem && x.osize == 4) written = x.reg;
+          break;
+        case Op::MOV_EvGv:
+          if (!x.mem && x.osize == 4) written = x.rm;
+          break;
+        case Op::LEA:
+          if (x.osize == 4) written = x.reg;
+          break;
+        case Op::MOV_rIv:
+          if (x.osize == 4) written = x.opcode & 7;
+          break;
+        default: break;
+      }
+      if (written != ~0u) {
+        if (conflicts(written)) break;
+        continue;
+      }
+      // F: defines all six from a memory operand through the generic path.
+      if (x.mem && x.asize == 4 && defines_all_flags(x) && x.op != Op::LEA) {
+        const Native nat = native_of(x);
+        if (nat.ok && !nat.reg_only && seg_native(x.seg) &&
+            !direct_slow((b_->pa & ~u64(0xFFF)) | pre_[j].off) &&
+            can_reencode(x, nat) && !((x.info().attrs & B) && nat.reg_is_reg && x.reg >= 4)) {
+          recipe_for_[k] = int(recipes_.size());
+          recipe_role_[k] = 1;
+          recipe_for_[j] = int(recipes_.size());
+          recipe_role_[j] = 2;
+          recipes_.push_back(Recipe{p, pre_[k].bytes, writes, dest_is_reg});
+          bt_.bstats().flag_recipes++;
+          k = j;  // not overlapping
+        }
+      }
+      break;
+    }
+  }
+}
+
+// Runs P again on its operands as they were: the host flags become the
+// guest's. Clobbers r10.
+void Emitter::emit_recipe(const Recipe& r) {
+  Insn q = r.p;
+  int reg_host = -1;
+  if (r.stashed) {
+    mov(r10d, dword[rsp + kStash]);
+    const unsigned dest = r.dest_is_reg ? r.p.reg : r.p.rm;
+    if (r.dest_is_reg) reg_host = 10;
+    if (r.p.rm == dest) q.rm = 10;  // hreg(10) is r10 (a ModRM register operand)
+    if (!r.dest_is_reg && native_of(r.p).reg_is_reg && r.p.reg == dest) reg_host = 10;
+  }
+  reencode(q, native_of(q), r.bytes, reg_host);
+}
 
 // A register-only instruction translated inline that cannot fault and does
 // not read the flags: no one can observe the flags while it runs.
@@ -1658,6 +1791,7 @@ void Emitter::run(u32 max_insns) {
     }
   }
   n_ = n;
+  plan_recipes(n);
   Done d = Done::next;
   while (idx_ < n) {
     const Pre& p = pre_[idx_];
@@ -1668,7 +1802,15 @@ void Emitter::run(u32 max_insns) {
     out_dead_ = partial_output_dead(idx_, n);
     if (out_dead_) st.flag_restores_skipped++;
     if (fl_ == Fl::parked && needs_flags(i) && !is_callout_only(i) && !out_dead_) restore_flags();
+    use_recipe_ = -1;
+    if (recipe_role_[idx_] == 1 && recipes_[size_t(recipe_for_[idx_])].stashed) {
+      const Recipe& r = recipes_[size_t(recipe_for_[idx_])];
+      mov(dword[rsp + kStash], Reg32(hreg(r.dest_is_reg ? i.reg : i.rm)));
+    } else if (recipe_role_[idx_] == 2) {
+      use_recipe_ = recipe_for_[idx_];
+    }
     d = insn(i, p.bytes, p.eip, page_pa | p.off);
+    use_recipe_ = -1;
     st.guest_insns_translated++;
     idx_++;
     eip = p.eip + i.len;
@@ -1694,6 +1836,7 @@ void Emitter::run(u32 max_insns) {
     bind(s.entry_fix);
     if (s.entry_fix2 != kNone) bind(s.entry_fix2);
     if (s.entry_fix3 != kNone) bind(s.entry_fix3);
+    if (s.recipe >= 0) emit_recipe(recipes_[size_t(s.recipe)]);
     call_site(s.site, s.parked);  // the stub saves the flags unless parked
     jmp_back(s.done);
   }

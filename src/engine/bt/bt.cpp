@@ -281,8 +281,8 @@ u32 Bt::mode_key() const {
   // Branch-free: segment registers alternate between flat and not on every
   // system call (FS), which a branch per segment mispredicts.
   constexpr u16 kMask = 0x80 | 0x10 | 0x8 | 0x4 | 0x2, kFlat = 0x80 | 0x10 | 0x2;
-  u32 m = (s_.cpl & M_CPL) | (s_.seg[CS].limit == 0xFFFFFFFFu ? M_CS_FLAT : 0) |
-          (s_.seg[SS].db() ? M_SS32 : 0) | ((s_.eflags & DF) ? M_DF : 0);
+  u32 m = (s_.cpl & M_CPL) | (s_.seg[CS].limit == 0xFFFFFFFFu ? u32(M_CS_FLAT) : 0u) |
+          (s_.seg[SS].db() ? u32(M_SS32) : 0u) | ((s_.eflags & DF) ? u32(M_DF) : 0u);
   auto seg = [&](unsigned k) {
     const Segment& sg = s_.seg[k];
     const u32 flat = u32(sg.limit == 0xFFFFFFFFu) & u32((sg.attr & kMask) == kFlat);

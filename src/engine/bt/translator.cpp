@@ -728,7 +728,9 @@ class Emitter : public CodeGenerator {
       // The flags are the last producer's, recomputable on the slow path.
       clobber = true;
       s.recipe = use_recipe_;
-      fl_ = Fl::parked;  // (not so: the host's are gone; the instruction redefines them)
+      // Until F (emitted right after this access) defines them again, the
+      // guest flags exist only as the recipe; nothing in between reads fl_.
+      fl_ = Fl::parked;
       s.parked = false;
     } else {
       if (clobber) fl_ = Fl::parked;

@@ -1485,6 +1485,11 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
   // Control transfers.
   if (info.attrs & CT) {
     if (i.osize != 4 || !flat_cs) return callout(i, eip, pa, true);
+    // Those with a memory access save the flags first, as their exit must:
+    // the access then uses the short check (not the flag-free one).
+    if (i.op == Op::CALL_Jz || i.op == Op::RET || i.op == Op::RET_Iw ||
+        (i.op == Op::JMP_Ev && i.mem) || i.op == Op::CALL_Ev)
+      save_flags();
     switch (i.op) {
       case Op::JMP_Jb: case Op::JMP_Jz:
         st.native_insns++;

@@ -274,18 +274,24 @@ void Bt::emit_stubs() {
   tr_->set_stubs(Stubs{exit_common_, exit_nostore_, callout_stub_, cache_->to_rx(callout_nosave)});
 }
 
-u32 Bt::mode_key() const {
-  // Called at every dispatch and callout: one mask test per segment. Flat:
-  // limit 4 GiB, present, writable expand-up data (P, S, W set; code and
-  // expand-down clear).
-  // Branch-free: segment registers alternate between flat and not on every
-  // system call (FS), which a branch per segment mispredicts.
+// A segment the generated code may access without limit checks: limit 4 GiB,
+// present, writable expand-up data (P, S, W set; code and expand-down clear).
+static u32 flat_rw(const Segment& sg) {
   constexpr u16 kMask = 0x80 | 0x10 | 0x8 | 0x4 | 0x2, kFlat = 0x80 | 0x10 | 0x2;
+  return u32(sg.limit == 0xFFFFFFFFu) & u32((sg.attr & kMask) == kFlat);
+}
+
+static u32 jc_slot(u32 eip) { return ((eip >> 12) ^ eip) & ((1u << kJcBits) - 1); }
+
+u32 Bt::mode_key() const {
+  // Called at every dispatch and many callouts. Branch-free: segment
+  // registers alternate between flat and not on every system call (FS),
+  // which a branch per segment mispredicts.
   u32 m = (s_.cpl & M_CPL) | (s_.seg[CS].limit == 0xFFFFFFFFu ? u32(M_CS_FLAT) : 0u) |
           (s_.seg[SS].db() ? u32(M_SS32) : 0u) | ((s_.eflags & DF) ? u32(M_DF) : 0u);
   auto seg = [&](unsigned k) {
     const Segment& sg = s_.seg[k];
-    const u32 flat = u32(sg.limit == 0xFFFFFFFFu) & u32((sg.attr & kMask) == kFlat);
+    const u32 flat = flat_rw(sg);
     const u32 base0 = flat & u32(sg.base == 0);
     return (flat << (4 + 2 * k)) | (base0 << (5 + 2 * k));
   };
@@ -294,11 +300,7 @@ u32 Bt::mode_key() const {
   return m | seg(ES) | seg(SS) | seg(DS) | seg(FS);
 }
 
-void Bt::sync_gs() {
-  constexpr u16 kMask = 0x80 | 0x10 | 0x8 | 0x4 | 0x2, kFlat = 0x80 | 0x10 | 0x2;
-  const Segment& g = s_.seg[GS];
-  rt_->gs_slow = !(g.limit == 0xFFFFFFFFu && (g.attr & kMask) == kFlat);
-}
+void Bt::sync_gs() { rt_->gs_slow = !flat_rw(s_.seg[GS]); }
 
 bool Bt::translatable() const {
   return opt_.translate && s_.pe() && !s_.vm86() && s_.seg[CS].db() && !(s_.eflags & TF) &&
@@ -652,21 +654,20 @@ u64 Bt::callout(Site* site) {
       exit = true;
     }
   }
-  if (exit && go_on) {
+  if (exit) {
+    // The budget as the instructions really ran (the block's prologue counted
+    // all of it; a fault retires nothing).
+    rt_->budget = budget_start_ - i64(s_.icount - icount_base_);
     // Only the transfer or the change of mode ends the block: go on with the
     // next block here, as the dispatcher would, when it is at hand.
-    if (const u8* code = continue_at()) {
-      // The budget as the instructions really run (the block's prologue
-      // counted all of it; a fault retires nothing).
-      rt_->budget = budget_start_ - i64(s_.icount - icount_base_);
-      rt_->hf = encode_hf(s_.eflags);
-      st_.callout_continues++;
-      return u64(reinterpret_cast<uintptr_t>(code));
+    if (go_on) {
+      if (const u8* code = continue_at()) {
+        rt_->hf = encode_hf(s_.eflags);
+        st_.callout_continues++;
+        return u64(reinterpret_cast<uintptr_t>(code));
+      }
     }
-  }
-  if (exit) {
     rt_->reason = kExitNormal;  // exit_nostore returns it: never a stale chain request
-    rt_->budget = budget_start_ - i64(s_.icount - icount_base_);
     st_.callout_exits++;
     return 1;
   }
@@ -686,8 +687,7 @@ void Bt::remember_seg_load(unsigned k) {
     if (!d) return;
     std::memcpy(&raw, d, 8);
   }
-  constexpr u16 kMask = 0x80 | 0x10 | 0x8 | 0x4 | 0x2, kFlat = 0x80 | 0x10 | 0x2;
-  const u8 flat = u8(sg.limit == 0xFFFFFFFFu && (sg.attr & kMask) == kFlat);
+  const u8 flat = u8(flat_rw(sg));
   SegLoad& e = rt_->seg_loads[(sg.sel >> 3) & (kSegLoads - 1)];
   e.sel = sg.sel;
   e.flat = u8(flat | (flat && sg.base == 0 ? 2 : 0));
@@ -709,23 +709,32 @@ const u8* Bt::continue_at() {
   if (!mmu_.fetch_hit(eip, s_.cpl == 3, &pa)) return nullptr;
   const u32 mode = mode_key();
   if (!(mode & M_CS_FLAT)) return nullptr;
-  DcEntry& dc = dc_[((eip >> 12) ^ eip) & ((1u << kJcBits) - 1)];
-  Block* b = nullptr;
-  if (dc.block && dc.pa == pa && dc.eip == eip && dc.mode == mode && dc.cs_base == 0 &&
-      dc.block->valid) {
-    b = dc.block;
-  } else {
-    b = lookup(pa, 0, eip, mode);
-    if (!b) return nullptr;  // translating here could flush the cache under the caller
-    dc = DcEntry{pa, eip, mode, 0, b};
-  }
-  if (b->crosses || b->n == 0) return nullptr;
-  const u32 k = ((eip >> 12) ^ eip) & ((1u << kJcBits) - 1);
+  // Not translated here: that could flush the cache under the caller.
+  Block* b = cached_block(pa, 0, eip, mode, false);
+  if (!b || b->crosses || b->n == 0) return nullptr;
+  jc_note(eip, mode, b);
+  return b->code;  // Rt::gs_slow: the callout synced it after anything that can change GS
+}
+
+// The block for (pa, CS base, EIP, mode) through the dispatcher's cache, else
+// the hash table, else (`may_translate`) a new translation; null if none.
+Block* Bt::cached_block(u64 pa, u32 cs_base, u32 eip, u32 mode, bool may_translate) {
+  DcEntry& dc = dc_[jc_slot(eip)];
+  if (dc.block && dc.pa == pa && dc.eip == eip && dc.mode == mode && dc.cs_base == cs_base &&
+      dc.block->valid)
+    return dc.block;
+  Block* b = lookup(pa, cs_base, eip, mode);
+  if (!b && may_translate) b = translate(eip, pa, mode);
+  if (b) dc = DcEntry{pa, eip, mode, cs_base, b};
+  return b;
+}
+
+// The jump cache entry for EIP in `mode` names `b` from now on.
+void Bt::jc_note(u32 eip, u32 mode, Block* b) {
+  const u32 k = jc_slot(eip);
   const JcEntry& j = jc_[k];
   if (j.code != b->code || j.eip != eip || j.mode != mode)
     jc_fill(k, eip, mode, b, mmu_.exec_global(eip, s_.cpl == 3));
-  sync_gs();
-  return b->code;
 }
 
 void Bt::interp_steps(u64 end, u64 max) {
@@ -773,16 +782,7 @@ Exit Bt::run_blocks(u64 end) {
       continue;
     }
     const u32 mode = mode_key();
-    DcEntry& dc = dc_[((eip >> 12) ^ eip) & ((1u << kJcBits) - 1)];
-    Block* b = nullptr;
-    if (dc.block && dc.pa == pa && dc.eip == eip && dc.mode == mode && dc.cs_base == cs.base &&
-        dc.block->valid) {
-      b = dc.block;
-    } else {
-      b = lookup(pa, cs.base, eip, mode);
-      if (!b) b = translate(eip, pa, mode);
-      if (b) dc = DcEntry{pa, eip, mode, cs.base, b};
-    }
+    Block* b = cached_block(pa, cs.base, eip, mode, true);
     if (b && b->crosses && b->n) {
       // Its second page must still be mapped where it was (this fetch also
       // fills the TLB entry the block checks at entry).
@@ -804,12 +804,7 @@ Exit Bt::run_blocks(u64 end) {
       if (cpu_.stop != StopReason::none) return Exit::stopped;
       continue;
     }
-    if (opt_.chain && cs.base == 0) {
-      const u32 k = ((eip >> 12) ^ eip) & ((1u << kJcBits) - 1);
-      const JcEntry& j = jc_[k];
-      if (j.code != b->code || j.eip != eip || j.mode != mode)
-        jc_fill(k, eip, mode, b, mmu_.exec_global(eip, s_.cpl == 3));
-    }
+    if (opt_.chain && cs.base == 0) jc_note(eip, mode, b);
     if (lockstep_) lockstep_->before_block(eip);
     rt_->budget = remaining;
     budget_start_ = remaining;

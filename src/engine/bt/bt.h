@@ -179,6 +179,8 @@ class Bt final : public Engine, public mem::CodeWatcher, public mem::TlbListener
   // Runs instructions in the interpreter (stepper) up to `max`.
   void interp_steps(u64 end, u64 max);
   const u8* continue_at();
+  bt::Block* cached_block(u64 pa, u32 cs_base, u32 eip, u32 mode, bool may_translate);
+  void jc_note(u32 eip, u32 mode, bt::Block* b);
   void remember_seg_load(unsigned k);
   void sync_gs();
 

@@ -170,11 +170,11 @@ HostDefines probe_host_defines() {
       default: return rnd();
     }
   };
-  bool logic = true, shift = true, dshift = true, bsf = true, imul = true, mul1 = true;
+  h.logic = h.shift_imm = h.dshift_imm = h.bsf = h.imul = h.mul1 = true;
   for (unsigned n = 0; n < 400; n++) {
     const u32 a = operand(n), b = operand(n / 5 + 3);
     const u8 c = u8(1 + n % 31);
-    logic &= same([&](u32& f) { arith::and_<u8>(u8(a), u8(b), f); }) &&
+    h.logic &= same([&](u32& f) { arith::and_<u8>(u8(a), u8(b), f); }) &&
              same([&](u32& f) { arith::or_<u16>(u16(a), u16(b), f); }) &&
              same([&](u32& f) { arith::xor_<u32>(a, b, f); }) &&
              same([&](u32& f) { arith::and_<u32>(a, b, f); }) &&
@@ -186,27 +186,21 @@ HostDefines probe_host_defines() {
                same([&](u32& f) { arith::shr<T>(T(a), c, f); }) &&
                same([&](u32& f) { arith::sar<T>(T(a), c, f); });
       };
-      shift &= sz == 0 ? sh(u8()) : sz == 1 ? sh(u16()) : sh(u32());
+      h.shift_imm &= sz == 0 ? sh(u8()) : sz == 1 ? sh(u16()) : sh(u32());
     }
-    dshift &= same([&](u32& f) { arith::shld<u16>(u16(a), u16(b), c, f); }) &&
+    h.dshift_imm &= same([&](u32& f) { arith::shld<u16>(u16(a), u16(b), c, f); }) &&
               same([&](u32& f) { arith::shrd<u16>(u16(a), u16(b), c, f); }) &&
               same([&](u32& f) { arith::shld<u32>(a, b, c, f); }) &&
               same([&](u32& f) { arith::shrd<u32>(a, b, c, f); });
-    bsf &= same([&](u32& f) { arith::bsf<u32>(a, b, f); }) &&
+    h.bsf &= same([&](u32& f) { arith::bsf<u32>(a, b, f); }) &&
            same([&](u32& f) { arith::bsr<u16>(u16(a), u16(b), f); });
-    imul &= same([&](u32& f) { arith::imul2<u32>(a, b, f); }) &&
+    h.imul &= same([&](u32& f) { arith::imul2<u32>(a, b, f); }) &&
             same([&](u32& f) { arith::imul2<u16>(u16(a), u16(b), f); });
-    mul1 &= same([&](u32& f) { u32 lo = a, hi = 0; arith::mul1<u32>(lo, hi, b, f); }) &&
+    h.mul1 &= same([&](u32& f) { u32 lo = a, hi = 0; arith::mul1<u32>(lo, hi, b, f); }) &&
             same([&](u32& f) { u32 lo = a, hi = 0; arith::imul1<u32>(lo, hi, b, f); }) &&
             same([&](u32& f) { u8 lo = u8(a), hi = 0; arith::mul1<u8>(lo, hi, u8(b), f); }) &&
             same([&](u32& f) { u16 lo = u16(a), hi = 0; arith::imul1<u16>(lo, hi, u16(b), f); });
   }
-  h.logic = logic;
-  h.shift_imm = shift;
-  h.dshift_imm = dshift;
-  h.bsf = bsf;
-  h.imul = imul;
-  h.mul1 = mul1;
   return h;
 }
 const HostDefines& host_defines() {
@@ -359,6 +353,15 @@ class Emitter : public CodeGenerator {
     if (slows_.size() == slows_.capacity())
       throw Error("bt: internal error: more slow paths in a block than reserved");
     return slows_.emplace_back();
+  }
+  // Another way into the slow path of `site` (the rel32 `fix`), taken with
+  // the guest flags in Rt::hf.
+  Slow& also_slow(Site* site, u32 fix) {
+    Slow& m = new_slow();
+    m.site = site;
+    m.entry_fix = fix;
+    m.parked = true;
+    return m;
   }
 
   // ---- jumps ----
@@ -1246,15 +1249,9 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
     mov(word[r14 + kHfOff], r10w);
     lea(r12d, ptr[r12 + 4]);
     fl_ = Fl::parked;
-    Slow& more = new_slow();
-    more.site = s.site;
-    more.entry_fix = other;
+    Slow& more = also_slow(s.site, other);
     more.entry_fix2 = rf;
-    more.parked = true;
-    Slow& more2 = new_slow();
-    more2.site = s.site;
-    more2.entry_fix = irq;
-    more2.parked = true;
+    Slow& more2 = also_slow(s.site, irq);
     s.done = more.done = more2.done = here();
     return Done::next;
   }
@@ -1300,6 +1297,7 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
     constexpr int kFlat = kLoads + int(offsetof(SegLoad, flat));
     constexpr int kRaw = kLoads + int(offsetof(SegLoad, raw));
     constexpr int kSeg = kLoads + int(offsetof(SegLoad, seg));
+    xor_(r9d, r9d);  // a null selector reads no descriptor (remembered as 0)
     test(r11d, 0xFFFC);
     const u32 null_sel = jcc32(4);  // jz
     mov(r8d, r11d);
@@ -1311,17 +1309,14 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
     add(r8d, dword[r15 + int(offsetof(CpuState, gdtr) + offsetof(TableReg, base))]);
     const u32 miss = lookup(8, false, true);
     mov(r9, qword[r8]);
-    mov(r10d, r11d);
-    and_(r10d, 0x38);
-    shl(r10d, 2);
-    cmp(r9, qword[r14 + r10 + kRaw]);
-    const u32 other_desc = jcc32(5);
     bind(null_sel);
-    mov(r10d, r11d);  // null selectors share entry 0 (the flat bits tell them apart)
+    mov(r10d, r11d);  // the remembered load for this selector's slot
     and_(r10d, 0x38);
     shl(r10d, 2);
     cmp(r11d, dword[r14 + r10 + kSel]);
     const u32 other_sel = jcc32(5);
+    cmp(r9, qword[r14 + r10 + kRaw]);
+    const u32 other_desc = jcc32(5);
     const unsigned shift = 4 + 2 * i.reg;
     auto copy = [&] {
       mov(r9, qword[r14 + r10 + kSeg]);
@@ -1336,53 +1331,33 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
       and_(r9d, 1);
       xor_(r9d, 1);
       mov(dword[r14 + int(offsetof(Rt, gs_slow))], r9d);
-      s.entry_fix = miss;
-      for (u32 f : {other_desc, other_sel}) {
-        Slow& m = new_slow();
-        m.site = s.site;
-        m.entry_fix = f;
-        m.parked = true;
-      }
-      const u32 done = here();
-      for (Slow* p = &s; p <= &slows_.back(); p++) p->done = done;
-      if (rd) rd->done = done;
-      return Done::next;
-    }
-    cmp(byte[r14 + r10 + kFlat], u8((b_->mode >> shift) & 3));
-    const u32 changed = jcc32(5);  // jne: another mode
-    copy();
-    if (bt_.options().chain && (b_->mode & M_CS_FLAT) && b_->cs_base == 0) {
-      // The mode changes (FS between the kernel's per-CPU segment and the
-      // user's null one on every system call): the block ends here and the
-      // translation for the new mode is looked up in the jump cache.
-      const u32 over = jmp32();
-      bind(changed);
-      copy();
-      add_unrun(idx_);  // the prologue counted the rest of the block
-      movzx(r8d, byte[r14 + r10 + kFlat]);
-      shl(r8d, u8(shift));
-      or_(r8d, b_->mode & ~(3u << shift));
-      shl(r8, 32);
-      mov(r9d, eip + i.len);
-      mov(dword[r15 + kEipOff], r9d);
-      jc_lookup(true);
-      bind(over);
     } else {
-      s.entry_fix = changed;  // the semantics, then the dispatcher
+      cmp(byte[r14 + r10 + kFlat], u8((b_->mode >> shift) & 3));
+      const u32 changed = jcc32(5);  // jne: another mode
+      copy();
+      if (bt_.options().chain && (b_->mode & M_CS_FLAT) && b_->cs_base == 0) {
+        // The mode changes (FS between the kernel's per-CPU segment and the
+        // user's null one on every system call): the block ends here and the
+        // translation for the new mode is looked up in the jump cache.
+        const u32 over = jmp32();
+        bind(changed);
+        copy();
+        add_unrun(idx_);  // the prologue counted the rest of the block
+        movzx(r8d, byte[r14 + r10 + kFlat]);
+        shl(r8d, u8(shift));
+        or_(r8d, b_->mode & ~(3u << shift));
+        shl(r8, 32);
+        mov(r9d, eip + i.len);
+        mov(dword[r15 + kEipOff], r9d);
+        jc_lookup(true);
+        bind(over);
+      } else {
+        s.entry_fix = changed;  // the semantics, then the dispatcher
+      }
     }
     if (s.entry_fix == kNone) s.entry_fix = miss;
-    else {
-      Slow& m = new_slow();
-      m.site = s.site;
-      m.entry_fix = miss;
-      m.parked = true;
-    }
-    for (u32 f : {other_desc, other_sel}) {
-      Slow& m = new_slow();
-      m.site = s.site;
-      m.entry_fix = f;
-      m.parked = true;
-    }
+    else also_slow(s.site, miss);
+    for (u32 f : {other_desc, other_sel}) also_slow(s.site, f);
     const u32 done = here();
     for (Slow* p = &s; p <= &slows_.back(); p++) p->done = done;
     if (rd) rd->done = done;

@@ -13,19 +13,48 @@ PhysMem::PhysMem(u64 ram_size) : ram_size_(ram_size) {
   if (ram_size < (1u << 20) || ram_size > (u64(3) << 30) || (ram_size & (kPageSize - 1)))
     throw Error("memory size must be a multiple of 4 KiB between 1 MiB and 3 GiB (got " +
                 std::to_string(ram_size) + " bytes)");
-  // Over-allocated by 2 MiB so RAM can start on a 2 MiB boundary: with
-  // transparent huge pages the guest's first touches cost one host fault per
-  // 2 MiB instead of per 4 KiB (a Linux boot touches most of its RAM).
+  // One reservation: the direct-access tables, then RAM on a 2 MiB boundary
+  // (with transparent huge pages the guest's first touches cost one host
+  // fault per 2 MiB instead of per 4 KiB: a Linux boot touches most of its
+  // RAM), then nothing up to kDirectSpan. Reserving costs address space only.
   constexpr u64 kHuge = u64(2) << 20;
-  map_size_ = ram_size + kHuge;
-  void* p = mmap(nullptr, map_size_, PROT_READ | PROT_WRITE,
-                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (p == MAP_FAILED) throw Error("cannot map " + std::to_string(ram_size >> 20) + " MiB of guest RAM");
+  constexpr u64 kMaps = u64(-kWriteMapOff);
+  map_size_ = kMaps + kHuge + kDirectSpan;
+  void* p = mmap(nullptr, map_size_, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED) throw Error("cannot reserve address space for " + std::to_string(ram_size >> 20) + " MiB of guest RAM");
   map_ = static_cast<u8*>(p);
-  ram_ = reinterpret_cast<u8*>((reinterpret_cast<uintptr_t>(p) + kHuge - 1) & ~uintptr_t(kHuge - 1));
+  ram_ = reinterpret_cast<u8*>((reinterpret_cast<uintptr_t>(p) + kMaps + kHuge - 1) & ~uintptr_t(kHuge - 1));
+  if (mmap(ram_ - kMaps, kMaps + ram_size, PROT_READ | PROT_WRITE,
+           MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0) == MAP_FAILED)
+    throw Error("cannot map " + std::to_string(ram_size >> 20) + " MiB of guest RAM");
   madvise(ram_, ram_size, MADV_HUGEPAGE);  // advice only: without THP it stays 4 KiB pages
   npages_ = ram_size >> kPageShift;
   code_.assign(npages_, 0);
+  // The VGA hole and the pages around it are not plain RAM.
+  for (u64 ppn = (0xA0000 >> kPageShift) - 1; ppn <= (0xC0000 >> kPageShift); ppn++) update_poison(ppn);
+}
+
+bool PhysMem::plain_ram(u64 ppn) const {
+  const u64 pa = ppn << kPageShift;
+  if (!is_ram(pa)) return false;
+  for (auto& r : roms_)
+    if (pa >= r.base && pa - r.base < r.data.size()) return false;
+  return true;
+}
+
+void PhysMem::update_poison(u64 ppn) {
+  // Only RAM pages' entries matter: an access starting past RAM faults anyway.
+  auto bad = [&](u64 q, bool write) { return !plain_ram(q) || (write && q < npages_ && code_[q]); };
+  for (u64 q = ppn ? ppn - 1 : 0; q <= ppn && q < npages_; q++) {
+    const bool r = bad(q, false) || (q + 1 < npages_ && bad(q + 1, false));
+    const bool w = bad(q, true) || (q + 1 < npages_ && bad(q + 1, true));
+    u32& er = map(kReadMapOff)[q];
+    u32& ew = map(kWriteMapOff)[q];
+    const u32 nr = r ? kPoison : 0, nw = w ? kPoison : 0;
+    if (er != nr || ew != nw) poisons_set_++;
+    er = nr;
+    ew = nw;
+  }
 }
 
 PhysMem::~PhysMem() {
@@ -36,7 +65,9 @@ void PhysMem::add_rom(u64 base, const std::vector<u8>& data) {
   POPEK_CHECK((base & (kPageSize - 1)) == 0);
   Rom r{base, data};
   r.data.resize((data.size() + kPageSize - 1) & ~u64(kPageSize - 1), 0xFF);
+  const u64 end = base + r.data.size();
   roms_.push_back(std::move(r));
+  for (u64 ppn = base >> kPageShift; ppn <= end >> kPageShift && ppn <= npages_; ppn++) update_poison(ppn);
 }
 
 PhysMem::Page PhysMem::page(u64 pa) const {
@@ -109,11 +140,13 @@ bool PhysMem::write_bytes(u64 pa, const void* src, u64 len) {
 void PhysMem::mark_code(u64 ppn) {
   if (ppn >= npages_ || code_[ppn]) return;
   code_[ppn] = 1;
+  update_poison(ppn);
   for (auto* t : shootdowns_) t->drop_writable(ppn);
 }
 
 void PhysMem::code_written(u64 ppn) {
   code_[ppn] = 0;
+  update_poison(ppn);
   code_invalidations_++;
   for (auto* w : watchers_) w->code_page_written(ppn);
 }

@@ -46,6 +46,28 @@ class PhysMem {
 
   u8* ram() { return ram_; }
   u64 ram_size() const { return ram_size_; }
+
+  // ---- direct access with paging off (the bt engine's fast path) ----
+  // RAM sits at the start of a reservation of kDirectSpan bytes; all of it
+  // past RAM is inaccessible. Below RAM, at kReadMapOff and kWriteMapOff, two
+  // tables of one u32 per physical page (4 GiB of them) hold 0 where a plain
+  // access of up to 8 bytes starting in that page may use ram() + address,
+  // and kPoison where it may not: the page or the next one is not plain RAM
+  // (the VGA hole, a ROM over RAM) or, for writes, holds code. Generated code
+  // adds the entry to the address, so a poisoned access lands past RAM and
+  // faults (the engine turns the fault into its slow path).
+  static constexpr u64 kDirectSpan = u64(8) << 30;
+  static constexpr i64 kReadMapOff = -(i64(4) << 20);
+  static constexpr i64 kWriteMapOff = -(i64(8) << 20);
+  static constexpr u32 kPoison = 0xC0000000u;  // >= the largest RAM: past it
+  bool in_direct_span(const void* p) const {
+    return p >= ram_ && static_cast<const u8*>(p) < ram_ + kDirectSpan;
+  }
+  u64 direct_poisons_set() const { return poisons_set_; }
+  // Whether a direct access at physical `pa` faults (it is not plain RAM).
+  bool direct_poisoned(u64 pa, bool write) const {
+    return (pa >> kPageShift) >= npages_ || map(write ? kWriteMapOff : kReadMapOff)[pa >> kPageShift];
+  }
   // Maps a read-only region (firmware). Copies the data; writes are ignored.
   void add_rom(u64 base, const std::vector<u8>& data);
   void set_mmio(MmioHandler* h) { mmio_ = h; }
@@ -105,11 +127,16 @@ class PhysMem {
 
  private:
   void code_written(u64 ppn);
+  // Recomputes the direct-access tables' entries for pages ppn-1 and ppn.
+  void update_poison(u64 ppn);
+  bool plain_ram(u64 ppn) const;
+  u32* map(i64 off) const { return reinterpret_cast<u32*>(ram_ + off); }
   struct Rom {
     u64 base;
     std::vector<u8> data;
   };
-  u8* map_ = nullptr;  // the mapping; ram_ is its first 2 MiB boundary
+  u8* map_ = nullptr;  // the reservation; ram_ is a 2 MiB boundary in it
+  u64 poisons_set_ = 0;
   u8* ram_ = nullptr;
   u64 ram_size_ = 0;
   u64 map_size_ = 0;

@@ -6,7 +6,9 @@
 // bt in lockstep with the interpreter, which stops at the first difference in
 // registers, flags or memory. Each sequence starts from random registers and
 // flags and ends at HLT or at the first exception (every vector's handler
-// records it and halts).
+// records it and halts). One sequence in five runs with paging off (bt then
+// addresses RAM directly: stores into the code and accesses past RAM fault
+// into its slow paths; ES ends at 4 MiB there so that REPs end).
 //
 // By default a fixed number of sequences from seed 1 (POPEK_FUZZ_SEQUENCES,
 // default 12000) so that CI is repeatable; POPEK_FUZZ_SECONDS runs for a time
@@ -280,7 +282,7 @@ struct FuzzVm {
     s.gdtr = {test::kGdt, 0x17};
     s.idtr = {test::kIdt, 0x7FF};
     s.cr3 = kPd;
-    s.cr0 = CR0_PE | CR0_ET | CR0_PG | CR0_WP;
+    s.cr0 = CR0_PE | CR0_ET | (seed % 5 ? CR0_PG | CR0_WP : 0);
     s.cr4 = 0;
     s.cpl = 0;
     s.intr_shadow = 0;
@@ -294,6 +296,9 @@ struct FuzzVm {
     s.eflags = FLAGS_FIXED1 | (g.rng() & (CF | PF | AF | ZF | SF | OF));
     s.seg[FS].base = 0x100;
     s.seg[GS].base = 0x200;
+    // Without paging nothing faults past RAM: ES (REP destinations) ends at
+    // 4 MiB, so that a REP that garbage gave a huge count stops there.
+    if (!(s.cr0 & CR0_PG)) s.seg[ES].limit = 0x3FFFFF;
     s.halted = s.shutdown = false;
     FuzzResult res;
     const u64 before = s.icount;

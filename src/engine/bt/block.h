@@ -32,6 +32,7 @@ struct Site {
   u8 seg = 0;
   u8 size = 0;
   bool write = false;
+  bool phys = false;   // the inline access addresses RAM directly (paging off)
   u64 hits = 0;
   u64 persistent = 0;
   u64 last_slow = 0;   // instruction count at the last such visit  // slow-path hits after which the TLB still could not serve it

@@ -8,6 +8,8 @@
 #include <cstring>
 #include <string>
 
+#include <signal.h>
+#include <ucontext.h>
 #include <unistd.h>
 
 #include "base/error.h"
@@ -23,6 +25,49 @@ using namespace popek::x86;
 using namespace popek::engine::bt;
 
 namespace {
+
+// The engine whose generated code runs on this thread (its direct accesses
+// may fault into its slow paths).
+thread_local Bt* t_running = nullptr;
+struct sigaction g_old_segv;
+
+void on_segv(int sig, siginfo_t* si, void* ctx) {
+  auto* uc = static_cast<ucontext_t*>(ctx);
+  if (Bt* bt = t_running) {
+    if (uintptr_t to = bt->direct_fault(si->si_addr, uintptr_t(uc->uc_mcontext.gregs[REG_RIP]))) {
+      uc->uc_mcontext.gregs[REG_RIP] = greg_t(to);
+      return;
+    }
+  }
+  // Not a direct access: whoever handled SIGSEGV before (a sanitizer), else
+  // the default action when the instruction faults again.
+  if ((g_old_segv.sa_flags & SA_SIGINFO) && g_old_segv.sa_sigaction) {
+    g_old_segv.sa_sigaction(sig, si, ctx);
+  } else if (g_old_segv.sa_handler != SIG_DFL && g_old_segv.sa_handler != SIG_IGN) {
+    g_old_segv.sa_handler(sig);
+  } else {
+    signal(SIGSEGV, SIG_DFL);
+  }
+}
+
+void install_segv_handler() {
+  static const bool done = [] {
+    struct sigaction sa {};
+    sa.sa_sigaction = on_segv;
+    sa.sa_flags = SA_SIGINFO;
+    sigemptyset(&sa.sa_mask);
+    if (sigaction(SIGSEGV, &sa, &g_old_segv) != 0)
+      throw Error(std::string("bt: cannot install the SIGSEGV handler: ") + std::strerror(errno));
+    return true;
+  }();
+  (void)done;
+}
+
+struct Running {
+  Bt* prev;
+  explicit Running(Bt* b) : prev(t_running) { t_running = b; }
+  ~Running() { t_running = prev; }
+};
 
 constexpr u64 kAdaptiveThreshold = 16;  // slow-path visits in a row, each within
 constexpr u64 kAdaptiveWindow = 4096;    // this many guest instructions of the last
@@ -153,6 +198,8 @@ Bt::Bt(CpuState& s, mem::PhysMem& pm, Platform& plat, const BtOptions& opt)
   rt_->callout = &callout_entry;
   rt_->self = this;
   rt_->jc = jc_.data();
+  rt_->direct_base = pm_.ram() + 12;
+  if (opt_.fastmem) install_segv_handler();
   const intptr_t tlb_off =
       reinterpret_cast<const char*>(mmu_.tlb(false)) - reinterpret_cast<const char*>(rt_);
   if (tlb_off < INT32_MIN + (1 << 16) || tlb_off > INT32_MAX - (1 << 16))
@@ -202,7 +249,7 @@ void Bt::emit_stubs() {
   g.sub(rsp, 8);
   g.mov(r15, rdi);
   g.mov(r14, rsi);
-  g.mov(r13d, 12);
+  g.mov(r13, qword[r14 + int(offsetof(Rt, direct_base))]);
   g.mov(r11, rdx);
   g.load_regs();
   g.jmp(r11);
@@ -297,7 +344,18 @@ u32 Bt::mode_key() const {
   };
   static_assert(m_flat(DS) == 1u << (4 + 2 * DS) && m_base0(DS) == 1u << (5 + 2 * DS));
   // Not GS: the generated code reads Rt::gs_slow instead (sync_gs).
-  return m | seg(ES) | seg(SS) | seg(DS) | seg(FS);
+  const u32 nopg = u32(opt_.fastmem) & ~(s_.cr0 >> 31);
+  return m | seg(ES) | seg(SS) | seg(DS) | seg(FS) | (nopg * M_NOPG);
+}
+
+uintptr_t Bt::direct_fault(const void* addr, uintptr_t pc) {
+  if (!pm_.in_direct_span(addr) || direct_faults_.empty()) return 0;
+  auto it = direct_faults_.upper_bound(pc);
+  if (it == direct_faults_.begin()) return 0;
+  --it;
+  if (pc >= it->second.end) return 0;
+  st_.direct_faults++;
+  return it->second.slow;
 }
 
 void Bt::sync_gs() { rt_->gs_slow = !flat_rw(s_.seg[GS]); }
@@ -375,6 +433,7 @@ void Bt::flush_cache() {
   hcount_ = 0;
   by_page_.clear();
   cache_->reset();
+  direct_faults_.clear();
   flush_jc();
   st_.cache_flushes++;
 }
@@ -644,7 +703,9 @@ u64 Bt::callout(Site* site) {
     // An access across a page goes to the slow path either way: not counted.
     // Nor are misses far apart (a TLB refill now and then).
     const bool crosses = (la & 0xFFF) + site->size > 4096;
-    const bool stays_slow = last - tag >= 4096 && !crosses;
+    // A direct access (paging off) stays slow where its page is poisoned.
+    const bool stays_slow = site->phys ? pm_.direct_poisoned(la, site->write)
+                                       : last - tag >= 4096 && !crosses;
     if (stays_slow && s_.icount - site->last_slow > kAdaptiveWindow) site->persistent = 0;
     if (stays_slow) site->last_slow = s_.icount;
     if (stays_slow && ++site->persistent >= kAdaptiveThreshold) {
@@ -814,6 +875,7 @@ Exit Bt::run_blocks(u64 end) {
     sync_gs();
     st_.block_entries++;
     if (trace_) std::fprintf(trace_, "bt: run %04x:%08x\n", cs.sel, eip);
+    Running running(this);
     const u64 reason = enter_(&s_, rt_, b->code);
     s_.icount = icount_base_ + u64(budget_start_ - rt_->budget);
     if (pending_error_) return Exit::stopped;
@@ -867,6 +929,8 @@ std::vector<std::pair<std::string, u64>> Bt::stats() const {
       {"bt.callout_continues", st_.callout_continues},
       {"bt.seg_loads_remembered", st_.seg_loads_cached},
       {"bt.smc_exits", st_.smc_exits},
+      {"bt.direct_accesses", st_.direct_accesses},
+      {"bt.direct_faults", st_.direct_faults},
       {"bt.adaptive_retranslations", st_.adaptive_retranslations},
       {"bt.adaptive_direct_callouts", st_.adaptive_direct_calls},
       {"bt.adaptive_retries", st_.adaptive_retries},

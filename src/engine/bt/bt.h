@@ -6,6 +6,7 @@
 #pragma once
 #include <deque>
 #include <exception>
+#include <map>
 #include <memory>
 #include <new>
 #include <type_traits>
@@ -37,6 +38,9 @@ struct BtOptions {
   // in user-mode code (default), everywhere, or nowhere.
   enum class Superblocks { user, all, off };
   Superblocks superblocks = Superblocks::user;
+  // With paging off, memory operands address guest RAM directly (no TLB
+  // lookup); accesses the direct path may not make fault into the slow path.
+  bool fastmem = true;
 };
 
 // Instruction groups `interp_groups` may name (also used by stats).
@@ -85,6 +89,7 @@ struct Rt {
   // data segment now (its accesses then take the slow path), else 0.
   u32 gs_slow = 0;
   u32 pad = 0;
+  u8* direct_base = nullptr;  // + 12: r13 (guest RAM with paging off; its low bits shift by 12)
   SegLoad seg_loads[kSegLoads];
 };
 enum Reason : u64 { kExitNormal = 0, kExitChain = 1 };
@@ -116,6 +121,8 @@ struct BtStats {
   u64 adaptive_direct_calls = 0;  // slow paths taken directly after retranslation
   u64 adaptive_retries = 0;       // direct callouts given the inline path again
   u64 smc_exits = 0;
+  u64 direct_accesses = 0;   // memory operands translated to address RAM directly (paging off)
+  u64 direct_faults = 0;     // of those, runs that faulted into the slow path
   u64 interp_steps = 0;      // instructions run by the interpreter (modes, TF, shadows)
   u64 cache_flushes = 0;
   u64 translate_ns = 0;
@@ -151,6 +158,14 @@ class Bt final : public Engine, public mem::CodeWatcher, public mem::TlbListener
   bt::BtStats& bstats() { return st_; }
   u32 interp_group_mask() const { return interp_group_mask_; }
   bool is_direct_slow(u64 pa) const { return direct_slow_.count(pa) != 0; }
+  // A direct access (paging off) at host [start, end) of generated code goes
+  // to the slow path at `slow` when it faults.
+  void add_direct_fault(const u8* start, const u8* end, const u8* slow) {
+    direct_faults_[uintptr_t(start)] = DirectFault{uintptr_t(end), uintptr_t(slow)};
+  }
+  // From the SIGSEGV handler: where a fault at host `pc` touching `addr`
+  // resumes, or 0 if it is not a direct access's.
+  uintptr_t direct_fault(const void* addr, uintptr_t pc);
   bt::Site* new_site() {
     if (site_chunks_.empty() || site_used_ == kSiteChunk) {
       site_chunks_.emplace_back(new SiteStore[kSiteChunk]);
@@ -184,6 +199,10 @@ class Bt final : public Engine, public mem::CodeWatcher, public mem::TlbListener
   void remember_seg_load(unsigned k);
   void sync_gs();
 
+  struct DirectFault {
+    uintptr_t end, slow;
+  };
+  std::map<uintptr_t, DirectFault> direct_faults_;  // by start; emptied with the code cache
   bt::Rt* rt_ = nullptr;  // in the MMU's engine area: generated code reaches the TLB from it
   x86::CpuState& s_;
   mem::PhysMem& pm_;

@@ -341,6 +341,8 @@ class Emitter : public CodeGenerator {
     Site* site;
     bool parked;  // the guest flags were in Rt::hf (not the host's) at the access
     int recipe = -1;  // >= 0: recompute the flags from recipe_[recipe] first
+    u32 direct_from = kNone;  // a direct access (paging off) from here to `done`: its fault comes here
+    u32 at = kNone;           // where the out-of-line slow path begins
   };
   // Where the guest's arithmetic flags are.
   enum class Fl {
@@ -724,10 +726,16 @@ class Emitter : public CodeGenerator {
                    Site::Addr addr, bool flags_dead = false) {
     Slow& s = new_slow();
     s.site = new_site(i, eip, pa, false, true);
+    // Paging off, a base-0 segment: the linear address is the physical one,
+    // and RAM is addressed directly (no check, nothing clobbered).
+    const bool direct = (b_->mode & M_NOPG) && !in_rep_ && (b_->mode & m_base0(seg)) && seg != GS;
     // The host flags are free for the check unless they hold guest flags not
     // yet saved, or the instruction needs the guest's flags as input.
-    bool clobber = fl_ != Fl::dirty && (flags_dead || out_dead_ || !needs_flags(i));
-    if (!clobber && use_recipe_ >= 0 && fl_ == Fl::dirty) {
+    bool clobber = fl_ != Fl::dirty && (flags_dead || (!direct && (out_dead_ || !needs_flags(i))));
+    if (direct) {
+      if (clobber) fl_ = Fl::parked;
+      s.parked = fl_ == Fl::parked;
+    } else if (!clobber && use_recipe_ >= 0 && fl_ == Fl::dirty) {
       // The flags are the last producer's, recomputable on the slow path.
       clobber = true;
       s.recipe = use_recipe_;
@@ -751,6 +759,19 @@ class Emitter : public CodeGenerator {
       case Site::A_MOFFS: mov(r8d, i.imm); break;
       case Site::A_ESI: mov(r8d, esi); break;
       case Site::A_EDI: mov(r8d, edi); break;
+    }
+    if (direct) {
+      // r8 += the page's poison (0, or past RAM: the access then faults and
+      // the SIGSEGV handler resumes at this slow path), then + RAM's base.
+      s.site->phys = true;
+      bt_.bstats().direct_accesses++;
+      const i64 map = write ? mem::PhysMem::kWriteMapOff : mem::PhysMem::kReadMapOff;
+      shrx(r9d, r8d, r13d);
+      mov(r9d, dword[r13 + r9 * 4 + int(map - 12)]);
+      lea(r8, ptr[r8 + r9]);
+      lea(r8, ptr[r13 + r8 - 12]);
+      s.direct_from = here();
+      return s;
     }
     bool wrap = add_seg_base(seg, size, clobber, s);
     if (seg == GS) {
@@ -900,6 +921,7 @@ class Emitter : public CodeGenerator {
   // The instruction being emitted writes only some flags, reads none, and
   // every flag it leaves is dead: it may run on any host flags.
   bool out_dead_ = false;
+  bool in_rep_ = false;  // rep_string: host string instructions move guest registers first
   bool partial_output_dead(unsigned k, unsigned n) const;
   bool quiet_reg_op(const Insn& i) const;
   std::vector<Slow> slows_;
@@ -1084,12 +1106,16 @@ void Emitter::rep_string(const Insn& i, u32 eip, u64 pa, unsigned size) {
     zero = jcc32(4);  // jz
   }
   // From here on at least one element is done: the flags before are dead.
+  // (Checked lookups even with paging off: a fault inside the host's REP
+  // would find guest registers already replaced.)
   Slow* src = nullptr;
+  in_rep_ = true;
   if (movs) {
     src = &mem_access(i, eip, pa, i.seg, size, false, Site::A_ESI, true);
     mov(qword[rsp - 16], r8);
   }
   Slow& dst = mem_access(i, eip, pa, ES, size, !scas, Site::A_EDI, true);
+  in_rep_ = false;
   // r9d = elements to do here: min(ECX, room in the page(s)).
   room(r9d, edi, ES, size);
   if (movs) {
@@ -1815,7 +1841,8 @@ void Emitter::run(u32 max_insns) {
 
   // Out-of-line slow paths.
   for (Slow& s : slows_) {
-    bind(s.entry_fix);
+    s.at = here();
+    if (s.entry_fix != kNone) bind(s.entry_fix);
     if (s.entry_fix2 != kNone) bind(s.entry_fix2);
     if (s.entry_fix3 != kNone) bind(s.entry_fix3);
     if (s.recipe >= 0) emit_recipe(recipes_[size_t(s.recipe)]);
@@ -1850,6 +1877,8 @@ void Emitter::run(u32 max_insns) {
   }
   b_->code = rx_;
   b_->code_size = u32(getSize());
+  for (const Slow& s : slows_)
+    if (s.direct_from != kNone) bt_.add_direct_fault(rx_ + s.direct_from, rx_ + s.done, rx_ + s.at);
 }
 
 Translator::Translator(Bt& bt, CodeCache& cc, i32 tlb_off)

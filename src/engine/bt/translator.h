@@ -18,6 +18,7 @@ enum : u32 {
   M_CS_FLAT = 1u << 2,   // CS limit 4 GiB
   M_SS32 = 1u << 3,      // 32-bit stack
   M_DF = 1u << 16,       // EFLAGS.DF (string direction; CLD/STD end blocks when they change it)
+  M_NOPG = 1u << 17,     // paging off: memory operands address RAM directly (BtOptions::fastmem)
 };
 // Per data segment (x86 segment number s): flat_rw (limit 4 GiB, writable,
 // expand-up, present) and base 0.

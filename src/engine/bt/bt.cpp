@@ -225,6 +225,7 @@ Bt::Bt(CpuState& s, mem::PhysMem& pm, Platform& plat, const BtOptions& opt)
 }
 
 Bt::~Bt() {
+  for (Block* b : blocks_) b->~Block();
   pm_.remove_watcher(this);
   if (perf_map_) std::fclose(perf_map_);
 }
@@ -426,9 +427,9 @@ void Bt::tlb_invlpg(u32 la) {
 
 void Bt::flush_cache() {
   for (auto& d : dc_) d = DcEntry{};
+  for (Block* b : blocks_) b->~Block();
   blocks_.clear();
-  site_chunks_.clear();
-  site_used_ = 0;
+  arena_.reset();
   std::fill(htab_.begin(), htab_.end(), Bucket{});
   hcount_ = 0;
   by_page_.clear();
@@ -506,7 +507,11 @@ Block* Bt::translate(u32 eip, u64 pa, u32 mode) {
   const mem::PhysMem::Page pg = pm_.page(pa & ~u64(0xFFF));
   if (!pg.host) return nullptr;
   auto t0 = std::chrono::steady_clock::now();
-  auto b = std::make_unique<Block>();
+  // A full cache is flushed before the block is made: the flush frees
+  // every block and site.
+  if (cache_->free_bytes() < Translator::kMaxBlockCode) flush_cache();
+  Block* b = new (arena_.alloc(sizeof(Block))) Block();
+  blocks_.push_back(b);
   b->pa = pa;
   b->key = pa | (u64(mode) << 32);
   b->cs_base = s_.seg[CS].base;
@@ -525,12 +530,8 @@ Block* Bt::translate(u32 eip, u64 pa, u32 mode) {
       if (page2) page2 -= pa2 & 0xFFF;
     }
   }
-  if (!tr_->translate(*b, pg.host, opt_.block_insns, page2)) {
-    flush_cache();
-    b->nlinks = 0;
-    if (!tr_->translate(*b, pg.host, opt_.block_insns, page2))
-      throw Error("bt: a block does not fit in an empty code cache");
-  }
+  if (!tr_->translate(*b, pg.host, opt_.block_insns, page2))
+    throw Error("bt: internal error: the code cache filled up during a translation");
   st_.translate_ns += u64(std::chrono::duration_cast<std::chrono::nanoseconds>(
                               std::chrono::steady_clock::now() - t0).count());
   // n == 0: the first instruction cannot be translated here (it crosses the
@@ -552,14 +553,13 @@ Block* Bt::translate(u32 eip, u64 pa, u32 mode) {
                  b->code_size, eip, mode & M_CPL);
   const u64 ppn = pa >> mem::kPageShift;
   pm_.mark_code(ppn);
-  Block* p = b.get();
+  Block* p = b;
   hash_insert(p);
   by_page_[ppn].push_back(p);
   if (p->crosses) {
     pm_.mark_code(p->pa2 >> mem::kPageShift);
     by_page_[p->pa2 >> mem::kPageShift].push_back(p);
   }
-  blocks_.push_back(std::move(b));
   return p;
 }
 

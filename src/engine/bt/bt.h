@@ -21,6 +21,7 @@
 #include "memory/phys_mem.h"
 #include "x86/cpu.h"
 
+#include "engine/bt/arena.h"
 #include "engine/bt/block.h"
 
 namespace popek::engine {
@@ -167,12 +168,8 @@ class Bt final : public Engine, public mem::CodeWatcher, public mem::TlbListener
   // resumes, or 0 if it is not a direct access's.
   uintptr_t direct_fault(const void* addr, uintptr_t pc);
   bt::Site* new_site() {
-    if (site_chunks_.empty() || site_used_ == kSiteChunk) {
-      site_chunks_.emplace_back(new SiteStore[kSiteChunk]);
-      site_used_ = 0;
-    }
     static_assert(std::is_trivially_destructible_v<bt::Site>, "sites are freed without destructors");
-    return new (site_chunks_.back()[site_used_++].bytes) bt::Site();
+    return new (arena_.alloc(sizeof(bt::Site))) bt::Site();
   }
 
  private:
@@ -238,16 +235,9 @@ class Bt final : public Engine, public mem::CodeWatcher, public mem::TlbListener
 
   // Blocks: all live objects (freed at cache flush), the lookup map, and per
   // physical page the blocks translated from it.
-  std::vector<std::unique_ptr<bt::Block>> blocks_;
-  // Callout sites of all blocks, in chunks (freed at flush).
-  // Raw storage: a Site is built when handed out (building a whole chunk up
-  // front cost more than the translations that used it).
-  struct SiteStore {
-    alignas(bt::Site) unsigned char bytes[sizeof(bt::Site)];
-  };
-  std::vector<std::unique_ptr<SiteStore[]>> site_chunks_;
-  size_t site_used_ = 0;  // in the last chunk
-  static constexpr size_t kSiteChunk = 4096;
+  std::vector<bt::Block*> blocks_;
+  // Blocks and callout sites live in arena_ (destroyed and reused at flush).
+  bt::Arena arena_;
   // The lookup table: chained through Block::hnext, power-of-two buckets.
   struct Bucket {
     u64 key = 0;        // the head block's key, EIP and CS base (valid with head)

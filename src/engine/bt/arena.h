@@ -1,0 +1,64 @@
+// Bump allocation in 2 MiB chunks backed by transparent huge pages, for the
+// bt engine's per-translation objects (blocks, callout sites), all freed
+// together when the code cache is flushed. A translation allocates a few
+// hundred bytes that are written at once: from malloc'ed memory, each new
+// 4 KiB page cost a host page fault (expensive under virtualised hosts); a
+// huge page costs one per 2 MiB.
+#pragma once
+#include <sys/mman.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "base/error.h"
+#include "base/types.h"
+
+namespace popek::engine::bt {
+
+class Arena {
+ public:
+  static constexpr size_t kChunk = size_t(2) << 20;
+  Arena() = default;
+  Arena(const Arena&) = delete;
+  Arena& operator=(const Arena&) = delete;
+  ~Arena() {
+    for (u8* c : chunks_) munmap(c, kChunk);
+  }
+  // n bytes aligned to 16 (n <= kChunk).
+  void* alloc(size_t n) {
+    n = (n + 15) & ~size_t(15);
+    if (cur_ == kNone || used_ + n > kChunk) next();
+    void* p = chunks_[cur_] + used_;
+    used_ += n;
+    return p;
+  }
+  // Everything allocated is dead: hands the same memory out again.
+  void reset() {
+    cur_ = kNone;
+    used_ = 0;
+  }
+  size_t bytes_mapped() const { return chunks_.size() * kChunk; }
+
+ private:
+  static constexpr size_t kNone = ~size_t(0);
+  void next() {
+    cur_ = cur_ == kNone ? 0 : cur_ + 1;
+    used_ = 0;
+    if (cur_ < chunks_.size()) return;
+    // 2 MiB aligned: map twice the size and trim.
+    void* p = mmap(nullptr, 2 * kChunk, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p == MAP_FAILED) throw Error("bt: out of memory for translation records");
+    const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+    const uintptr_t c = (a + kChunk - 1) & ~uintptr_t(kChunk - 1);
+    if (c > a) munmap(p, c - a);
+    if (c + kChunk < a + 2 * kChunk) munmap(reinterpret_cast<void*>(c + kChunk), a + 2 * kChunk - (c + kChunk));
+    madvise(reinterpret_cast<void*>(c), kChunk, MADV_HUGEPAGE);  // advice only
+    chunks_.push_back(reinterpret_cast<u8*>(c));
+  }
+  std::vector<u8*> chunks_;
+  size_t cur_ = kNone;  // the chunk handed out from (none yet since the last reset)
+  size_t used_ = 0;     // bytes of it used
+};
+
+}  // namespace popek::engine::bt

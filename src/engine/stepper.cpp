@@ -124,6 +124,20 @@ void Stepper::run_insns(u64 end, u64 max) {
   }
 }
 
+void Stepper::run_block(u64 end, u64 max) {
+  for (u64 n = 0; n < max; n++) {
+    const Entry& e = fetch();
+    if (POPEK_UNLIKELY(trace_ != nullptr)) trace(e);
+    const u32 next = s_.eip + e.insn.len;
+    const u32 cs = s_.seg[x86::CS].sel;
+    execute(e.insn, e.fn);
+    if (POPEK_UNLIKELY(cpu_.stop != StopReason::none)) return;
+    if (POPEK_UNLIKELY(s_.intr_line && (s_.eflags & IF) && !s_.intr_shadow)) return;
+    if (POPEK_UNLIKELY(s_.nmi_pending)) return;
+    if (s_.icount >= end || s_.eip != next || s_.seg[x86::CS].sel != cs) return;
+  }
+}
+
 void Stepper::deliver_pending() {
   if (s_.nmi_pending && !s_.nmi_blocked) {
     s_.nmi_pending = false;

@@ -49,6 +49,9 @@ class Stepper final : public mem::CodeWatcher {
   // Fetch + execute until icount reaches `end`, the CPU stops (cpu.stop), an
   // interrupt becomes deliverable, or `max` instructions ran.
   void run_insns(u64 end, u64 max = ~0ull);
+  // The same, also returning after an instruction that did not go on to the
+  // next one (a taken branch, a call, a fault, an interrupt): one basic block.
+  void run_block(u64 end, u64 max);
   // The outer loop of a software engine: take a stop request, deliver
   // pending events, end at shutdown, halt or the end of the budget, and
   // otherwise run `inner()` (which executes instructions up to `end`),

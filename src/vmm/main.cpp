@@ -87,6 +87,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   run->add_flag("!--bt-no-adaptive", cfg.bt.adaptive,
                 "bt: do not retranslate instructions that keep taking the slow path");
+  run->add_flag("!--bt-no-tiered", cfg.bt.tiered,
+                "bt: translate a block the first time it runs (by default the interpreter runs "
+                "its first visit: code that runs once costs less so)");
   run->add_flag("!--bt-no-fastmem", cfg.bt.fastmem,
                 "bt: with paging off, look memory operands up in the soft TLB instead of "
                 "addressing guest RAM directly");

@@ -28,19 +28,26 @@ struct EngineKind {
 inline std::vector<EngineKind> all_engines() {
   std::vector<EngineKind> v;
   v.push_back({"interp", false, {}});
+  // The translator variants translate code the first time it runs (most
+  // test code runs once); bt_tiered as a user runs it.
   engine::BtOptions o;
+  o.tiered = false;
   v.push_back({"bt", true, o});
   o.block_insns = 1;
   v.push_back({"bt_one_insn_blocks", true, o});
   o = {};
+  o.tiered = false;
   o.chain = false;
   v.push_back({"bt_no_chain", true, o});
   o = {};
+  o.tiered = false;
   o.superblocks = engine::BtOptions::Superblocks::all;  // the tests run at CPL 0
   v.push_back({"bt_superblocks", true, o});
   o = {};
+  o.tiered = false;
   o.lockstep = true;
   v.push_back({"bt_lockstep", true, o});
+  v.push_back({"bt_tiered", true, {}});
   return v;
 }
 

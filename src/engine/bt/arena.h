@@ -39,6 +39,7 @@ class Arena {
     used_ = 0;
   }
   size_t bytes_mapped() const { return chunks_.size() * kChunk; }
+  size_t bytes_used() const { return cur_ == kNone ? 0 : cur_ * kChunk + used_; }
 
  private:
   static constexpr size_t kNone = ~size_t(0);

@@ -26,6 +26,11 @@ using namespace popek::engine::bt;
 
 namespace {
 
+// Tiered translation: a block entry runs in the interpreter this many times
+// before it is translated (a boot runs a third of its block entries once;
+// 1-5 measured alike).
+constexpr u64 kColdVisits = 1;
+
 // The engine whose generated code runs on this thread (its direct accesses
 // may fault into its slow paths).
 thread_local Bt* t_running = nullptr;
@@ -199,6 +204,7 @@ Bt::Bt(CpuState& s, mem::PhysMem& pm, Platform& plat, const BtOptions& opt)
   rt_->self = this;
   rt_->jc = jc_.data();
   rt_->direct_base = pm_.ram() + 12;
+  if (opt_.tiered) seen_.assign(kSeenSize, ~u64(0));
   if (opt_.fastmem) install_segv_handler();
   const intptr_t tlb_off =
       reinterpret_cast<const char*>(mmu_.tlb(false)) - reinterpret_cast<const char*>(rt_);
@@ -785,7 +791,20 @@ Block* Bt::cached_block(u64 pa, u32 cs_base, u32 eip, u32 mode, bool may_transla
       dc.block->valid)
     return dc.block;
   Block* b = lookup(pa, cs_base, eip, mode);
-  if (!b && may_translate) b = translate(eip, pa, mode);
+  if (!b && may_translate) {
+    if (opt_.tiered) {
+      // Seen before? (A fingerprint of the key, in a slot chosen by it.)
+      const u64 k = (pa * 0x9E3779B97F4A7C15ull) ^ (u64(mode) << 7) ^ (u64(cs_base) * 0xC2B2AE3D27D4EB4Full) ^ eip;
+      u64& slot = seen_[(k >> 40) & (kSeenSize - 1)];
+      if ((slot & ~u64(7)) != (k & ~u64(7))) slot = k & ~u64(7);
+      if ((slot & 7) < kColdVisits) {
+        slot++;
+        cold_ = true;
+        return nullptr;
+      }
+    }
+    b = translate(eip, pa, mode);
+  }
   if (b) dc = DcEntry{pa, eip, mode, cs_base, b};
   return b;
 }
@@ -844,6 +863,16 @@ Exit Bt::run_blocks(u64 end) {
     }
     const u32 mode = mode_key();
     Block* b = cached_block(pa, cs.base, eip, mode, true);
+    if (cold_) {
+      // First visit: the interpreter runs this basic block.
+      cold_ = false;
+      st_.cold_blocks++;
+      const u64 before = s_.icount;
+      step_.run_block(end, opt_.block_insns);
+      st_.interp_steps += s_.icount - before;
+      if (cpu_.stop != StopReason::none) return Exit::stopped;
+      continue;
+    }
     if (b && b->crosses && b->n) {
       // Its second page must still be mapped where it was (this fetch also
       // fills the TLB entry the block checks at entry).
@@ -911,6 +940,7 @@ std::vector<std::pair<std::string, u64>> Bt::stats() const {
       {"bt.flag_recipes", st_.flag_recipes},
       {"bt.translated_callout", st_.callout_insns},
       {"bt.code_cache_bytes_used", cache_->used()},
+      {"bt.record_bytes_used", arena_.bytes_used()},
       {"bt.code_cache_bytes", cache_->size()},
       {"bt.code_cache_flushes", st_.cache_flushes},
       {"bt.translate_us", st_.translate_ns / 1000},
@@ -935,6 +965,7 @@ std::vector<std::pair<std::string, u64>> Bt::stats() const {
       {"bt.adaptive_direct_callouts", st_.adaptive_direct_calls},
       {"bt.adaptive_retries", st_.adaptive_retries},
       {"bt.interp_steps", st_.interp_steps},
+      {"bt.cold_block_visits", st_.cold_blocks},
       {"bt.exceptions", ss.exceptions},
       {"bt.interrupts", ss.interrupts},
       {"bt.unimplemented", ss.unimplemented}};

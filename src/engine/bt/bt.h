@@ -42,6 +42,9 @@ struct BtOptions {
   // With paging off, memory operands address guest RAM directly (no TLB
   // lookup); accesses the direct path may not make fault into the slow path.
   bool fastmem = true;
+  // Interpret a block the first time it is reached; translate it the second
+  // (most of a boot's kernel code runs once: translating it costs more).
+  bool tiered = true;
 };
 
 // Instruction groups `interp_groups` may name (also used by stats).
@@ -124,7 +127,8 @@ struct BtStats {
   u64 smc_exits = 0;
   u64 direct_accesses = 0;   // memory operands translated to address RAM directly (paging off)
   u64 direct_faults = 0;     // of those, runs that faulted into the slow path
-  u64 interp_steps = 0;      // instructions run by the interpreter (modes, TF, shadows)
+  u64 interp_steps = 0;      // instructions run by the interpreter (modes, TF, shadows, first visits)
+  u64 cold_blocks = 0;       // block entries interpreted on their first visit
   u64 cache_flushes = 0;
   u64 translate_ns = 0;
   u64 callouts_by_group[16] = {};
@@ -236,6 +240,11 @@ class Bt final : public Engine, public mem::CodeWatcher, public mem::TlbListener
   // Blocks: all live objects (freed at cache flush), the lookup map, and per
   // physical page the blocks translated from it.
   std::vector<bt::Block*> blocks_;
+  // Block entries reached once (tiered translation): fingerprints of their
+  // keys, direct-mapped; a collision only makes a block translate early.
+  std::vector<u64> seen_;
+  static constexpr size_t kSeenSize = size_t(1) << 16;
+  bool cold_ = false;  // cached_block found the block not reached before
   // Blocks and callout sites live in arena_ (destroyed and reused at flush).
   bt::Arena arena_;
   // The lookup table: chained through Block::hnext, power-of-two buckets.

@@ -3,6 +3,7 @@
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstring>
 
 #include "base/error.h"
@@ -30,8 +31,15 @@ PhysMem::PhysMem(u64 ram_size) : ram_size_(ram_size) {
   madvise(ram_, ram_size, MADV_HUGEPAGE);  // advice only: without THP it stays 4 KiB pages
   npages_ = ram_size >> kPageShift;
   code_.assign(npages_, 0);
-  // The VGA hole and the pages around it are not plain RAM.
+  // The VGA hole: not RAM, and not to be reached through ram().
+  protect_non_ram(0xA0000, 0xC0000);
   for (u64 ppn = (0xA0000 >> kPageShift) - 1; ppn <= (0xC0000 >> kPageShift); ppn++) update_poison(ppn);
+}
+
+void PhysMem::protect_non_ram(u64 from, u64 to) {
+  to = std::min(to, ram_size_);
+  if (from < to && mprotect(ram_ + from, to - from, PROT_NONE) != 0)
+    throw Error(std::string("cannot protect guest RAM: ") + std::strerror(errno));
 }
 
 bool PhysMem::plain_ram(u64 ppn) const {
@@ -43,17 +51,13 @@ bool PhysMem::plain_ram(u64 ppn) const {
 }
 
 void PhysMem::update_poison(u64 ppn) {
-  // Only RAM pages' entries matter: an access starting past RAM faults anyway.
-  auto bad = [&](u64 q, bool write) { return !plain_ram(q) || (write && q < npages_ && code_[q]); };
+  // Only RAM pages' entries matter: a write starting past RAM faults anyway.
+  auto bad = [&](u64 q) { return !plain_ram(q) || code_[q]; };
   for (u64 q = ppn ? ppn - 1 : 0; q <= ppn && q < npages_; q++) {
-    const bool r = bad(q, false) || (q + 1 < npages_ && bad(q + 1, false));
-    const bool w = bad(q, true) || (q + 1 < npages_ && bad(q + 1, true));
-    u32& er = map(kReadMapOff)[q];
-    u32& ew = map(kWriteMapOff)[q];
-    const u32 nr = r ? kPoison : 0, nw = w ? kPoison : 0;
-    if (er != nr || ew != nw) poisons_set_++;
-    er = nr;
-    ew = nw;
+    const u32 v = bad(q) || (q + 1 < npages_ && bad(q + 1)) ? kPoison : 0;
+    u32& e = map(kWriteMapOff)[q];
+    if (e != v) poisons_set_++;
+    e = v;
   }
 }
 
@@ -67,6 +71,7 @@ void PhysMem::add_rom(u64 base, const std::vector<u8>& data) {
   r.data.resize((data.size() + kPageSize - 1) & ~u64(kPageSize - 1), 0xFF);
   const u64 end = base + r.data.size();
   roms_.push_back(std::move(r));
+  protect_non_ram(base, end);  // RAM under the ROM is never read or written
   for (u64 ppn = base >> kPageShift; ppn <= end >> kPageShift && ppn <= npages_; ppn++) update_poison(ppn);
 }
 
@@ -116,7 +121,7 @@ bool PhysMem::read_bytes(u64 pa, void* dst, u64 len) {
 
 void PhysMem::copy_contents_to(PhysMem& dst) const {
   if (dst.ram_size_ != ram_size_) throw Error("copy_contents_to: RAM sizes differ");
-  std::memcpy(dst.ram_, ram_, ram_size_);
+  for_each_range([&](u64 at, u64 len) { std::memcpy(dst.ram_ + at, ram_ + at, len); });
   dst.roms_.clear();
   for (const Rom& r : roms_) dst.add_rom(r.base, r.data);
 }

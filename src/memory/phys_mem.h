@@ -49,24 +49,40 @@ class PhysMem {
 
   // ---- direct access with paging off (the bt engine's fast path) ----
   // RAM sits at the start of a reservation of kDirectSpan bytes; all of it
-  // past RAM is inaccessible. Below RAM, at kReadMapOff and kWriteMapOff, two
-  // tables of one u32 per physical page (4 GiB of them) hold 0 where a plain
-  // access of up to 8 bytes starting in that page may use ram() + address,
-  // and kPoison where it may not: the page or the next one is not plain RAM
-  // (the VGA hole, a ROM over RAM) or, for writes, holds code. Generated code
-  // adds the entry to the address, so a poisoned access lands past RAM and
-  // faults (the engine turns the fault into its slow path).
+  // past RAM is inaccessible, and so are the pages of RAM no access may
+  // reach through ram() (the VGA hole, RAM under a ROM): generated code reads
+  // ram() + address, and a read there faults (the engine turns the fault
+  // into its slow path). Writes must also not reach pages holding code
+  // (which stay readable): below RAM, at kWriteMapOff, a table of one u32 per
+  // physical page (4 GiB of them) holds 0 where a write of up to 8 bytes
+  // starting in that page may go to ram() + address, and kPoison where it may
+  // not (the page or the next one holds code or is not plain RAM); generated
+  // code adds the entry to the address, and a poisoned write lands past RAM.
+  // Code that touches ram() wholesale uses for_each_range.
   static constexpr u64 kDirectSpan = u64(8) << 30;
-  static constexpr i64 kReadMapOff = -(i64(4) << 20);
-  static constexpr i64 kWriteMapOff = -(i64(8) << 20);
+  static constexpr i64 kWriteMapOff = -(i64(4) << 20);
   static constexpr u32 kPoison = 0xC0000000u;  // >= the largest RAM: past it
   bool in_direct_span(const void* p) const {
     return p >= ram_ && static_cast<const u8*>(p) < ram_ + kDirectSpan;
   }
+  // Page ppn is RAM reached through ram() (not the VGA hole, not under a ROM).
+  bool plain_ram(u64 ppn) const;
+  // Calls fn(offset, length) for the ranges of ram() that hold RAM (not the
+  // VGA hole, not RAM under a ROM), in order.
+  template <typename Fn>
+  void for_each_range(Fn fn) const {
+    u64 at = 0;
+    for (u64 p = 0; p <= npages_; p++) {
+      if (p < npages_ && plain_ram(p)) continue;
+      if ((p << kPageShift) > at) fn(at, (p << kPageShift) - at);
+      at = (p + 1) << kPageShift;
+    }
+  }
   u64 direct_poisons_set() const { return poisons_set_; }
-  // Whether a direct access at physical `pa` faults (it is not plain RAM).
+  // Whether a direct access at physical `pa` faults.
   bool direct_poisoned(u64 pa, bool write) const {
-    return (pa >> kPageShift) >= npages_ || map(write ? kWriteMapOff : kReadMapOff)[pa >> kPageShift];
+    const u64 p = pa >> kPageShift;
+    return p >= npages_ || !plain_ram(p) || (write && map(kWriteMapOff)[p]);
   }
   // Maps a read-only region (firmware). Copies the data; writes are ignored.
   void add_rom(u64 base, const std::vector<u8>& data);
@@ -127,9 +143,10 @@ class PhysMem {
 
  private:
   void code_written(u64 ppn);
-  // Recomputes the direct-access tables' entries for pages ppn-1 and ppn.
+  // Recomputes the write table's entries for pages ppn-1 and ppn.
   void update_poison(u64 ppn);
-  bool plain_ram(u64 ppn) const;
+  // Makes ram() in [from, to) inaccessible (not RAM: direct reads fault).
+  void protect_non_ram(u64 from, u64 to);
   u32* map(i64 off) const { return reinterpret_cast<u32*>(ram_ + off); }
   struct Rom {
     u64 base;

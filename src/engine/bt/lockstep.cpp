@@ -133,9 +133,13 @@ void Lockstep::after_block() {
 
 void Lockstep::compare_all_memory() {
   full_compares_++;
-  if (std::memcmp(pm_.ram(), spm_.ram(), pm_.ram_size()) != 0) {
-    u64 k = 0;
+  u64 k = ~u64(0);
+  pm_.for_each_range([&](u64 at, u64 len) {
+    if (k != ~u64(0) || std::memcmp(pm_.ram() + at, spm_.ram() + at, len) == 0) return;
+    k = at;
     while (pm_.ram()[k] == spm_.ram()[k]) k++;
+  });
+  if (k != ~u64(0)) {
     char buf[120];
     std::snprintf(buf, sizeof buf, "guest RAM differs at physical %#llx (full comparison): bt %02x, interp %02x",
                   (unsigned long long)k, pm_.ram()[k], spm_.ram()[k]);

@@ -761,14 +761,16 @@ class Emitter : public CodeGenerator {
       case Site::A_EDI: mov(r8d, edi); break;
     }
     if (direct) {
-      // r8 += the page's poison (0, or past RAM: the access then faults and
-      // the SIGSEGV handler resumes at this slow path), then + RAM's base.
+      // r8 = RAM's base + the address (+ for a write the page's poison: 0,
+      // or past RAM). An access that may not go straight to RAM then faults
+      // and the SIGSEGV handler resumes at this slow path.
       s.site->phys = true;
       bt_.bstats().direct_accesses++;
-      const i64 map = write ? mem::PhysMem::kWriteMapOff : mem::PhysMem::kReadMapOff;
-      shrx(r9d, r8d, r13d);
-      mov(r9d, dword[r13 + r9 * 4 + int(map - 12)]);
-      lea(r8, ptr[r8 + r9]);
+      if (write) {
+        shrx(r9d, r8d, r13d);
+        mov(r9d, dword[r13 + r9 * 4 + int(mem::PhysMem::kWriteMapOff - 12)]);
+        lea(r8, ptr[r8 + r9]);
+      }
       lea(r8, ptr[r13 + r8 - 12]);
       s.direct_from = here();
       return s;

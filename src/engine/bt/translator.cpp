@@ -627,8 +627,9 @@ class Emitter : public CodeGenerator {
       else if (hreg(i.reg) >= 8) rex |= 4;
     }
     if (i.mem) {
-      rm_field = 0;  // [r8]
+      rm_field = direct_form_ ? 4 : 0;  // [r8], or SIB with base r13 (direct)
       rex |= 1;
+      if (direct_form_ == 1 || (direct_form_ == 2 && hreg(i.base) >= 8)) rex |= 2;  // REX.X
     } else {
       rm_field = i.rm & 7;
       if (rm_size == 1) hi8 |= i.rm >= 4;
@@ -651,7 +652,19 @@ class Emitter : public CodeGenerator {
     db(opc);
     u8 ext = reg_field;
     if (i.op == Op::TEST_EbIb1 || i.op == Op::TEST_EvIz1) ext = 0;
-    db(u8((i.mem ? 0x00 : 0xC0) | (ext << 3) | rm_field));
+    if (i.mem && direct_form_) {
+      // [r13 + r8 - 12] or [r13 + base + disp - 12] (r13 = RAM + 12).
+      const i64 disp = direct_form_ == 1 ? -12 : i64(i32(i.disp)) - 12;
+      const bool d8 = disp >= -128 && disp <= 127;
+      const unsigned index = direct_form_ == 1 ? 0 : unsigned(hreg(i.base)) & 7;
+      db(u8((d8 ? 0x40 : 0x80) | (ext << 3) | 4));
+      db(u8((index << 3) | 5));  // scale 1, base r13
+      if (d8) db(u8(i8(disp)));
+      else dd(u32(i32(disp)));
+      direct_form_ = 0;
+    } else {
+      db(u8((i.mem ? 0x00 : 0xC0) | (ext << 3) | rm_field));
+    }
     for (unsigned k = 0; k < imm_len; k++) db(bytes[i.len - imm_len + k]);
   }
 
@@ -751,6 +764,18 @@ class Emitter : public CodeGenerator {
     s.site->size = u8(size);
     s.site->write = write;
     s.site->addr = addr;
+    // A direct read of [base + disp] (disp >= 0) the caller re-encodes: the
+    // access itself addresses [r13 + base + disp - 12] (a sum past 4 GiB
+    // lands in the inaccessible rest of the reservation and faults: the slow
+    // path then wraps it as the CPU does).
+    if (direct && direct_fold_ok_ && !write && addr == Site::A_EA && i.asize == 4 && i.index == kNoReg &&
+        i.base != kNoReg && i32(i.disp) >= 0) {
+      s.site->phys = true;
+      bt_.bstats().direct_accesses++;
+      direct_form_ = 2;
+      s.direct_from = here();
+      return s;
+    }
     switch (addr) {
       case Site::A_EA: ea_to_r8(i); break;
       case Site::A_PUSH: lea(r8d, ptr[r12 - 4]); break;
@@ -771,7 +796,8 @@ class Emitter : public CodeGenerator {
         mov(r9d, dword[r13 + r9 * 4 + int(mem::PhysMem::kWriteMapOff - 12)]);
         lea(r8, ptr[r8 + r9]);
       }
-      lea(r8, ptr[r13 + r8 - 12]);
+      if (direct_fold_ok_) direct_form_ = 1;  // the access addresses [r13 + r8 - 12]
+      else lea(r8, ptr[r13 + r8 - 12]);
       s.direct_from = here();
       return s;
     }
@@ -924,6 +950,12 @@ class Emitter : public CodeGenerator {
   // every flag it leaves is dead: it may run on any host flags.
   bool out_dead_ = false;
   bool in_rep_ = false;  // rep_string: host string instructions move guest registers first
+  // Direct accesses (paging off) the generic re-encoder emits: the caller
+  // re-encodes the access right after mem_access (direct_fold_ok_), which
+  // then says how the operand is addressed (0 [r8], 1 [r13 + r8 - 12],
+  // 2 [r13 + base + disp - 12]).
+  bool direct_fold_ok_ = false;
+  u8 direct_form_ = 0;
   bool partial_output_dead(unsigned k, unsigned n) const;
   bool quiet_reg_op(const Insn& i) const;
   std::vector<Slow> slows_;
@@ -1692,7 +1724,9 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
       m.base = m.index = kNoReg;
       st.native_insns++;
       const unsigned size = byte ? 1 : i.osize;
+      direct_fold_ok_ = true;
       Slow& s = mem_access(i, eip, pa, i.seg, size, !load, Site::A_MOFFS);  // moffs is in imm
+      direct_fold_ok_ = false;
       Native n;
       n.ok = true;
       n.rm = load ? RM_R : RM_W;
@@ -1729,7 +1763,9 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
       if (!i.mem) {
         reencode(i, n, bytes);
       } else {
+        direct_fold_ok_ = true;
         Slow& s = mem_access(i, eip, pa, i.seg, n.rm_size, n.rm == RM_W || n.rm == RM_RW, Site::A_EA);
+        direct_fold_ok_ = false;
         reencode(i, n, bytes);
         s.done = here();
       }

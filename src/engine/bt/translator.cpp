@@ -1120,8 +1120,11 @@ bool Emitter::partial_output_dead(unsigned k, unsigned n) const {
 }
 
 void Emitter::rep_string(const Insn& i, u32 eip, u64 pa, unsigned size) {
-  const bool scas = i.op == Op::SCASB;
-  const bool movs = i.op == Op::MOVSB || i.op == Op::MOVSV;
+  // SCAS and CMPS compare (they stop on the flags and leave them);
+  // MOVS and CMPS have a source operand.
+  const bool cmps = i.op == Op::CMPSB;
+  const bool scas = i.op == Op::SCASB || cmps;
+  const bool movs = i.op == Op::MOVSB || i.op == Op::MOVSV || cmps;
   const unsigned shift = size == 4 ? 2 : 0;
   // The guest flags go to Rt::hf: the checks below clobber the host's, and a
   // fault on the first element must see them. REPNE SCASB with ECX = 0 keeps
@@ -1149,6 +1152,7 @@ void Emitter::rep_string(const Insn& i, u32 eip, u64 pa, unsigned size) {
     mov(qword[rsp - 16], r8);
   }
   Slow& dst = mem_access(i, eip, pa, ES, size, !scas, Site::A_EDI, true);
+  // (A comparison reads both: neither is written.)
   in_rep_ = false;
   // r9d = elements to do here: min(ECX, room in the page(s)).
   room(r9d, edi, ES, size);
@@ -1174,10 +1178,18 @@ void Emitter::rep_string(const Insn& i, u32 eip, u64 pa, unsigned size) {
   mov(rdi, r8);
   mov(ecx, r9d);
   if (scas) {
-    db(0xF2); db(0xAE);  // repne scasb
-    // Flag-free: d = n - remaining; EDI += d; ECX -= d.
+    if (cmps) {
+      db((i.prefixes & P_REPNE) ? 0xF2 : 0xF3); db(0xA6);  // repe/repne cmpsb
+    } else {
+      db(0xF2); db(0xAE);  // repne scasb
+    }
+    // Flag-free: d = n - remaining; (ESI += d;) EDI += d; ECX -= d.
     not_(ecx);
     lea(r8d, ptr[r9 + rcx + 1]);
+    if (cmps) {
+      mov(rsi, qword[rsp - 8]);
+      lea(esi, ptr[rsi + r8]);
+    }
     lea(edi, ptr[r11 + r8]);
     not_(r8d);
     lea(ecx, ptr[r10 + r8 + 1]);
@@ -1199,7 +1211,8 @@ void Emitter::rep_string(const Insn& i, u32 eip, u64 pa, unsigned size) {
   more.site = new_site(i, eip, pa, false, false);
   more.site->rep_resume = true;
   if (scas) {
-    const u32 found = jcc32(4);  // jz: the byte was found
+    // Stopped on the compare: REPNE when equal, REPE when not.
+    const u32 found = jcc32((i.prefixes & P_REPNE) ? 4 : 5);  // jz / jnz
     db(0x67); db(0xE3); db(5);   // jecxz over the jmp: ECX ran out
     more.entry_fix = jmp32();
     more.parked = false;  // the host flags are the guest's
@@ -1432,7 +1445,7 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
     st.native_insns++;
     return Done::next;
   }
-  // REP MOVS/STOS and REPNE SCASB forward: the host's own string instruction
+  // REP MOVS/STOS, REPNE SCASB and REPE/REPNE CMPSB forward: the host's own string instruction
   // over the part that lies in one page of each operand; the rest of a
   // longer run continues through the semantics.
   // (Base-0 segments only: a chunk then never wraps past offset 4 GiB unseen.)
@@ -1440,7 +1453,8 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
       (b_->mode & m_base0(ES)) &&
       (((i.op == Op::MOVSB || i.op == Op::MOVSV) && (b_->mode & m_base0(i.seg))) ||
        i.op == Op::STOSB || i.op == Op::STOSV ||
-       (i.op == Op::SCASB && (i.prefixes & P_REPNE))) &&
+       (i.op == Op::SCASB && (i.prefixes & P_REPNE)) ||
+       (i.op == Op::CMPSB && (b_->mode & m_base0(i.seg)))) &&
       ((info.attrs & B) || i.osize == 4)) {
     st.native_insns++;
     rep_string(i, eip, pa, (info.attrs & B) ? 1 : 4);

@@ -748,6 +748,9 @@ class Emitter : public CodeGenerator {
     if (direct) {
       if (clobber) fl_ = Fl::parked;
       s.parked = fl_ == Fl::parked;
+      // After a partial recipe's P the host flags are not all the guest's:
+      // a fault here recomputes them.
+      if (use_recipe_ >= 0 && recipes_[size_t(use_recipe_)].partial && fl_ == Fl::dirty) s.recipe = use_recipe_;
     } else if (!clobber && use_recipe_ >= 0 && fl_ == Fl::dirty) {
       // The flags are the last producer's, recomputable on the slow path.
       clobber = true;
@@ -937,13 +940,18 @@ class Emitter : public CodeGenerator {
     const u8* bytes;
     bool stashed;  // P's destination before P is at [rsp - 24]
     bool dest_is_reg;  // P writes ModRM.reg (else ModRM.rm, or nothing)
+    // P writes only some flags (IMUL here): the rest are the flags before
+    // P, which must then be parked (in Rt::hf) at P; P runs on any host
+    // flags, and the slow path restores Rt::hf before running P again.
+    bool partial = false;
+    unsigned f = 0;  // F's index in the block
   };
   std::vector<Recipe> recipes_;
   int use_recipe_ = -1;          // F's memory access may use this recipe
   std::vector<int> recipe_for_;  // per instruction index: the recipe P makes / F uses
   std::vector<u8> recipe_role_;  // 0 none, 1 P, 2 F
   static constexpr int kStash = -24;
-  bool recipe_producer(const Insn& i, bool* writes, bool* dest_is_reg) const;
+  bool recipe_producer(const Insn& i, bool* writes, bool* dest_is_reg, bool* partial) const;
   void plan_recipes(unsigned n);
   void emit_recipe(const Recipe& r);
   // The instruction being emitted writes only some flags, reads none, and
@@ -966,10 +974,19 @@ bool Emitter::direct_slow(u64 pa) const { return bt_.is_direct_slow(pa); }
 
 // P of a flag recipe: a register-only 32-bit ALU op, TEST or shift by an
 // immediate that defines all six flags and is re-encoded as it is.
-bool Emitter::recipe_producer(const Insn& i, bool* writes, bool* dest_is_reg) const {
-  if (i.mem || i.osize != 4 || i.asize != 4 || (i.info().attrs & B) || !defines_all_flags(i)) return false;
+bool Emitter::recipe_producer(const Insn& i, bool* writes, bool* dest_is_reg, bool* partial) const {
+  if (i.mem || i.osize != 4 || i.asize != 4 || (i.info().attrs & B)) return false;
   if (bt_.interp_group_mask() & (1u << group_of(i))) return false;
   *dest_is_reg = false;
+  *partial = !defines_all_flags(i);
+  if (*partial) {
+    // IMUL r32, r/m32 (, imm): on hosts where it keeps SF/ZF/AF/PF.
+    if (i.op != Op::IMUL_GvEv && i.op != Op::IMUL_GvEvIz && i.op != Op::IMUL_GvEvIb) return false;
+    *writes = true;
+    *dest_is_reg = true;
+    const Native nat = native_of(i);
+    return nat.ok && can_reencode(i, nat);
+  }
   switch (i.op) {
     case Op::ADD_EvGv: case Op::OR_EvGv: case Op::AND_EvGv: case Op::SUB_EvGv: case Op::XOR_EvGv:
     case Op::ADD_EvIz: case Op::OR_EvIz: case Op::AND_EvIz: case Op::SUB_EvIz: case Op::XOR_EvIz:
@@ -1000,8 +1017,8 @@ void Emitter::plan_recipes(unsigned n) {
   recipe_role_.assign(n, 0);
   for (unsigned k = 0; k + 1 < n; k++) {
     const Insn& p = pre_[k].i;
-    bool writes, dest_is_reg;
-    if (!recipe_producer(p, &writes, &dest_is_reg)) continue;
+    bool writes, dest_is_reg, partial;
+    if (!recipe_producer(p, &writes, &dest_is_reg, &partial)) continue;
     // P's operands that must not change before F (its destination is kept).
     const bool has_reg_src = native_of(p).reg_is_reg;  // r, r forms read ModRM.reg too
     auto conflicts = [&](unsigned r) {
@@ -1043,7 +1060,7 @@ void Emitter::plan_recipes(unsigned n) {
           recipe_role_[k] = 1;
           recipe_for_[j] = int(recipes_.size());
           recipe_role_[j] = 2;
-          recipes_.push_back(Recipe{p, pre_[k].bytes, writes, dest_is_reg});
+          recipes_.push_back(Recipe{p, pre_[k].bytes, writes, dest_is_reg, partial, j});
           bt_.bstats().flag_recipes++;
           k = j;  // not overlapping
         }
@@ -1056,6 +1073,14 @@ void Emitter::plan_recipes(unsigned n) {
 // Runs P again on its operands as they were: the host flags become the
 // guest's. Clobbers r10.
 void Emitter::emit_recipe(const Recipe& r) {
+  if (r.partial) {
+    // The flags P leaves are those before it, in Rt::hf.
+    mov(r11, rax);
+    mov(ax, word[r14 + kHfOff]);
+    add(al, 0x7F);
+    sahf();
+    mov(rax, r11);
+  }
   Insn q = r.p;
   int reg_host = -1;
   if (r.stashed) {
@@ -1861,7 +1886,17 @@ void Emitter::run(u32 max_insns) {
     // unless it only writes some of them and what it leaves is dead.
     out_dead_ = partial_output_dead(idx_, n);
     if (out_dead_) st.flag_restores_skipped++;
-    if (fl_ == Fl::parked && needs_flags(i) && !is_callout_only(i) && !out_dead_) restore_flags();
+    // A partial recipe's P needs the flags before it parked (else F goes
+    // without the recipe), and then runs on any host flags.
+    bool partial_p = false;
+    if (recipe_role_[idx_] == 1) {
+      const Recipe& r = recipes_[size_t(recipe_for_[idx_])];
+      if (r.partial) {
+        if (fl_ == Fl::parked) partial_p = true;
+        else recipe_role_[r.f] = 0;
+      }
+    }
+    if (fl_ == Fl::parked && needs_flags(i) && !is_callout_only(i) && !out_dead_ && !partial_p) restore_flags();
     use_recipe_ = -1;
     if (recipe_role_[idx_] == 1 && recipes_[size_t(recipe_for_[idx_])].stashed) {
       const Recipe& r = recipes_[size_t(recipe_for_[idx_])];

@@ -171,6 +171,33 @@ TEST_P(EngineTest, RepMovsCopiesAndLoopsTerminate) {
   EXPECT_EQ(vm.s.gpr[ECX], 0u);
 }
 
+// REP MOVSD and REP STOSD over several pages, from offsets that make every
+// chunk end at a different page boundary of source and destination, and one
+// long enough to pass a yield point (ECX a multiple of 65536).
+TEST_P(EngineTest, RepMovsAndStosOverManyPages) {
+  TestVm vm(GetParam());
+  std::vector<u8> src(5 * 4096);
+  for (unsigned k = 0; k < src.size(); k++) src[k] = u8(k * 13 + (k >> 8));
+  vm.pm.write_bytes(0x20ff0, src.data(), src.size());
+  // mov esi, 0x20ff0 ; mov edi, 0x30a04 ; mov ecx, 5000 ; rep movsd ;
+  // mov edi, 0x40002 ; mov eax, 0x11223344 ; mov ecx, 0x10010 ; rep stosd ; hlt
+  vm.code(0x1000, {0xBE, 0xF0, 0x0F, 0x02, 0, 0xBF, 0x04, 0x0A, 0x03, 0, 0xB9, 0x88, 0x13, 0, 0, 0xF3,
+                   0xA5, 0xBF, 0x02, 0, 0x04, 0, 0xB8, 0x44, 0x33, 0x22, 0x11, 0xB9, 0x10, 0, 1, 0,
+                   0xF3, 0xAB, 0xF4});
+  vm.s.eip = 0x1000;
+  for (int k = 0; k < 100 && !vm.s.halted; k++) vm.run(10000);
+  ASSERT_TRUE(vm.s.halted);
+  std::vector<u8> dst(20000);
+  vm.pm.read_bytes(0x30a04, dst.data(), dst.size());
+  EXPECT_TRUE(std::equal(dst.begin(), dst.end(), src.begin()));
+  EXPECT_EQ(vm.s.gpr[ESI], 0x20ff0u + 20000);
+  EXPECT_EQ(vm.s.gpr[EDI], 0x40002u + 0x10010 * 4);
+  EXPECT_EQ(vm.s.gpr[ECX], 0u);
+  EXPECT_EQ(vm.rd32(0x40002), 0x11223344u);
+  EXPECT_EQ(vm.rd32(0x40002 + 0x1000F * 4), 0x11223344u);
+  EXPECT_EQ(vm.rd32(0x40002 + 0x10010 * 4), 0u);
+}
+
 TEST_P(EngineTest, RepneScasbFindsAByteAcrossAPage) {
   TestVm vm(GetParam());
   // A 5000-byte run of 'a' from 0x20F00 (crossing into the next page), then 0.

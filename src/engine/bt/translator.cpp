@@ -1170,6 +1170,7 @@ void Emitter::rep_string(const Insn& i, u32 eip, u64 pa, unsigned size) {
   // From here on at least one element is done: the flags before are dead.
   // (Checked lookups even with paging off: a fault inside the host's REP
   // would find guest registers already replaced.)
+  const u32 again = here();  // MOVS/STOS go on with the next page from here
   Slow* src = nullptr;
   in_rep_ = true;
   if (movs) {
@@ -1243,8 +1244,14 @@ void Emitter::rep_string(const Insn& i, u32 eip, u64 pa, unsigned size) {
     more.parked = false;  // the host flags are the guest's
     bind(found);
   } else {
+    // Not finished: the next page(s) the same way, unless ECX is at a
+    // yield point (a non-zero multiple of 65536: the semantics stop there).
     test(ecx, ecx);
-    more.entry_fix = jcc32(5);  // jnz
+    const u32 fin = jcc32(4);   // jz
+    test(cx, cx);
+    more.entry_fix = jcc32(4);  // jz: a yield point
+    jmp_back(again);
+    bind(fin);
     more.parked = true;
     fl_ = Fl::parked;
   }
@@ -1471,8 +1478,8 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
     return Done::next;
   }
   // REP MOVS/STOS, REPNE SCASB and REPE/REPNE CMPSB forward: the host's own string instruction
-  // over the part that lies in one page of each operand; the rest of a
-  // longer run continues through the semantics.
+  // over the part that lies in one page of each operand; MOVS/STOS then go on
+  // with the next pages, the comparisons continue through the semantics.
   // (Base-0 segments only: a chunk then never wraps past offset 4 GiB unseen.)
   if (!interp_only && i.rep() && i.asize == 4 && !(b_->mode & M_DF) && !direct_slow(pa) &&
       (b_->mode & m_base0(ES)) &&

@@ -12,7 +12,7 @@
 
 namespace popek::x86 {
 
-// Long REP MOVS/STOS/SCAS runs leave EIP on the instruction (so interrupts
+// Long REP MOVS/STOS/SCAS/CMPS runs leave EIP on the instruction (so interrupts
 // come in) whenever, after at least one element, ECX is a non-zero multiple of
 // 65536: a point that depends only on ECX, so every engine and fast path
 // (page-at-a-time copies, translated loops) yields at the same places.

@@ -634,6 +634,10 @@ u64 Bt::callout(Site* site) {
     }
     la += s_.seg[site->seg].base;
   }
+  // INVLPG of a page the block's code is not on may go on in the block (the
+  // jump cache and the TLB follow it by themselves; see below).
+  u32 inv_page = 1;  // not a page address
+  if (site->insn.op == Op::INVLPG) inv_page = (cpu_.ea(site->insn) + s_.seg[site->insn.seg].base) & ~0xFFFu;
   try {
     // A REP the generated code took to a yield point stops there, as the
     // semantics would have.
@@ -683,6 +687,11 @@ u64 Bt::callout(Site* site) {
   // during the next instruction, and the semantics clear the shadow first.
   if (s_.intr_shadow && !s_.intr_line && site->idx + 1u < b->n) s_.intr_shadow = 0;
   // (A slow path is an ordinary instruction: it changes no segment, CPL or DF.)
+  if (inv_page != 1 && !exit && mmu_.epoch() != entry_epoch_ && inv_page != ((b->cs_base + b->eip) & ~0xFFFu) &&
+      !(b->crosses && inv_page == b->second_page_la())) {
+    entry_epoch_ = mmu_.epoch();
+    st_.invlpg_continues++;
+  }
   if (mmu_.epoch() != entry_epoch_ || (s_.eflags & TF) || (s_.intr_shadow && !site->shadow_ok) ||
       step_.event_ready()) {
     exit = true;
@@ -957,6 +966,7 @@ std::vector<std::pair<std::string, u64>> Bt::stats() const {
       {"bt.callouts_slow_memory", st_.callouts_slow_mem},
       {"bt.callout_exits", st_.callout_exits},
       {"bt.callout_continues", st_.callout_continues},
+      {"bt.invlpg_continues", st_.invlpg_continues},
       {"bt.seg_loads_remembered", st_.seg_loads_cached},
       {"bt.smc_exits", st_.smc_exits},
       {"bt.direct_accesses", st_.direct_accesses},

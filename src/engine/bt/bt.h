@@ -120,6 +120,7 @@ struct BtStats {
   u64 callouts_slow_mem = 0;  // memory operands that missed the inline TLB
   u64 callout_exits = 0;
   u64 callout_continues = 0;  // callouts that went on to the next block themselves
+  u64 invlpg_continues = 0;   // INVLPGs after which the block went on (not its own code page)
   u64 seg_loads_cached = 0;   // segment loads the inline path may repeat
   u64 adaptive_retranslations = 0;
   u64 adaptive_direct_calls = 0;  // slow paths taken directly after retranslation

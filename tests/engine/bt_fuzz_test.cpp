@@ -118,11 +118,22 @@ struct Gen {
       }
       case 9: {                      // bit tests, shld/shrd, cmpxchg, xadd
         static const u8 ops[] = {0xA3, 0xAB, 0xB3, 0xBB, 0xA5, 0xAD, 0xB0, 0xB1, 0xC0, 0xC1};
-        b(0x0F);
         const u8 op = ops[r(sizeof ops)];
+        const bool bt_reg = op == 0xA3 || op == 0xAB || op == 0xB3 || op == 0xBB;
+        // Register bit offsets into memory reach far: a small signed offset
+        // loaded just before (not into ESP), or a register operand.
+        const unsigned off = r(8);
+        if (bt_reg && off != 4 && r(2)) {
+          b(u8(0xB8 + off));
+          d(u32(i32(r(512)) - 256));  // mov off, -256..255
+          b(0x0F);
+          b(op);
+          modrm(off, true);
+          break;
+        }
+        b(0x0F);
         b(op);
-        // Register bit offsets into memory reach far: keep those in registers.
-        if (op == 0xA3 || op == 0xAB || op == 0xB3 || op == 0xBB) b(u8(0xC0 | (r(8) << 3) | r(8)));
+        if (bt_reg) b(u8(0xC0 | (off << 3) | r(8)));
         else modrm(r(8));
         break;
       }

@@ -780,7 +780,10 @@ class Emitter : public CodeGenerator {
       return s;
     }
     switch (addr) {
-      case Site::A_EA: ea_to_r8(i); break;
+      case Site::A_EA:
+        ea_to_r8(i);
+        if (bt_index_) lea(r8d, ptr[r8 + r10 * 4]);
+        break;
       case Site::A_PUSH: lea(r8d, ptr[r12 - 4]); break;
       case Site::A_POP: mov(r8d, r12d); break;
       case Site::A_EBP: mov(r8d, ebp); break;
@@ -964,6 +967,9 @@ class Emitter : public CodeGenerator {
   // 2 [r13 + base + disp - 12]).
   bool direct_fold_ok_ = false;
   u8 direct_form_ = 0;
+  // BT/BTS/BTR/BTC on memory with a register bit offset: r10 holds the
+  // offset's dword index, added to the effective address.
+  bool bt_index_ = false;
   bool partial_output_dead(unsigned k, unsigned n) const;
   bool quiet_reg_op(const Insn& i) const;
   std::vector<Slow> slows_;
@@ -1652,6 +1658,31 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
       default: break;
     }
     return callout(i, eip, pa, true);
+  }
+
+  // BT/BTS/BTR/BTC m32, r32: the operand is the dword at EA + 4 * (offset
+  // >> 5) (signed), the bit offset & 31 in it; the host's instruction on
+  // that dword with the masked offset.
+  if ((i.op == Op::BT_EvGv || i.op == Op::BTS_EvGv || i.op == Op::BTR_EvGv || i.op == Op::BTC_EvGv) &&
+      i.mem && i.osize == 4 && mem_native && !i.rep() && !(i.prefixes & P_LOCK)) {
+    st.native_insns++;
+    const Reg32 off(hreg(i.reg));
+    save_flags();
+    fl_ = Fl::parked;
+    mov(r10d, off);
+    sar(r10d, 5);
+    bt_index_ = true;
+    Slow& s = mem_access(i, eip, pa, i.seg, 4, i.op != Op::BT_EvGv, Site::A_EA, true);
+    bt_index_ = false;
+    mov(r9d, off);
+    and_(r9d, 31);
+    restore_flags();  // the flags BT leaves are the guest's
+    db(0x45); db(0x0F);
+    db(i.op == Op::BT_EvGv ? 0xA3 : i.op == Op::BTS_EvGv ? 0xAB : i.op == Op::BTR_EvGv ? 0xB3 : 0xBB);
+    db(0x08);  // [r8], r9d
+    fl_ = Fl::dirty;
+    s.done = here();
+    return Done::next;
   }
 
   // Stack operations.

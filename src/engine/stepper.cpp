@@ -112,19 +112,8 @@ void Stepper::execute(const Insn& i, Handler fn) {
   }
 }
 
-void Stepper::run_insns(u64 end, u64 max) {
-  for (u64 n = 0; n < max; n++) {
-    const Entry& e = fetch();
-    if (POPEK_UNLIKELY(trace_ != nullptr)) trace(e);
-    execute(e.insn, e.fn);
-    if (POPEK_UNLIKELY(cpu_.stop != StopReason::none)) return;
-    if (POPEK_UNLIKELY(s_.intr_line && (s_.eflags & IF) && !s_.intr_shadow)) return;
-    if (POPEK_UNLIKELY(s_.nmi_pending)) return;
-    if (s_.icount >= end) return;
-  }
-}
-
-void Stepper::run_block(u64 end, u64 max) {
+template <bool kOneBlock>
+void Stepper::run(u64 end, u64 max) {
   for (u64 n = 0; n < max; n++) {
     const Entry& e = fetch();
     if (POPEK_UNLIKELY(trace_ != nullptr)) trace(e);
@@ -134,9 +123,13 @@ void Stepper::run_block(u64 end, u64 max) {
     if (POPEK_UNLIKELY(cpu_.stop != StopReason::none)) return;
     if (POPEK_UNLIKELY(s_.intr_line && (s_.eflags & IF) && !s_.intr_shadow)) return;
     if (POPEK_UNLIKELY(s_.nmi_pending)) return;
-    if (s_.icount >= end || s_.eip != next || s_.seg[x86::CS].sel != cs) return;
+    if (s_.icount >= end) return;
+    if (kOneBlock && (s_.eip != next || s_.seg[x86::CS].sel != cs)) return;
   }
 }
+
+void Stepper::run_insns(u64 end, u64 max) { run<false>(end, max); }
+void Stepper::run_block(u64 end, u64 max) { run<true>(end, max); }
 
 void Stepper::deliver_pending() {
   if (s_.nmi_pending && !s_.nmi_blocked) {

@@ -96,6 +96,8 @@ class Stepper final : public mem::CodeWatcher {
   void code_page_written(u64 ppn) override;
 
  private:
+  template <bool kOneBlock>
+  void run(u64 end, u64 max);
   static constexpr unsigned kCacheBits = 15;
   void trace(const Entry& e);
   u32 gen(u64 ppn) const { return ppn < gens_.size() ? gens_[ppn] : 0; }

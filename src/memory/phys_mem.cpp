@@ -44,10 +44,7 @@ void PhysMem::protect_non_ram(u64 from, u64 to) {
 
 bool PhysMem::plain_ram(u64 ppn) const {
   const u64 pa = ppn << kPageShift;
-  if (!is_ram(pa)) return false;
-  for (auto& r : roms_)
-    if (pa >= r.base && pa - r.base < r.data.size()) return false;
-  return true;
+  return is_ram(pa) && !rom_at(pa);
 }
 
 void PhysMem::update_poison(u64 ppn) {
@@ -55,9 +52,7 @@ void PhysMem::update_poison(u64 ppn) {
   auto bad = [&](u64 q) { return !plain_ram(q) || code_[q]; };
   for (u64 q = ppn ? ppn - 1 : 0; q <= ppn && q < npages_; q++) {
     const u32 v = bad(q) || (q + 1 < npages_ && bad(q + 1)) ? kPoison : 0;
-    u32& e = map(kWriteMapOff)[q];
-    if (e != v) poisons_set_++;
-    e = v;
+    map(kWriteMapOff)[q] = v;
   }
 }
 
@@ -76,9 +71,8 @@ void PhysMem::add_rom(u64 base, const std::vector<u8>& data) {
 }
 
 PhysMem::Page PhysMem::page(u64 pa) const {
-  for (auto& r : roms_)
-    if (pa >= r.base && pa - r.base < r.data.size())
-      return {const_cast<u8*>(r.data.data()) + ((pa - r.base) & ~u64(kPageSize - 1)), true};
+  if (const Rom* r = rom_at(pa))
+    return {const_cast<u8*>(r->data.data()) + ((pa - r->base) & ~u64(kPageSize - 1)), true};
   if (is_ram(pa)) return {ram_ + (pa & ~u64(kPageSize - 1)), false};
   return {nullptr, false};
 }

@@ -78,7 +78,6 @@ class PhysMem {
       at = (p + 1) << kPageShift;
     }
   }
-  u64 direct_poisons_set() const { return poisons_set_; }
   // Whether a direct access at physical `pa` faults.
   bool direct_poisoned(u64 pa, bool write) const {
     const u64 p = pa >> kPageShift;
@@ -152,8 +151,13 @@ class PhysMem {
     u64 base;
     std::vector<u8> data;
   };
+  // The ROM that covers `pa`, if any.
+  const Rom* rom_at(u64 pa) const {
+    for (const Rom& r : roms_)
+      if (pa >= r.base && pa - r.base < r.data.size()) return &r;
+    return nullptr;
+  }
   u8* map_ = nullptr;  // the reservation; ram_ is a 2 MiB boundary in it
-  u64 poisons_set_ = 0;
   u8* ram_ = nullptr;
   u64 ram_size_ = 0;
   u64 map_size_ = 0;

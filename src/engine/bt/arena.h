@@ -38,7 +38,6 @@ class Arena {
     cur_ = kNone;
     used_ = 0;
   }
-  size_t bytes_mapped() const { return chunks_.size() * kChunk; }
   size_t bytes_used() const { return cur_ == kNone ? 0 : cur_ * kChunk + used_; }
 
  private:

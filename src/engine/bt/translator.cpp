@@ -746,6 +746,8 @@ class Emitter : public CodeGenerator {
     // yet saved, or the instruction needs the guest's flags as input.
     bool clobber = fl_ != Fl::dirty && (flags_dead || (!direct && (out_dead_ || !needs_flags(i))));
     if (direct) {
+      s.site->phys = true;
+      bt_.bstats().direct_accesses++;
       if (clobber) fl_ = Fl::parked;
       s.parked = fl_ == Fl::parked;
       // After a partial recipe's P the host flags are not all the guest's:
@@ -773,8 +775,6 @@ class Emitter : public CodeGenerator {
     // path then wraps it as the CPU does).
     if (direct && direct_fold_ok_ && !write && addr == Site::A_EA && i.asize == 4 && i.index == kNoReg &&
         i.base != kNoReg && i32(i.disp) >= 0) {
-      s.site->phys = true;
-      bt_.bstats().direct_accesses++;
       direct_form_ = 2;
       s.direct_from = here();
       return s;
@@ -795,8 +795,6 @@ class Emitter : public CodeGenerator {
       // r8 = RAM's base + the address (+ for a write the page's poison: 0,
       // or past RAM). An access that may not go straight to RAM then faults
       // and the SIGSEGV handler resumes at this slow path.
-      s.site->phys = true;
-      bt_.bstats().direct_accesses++;
       if (write) {
         shrx(r9d, r8d, r13d);
         mov(r9d, dword[r13 + r9 * 4 + int(mem::PhysMem::kWriteMapOff - 12)]);
@@ -1077,16 +1075,9 @@ void Emitter::plan_recipes(unsigned n) {
 }
 
 // Runs P again on its operands as they were: the host flags become the
-// guest's. Clobbers r10.
+// guest's. Clobbers r10 (and r11 for a partial P).
 void Emitter::emit_recipe(const Recipe& r) {
-  if (r.partial) {
-    // The flags P leaves are those before it, in Rt::hf.
-    mov(r11, rax);
-    mov(ax, word[r14 + kHfOff]);
-    add(al, 0x7F);
-    sahf();
-    mov(rax, r11);
-  }
+  if (r.partial) restore_flags();  // the flags P leaves are those before it, in Rt::hf
   Insn q = r.p;
   int reg_host = -1;
   if (r.stashed) {

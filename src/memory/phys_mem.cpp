@@ -3,7 +3,9 @@
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 
 #include "base/error.h"
@@ -14,26 +16,85 @@ PhysMem::PhysMem(u64 ram_size) : ram_size_(ram_size) {
   if (ram_size < (1u << 20) || ram_size > (u64(3) << 30) || (ram_size & (kPageSize - 1)))
     throw Error("memory size must be a multiple of 4 KiB between 1 MiB and 3 GiB (got " +
                 std::to_string(ram_size) + " bytes)");
-  // One reservation: the direct-access tables, then RAM on a 2 MiB boundary
-  // (with transparent huge pages the guest's first touches cost one host
-  // fault per 2 MiB instead of per 4 KiB: a Linux boot touches most of its
-  // RAM), then nothing up to kDirectSpan. Reserving costs address space only.
+  // One reservation: RAM on a 2 MiB boundary (with transparent huge pages
+  // the guest's first touches cost one host fault per 2 MiB instead of per
+  // 4 KiB: a Linux boot touches most of its RAM), then nothing up to
+  // kDirectSpan. Reserving costs address space only.
   constexpr u64 kHuge = u64(2) << 20;
-  constexpr u64 kMaps = u64(-kWriteMapOff);
-  map_size_ = kMaps + kHuge + kDirectSpan;
+  map_size_ = kHuge + kDirectSpan;
   void* p = mmap(nullptr, map_size_, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
   if (p == MAP_FAILED) throw Error("cannot reserve address space for " + std::to_string(ram_size >> 20) + " MiB of guest RAM");
   map_ = static_cast<u8*>(p);
-  ram_ = reinterpret_cast<u8*>((reinterpret_cast<uintptr_t>(p) + kMaps + kHuge - 1) & ~uintptr_t(kHuge - 1));
-  if (mmap(ram_ - kMaps, kMaps + ram_size, PROT_READ | PROT_WRITE,
-           MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0) == MAP_FAILED)
+  ram_ = reinterpret_cast<u8*>((reinterpret_cast<uintptr_t>(p) + kHuge - 1) & ~uintptr_t(kHuge - 1));
+  if (mmap(ram_, ram_size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1,
+           0) == MAP_FAILED)
     throw Error("cannot map " + std::to_string(ram_size >> 20) + " MiB of guest RAM");
   madvise(ram_, ram_size, MADV_HUGEPAGE);  // advice only: without THP it stays 4 KiB pages
   npages_ = ram_size >> kPageShift;
   code_.assign(npages_, 0);
+  wp_.assign(npages_, 0);
   // The VGA hole: not RAM, and not to be reached through ram().
   protect_non_ram(0xA0000, 0xC0000);
-  for (u64 ppn = (0xA0000 >> kPageShift) - 1; ppn <= (0xC0000 >> kPageShift); ppn++) update_poison(ppn);
+}
+
+namespace {
+// The PhysMems whose code pages are write-protected (for host_write_fault,
+// which a signal handler calls: a fixed array of atomics, no locks).
+constexpr int kMaxProtecting = 8;
+std::atomic<PhysMem*> g_protecting[kMaxProtecting];
+}  // namespace
+
+bool PhysMem::host_write_fault(const void* addr) {
+  for (auto& slot : g_protecting) {
+    PhysMem* m = slot.load(std::memory_order_acquire);
+    if (!m || addr < m->ram_ || static_cast<const u8*>(addr) >= m->ram_ + m->ram_size_) continue;
+    const u64 ppn = u64(static_cast<const u8*>(addr) - m->ram_) >> kPageShift;
+    if (!m->wp_[ppn]) return false;
+    if (mprotect(m->ram_ + (ppn << kPageShift), kPageSize, PROT_READ | PROT_WRITE) != 0) return false;
+    m->wp_[ppn] = 0;
+    return true;
+  }
+  return false;
+}
+
+void PhysMem::protect_page(u64 ppn, bool ro) {
+  if (mprotect(ram_ + (ppn << kPageShift), kPageSize, ro ? PROT_READ : PROT_READ | PROT_WRITE) != 0) {
+    char at[32];
+    std::snprintf(at, sizeof at, "%#llx", static_cast<unsigned long long>(ppn << kPageShift));
+    throw Error(std::string("cannot ") + (ro ? "write-protect" : "unprotect") + " the guest code page at " + at +
+                ": " + std::strerror(errno) + (ro ? " (too many host mappings? --bt-no-fastmem does without)" : ""));
+  }
+  wp_[ppn] = ro;
+  protect_calls_++;
+}
+
+void PhysMem::set_code_write_protect(bool on) {
+  if (on == wp_on_) return;
+  if (on) {
+    int k = 0;
+    PhysMem* none = nullptr;
+    while (k < kMaxProtecting && !g_protecting[k].compare_exchange_strong(none, this)) {
+      none = nullptr;
+      k++;
+    }
+    if (k == kMaxProtecting) throw Error("too many machines write-protect their code pages at once");
+    wp_on_ = true;
+    for (u64 ppn = 0; ppn < npages_; ppn++)
+      if (code_[ppn] && plain_ram(ppn)) protect_page(ppn, true);
+  } else {
+    // All RAM writable again, in as few calls as there are ranges.
+    for_each_range([&](u64 at, u64 len) {
+      if (mprotect(ram_ + at, len, PROT_READ | PROT_WRITE) != 0)
+        throw Error(std::string("cannot unprotect guest RAM: ") + std::strerror(errno));
+      protect_calls_++;
+    });
+    std::fill(wp_.begin(), wp_.end(), 0);
+    wp_on_ = false;
+    for (auto& slot : g_protecting) {
+      PhysMem* me = this;
+      slot.compare_exchange_strong(me, nullptr);
+    }
+  }
 }
 
 void PhysMem::protect_non_ram(u64 from, u64 to) {
@@ -47,16 +108,11 @@ bool PhysMem::plain_ram(u64 ppn) const {
   return is_ram(pa) && !rom_at(pa);
 }
 
-void PhysMem::update_poison(u64 ppn) {
-  // Only RAM pages' entries matter: a write starting past RAM faults anyway.
-  auto bad = [&](u64 q) { return !plain_ram(q) || code_[q]; };
-  for (u64 q = ppn ? ppn - 1 : 0; q <= ppn && q < npages_; q++) {
-    const u32 v = bad(q) || (q + 1 < npages_ && bad(q + 1)) ? kPoison : 0;
-    map(kWriteMapOff)[q] = v;
-  }
-}
-
 PhysMem::~PhysMem() {
+  for (auto& slot : g_protecting) {
+    PhysMem* me = this;
+    slot.compare_exchange_strong(me, nullptr);
+  }
   if (map_) munmap(map_, map_size_);
 }
 
@@ -67,7 +123,6 @@ void PhysMem::add_rom(u64 base, const std::vector<u8>& data) {
   const u64 end = base + r.data.size();
   roms_.push_back(std::move(r));
   protect_non_ram(base, end);  // RAM under the ROM is never read or written
-  for (u64 ppn = base >> kPageShift; ppn <= end >> kPageShift && ppn <= npages_; ppn++) update_poison(ppn);
 }
 
 PhysMem::Page PhysMem::page(u64 pa) const {
@@ -139,13 +194,13 @@ bool PhysMem::write_bytes(u64 pa, const void* src, u64 len) {
 void PhysMem::mark_code(u64 ppn) {
   if (ppn >= npages_ || code_[ppn]) return;
   code_[ppn] = 1;
-  update_poison(ppn);
+  if (wp_on_ && plain_ram(ppn)) protect_page(ppn, true);
   for (auto* t : shootdowns_) t->drop_writable(ppn);
 }
 
 void PhysMem::code_written(u64 ppn) {
   code_[ppn] = 0;
-  update_poison(ppn);
+  if (wp_[ppn]) protect_page(ppn, false);
   code_invalidations_++;
   for (auto* w : watchers_) w->code_page_written(ppn);
 }

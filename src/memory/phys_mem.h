@@ -51,17 +51,16 @@ class PhysMem {
   // RAM sits at the start of a reservation of kDirectSpan bytes; all of it
   // past RAM is inaccessible, and so are the pages of RAM no access may
   // reach through ram() (the VGA hole, RAM under a ROM): generated code reads
-  // ram() + address, and a read there faults (the engine turns the fault
-  // into its slow path). Writes must also not reach pages holding code
-  // (which stay readable): below RAM, at kWriteMapOff, a table of one u32 per
-  // physical page (4 GiB of them) holds 0 where a write of up to 8 bytes
-  // starting in that page may go to ram() + address, and kPoison where it may
-  // not (the page or the next one holds code or is not plain RAM); generated
-  // code adds the entry to the address, and a poisoned write lands past RAM.
+  // and writes ram() + address, and an access there faults (the engine turns
+  // the fault into its slow path). Writes must also not reach pages holding
+  // code: while code write protection is on, those pages are read-only in
+  // the host mapping, so a generated store to one faults too. Other writers
+  // (the semantics, loaders) tell notify_write first, which drops the code
+  // and lifts the protection; a host write that did not (a device's DMA
+  // through its own pointer, told afterwards) faults once and
+  // host_write_fault lifts the protection for it.
   // Code that touches ram() wholesale uses for_each_range.
   static constexpr u64 kDirectSpan = u64(8) << 30;
-  static constexpr i64 kWriteMapOff = -(i64(4) << 20);
-  static constexpr u32 kPoison = 0xC0000000u;  // >= the largest RAM: past it
   bool in_direct_span(const void* p) const {
     return p >= ram_ && static_cast<const u8*>(p) < ram_ + kDirectSpan;
   }
@@ -78,11 +77,22 @@ class PhysMem {
       at = (p + 1) << kPageShift;
     }
   }
-  // Whether a direct access at physical `pa` faults.
+  // Whether a direct access at physical `pa` faults (for a write: while
+  // protection is on, or will be when it is next turned on).
   bool direct_poisoned(u64 pa, bool write) const {
     const u64 p = pa >> kPageShift;
-    return p >= npages_ || !plain_ram(p) || (write && map(kWriteMapOff)[p]);
+    return p >= npages_ || !plain_ram(p) || (write && (code_[p] || (p + 1 < npages_ && code_[p + 1])));
   }
+  // Turns code write protection on (every code page read-only in the host
+  // mapping, and each page made code from now on) or off (all RAM writable).
+  // The bt engine keeps it on while code that writes RAM directly may run.
+  void set_code_write_protect(bool on);
+  bool code_write_protect() const { return wp_on_; }
+  u64 protect_calls() const { return protect_calls_; }
+  // From a SIGSEGV handler: a host write faulted at `addr`. If that is a
+  // protected code page of a PhysMem, lifts the protection (the writer tells
+  // notify_write about the write, which drops the code) and returns true.
+  static bool host_write_fault(const void* addr);
   // Maps a read-only region (firmware). Copies the data; writes are ignored.
   void add_rom(u64 base, const std::vector<u8>& data);
   void set_mmio(MmioHandler* h) { mmio_ = h; }
@@ -142,11 +152,10 @@ class PhysMem {
 
  private:
   void code_written(u64 ppn);
-  // Recomputes the write table's entries for pages ppn-1 and ppn.
-  void update_poison(u64 ppn);
+  // Makes page ppn read-only (`ro`) or writable again in the host mapping.
+  void protect_page(u64 ppn, bool ro);
   // Makes ram() in [from, to) inaccessible (not RAM: direct reads fault).
   void protect_non_ram(u64 from, u64 to);
-  u32* map(i64 off) const { return reinterpret_cast<u32*>(ram_ + off); }
   struct Rom {
     u64 base;
     std::vector<u8> data;
@@ -163,6 +172,9 @@ class PhysMem {
   u64 map_size_ = 0;
   u64 npages_ = 0;
   std::vector<u8> code_;
+  std::vector<u8> wp_;  // page ppn is read-only in the host mapping (a code page)
+  bool wp_on_ = false;
+  u64 protect_calls_ = 0;
   std::vector<Rom> roms_;
   MmioHandler* mmio_ = nullptr;
   BulkWriteObserver* bulk_observer_ = nullptr;

@@ -48,6 +48,27 @@ TEST_P(EngineTest, CachedCodeIsDroppedWhenTheHostWritesIt) {
   EXPECT_EQ(vm.s.gpr[EAX] & 0xFF, 7u);
 }
 
+// A device writes guest RAM through its own pointer and says so afterwards
+// (PhysMem::device_wrote). With paging off bt keeps code pages read-only in
+// the host mapping (its stores address RAM directly): the device's write
+// faults once, goes on, and the code is dropped when the device tells.
+TEST_P(EngineTest, CachedCodeIsDroppedWhenADeviceWritesItInPlace) {
+  if (GetParam().opt.lockstep) GTEST_SKIP() << "the test sets EIP between runs; lockstep's shadow cannot follow";
+  TestVm vm(GetParam());
+  // mov al, 1 ; mov [0x3000], al ; hlt  (a data store next to the code's page)
+  vm.code(0x2000, {0xB0, 0x01, 0xA2, 0x00, 0x30, 0x00, 0x00, 0xF4});
+  vm.s.eip = 0x2000;
+  vm.run(10);
+  EXPECT_EQ(vm.s.gpr[EAX] & 0xFF, 1u);
+  vm.pm.ram()[0x2001] = 7;  // the DMA
+  vm.pm.device_wrote(0x2001, 1);
+  vm.s.eip = 0x2000;
+  vm.s.halted = false;
+  vm.run(10);
+  EXPECT_EQ(vm.s.gpr[EAX] & 0xFF, 7u);
+  EXPECT_EQ(vm.rd32(0x3000) & 0xFF, 7u);
+}
+
 TEST_P(EngineTest, InterruptWaitsForTheStiShadow) {
   TestVm vm(GetParam());
   vm.set_gate(0x20, 0x4000);

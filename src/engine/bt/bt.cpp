@@ -44,6 +44,9 @@ void on_segv(int sig, siginfo_t* si, void* ctx) {
       return;
     }
   }
+  // A host write (a device's DMA, told afterwards) to a code page protected
+  // from the generated code's direct stores: writable again, the write goes on.
+  if (si->si_code == SEGV_ACCERR && mem::PhysMem::host_write_fault(si->si_addr)) return;
   // Not a direct access: whoever handled SIGSEGV before (a sanitizer), else
   // the default action when the instruction faults again.
   if ((g_old_segv.sa_flags & SA_SIGINFO) && g_old_segv.sa_sigaction) {
@@ -231,6 +234,11 @@ Bt::Bt(CpuState& s, mem::PhysMem& pm, Platform& plat, const BtOptions& opt)
 }
 
 Bt::~Bt() {
+  try {
+    pm_.set_code_write_protect(false);
+  } catch (const Error&) {
+    // RAM stays as it is: nothing of this engine runs on it any more.
+  }
   for (Block* b : blocks_) b->~Block();
   pm_.remove_watcher(this);
   if (perf_map_) std::fclose(perf_map_);
@@ -362,6 +370,8 @@ uintptr_t Bt::direct_fault(const void* addr, uintptr_t pc) {
   --it;
   if (pc >= it->second.end) return 0;
   st_.direct_faults++;
+  // An address that wrapped past 4 GiB (base + displacement) faults each time.
+  fault_wrapped_ = static_cast<const u8*>(addr) >= pm_.ram() + (u64(1) << 32);
   return it->second.slow;
 }
 
@@ -719,7 +729,7 @@ u64 Bt::callout(Site* site) {
     // Nor are misses far apart (a TLB refill now and then).
     const bool crosses = (la & 0xFFF) + site->size > 4096;
     // A direct access (paging off) stays slow where its page is poisoned.
-    const bool stays_slow = site->phys ? pm_.direct_poisoned(la, site->write)
+    const bool stays_slow = site->phys ? pm_.direct_poisoned(la, site->write) || std::exchange(fault_wrapped_, false)
                                        : last - tag >= 4096 && !crosses;
     if (stays_slow && s_.icount - site->last_slow > kAdaptiveWindow) site->persistent = 0;
     if (stays_slow) site->last_slow = s_.icount;
@@ -785,6 +795,7 @@ const u8* Bt::continue_at() {
   if (!mmu_.fetch_hit(eip, s_.cpl == 3, &pa)) return nullptr;
   const u32 mode = mode_key();
   if (!(mode & M_CS_FLAT)) return nullptr;
+  if ((mode & M_NOPG) && !pm_.code_write_protect()) return nullptr;  // the dispatcher turns it on
   // Not translated here: that could flush the cache under the caller.
   Block* b = cached_block(pa, 0, eip, mode, false);
   if (!b || b->crosses || b->n == 0) return nullptr;
@@ -903,6 +914,12 @@ Exit Bt::run_blocks(u64 end) {
       if (cpu_.stop != StopReason::none) return Exit::stopped;
       continue;
     }
+    // Direct stores (paging off) rely on code pages being write-protected in
+    // the host mapping; with paging on nothing needs it (and mprotect costs).
+    if (opt_.fastmem && bool(mode & M_NOPG) != pm_.code_write_protect()) {
+      pm_.set_code_write_protect(mode & M_NOPG);
+      st_.write_protect_switches++;
+    }
     if (opt_.chain && cs.base == 0) jc_note(eip, mode, b);
     if (lockstep_) lockstep_->before_block(eip);
     rt_->budget = remaining;
@@ -971,6 +988,8 @@ std::vector<std::pair<std::string, u64>> Bt::stats() const {
       {"bt.smc_exits", st_.smc_exits},
       {"bt.direct_accesses", st_.direct_accesses},
       {"bt.direct_faults", st_.direct_faults},
+      {"bt.write_protect_switches", st_.write_protect_switches},
+      {"bt.write_protect_calls", pm_.protect_calls()},
       {"bt.adaptive_retranslations", st_.adaptive_retranslations},
       {"bt.adaptive_direct_callouts", st_.adaptive_direct_calls},
       {"bt.adaptive_retries", st_.adaptive_retries},

@@ -128,6 +128,7 @@ struct BtStats {
   u64 smc_exits = 0;
   u64 direct_accesses = 0;   // memory operands translated to address RAM directly (paging off)
   u64 direct_faults = 0;     // of those, runs that faulted into the slow path
+  u64 write_protect_switches = 0;  // code write protection turned on or off
   u64 interp_steps = 0;      // instructions run by the interpreter (modes, TF, shadows, first visits)
   u64 cold_blocks = 0;       // block entries interpreted on their first visit
   u64 cache_flushes = 0;
@@ -205,6 +206,7 @@ class Bt final : public Engine, public mem::CodeWatcher, public mem::TlbListener
     uintptr_t end, slow;
   };
   std::map<uintptr_t, DirectFault> direct_faults_;  // by start; emptied with the code cache
+  bool fault_wrapped_ = false;  // the last direct fault's address wrapped past 4 GiB
   bt::Rt* rt_ = nullptr;  // in the MMU's engine area: generated code reaches the TLB from it
   x86::CpuState& s_;
   mem::PhysMem& pm_;

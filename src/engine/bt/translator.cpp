@@ -769,11 +769,11 @@ class Emitter : public CodeGenerator {
     s.site->size = u8(size);
     s.site->write = write;
     s.site->addr = addr;
-    // A direct read of [base + disp] (disp >= 0) the caller re-encodes: the
+    // A direct access to [base + disp] (disp >= 0) the caller re-encodes: the
     // access itself addresses [r13 + base + disp - 12] (a sum past 4 GiB
     // lands in the inaccessible rest of the reservation and faults: the slow
     // path then wraps it as the CPU does).
-    if (direct && direct_fold_ok_ && !write && addr == Site::A_EA && i.asize == 4 && i.index == kNoReg &&
+    if (direct && direct_fold_ok_ && addr == Site::A_EA && i.asize == 4 && i.index == kNoReg &&
         i.base != kNoReg && i32(i.disp) >= 0) {
       direct_form_ = 2;
       s.direct_from = here();
@@ -792,14 +792,10 @@ class Emitter : public CodeGenerator {
       case Site::A_EDI: mov(r8d, edi); break;
     }
     if (direct) {
-      // r8 = RAM's base + the address (+ for a write the page's poison: 0,
-      // or past RAM). An access that may not go straight to RAM then faults
-      // and the SIGSEGV handler resumes at this slow path.
-      if (write) {
-        shrx(r9d, r8d, r13d);
-        mov(r9d, dword[r13 + r9 * 4 + int(mem::PhysMem::kWriteMapOff - 12)]);
-        lea(r8, ptr[r8 + r9]);
-      }
+      // The access addresses RAM's base + the address. One that may not go
+      // straight to RAM (not RAM; for a write, a code page: write-protected
+      // in the host mapping) faults, and the SIGSEGV handler resumes at this
+      // slow path.
       if (direct_fold_ok_) direct_form_ = 1;  // the access addresses [r13 + r8 - 12]
       else lea(r8, ptr[r13 + r8 - 12]);
       s.direct_from = here();

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <vector>
 
+#include "base/big_alloc.h"
 #include "engine/engine.h"
 #include "memory/mmu.h"
 #include "memory/phys_mem.h"
@@ -106,8 +107,8 @@ class Stepper final : public mem::CodeWatcher {
   mem::PhysMem& pm_;
   mem::Mmu& mmu_;
   x86::Cpu& cpu_;
-  std::vector<Entry> cache_;
-  std::vector<u32> gens_;
+  big_vector<Entry> cache_;
+  big_vector<u32> gens_;
   Entry scratch_;  // for instructions that span pages (not cached)
   StepStats st_;
   std::FILE* trace_ = nullptr;

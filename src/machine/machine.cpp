@@ -163,9 +163,9 @@ void Machine::load_firmware() {
 
 void Machine::load_kernel() {
   using namespace pc;
-  std::vector<u8> kfile = boot::read_boot_file(cfg_.kernel, "kernel");
+  big_vector<u8> kfile = boot::read_boot_file(cfg_.kernel, "kernel");
   boot::BzImage bz = boot::parse_bzimage(kfile, cfg_.kernel);
-  std::vector<u8> initrd;
+  big_vector<u8> initrd;
   if (!cfg_.initrd.empty()) initrd = boot::read_boot_file(cfg_.initrd, "initrd");
   boot::LoadOptions opt;
   opt.e820 = {{0, kBaseMemEnd, boot::E820Type::kRam},

@@ -9,8 +9,8 @@ enum : u32 { PTE_P = 1, PTE_W = 2, PTE_U = 4, PTE_A = 0x20, PTE_D = 0x40, PTE_PS
 }
 
 Mmu::Mmu(CpuState& s, PhysMem& pm)
-    : s_(s), pm_(pm), tlb_store_(new TlbEntry[kEngineArea / sizeof(TlbEntry) + 2 * kTlbSize]()) {
-  tlb_[0] = tlb_store_.get() + kEngineArea / sizeof(TlbEntry);
+    : s_(s), pm_(pm), tlb_store_(kEngineArea / sizeof(TlbEntry) + 2 * kTlbSize) {
+  tlb_[0] = tlb_store_.data() + kEngineArea / sizeof(TlbEntry);
   tlb_[1] = tlb_[0] + kTlbSize;
   for (auto* set : tlb_)
     for (unsigned k = 0; k < kTlbSize; k++) {

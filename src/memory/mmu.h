@@ -12,6 +12,7 @@
 #include <memory>
 #include <vector>
 
+#include "base/big_alloc.h"
 #include "base/types.h"
 #include "memory/phys_mem.h"
 #include "x86/cpu.h"
@@ -134,7 +135,7 @@ class Mmu final : public x86::LinearMem, public TlbShootdown {
   // Bytes just before the TLB for an engine's own data: generated code that
   // addresses both from one register needs them within a 32-bit offset.
   static constexpr size_t kEngineArea = 512;
-  void* engine_area() { return tlb_store_.get(); }
+  void* engine_area() { return tlb_store_.data(); }
   const MmuStats& stats() const { return stats_; }
   PhysMem& phys() { return pm_; }
   // Changes whenever entries are dropped (flush, INVLPG): caches of
@@ -162,7 +163,7 @@ class Mmu final : public x86::LinearMem, public TlbShootdown {
 
   x86::CpuState& s_;
   PhysMem& pm_;
-  std::unique_ptr<TlbEntry[]> tlb_store_;
+  big_vector<TlbEntry> tlb_store_;
   TlbEntry* tlb_[2];
   std::vector<u32> used_[2];  // indices of entries filled since they were last cleared
   MmuStats stats_;

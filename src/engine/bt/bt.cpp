@@ -485,7 +485,7 @@ void Bt::Bucket::set_head(Block* b) {
 void Bt::hash_insert(Block* b) {
   if (hcount_ >= htab_.size()) {
     // Grow: twice the buckets, chains rebuilt.
-    std::vector<Bucket> old(htab_.size() * 2);
+    big_vector<Bucket> old(htab_.size() * 2);
     old.swap(htab_);
     for (const Bucket& o : old)
       for (Block* x = o.head; x;) {

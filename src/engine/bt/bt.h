@@ -15,6 +15,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "base/big_alloc.h"
 #include "engine/engine.h"
 #include "engine/stepper.h"
 #include "memory/mmu.h"
@@ -217,7 +218,7 @@ class Bt final : public Engine, public mem::CodeWatcher, public mem::TlbListener
   BtOptions opt_;
   std::unique_ptr<bt::CodeCache> cache_;
   std::unique_ptr<bt::Translator> tr_;
-  std::vector<bt::JcEntry> jc_;
+  big_vector<bt::JcEntry> jc_;
   // Beside each jump-cache entry: its block, the linear page of its EIP and
   // whether that page is global (the entry then survives CR3 loads).
   struct JcMeta {
@@ -225,7 +226,7 @@ class Bt final : public Engine, public mem::CodeWatcher, public mem::TlbListener
     u32 page = 0;
     bool global = false;
   };
-  std::vector<JcMeta> jc_meta_;
+  big_vector<JcMeta> jc_meta_;
   std::vector<u32> jc_filled_[2];     // indices of the jc_ entries in use: [global page]
   std::vector<u64> jc_pages_;         // bitmap by hashed page: might have an entry
   static u32 jc_page_bit(u32 page) { return (page ^ (page >> 16)) & 0xFFFF; }
@@ -237,7 +238,7 @@ class Bt final : public Engine, public mem::CodeWatcher, public mem::TlbListener
     u32 eip = 0, mode = 0, cs_base = 0;
     bt::Block* block = nullptr;
   };
-  std::vector<DcEntry> dc_;
+  big_vector<DcEntry> dc_;
   u32 interp_group_mask_ = 0;
 
   // Blocks: all live objects (freed at cache flush), the lookup map, and per
@@ -245,7 +246,7 @@ class Bt final : public Engine, public mem::CodeWatcher, public mem::TlbListener
   std::vector<bt::Block*> blocks_;
   // Block entries reached once (tiered translation): fingerprints of their
   // keys, direct-mapped; a collision only makes a block translate early.
-  std::vector<u64> seen_;
+  big_vector<u64> seen_;
   static constexpr size_t kSeenSize = size_t(1) << 16;
   bool cold_ = false;  // cached_block found the block not reached before
   // Blocks and callout sites live in arena_ (destroyed and reused at flush).
@@ -258,7 +259,7 @@ class Bt final : public Engine, public mem::CodeWatcher, public mem::TlbListener
     bt::Block* head = nullptr;
     void set_head(bt::Block* b);
   };
-  std::vector<Bucket> htab_;
+  big_vector<Bucket> htab_;
   size_t hcount_ = 0;
   size_t hash_slot(u64 key, u32 eip) const;
   void hash_insert(bt::Block* b);

@@ -67,7 +67,7 @@ u64 BzImage::footprint_end() const {
   return std::max<u64>(kKernelLoadAddr + protected_mode().size(), runtime_end);
 }
 
-std::vector<u8> read_boot_file(const std::string& path, std::string_view what) {
+big_vector<u8> read_boot_file(const std::string& path, std::string_view what) {
   const std::string w(what);
   if (path.empty()) throw Error(w + ": no file name given");
   struct stat st {};
@@ -77,7 +77,7 @@ std::vector<u8> read_boot_file(const std::string& path, std::string_view what) {
   if (!S_ISREG(st.st_mode)) throw Error(w + " '" + path + "' is not a regular file");
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(w + " '" + path + "': cannot open: " + std::strerror(errno));
-  std::vector<u8> data(static_cast<usize>(st.st_size));
+  big_vector<u8> data(static_cast<usize>(st.st_size));
   if (!data.empty() && !in.read(reinterpret_cast<char*>(data.data()), st.st_size))
     throw Error(w + " '" + path + "': read error after " + std::to_string(in.gcount()) +
                 " of " + std::to_string(st.st_size) + " bytes");

@@ -19,6 +19,7 @@
 #include <string_view>
 #include <vector>
 
+#include "base/big_alloc.h"
 #include "base/types.h"
 
 namespace popek::boot {
@@ -144,7 +145,8 @@ BzImage parse_bzimage(std::span<const u8> file, std::string name = "kernel");
 
 // Reads a whole file; `what` ("kernel", "initrd") names it in the error when
 // it is missing, unreadable, not a regular file or empty.
-std::vector<u8> read_boot_file(const std::string& path, std::string_view what);
+// (In memory populated at once: see base/big_alloc.h.)
+big_vector<u8> read_boot_file(const std::string& path, std::string_view what);
 
 // --- memory map -------------------------------------------------------------------
 

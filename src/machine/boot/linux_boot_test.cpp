@@ -496,7 +496,7 @@ TEST(RealKernel, DebianVmlinuz) {
     EXPECT_EQ(k.version_string.rfind(ver, 0), 0u) << k.version_string;
   }
 
-  std::vector<u8> initrd;
+  big_vector<u8> initrd;
   if (std::filesystem::exists(dir / "initrd.img"))
     initrd = read_boot_file((dir / "initrd.img").string(), "initrd");
   const u64 ram_size = 256 * kMiB;

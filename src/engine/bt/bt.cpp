@@ -206,7 +206,7 @@ Bt::Bt(CpuState& s, mem::PhysMem& pm, Platform& plat, const BtOptions& opt)
   rt_->callout = &callout_entry;
   rt_->self = this;
   rt_->jc = jc_.data();
-  rt_->direct_base = pm_.ram() + 12;
+  rt_->direct_base = pm_.ram() + kR13Bias;
   if (opt_.tiered) seen_.assign(kSeenSize, ~u64(0));
   if (opt_.fastmem) install_segv_handler();
   const intptr_t tlb_off =

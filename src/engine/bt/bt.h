@@ -94,10 +94,16 @@ struct Rt {
   // data segment now (its accesses then take the slow path), else 0.
   u32 gs_slow = 0;
   u32 pad = 0;
-  u8* direct_base = nullptr;  // + 12: r13 (guest RAM with paging off; its low bits shift by 12)
+  u8* direct_base = nullptr;  // guest RAM + kR13Bias: r13 (see kR13Bias)
   SegLoad seg_loads[kSegLoads];
 };
 enum Reason : u64 { kExitNormal = 0, kExitChain = 1 };
+// r13 in generated code is guest RAM + kR13Bias (RAM is 2 MiB aligned): the
+// base of direct accesses with paging off ([r13 + address - kR13Bias]), and
+// its low bits are constants the TLB check uses: bits 0-4 = 12, the SHRX
+// count to a page number; bits 0-15 = 0x100C, the BEXTR control taking the
+// 16 bits from bit 12, a soft-TLB index, in one instruction.
+inline constexpr i32 kR13Bias = 0x100C;
 
 struct BtStats {
   u64 blocks_translated = 0;

@@ -1,6 +1,6 @@
 // The translator. Register convention inside generated code:
 //   guest EAX ECX EDX EBX ESP EBP ESI EDI -> host eax ecx edx ebx r12d ebp esi edi
-//   r13 = 12 (shift count for the flag-free TLB check), r14 = bt::Rt*, r15 = CpuState*
+//   r13 = guest RAM + kR13Bias (direct accesses; its low bits are constants of the TLB check), r14 = bt::Rt*, r15 = CpuState*
 //   r8-r11 temporaries; host RFLAGS hold the guest's OSZAPC; DF is always clear.
 // Guest flags are saved into Rt::hf (LAHF/SETO image) at block exits and around
 // callouts. A block starts with them "parked" there: the host flags are free
@@ -557,8 +557,13 @@ class Emitter : public CodeGenerator {
     const int tag = set + (write ? int(offsetof(mem::TlbEntry, tag_write))
                                  : int(offsetof(mem::TlbEntry, tag_read)));
     const int addend = set + int(offsetof(mem::TlbEntry, addend));
-    rorx(r9d, r8d, 12);
-    movzx(r9d, r9w);
+    static_assert(mem::Mmu::kTlbBits == 16 && (kR13Bias & 0xFFFF) == 0x100C, "BEXTR takes 16 bits from bit 12");
+    if (clobber) {
+      bextr(r9d, r8d, r13d);  // the page number's low 16 bits (r13's control byte pair)
+    } else {                  // (BEXTR writes flags: the flag-free way takes two)
+      rorx(r9d, r8d, 12);
+      movzx(r9d, r9w);
+    }
     lea(r9, ptr[r9 * 8]);
     if (clobber) {
       // The page of the last byte must be the entry's tag (invalid tags have
@@ -653,8 +658,8 @@ class Emitter : public CodeGenerator {
     u8 ext = reg_field;
     if (i.op == Op::TEST_EbIb1 || i.op == Op::TEST_EvIz1) ext = 0;
     if (i.mem && direct_form_) {
-      // [r13 + r8 - 12] or [r13 + base + disp - 12] (r13 = RAM + 12).
-      const i64 disp = direct_form_ == 1 ? -12 : i64(i32(i.disp)) - 12;
+      // [r13 + r8 - bias] or [r13 + base + disp - bias] (r13 = RAM + bias).
+      const i64 disp = direct_form_ == 1 ? -kR13Bias : i64(i32(i.disp)) - kR13Bias;
       const bool d8 = disp >= -128 && disp <= 127;
       const unsigned index = direct_form_ == 1 ? 0 : unsigned(hreg(i.base)) & 7;
       db(u8((d8 ? 0x40 : 0x80) | (ext << 3) | 4));
@@ -770,7 +775,7 @@ class Emitter : public CodeGenerator {
     s.site->write = write;
     s.site->addr = addr;
     // A direct access to [base + disp] (disp >= 0) the caller re-encodes: the
-    // access itself addresses [r13 + base + disp - 12] (a sum past 4 GiB
+    // access itself addresses [r13 + base + disp - kR13Bias] (a sum past 4 GiB
     // lands in the inaccessible rest of the reservation and faults: the slow
     // path then wraps it as the CPU does).
     if (direct && direct_fold_ok_ && addr == Site::A_EA && i.asize == 4 && i.index == kNoReg &&
@@ -796,8 +801,8 @@ class Emitter : public CodeGenerator {
       // straight to RAM (not RAM; for a write, a code page: write-protected
       // in the host mapping) faults, and the SIGSEGV handler resumes at this
       // slow path.
-      if (direct_fold_ok_) direct_form_ = 1;  // the access addresses [r13 + r8 - 12]
-      else lea(r8, ptr[r13 + r8 - 12]);
+      if (direct_fold_ok_) direct_form_ = 1;  // the access addresses [r13 + r8 - kR13Bias]
+      else lea(r8, ptr[r13 + r8 - kR13Bias]);
       s.direct_from = here();
       return s;
     }
@@ -957,8 +962,8 @@ class Emitter : public CodeGenerator {
   bool in_rep_ = false;  // rep_string: host string instructions move guest registers first
   // Direct accesses (paging off) the generic re-encoder emits: the caller
   // re-encodes the access right after mem_access (direct_fold_ok_), which
-  // then says how the operand is addressed (0 [r8], 1 [r13 + r8 - 12],
-  // 2 [r13 + base + disp - 12]).
+  // then says how the operand is addressed (0 [r8], 1 [r13 + r8 - kR13Bias],
+  // 2 [r13 + base + disp - kR13Bias]).
   bool direct_fold_ok_ = false;
   u8 direct_form_ = 0;
   // BT/BTS/BTR/BTC on memory with a register bit offset: r10 holds the

@@ -9,7 +9,10 @@ enum : u32 { PTE_P = 1, PTE_W = 2, PTE_U = 4, PTE_A = 0x20, PTE_D = 0x40, PTE_PS
 }
 
 Mmu::Mmu(CpuState& s, PhysMem& pm)
-    : s_(s), pm_(pm), tlb_store_(kEngineArea / sizeof(TlbEntry) + 2 * kTlbSize) {
+    : s_(s), pm_(pm),
+      tlb_store_(kEngineArea / sizeof(TlbEntry) + 2 * kTlbSize +
+                 size_t(addend_array_off(true) - kSoaOff) / sizeof(TlbEntry) + kTlbSize * 8 / sizeof(TlbEntry)) {
+  static_assert(sizeof(uintptr_t) == 8);
   tlb_[0] = tlb_store_.data() + kEngineArea / sizeof(TlbEntry);
   tlb_[1] = tlb_[0] + kTlbSize;
   for (auto* set : tlb_)
@@ -21,6 +24,8 @@ Mmu::Mmu(CpuState& s, PhysMem& pm)
       e.flags = 0;
       e.pad = 0;
     }
+  for (bool user : {false, true})
+    for (unsigned k = 0; k < kTlbSize; k++) mirror(user, k);
   flush_tlb(true);
   pm_.add_shootdown(this);
 }
@@ -41,6 +46,7 @@ void Mmu::flush_tlb(bool global) {
       }
       e.tag_read = e.tag_write = e.tag_exec = invalid_tag(k);
       e.flags = 0;
+      mirror(u, k);
     }
     used.resize(n);
   }
@@ -50,13 +56,14 @@ void Mmu::flush_tlb(bool global) {
 void Mmu::invlpg(u32 la) {
   epoch_++;
   if (listener_) listener_->tlb_invlpg(la);
-  for (auto& set : tlb_) {
+  for (unsigned u = 0; u < 2; u++) {
     const unsigned k = (la >> 12) & (kTlbSize - 1);
-    TlbEntry& e = set[k];
+    TlbEntry& e = tlb_[u][k];
     if ((e.tag_read & ~0xFFFu) == (la & ~0xFFFu) || (e.tag_exec & ~0xFFFu) == (la & ~0xFFFu) ||
         (e.tag_write & ~0xFFFu) == (la & ~0xFFFu)) {
       e.tag_read = e.tag_write = e.tag_exec = invalid_tag(k);
       e.flags &= kListed;
+      mirror(u, k);
     }
   }
 }
@@ -64,7 +71,10 @@ void Mmu::invlpg(u32 la) {
 void Mmu::drop_writable(u64 ppn) {
   for (unsigned u = 0; u < 2; u++)
     for (u32 k : used_[u])
-      if (tlb_[u][k].ppn == ppn) tlb_[u][k].tag_write = invalid_tag(k);
+      if (tlb_[u][k].ppn == ppn) {
+        tlb_[u][k].tag_write = invalid_tag(k);
+        mirror(u, k);
+      }
 }
 
 void Mmu::page_fault(u32 la, u32 err) {
@@ -145,6 +155,7 @@ u64 Mmu::translate(u32 la, Acc acc, bool user) {
   } else {
     e.tag_read = e.tag_write = e.tag_exec = inv;
   }
+  mirror(user, (la >> 12) & (kTlbSize - 1));
   return pa_page | (la & 0xFFF);
 }
 

@@ -132,6 +132,17 @@ class Mmu final : public x86::LinearMem, public TlbShootdown {
   bool probe(u32 la, u64* pa) const;
   TlbEntry* tlb(bool user) { return tlb_[user]; }
   const TlbEntry* tlb(bool user) const { return tlb_[user]; }
+  // For generated code, the same entries' read tags, write tags (u32) and
+  // addends (u64) again as separate arrays indexed by the entry number: an
+  // index scales to them in the address itself (the entries are 32 bytes,
+  // past the largest scale). Byte offsets from tlb(false).
+  static constexpr i64 kSoaOff = i64(2) * kTlbSize * sizeof(TlbEntry);
+  static constexpr i64 tag_array_off(bool user, bool write) {
+    return kSoaOff + i64((user ? 2 : 0) + (write ? 1 : 0)) * kTlbSize * 4;
+  }
+  static constexpr i64 addend_array_off(bool user) {
+    return kSoaOff + i64(4) * kTlbSize * 4 + i64(user ? 1 : 0) * kTlbSize * 8;
+  }
   // Bytes just before the TLB for an engine's own data: generated code that
   // addresses both from one register needs them within a 32-bit offset.
   static constexpr size_t kEngineArea = 512;
@@ -153,6 +164,14 @@ class Mmu final : public x86::LinearMem, public TlbShootdown {
  private:
   enum class Acc { read, write, exec };
   TlbEntry& entry(u32 la, bool user) { return tlb_[user][(la >> 12) & (kTlbSize - 1)]; }
+  // Copies entry k of class `user` to the arrays generated code reads.
+  void mirror(bool user, unsigned k) {
+    const TlbEntry& e = tlb_[user][k];
+    u8* soa = reinterpret_cast<u8*>(tlb_[0]);
+    reinterpret_cast<u32*>(soa + tag_array_off(user, false))[k] = e.tag_read;
+    reinterpret_cast<u32*>(soa + tag_array_off(user, true))[k] = e.tag_write;
+    reinterpret_cast<uintptr_t*>(soa + addend_array_off(user))[k] = e.addend;
+  }
   const TlbEntry& entry(u32 la, bool user) const { return tlb_[user][(la >> 12) & (kTlbSize - 1)]; }
   // Translates one page for an access, filling the TLB; faults with #PF.
   u64 translate(u32 la, Acc acc, bool user);

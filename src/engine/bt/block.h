@@ -58,6 +58,10 @@ struct Block {
   u32 second_page_la() const { return ((cs_base + eip) & ~0xFFFu) + 0x1000; }
   struct Link {
     u32 slot = 0;         // offset of the patchable `jmp rel32` in the code
+    // 0, or the offset of the rel32 of the block's last Jcc, which jumps to
+    // `slot`: chained, it jumps to the successor itself (a loop's back edge
+    // is then one taken branch, not two).
+    u32 jcc = 0;
     u32 target_eip = 0;
     Block* to = nullptr;  // the block it is patched to, if any
   };

@@ -584,6 +584,13 @@ void Bt::patch_chain(Block* from, unsigned k, Block* to) {
   u8* slot = cache_->to_rw(from->code + l.slot);
   const i32 rel = to ? i32(to->code - (from->code + l.slot + 5)) : 0;
   std::memcpy(slot + 1, &rel, 4);
+  if (l.jcc) {
+    // The Jcc to the slot goes to the successor directly (back to the slot
+    // when undone).
+    const u8* target = to ? to->code : from->code + l.slot;
+    const i32 jrel = i32(target - (from->code + l.jcc + 4));
+    std::memcpy(cache_->to_rw(from->code + l.jcc), &jrel, 4);
+  }
   l.to = to;
   if (to) {
     to->incoming.emplace_back(from, u8(k));

@@ -553,28 +553,24 @@ class Emitter : public CodeGenerator {
     return cached(lookup_snips_[key], [&] { return encode_lookup(size, write, clobber, wrap_in_r11); });
   }
   u32 encode_lookup(unsigned size, bool write, bool clobber, bool wrap_in_r11) {
-    const int set = tlb_off_ + (user_ ? int(mem::Mmu::kTlbSize * sizeof(mem::TlbEntry)) : 0);
-    const int tag = set + (write ? int(offsetof(mem::TlbEntry, tag_write))
-                                 : int(offsetof(mem::TlbEntry, tag_read)));
-    const int addend = set + int(offsetof(mem::TlbEntry, addend));
-    static_assert(mem::Mmu::kTlbBits == 16 && (kR13Bias & 0xFFFF) == 0x100C, "BEXTR takes 16 bits from bit 12");
+    // The tag and addend arrays (Mmu::tag_array_off): the entry number
+    // scales to them in the address, no multiply first.
+    const int tag = tlb_off_ + int(mem::Mmu::tag_array_off(user_, write));
+    const int addend = tlb_off_ + int(mem::Mmu::addend_array_off(user_));
     if (clobber) {
-      bextr(r9d, r8d, r13d);  // the page number's low 16 bits (r13's control byte pair)
-    } else {                  // (BEXTR writes flags: the flag-free way takes two)
-      rorx(r9d, r8d, 12);
-      movzx(r9d, r9w);
-    }
-    lea(r9, ptr[r9 * 8]);
-    if (clobber) {
+      static_assert(mem::Mmu::kTlbBits == 16 && (kR13Bias & 0xFFFF) == 0x100C, "BEXTR takes 16 bits from bit 12");
+      bextr(r9d, r8d, r13d);  // the entry: the page number's low 16 bits (r13's control byte pair)
       // The page of the last byte must be the entry's tag (invalid tags have
       // low bits set and never compare equal).
       lea(r10d, ptr[r8 + int(size - 1)]);
       and_(r10d, ~0xFFFu);
       cmp(r10d, dword[r14 + r9 * 4 + tag]);
       const u32 fix = jcc32(5);  // jne
-      add(r8, qword[r14 + r9 * 4 + addend]);
+      add(r8, qword[r14 + r9 * 8 + addend]);
       return fix;
     }
+    rorx(r9d, r8d, 12);  // (BEXTR writes flags: the flag-free way takes two)
+    movzx(r9d, r9w);
     mov(r10d, dword[r14 + r9 * 4 + tag]);
     not_(r10d);
     lea(r10d, ptr[r8 + r10 + int(size)]);  // last byte - tag
@@ -587,7 +583,7 @@ class Emitter : public CodeGenerator {
     mov(rcx, r11);  // 3 bytes
     const u32 fix = jmp32();  // 5 bytes
     mov(rcx, r11);
-    mov(r10, qword[r14 + r9 * 4 + addend]);
+    mov(r10, qword[r14 + r9 * 8 + addend]);
     lea(r8, ptr[r8 + r10]);
     return fix;
   }
@@ -674,8 +670,9 @@ class Emitter : public CodeGenerator {
   }
 
   // ---- exits ----
-  // Leaves the block for guest EIP `target` (a constant).
-  void exit_direct(u32 target) {
+  // Leaves the block for guest EIP `target` (a constant). `jcc`: the rel32
+  // of a Jcc that jumps here (bound by the caller), or kNone.
+  void exit_direct(u32 target, u32 jcc = kNone) {
     save_flags();
     const bool flat = b_->mode & M_CS_FLAT;
     if (bt_.options().chain && flat && b_->nlinks < Block::kMaxLinks &&
@@ -683,6 +680,7 @@ class Emitter : public CodeGenerator {
       const unsigned k = b_->nlinks++;
       b_->links[k].slot = u32(getSize());
       b_->links[k].target_eip = target;
+      b_->links[k].jcc = jcc == kNone ? 0 : jcc;
       // Chained, the successor needs no EIP in CpuState (its own exits and
       // callouts store theirs): only the way out stores it.
       db(0xE9);
@@ -1590,7 +1588,7 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
         const u32 taken = jcc32(i.opcode & 15);
         exit_direct(next);
         bind(taken);
-        exit_direct(next + i.imm);
+        exit_direct(next + i.imm, taken);  // flags saved: the slot comes first
         return Done::ended;
       }
       case Op::CALL_Jz: {

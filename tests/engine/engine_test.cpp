@@ -219,6 +219,33 @@ TEST_P(EngineTest, RepMovsAndStosOverManyPages) {
   EXPECT_EQ(vm.rd32(0x40002 + 0x10010 * 4), 0u);
 }
 
+// One REP MOVSD writes into 20 pages that hold translated code (as the
+// kernel's memcpy does when it patches its own text): each copy goes the slow
+// way, and that must not make the instruction a plain callout for good (bt's
+// adaptive translation leaves REP string instructions inline).
+TEST_P(EngineTest, RepMovsIntoCodePagesStaysInline) {
+  TestVm vm(GetParam());
+  for (u32 k = 0; k < 20; k++) vm.code(0x10000 + k * 0x1000, {0xC3});  // ret
+  const u32 nops = 0x90909090;
+  vm.pm.write_bytes(0x2000, &nops, 4);
+  // mov ebx, 0x10000 ; l1: call ebx ; add ebx, 0x1000 ; cmp ebx, 0x24000 ; jne l1
+  // mov ebx, 0x10100 ; l2: mov esi, 0x2000 ; mov edi, ebx ; mov ecx, 1 ; rep movsd
+  // add ebx, 0x1000 ; cmp ebx, 0x24100 ; jne l2 ; hlt
+  vm.code(0x1000, {0xBB, 0x00, 0x00, 0x01, 0x00, 0xFF, 0xD3, 0x81, 0xC3, 0x00, 0x10, 0x00, 0x00,
+                   0x81, 0xFB, 0x00, 0x40, 0x02, 0x00, 0x75, 0xF0, 0xBB, 0x00, 0x01, 0x01, 0x00,
+                   0xBE, 0x00, 0x20, 0x00, 0x00, 0x89, 0xDF, 0xB9, 0x01, 0x00, 0x00, 0x00, 0xF3,
+                   0xA5, 0x81, 0xC3, 0x00, 0x10, 0x00, 0x00, 0x81, 0xFB, 0x00, 0x41, 0x02, 0x00,
+                   0x75, 0xE4, 0xF4});
+  vm.s.eip = 0x1000;
+  for (int k = 0; k < 100 && !vm.s.halted; k++) vm.run(10000);
+  ASSERT_TRUE(vm.s.halted);
+  EXPECT_EQ(vm.s.eip, 0x1037u);
+  for (u32 k = 0; k < 20; k++) EXPECT_EQ(vm.rd32(0x10100 + k * 0x1000), nops) << "page " << k;
+  if (GetParam().bt)
+    for (const auto& [name, value] : vm.eng->stats())
+      if (name == "bt.adaptive_retranslations") EXPECT_EQ(value, 0u);
+}
+
 TEST_P(EngineTest, RepneScasbFindsAByteAcrossAPage) {
   TestVm vm(GetParam());
   // A 5000-byte run of 'a' from 0x20F00 (crossing into the next page), then 0.

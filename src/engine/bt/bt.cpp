@@ -726,7 +726,12 @@ u64 Bt::callout(Site* site) {
     st_.adaptive_retries++;
     exit = true;
   }
-  if (site->slow_path && !exit && opt_.adaptive) {
+  // (Not a REP string instruction: its slow path already runs all of it in
+  // one call, and a direct callout would only lose the inline path of the
+  // many runs that would not need it — the kernel's memcpy patching its own
+  // text at boot writes code pages from one REP MOVSD, and then every memcpy
+  // of the next 65,536 went through callouts.)
+  if (site->slow_path && !exit && opt_.adaptive && !site->insn.rep()) {
     // Would the inline lookup hit now? If not, the slow path is the normal
     // path for this instruction (MMIO, a watched page): translate it so.
     const mem::TlbEntry& e = mmu_.tlb(s_.cpl == 3)[(la >> 12) & (mem::Mmu::kTlbSize - 1)];

@@ -241,9 +241,13 @@ TEST_P(EngineTest, RepMovsIntoCodePagesStaysInline) {
   ASSERT_TRUE(vm.s.halted);
   EXPECT_EQ(vm.s.eip, 0x1037u);
   for (u32 k = 0; k < 20; k++) EXPECT_EQ(vm.rd32(0x10100 + k * 0x1000), nops) << "page " << k;
-  if (GetParam().bt)
-    for (const auto& [name, value] : vm.eng->stats())
-      if (name == "bt.adaptive_retranslations") EXPECT_EQ(value, 0u);
+  if (GetParam().bt) {
+    for (const auto& [name, value] : vm.eng->stats()) {
+      if (name == "bt.adaptive_retranslations") {
+        EXPECT_EQ(value, 0u);
+      }
+    }
+  }
 }
 
 TEST_P(EngineTest, RepneScasbFindsAByteAcrossAPage) {

@@ -180,27 +180,13 @@ void h_str(Cpu& c, const Insn& i) {
       return;
     }
   }
-  if constexpr (cond) {
-    if (i.asize == 4) {
-      // REPE/REPNE CMPS and SCAS: the yield rule of bulk() (bt runs REPE/REPNE
-      // CMPSB natively and yields at the same points).
-      bool done = false;
-      while (r.get(ECX) != 0) {
-        if (done && rep_yield_point(r.get(ECX))) {
-          c.next_eip = c.s.eip;
-          return;
-        }
-        one<K, T>(c, i, r, d);
-        r.add(ECX, -1);
-        done = true;
-        const bool zf = c.s.eflags & ZF;
-        if ((i.prefixes & P_REP) ? !zf : zf) return;
-      }
-      return;
-    }
-  }
-  for (u32 n = 0; n < kMaxIterations; n++) {
+  // REPE/REPNE CMPS and SCAS with 32-bit addressing yield by the rule of
+  // bulk() (bt runs REPE/REPNE CMPSB natively and yields at the same points);
+  // the rest after kMaxIterations elements.
+  const bool by_ecx = cond && i.asize == 4;
+  for (u32 n = 0; by_ecx || n < kMaxIterations; n++) {
     if (r.get(ECX) == 0) return;
+    if (by_ecx && n > 0 && rep_yield_point(r.get(ECX))) break;
     one<K, T>(c, i, r, d);
     r.add(ECX, -1);
     if (cond) {

@@ -10,9 +10,9 @@ enum : u32 { PTE_P = 1, PTE_W = 2, PTE_U = 4, PTE_A = 0x20, PTE_D = 0x40, PTE_PS
 
 Mmu::Mmu(CpuState& s, PhysMem& pm)
     : s_(s), pm_(pm),
-      tlb_store_(kEngineArea / sizeof(TlbEntry) + 2 * kTlbSize +
-                 size_t(addend_array_off(true) - kSoaOff) / sizeof(TlbEntry) + kTlbSize * 8 / sizeof(TlbEntry)) {
-  static_assert(sizeof(uintptr_t) == 8);
+      // The engine area, the entries, then the arrays mirroring them.
+      tlb_store_((kEngineArea + addend_array_off(true) + kTlbSize * sizeof(uintptr_t)) / sizeof(TlbEntry)) {
+  static_assert(kEngineArea % sizeof(TlbEntry) == 0 && sizeof(uintptr_t) == 8);
   tlb_[0] = tlb_store_.data() + kEngineArea / sizeof(TlbEntry);
   tlb_[1] = tlb_[0] + kTlbSize;
   for (auto* set : tlb_)

@@ -164,6 +164,7 @@ class Mmu final : public x86::LinearMem, public TlbShootdown {
  private:
   enum class Acc { read, write, exec };
   TlbEntry& entry(u32 la, bool user) { return tlb_[user][(la >> 12) & (kTlbSize - 1)]; }
+  const TlbEntry& entry(u32 la, bool user) const { return tlb_[user][(la >> 12) & (kTlbSize - 1)]; }
   // Copies entry k of class `user` to the arrays generated code reads.
   void mirror(bool user, unsigned k) {
     const TlbEntry& e = tlb_[user][k];
@@ -172,7 +173,6 @@ class Mmu final : public x86::LinearMem, public TlbShootdown {
     reinterpret_cast<u32*>(soa + tag_array_off(user, true))[k] = e.tag_write;
     reinterpret_cast<uintptr_t*>(soa + addend_array_off(user))[k] = e.addend;
   }
-  const TlbEntry& entry(u32 la, bool user) const { return tlb_[user][(la >> 12) & (kTlbSize - 1)]; }
   // Translates one page for an access, filling the TLB; faults with #PF.
   u64 translate(u32 la, Acc acc, bool user);
   u64 read_slow(u32 la, unsigned size, bool user);

@@ -42,6 +42,21 @@ namespace {
 // which a signal handler calls: a fixed array of atomics, no locks).
 constexpr int kMaxProtecting = 8;
 std::atomic<PhysMem*> g_protecting[kMaxProtecting];
+
+bool register_protecting(PhysMem* m) {
+  for (auto& slot : g_protecting) {
+    PhysMem* none = nullptr;
+    if (slot.compare_exchange_strong(none, m)) return true;
+  }
+  return false;
+}
+
+void unregister_protecting(PhysMem* m) {
+  for (auto& slot : g_protecting) {
+    PhysMem* me = m;
+    slot.compare_exchange_strong(me, nullptr);
+  }
+}
 }  // namespace
 
 bool PhysMem::host_write_fault(const void* addr) {
@@ -71,13 +86,7 @@ void PhysMem::protect_page(u64 ppn, bool ro) {
 void PhysMem::set_code_write_protect(bool on) {
   if (on == wp_on_) return;
   if (on) {
-    int k = 0;
-    PhysMem* none = nullptr;
-    while (k < kMaxProtecting && !g_protecting[k].compare_exchange_strong(none, this)) {
-      none = nullptr;
-      k++;
-    }
-    if (k == kMaxProtecting) throw Error("too many machines write-protect their code pages at once");
+    if (!register_protecting(this)) throw Error("too many machines write-protect their code pages at once");
     wp_on_ = true;
     for (u64 ppn = 0; ppn < npages_; ppn++)
       if (code_[ppn] && plain_ram(ppn)) protect_page(ppn, true);
@@ -90,10 +99,7 @@ void PhysMem::set_code_write_protect(bool on) {
     });
     std::fill(wp_.begin(), wp_.end(), 0);
     wp_on_ = false;
-    for (auto& slot : g_protecting) {
-      PhysMem* me = this;
-      slot.compare_exchange_strong(me, nullptr);
-    }
+    unregister_protecting(this);
   }
 }
 
@@ -109,10 +115,7 @@ bool PhysMem::plain_ram(u64 ppn) const {
 }
 
 PhysMem::~PhysMem() {
-  for (auto& slot : g_protecting) {
-    PhysMem* me = this;
-    slot.compare_exchange_strong(me, nullptr);
-  }
+  unregister_protecting(this);
   if (map_) munmap(map_, map_size_);
 }
 

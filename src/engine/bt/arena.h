@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "base/big_alloc.h"
 #include "base/error.h"
 #include "base/types.h"
 
@@ -19,6 +20,7 @@ namespace popek::engine::bt {
 class Arena {
  public:
   static constexpr size_t kChunk = size_t(2) << 20;
+  static_assert(kChunk == kHugePage, "chunks are huge pages");
   Arena() = default;
   Arena(const Arena&) = delete;
   Arena& operator=(const Arena&) = delete;
@@ -46,15 +48,9 @@ class Arena {
     cur_ = cur_ == kNone ? 0 : cur_ + 1;
     used_ = 0;
     if (cur_ < chunks_.size()) return;
-    // 2 MiB aligned: map twice the size and trim.
-    void* p = mmap(nullptr, 2 * kChunk, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (p == MAP_FAILED) throw Error("bt: out of memory for translation records");
-    const uintptr_t a = reinterpret_cast<uintptr_t>(p);
-    const uintptr_t c = (a + kChunk - 1) & ~uintptr_t(kChunk - 1);
-    if (c > a) munmap(p, c - a);
-    if (c + kChunk < a + 2 * kChunk) munmap(reinterpret_cast<void*>(c + kChunk), a + 2 * kChunk - (c + kChunk));
-    madvise(reinterpret_cast<void*>(c), kChunk, MADV_HUGEPAGE);  // advice only
-    chunks_.push_back(reinterpret_cast<u8*>(c));
+    void* c = map_huge_aligned(kChunk, MAP_NORESERVE);
+    if (!c) throw Error("bt: out of memory for translation records");
+    chunks_.push_back(static_cast<u8*>(c));
   }
   std::vector<u8*> chunks_;
   size_t cur_ = kNone;  // the chunk handed out from (none yet since the last reset)

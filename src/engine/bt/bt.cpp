@@ -651,6 +651,9 @@ u64 Bt::callout(Site* site) {
     }
     la += s_.seg[site->seg].base;
   }
+  // Whether this slow path came from a direct access that wrapped (set by the
+  // fault handler; consumed here whatever the callout decides).
+  const bool wrapped = std::exchange(fault_wrapped_, false);
   // INVLPG of a page the block's code is not on may go on in the block (the
   // jump cache and the TLB follow it by themselves; see below).
   u32 inv_page = 1;  // not a page address
@@ -740,8 +743,9 @@ u64 Bt::callout(Site* site) {
     // An access across a page goes to the slow path either way: not counted.
     // Nor are misses far apart (a TLB refill now and then).
     const bool crosses = (la & 0xFFF) + site->size > 4096;
-    // A direct access (paging off) stays slow where its page is poisoned.
-    const bool stays_slow = site->phys ? pm_.direct_poisoned(la, site->write) || std::exchange(fault_wrapped_, false)
+    // A direct access (paging off) stays slow where it faults again: not
+    // RAM, a code page for a write, or an address that wrapped past 4 GiB.
+    const bool stays_slow = site->phys ? pm_.direct_poisoned(la, site->write) || wrapped
                                        : last - tag >= 4096 && !crosses;
     if (stays_slow && s_.icount - site->last_slow > kAdaptiveWindow) site->persistent = 0;
     if (stays_slow) site->last_slow = s_.icount;

@@ -10,8 +10,8 @@ enum : u32 { PTE_P = 1, PTE_W = 2, PTE_U = 4, PTE_A = 0x20, PTE_D = 0x40, PTE_PS
 
 Mmu::Mmu(CpuState& s, PhysMem& pm)
     : s_(s), pm_(pm),
-      // The engine area, the entries, then the arrays mirroring them.
-      tlb_store_((kEngineArea + addend_array_off(true) + kTlbSize * sizeof(uintptr_t)) / sizeof(TlbEntry)) {
+      // The engine area, the entries, the arrays mirroring them, the memos.
+      tlb_store_((kEngineArea + kMemoMissOff + kMemos * 4 + sizeof(TlbEntry) - 1) / sizeof(TlbEntry)) {
   static_assert(kEngineArea % sizeof(TlbEntry) == 0 && sizeof(uintptr_t) == 8);
   tlb_[0] = tlb_store_.data() + kEngineArea / sizeof(TlbEntry);
   tlb_[1] = tlb_[0] + kTlbSize;
@@ -24,6 +24,7 @@ Mmu::Mmu(CpuState& s, PhysMem& pm)
       e.flags = 0;
       e.pad = 0;
     }
+  for (unsigned m = 0; m < kMemos; m++) memos()[m] = {kMemoEmpty, 0};
   for (bool user : {false, true})
     for (unsigned k = 0; k < kTlbSize; k++) mirror(user, k);
   flush_tlb(true);
@@ -31,9 +32,38 @@ Mmu::Mmu(CpuState& s, PhysMem& pm)
 }
 Mmu::~Mmu() { pm_.remove_shootdown(this); }
 
+void Mmu::drop_memos(bool user, unsigned k) {
+  u8* marks = reinterpret_cast<u8*>(tlb_[0]) + kMemoMarkOff;
+  marks[(user ? kTlbSize : 0) + k] = 0;
+  Memo* m = memos();
+  const u32* list = memo_list();
+  for (u32 i = 0, n = memo_count(); i < n; i++) {
+    const u32 id = list[i];
+    Memo& o = m[id];
+    if (o.page < kMemoEmpty && ((o.page >> 12) & (kTlbSize - 1)) == k && (id >= memo_pool(true, false)) == user) {
+      o.page = kMemoDropped;
+      memo_drops_++;
+    }
+  }
+}
+
+void Mmu::reset_memos() {
+  u8* marks = reinterpret_cast<u8*>(tlb_[0]) + kMemoMarkOff;
+  Memo* m = memos();
+  const u32* list = memo_list();
+  for (u32 i = 0, n = memo_count(); i < n; i++) {
+    Memo& o = m[list[i]];
+    if (o.page < kMemoEmpty)
+      marks[(list[i] >= memo_pool(true, false) ? kTlbSize : 0) + ((o.page >> 12) & (kTlbSize - 1))] = 0;
+    o.page = kMemoEmpty;
+  }
+  memo_count() = 0;
+}
+
 void Mmu::flush_tlb(bool global) {
   stats_.flushes++;
   epoch_++;
+  reset_memos();  // first: the entries' mirror() then finds no marks
   for (unsigned u = 0; u < 2; u++) {
     TlbEntry* set = tlb_[u];
     std::vector<u32>& used = used_[u];

@@ -143,6 +143,42 @@ class Mmu final : public x86::LinearMem, public TlbShootdown {
   static constexpr i64 addend_array_off(bool user) {
     return kSoaOff + i64(4) * kTlbSize * 4 + i64(user ? 1 : 0) * kTlbSize * 8;
   }
+  // Memos (for generated code): per memory-access site, the page it last
+  // hit and that page's addend, so that an access to the same page again
+  // needs no TLB load on its address chain. Four pools of kMemos / 4, one per
+  // privilege class and kind (read: filled from read tags, write: from write
+  // tags), memo_pool(user, write) the first id of each; sites share them
+  // round-robin (any site may use any memo of its class and kind: the memo
+  // names its page). Invariant: a memo holds a page only while the entry it
+  // was filled from still holds that page with that addend: generated code
+  // marks the entry (kMemoMarkOff) and lists the memo when it fills one, and
+  // every change to a marked entry (mirror), as every flush, drops the memos
+  // on it. A memo's page is kMemoEmpty (not filled since the last flush),
+  // kMemoDropped (listed, dropped since), or a page address (< 2^32).
+  struct Memo {
+    u64 page;
+    uintptr_t addend;
+  };
+  static constexpr unsigned kMemos = 1u << 16;
+  static constexpr unsigned kMemoListCap = 8192;  // memos filled between flushes; more stay empty
+  static constexpr u64 kMemoEmpty = u64(1) << 40;
+  static constexpr u64 kMemoDropped = u64(1) << 41;
+  static constexpr i64 kMemoOff = kSoaOff + i64(4) * kTlbSize * 4 + i64(2) * kTlbSize * 8;  // after the addends
+  static constexpr i64 kMemoMarkOff = kMemoOff + i64(kMemos) * 16;      // a byte per entry, per class
+  static constexpr i64 kMemoCountOff = kMemoMarkOff + 2 * i64(kTlbSize);  // u32: memos listed
+  static constexpr i64 kMemoListOff = kMemoCountOff + 8;                 // u32 ids
+  // A count-down of misses per memo, for the engine's policy (generated code
+  // decrements it at each miss and takes the slow path at zero).
+  static constexpr i64 kMemoMissOff = kMemoListOff + i64(kMemoListCap) * 4;
+  static constexpr i64 memo_miss_off(unsigned id) { return kMemoMissOff + i64(id) * 4; }
+  u32& memo_misses(unsigned id) {
+    return *reinterpret_cast<u32*>(reinterpret_cast<u8*>(tlb_[0]) + memo_miss_off(id));
+  }
+  static constexpr unsigned memo_pool(bool user, bool write) {
+    return ((user ? 2u : 0u) + (write ? 1u : 0u)) * (kMemos / 4);
+  }
+  static constexpr i64 memo_off(unsigned id) { return kMemoOff + i64(id) * 16; }
+  u64 memo_drops() const { return memo_drops_; }
   // Bytes just before the TLB for an engine's own data: generated code that
   // addresses both from one register needs them within a 32-bit offset.
   static constexpr size_t kEngineArea = 512;
@@ -169,10 +205,16 @@ class Mmu final : public x86::LinearMem, public TlbShootdown {
   void mirror(bool user, unsigned k) {
     const TlbEntry& e = tlb_[user][k];
     u8* soa = reinterpret_cast<u8*>(tlb_[0]);
+    if (soa[kMemoMarkOff + (user ? kTlbSize : 0) + k]) drop_memos(user, k);
     reinterpret_cast<u32*>(soa + tag_array_off(user, false))[k] = e.tag_read;
     reinterpret_cast<u32*>(soa + tag_array_off(user, true))[k] = e.tag_write;
     reinterpret_cast<uintptr_t*>(soa + addend_array_off(user))[k] = e.addend;
   }
+  Memo* memos() { return reinterpret_cast<Memo*>(reinterpret_cast<u8*>(tlb_[0]) + kMemoOff); }
+  u32& memo_count() { return *reinterpret_cast<u32*>(reinterpret_cast<u8*>(tlb_[0]) + kMemoCountOff); }
+  u32* memo_list() { return reinterpret_cast<u32*>(reinterpret_cast<u8*>(tlb_[0]) + kMemoListOff); }
+  void drop_memos(bool user, unsigned k);  // those on entry k of a class
+  void reset_memos();           // all (a flush)
   // Translates one page for an access, filling the TLB; faults with #PF.
   u64 translate(u32 la, Acc acc, bool user);
   u64 read_slow(u32 la, unsigned size, bool user);
@@ -187,6 +229,7 @@ class Mmu final : public x86::LinearMem, public TlbShootdown {
   std::vector<u32> used_[2];  // indices of entries filled since they were last cleared
   MmuStats stats_;
   u64 epoch_ = 0;
+  u64 memo_drops_ = 0;
   TlbListener* listener_ = nullptr;
 };
 

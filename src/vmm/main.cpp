@@ -103,6 +103,16 @@ int main(int argc, char** argv) {
          "bt: forward conditional branches inside a block as side exits: user (in user-mode "
          "code; default), all, off")
       ->check(CLI::IsMember({"user", "all", "off"}));
+  run->add_option_function<std::string>(
+         "--bt-memo",
+         [&cfg](const std::string& v) {
+           cfg.bt.memo = v == "all"   ? engine::BtOptions::Memo::all
+                         : v == "off" ? engine::BtOptions::Memo::off
+                                      : engine::BtOptions::Memo::user;
+         },
+         "bt: memory operands first compare with the page they last hit (no TLB load on the "
+         "address chain): user (in loops of user-mode code; default), all (every block), off")
+      ->check(CLI::IsMember({"user", "all", "off"}));
   run->add_flag("--bt-perf-map", cfg.bt.perf_map,
                 "bt: write /tmp/perf-PID.map naming each translation by its guest address, "
                 "for `perf report`");

@@ -6,7 +6,8 @@
 // bt in lockstep with the interpreter, which stops at the first difference in
 // registers, flags or memory. Each sequence starts from random registers and
 // flags and ends at HLT or at the first exception (every vector's handler
-// records it and halts). One sequence in five runs with paging off (bt then
+// records it and halts), for odd seeds after a second pass through the
+// sequence on the state the first left (translated code then runs again). One sequence in five runs with paging off (bt then
 // addresses RAM directly: stores into the code and accesses past RAM fault
 // into its slow paths; ES ends at 4 MiB there so that REPs end).
 //
@@ -14,7 +15,7 @@
 // default 12000) so that CI is repeatable; POPEK_FUZZ_SECONDS runs for a time
 // instead, POPEK_FUZZ_SEED picks the first seed, POPEK_FUZZ_KIND one variant
 // (0 bt, 1 one-instruction blocks, 2 no chaining), POPEK_FUZZ_TRACE_SEED
-// traces one sequence.
+// traces one sequence, POPEK_FUZZ_DEBUG prints each sequence's instruction count.
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -35,6 +36,7 @@ constexpr u32 kData = 0x100000;   // RW data pages
 constexpr u32 kAbsent = 0x110000;  // not present
 constexpr u32 kReadOnly = 0x111000;
 constexpr u32 kPd = 0x10000, kPt = 0x11000;
+constexpr u32 kPasses = 0x120000;  // the count of passes left (outside the pages addr() picks)
 
 struct Gen {
   std::mt19937 rng;
@@ -261,6 +263,19 @@ struct FuzzVm {
     Gen g(seed);
     const unsigned n = 1 + g.r(60);
     for (unsigned k = 0; k < n; k++) g.insn();
+    // Odd seeds run twice through (dec dword [kPasses] ; jz end ; mov ecx,
+    // 17 (REP counts stay small) ; jmp to the start ; end: hlt): the second
+    // pass runs translated code that ran before (bt's memos of pages, chained
+    // jumps), on the state the first pass left.
+    g.b(0xFF);
+    g.b(0x0D);
+    g.d(kPasses);
+    g.b(0x74);
+    g.b(10);
+    g.b(0xB9);
+    g.d(17);
+    g.b(0xE9);
+    g.d(u32(-i32(g.out.size() + 4)));
     g.b(0xF4);
     const std::vector<u8> code = g.out;
     const u32 start = g.r(4) == 0 ? kCode + 0x1000 - u32(code.size()) / 2 : kCode;
@@ -285,6 +300,8 @@ struct FuzzVm {
     for (auto& c : stack) c = u8(g.r(256));
     vm.pm.write_bytes(test::kStackTop - 0x1000, stack.data(), stack.size());
     vm.code(start, code);
+    const u32 passes = 1 + seed % 2;  // (every other sequence: CI's time)
+    vm.pm.write_bytes(kPasses, &passes, 4);
     // Everything a previous sequence may have changed (it may have run
     // garbage: segment loads, LGDT...), so that a seed reproduces alone.
     CpuState& s = vm.s;
@@ -320,7 +337,8 @@ struct FuzzVm {
         if (!vm.eng) vm.run(0);
         vm.eng->set_trace(stderr);
       }
-      for (int round = 0; round < 20 && !s.halted && !s.shutdown; round++) vm.run(1000);
+      // (At most 5,000 instructions: a sequence that rewrote its own way out loops.)
+      for (int round = 0; round < 10 && !s.halted && !s.shutdown; round++) vm.run(500);
     } catch (const Error& e) {
       // Garbage may jump outside RAM: popek refuses to execute there (both
       // engines would); only lockstep's verdict is a divergence.
@@ -370,6 +388,7 @@ TEST(BtFuzz, RandomSequencesAgreeWithTheInterpreter) {
     k.opt.code_cache_mb = std::getenv("POPEK_FUZZ_CACHE_MB") ? size_t(std::atoi(std::getenv("POPEK_FUZZ_CACHE_MB"))) : 8;
     if (!vms[ki]) vms[ki] = std::make_unique<FuzzVm>(k);
     FuzzResult r = vms[ki]->run(seed, k.name);
+    if (std::getenv("POPEK_FUZZ_DEBUG")) std::printf("seed %u insns %llu\n", seed, (unsigned long long)r.insns);
     if (r.diverged || r.outside_ram) vms[ki].reset();  // start clean
     outside += r.outside_ram;
     sequences++;

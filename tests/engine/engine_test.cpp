@@ -2,6 +2,8 @@
 // with full blocks, one-instruction blocks, no chaining, and in lockstep).
 #include <gtest/gtest.h>
 
+#include <cstring>
+
 #include "test_vm.h"
 
 using namespace popek;
@@ -274,6 +276,100 @@ TEST_P(EngineTest, RepneScasbFindsAByteAcrossAPage) {
   EXPECT_EQ(vm.s.gpr[ECX], 0u);
   EXPECT_EQ(vm.s.gpr[EDI], 0x20F00u + 300);
   EXPECT_FALSE(vm.s.eflags & ZF);
+}
+
+// Identity paging of the test machine's 4 MiB (page directory 0x10000,
+// page table 0x11000, both reachable at their own linear addresses).
+static void identity_paging(TestVm& vm) {
+  const u32 pd = 0x10000, pt = 0x11000;
+  u32 pde = pt | 3;
+  vm.pm.write_bytes(pd, &pde, 4);
+  for (u32 p = 0; p < 1024; p++) {
+    u32 pte = (p << 12) | 3;
+    vm.pm.write_bytes(pt + p * 4, &pte, 4);
+  }
+  vm.s.cr3 = pd;
+  vm.s.cr0 |= CR0_PG;
+}
+
+// A load and a store run three times on one mapping (the third time bt's
+// memo of the page answers them), then the page table maps the linear page
+// elsewhere, followed by INVLPG, then by a CR3 load: each access sees the
+// new page.
+TEST_P(EngineTest, MemoryOperandsFollowInvlpgAndCr3Loads) {
+  TestVm vm(GetParam());
+  identity_paging(vm);
+  const u32 val[3] = {0x11111111, 0x02222222, 0x00333333};
+  for (u32 k = 0; k < 3; k++) vm.pm.write_bytes(0x200000 + k * 0x1000, &val[k], 4);
+  //        mov esi, 0x200000 ; xor edi, edi ; mov ecx, 3
+  // top:   mov edx, 3
+  // inner: add edi, [esi] ; mov [esi+8], ecx ; dec edx ; jnz inner
+  //        add dword [0x11800], 0x1000      (the PTE of 0x200000: the next page)
+  //        cmp ecx, 2 ; je cr3
+  //        invlpg [esi] ; jmp next
+  // cr3:   mov eax, cr3 ; mov cr3, eax
+  // next:  dec ecx ; jnz top ; hlt
+  vm.code(0x1000, {0xBE, 0, 0, 0x20, 0, 0x31, 0xFF, 0xB9, 3, 0, 0, 0, 0xBA, 3, 0, 0, 0, 0x03, 0x3E,
+                   0x89, 0x4E, 0x08, 0x4A, 0x75, 0xF8, 0x81, 0x05, 0x00, 0x18, 0x01, 0x00, 0x00, 0x10,
+                   0x00, 0x00, 0x83, 0xF9, 0x02, 0x74, 0x05, 0x0F, 0x01, 0x3E, 0xEB, 0x06, 0x0F, 0x20,
+                   0xD8, 0x0F, 0x22, 0xD8, 0x49, 0x75, 0xD6, 0xF4});
+  vm.s.eip = 0x1000;
+  EXPECT_EQ(vm.run(10000), engine::Exit::halt);
+  EXPECT_EQ(vm.s.eip, 0x1037u);
+  EXPECT_EQ(vm.s.gpr[EDI], 3 * (val[0] + val[1] + val[2]));
+  for (u32 k = 0; k < 3; k++) EXPECT_EQ(vm.rd32(0x200008 + k * 0x1000), 3 - k) << "page " << k;
+}
+
+// A store runs three times into a page (bt's memo of it for writes then
+// answers), then code on that page runs (and is translated: the page is
+// watched from then on), then the same store rewrites that code. (Only the
+// inner loop stores: a store elsewhere would rewrite the code first.)
+TEST_P(EngineTest, StoresSeeAPageBecomeCode) {
+  TestVm vm(GetParam());
+  identity_paging(vm);
+  //        xor edi, edi ; mov ecx, 3
+  // top:   mov edx, 3 ; jmp inner
+  // inner: mov [0x9001], ecx ; dec edx ; jnz inner
+  //        call 0x9000 ; add edi, eax ; dec ecx ; jnz top ; hlt
+  // 0x9000: mov eax, imm32 ; ret
+  vm.code(0x1000, {0x31, 0xFF, 0xB9, 3, 0, 0, 0, 0xBA, 3, 0, 0, 0, 0xEB, 0x00, 0x89, 0x0D, 0x01,
+                   0x90, 0, 0, 0x4A, 0x75, 0xF7, 0xE8, 0xE4, 0x7F, 0, 0, 0x01, 0xC7, 0x49, 0x75,
+                   0xE6, 0xF4});
+  vm.code(0x9000, {0xB8, 0, 0, 0, 0, 0xC3});
+  vm.s.eip = 0x1000;
+  EXPECT_EQ(vm.run(10000), engine::Exit::halt);
+  EXPECT_EQ(vm.s.eip, 0x1022u);
+  EXPECT_EQ(vm.s.gpr[EDI], 3u + 2 + 1);
+}
+
+// A load walks across the end of a page in steps of 2: the dword at 0xFFE
+// of the page crosses into the next linear page, which maps to a physical
+// page elsewhere (bt's memo of the first page must not serve it).
+TEST_P(EngineTest, LoadsAcrossAPageEndReadBothPages) {
+  TestVm vm(GetParam());
+  identity_paging(vm);
+  u32 pte = 0x205000 | 3;  // linear 0x201000 -> physical 0x205000
+  vm.pm.write_bytes(0x11000 + 0x201 * 4, &pte, 4);
+  const u8 a[8] = {1, 2, 3, 4, 5, 6, 7, 8}, b[8] = {0x10, 0x20, 0x30, 0x40, 0x50, 0x60, 0x70, 0x80};
+  vm.pm.write_bytes(0x200FF8, a, 8);
+  vm.pm.write_bytes(0x205000, b, 8);
+  vm.pm.write_bytes(0x201000, std::vector<u8>(8, 0xEE).data(), 8);  // what a wrong read would see
+  //       mov esi, 0x200FF8 ; xor edi, edi ; mov ecx, 6
+  // top:  add edi, [esi] ; add esi, 2 ; dec ecx ; jnz top ; hlt
+  vm.code(0x1000, {0xBE, 0xF8, 0x0F, 0x20, 0x00, 0x31, 0xFF, 0xB9, 6, 0, 0, 0, 0x03, 0x3E, 0x83,
+                   0xC6, 0x02, 0x49, 0x75, 0xF8, 0xF4});
+  vm.s.eip = 0x1000;
+  EXPECT_EQ(vm.run(10000), engine::Exit::halt);
+  EXPECT_EQ(vm.s.eip, 0x1015u);
+  std::vector<u8> lin(a, a + 8);
+  lin.insert(lin.end(), b, b + 8);
+  u32 sum = 0;
+  for (unsigned k = 0; k < 6; k++) {
+    u32 v = 0;
+    std::memcpy(&v, lin.data() + 2 * k, 4);
+    sum += v;
+  }
+  EXPECT_EQ(vm.s.gpr[EDI], sum);
 }
 
 TEST_P(EngineTest, CallsReturnsAndIndirectJumps) {

@@ -30,8 +30,11 @@ inline std::vector<EngineKind> all_engines() {
   v.push_back({"interp", false, {}});
   // The translator variants translate code the first time it runs (most
   // test code runs once); bt_tiered as a user runs it.
+  // Memos everywhere (the tests run at CPL 0) except where the options are a
+  // user's (bt_tiered) or chaining is off (the other way of each, tested).
   engine::BtOptions o;
   o.tiered = false;
+  o.memo = engine::BtOptions::Memo::all;
   v.push_back({"bt", true, o});
   o.block_insns = 1;
   v.push_back({"bt_one_insn_blocks", true, o});
@@ -42,9 +45,11 @@ inline std::vector<EngineKind> all_engines() {
   o = {};
   o.tiered = false;
   o.superblocks = engine::BtOptions::Superblocks::all;  // the tests run at CPL 0
+  o.memo = engine::BtOptions::Memo::all;
   v.push_back({"bt_superblocks", true, o});
   o = {};
   o.tiered = false;
+  o.memo = engine::BtOptions::Memo::all;
   o.lockstep = true;
   v.push_back({"bt_lockstep", true, o});
   v.push_back({"bt_tiered", true, {}});

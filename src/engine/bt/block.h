@@ -33,6 +33,8 @@ struct Site {
   u8 size = 0;
   bool write = false;
   bool phys = false;   // the inline access addresses RAM directly (paging off)
+  bool has_memo = false;  // the inline access first checks memo `memo` (mem::Mmu::Memo)
+  u16 memo = 0;
   u64 hits = 0;
   u64 persistent = 0;
   u64 last_slow = 0;   // instruction count at the last such visit  // slow-path hits after which the TLB still could not serve it

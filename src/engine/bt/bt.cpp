@@ -723,6 +723,20 @@ u64 Bt::callout(Site* site) {
     exit = true;
     go_on = false;
   }
+  // A memo whose misses come often: its site goes back to the plain check.
+  if (site->has_memo && mmu_.memo_misses(site->memo) == 0) {
+    st_.memo_batches++;
+    u64& since = memo_batch_start(site->memo);
+    if (!exit && s_.icount - since < kMemoWindow) {
+      no_memo_.insert(site->pa);
+      invalidate(b);
+      st_.memo_retranslations++;
+      exit = true;
+    } else {
+      mmu_.memo_misses(site->memo) = kMemoBatch;
+      since = s_.icount;
+    }
+  }
   if (site->direct && !exit && ++site->hits >= kAdaptiveRetry) {
     direct_slow_.erase(site->pa);
     invalidate(b);
@@ -1004,6 +1018,10 @@ std::vector<std::pair<std::string, u64>> Bt::stats() const {
       {"bt.smc_exits", st_.smc_exits},
       {"bt.direct_accesses", st_.direct_accesses},
       {"bt.direct_faults", st_.direct_faults},
+      {"bt.memo_accesses", st_.memo_accesses},
+      {"bt.memo_drops", mmu_.memo_drops()},
+      {"bt.memo_batches", st_.memo_batches},
+      {"bt.memo_retranslations", st_.memo_retranslations},
       {"bt.write_protect_switches", st_.write_protect_switches},
       {"bt.write_protect_calls", pm_.protect_calls()},
       {"bt.adaptive_retranslations", st_.adaptive_retranslations},

@@ -46,6 +46,13 @@ struct BtOptions {
   // Interpret a block the first time it is reached; translate it the second
   // (most of a boot's kernel code runs once: translating it costs more).
   bool tiered = true;
+  // Memory operands first compare their address with the page they last
+  // hit (a memo, mem::Mmu): no TLB load on the address chain. In loops of
+  // user-mode code (default: a memo pays only where an access runs many
+  // times between TLB flushes; kernel code mostly runs few times, and its
+  // INVLPGs would search the memos), in every block, or nowhere.
+  enum class Memo { user, all, off };
+  Memo memo = Memo::user;
 };
 
 // Instruction groups `interp_groups` may name (also used by stats).
@@ -135,6 +142,9 @@ struct BtStats {
   u64 smc_exits = 0;
   u64 direct_accesses = 0;   // memory operands translated to address RAM directly (paging off)
   u64 direct_faults = 0;     // of those, runs that faulted into the slow path
+  u64 memo_accesses = 0;     // memory operands translated with a memo (user mode)
+  u64 memo_batches = 0;      // kMemoBatch misses of one memo (the policy looked)
+  u64 memo_retranslations = 0;  // sites translated again without their memo
   u64 write_protect_switches = 0;  // code write protection turned on or off
   u64 interp_steps = 0;      // instructions run by the interpreter (modes, TF, shadows, first visits)
   u64 cold_blocks = 0;       // block entries interpreted on their first visit
@@ -172,6 +182,14 @@ class Bt final : public Engine, public mem::CodeWatcher, public mem::TlbListener
   bt::BtStats& bstats() { return st_; }
   u32 interp_group_mask() const { return interp_group_mask_; }
   bool is_direct_slow(u64 pa) const { return direct_slow_.count(pa) != 0; }
+  bool is_no_memo(u64 pa) const { return no_memo_.count(pa) != 0; }
+  // A memo's misses come in batches of kMemoBatch (its count-down); a batch
+  // within kMemoWindow guest instructions of the last makes the site's block
+  // retranslate without it (its accesses alternate between pages: each miss
+  // costs a mispredicted branch, more than the plain TLB check).
+  static constexpr u32 kMemoBatch = 256;
+  static constexpr u64 kMemoWindow = 256 * 256;
+  u64& memo_batch_start(unsigned id) { return memo_since_[id]; }
   // A direct access (paging off) at host [start, end) of generated code goes
   // to the slow path at `slow` when it faults.
   void add_direct_fault(const u8* start, const u8* end, const u8* slow) {
@@ -274,6 +292,8 @@ class Bt final : public Engine, public mem::CodeWatcher, public mem::TlbListener
   // Guest instructions (by physical address) the adaptive policy sends
   // straight to their slow path.
   std::unordered_set<u64> direct_slow_;
+  std::unordered_set<u64> no_memo_;  // instructions (by address) translated without a memo
+  std::vector<u64> memo_since_ = std::vector<u64>(mem::Mmu::kMemos, 0);  // icount at a memo's batch start
 
   // Stubs in the reserved start of the code cache.
   using EnterFn = u64 (*)(x86::CpuState*, bt::Rt*, const u8*);

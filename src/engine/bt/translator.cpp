@@ -321,6 +321,7 @@ class Emitter : public CodeGenerator {
     stubs_ = stubs;
     rx_ = cc_.to_rx(cc_.cursor());
     user_ = (b.mode & M_CPL) == 3;
+    memo_ = bt_.options().memo == BtOptions::Memo::all || (bt_.options().memo == BtOptions::Memo::user && user_);
     fl_ = Fl::parked;
     idx_ = 0;
     prev_callout_ = nullptr;
@@ -343,6 +344,14 @@ class Emitter : public CodeGenerator {
     int recipe = -1;  // >= 0: recompute the flags from recipe_[recipe] first
     u32 direct_from = kNone;  // a direct access (paging off) from here to `done`: its fault comes here
     u32 at = kNone;           // where the out-of-line slow path begins
+    // A memo access (memo >= 0, mem::Mmu::Memo): its miss (memo_fix) goes to
+    // out-of-line code that looks the TLB up, fills the memo and resumes at
+    // memo_resume, or takes the slow path.
+    int memo = -1;
+    u32 memo_fix = kNone;
+    u32 memo_resume = kNone;
+    u8 size = 0;
+    bool write = false;
   };
   // Where the guest's arithmetic flags are.
   enum class Fl {
@@ -819,8 +828,76 @@ class Emitter : public CodeGenerator {
         wrap = true;
       }
     }
+    if (memo_ && clobber && !wrap && !in_rep_ && seg != GS && (b_->mode & m_base0(seg)) &&
+        !bt_.is_no_memo(pa)) {
+      memo_hit(s, size, write);
+      return s;
+    }
     s.entry_fix = lookup(size, write, clobber, wrap);
     return s;
+  }
+  // The memo check (flags free): r8 - memo page in [0, 4096 - size], else
+  // the miss; the hit adds the memo's addend. Memos are handed out
+  // round-robin per kind (any memo of the kind is right for any site).
+  void memo_hit(Slow& s, unsigned size, bool write) {
+    constexpr unsigned kPool = mem::Mmu::kMemos / 4;
+    const unsigned pool = mem::Mmu::memo_pool(user_, write);
+    const unsigned id = pool + (memo_next_[pool / kPool]++ & (kPool - 1));
+    const int moff = tlb_off_ + int(mem::Mmu::memo_off(id));
+    s.memo = int(id);
+    s.size = u8(size);
+    s.write = write;
+    s.site->has_memo = true;
+    s.site->memo = u16(id);
+    bt_.mmu().memo_misses(id) = Bt::kMemoBatch;
+    bt_.memo_batch_start(id) = 0;
+    mov(r9d, r8d);
+    sub(r9, qword[r14 + moff]);
+    cmp(r9, int(4096 - size));
+    s.memo_fix = jcc32(7);  // ja
+    add(r8, qword[r14 + moff + 8]);
+    s.memo_resume = here();
+    bt_.bstats().memo_accesses++;
+  }
+  // A memo's miss: the TLB check; on a hit the memo is listed (if it is
+  // not yet), its entry marked, and it is filled (mem::Mmu::Memo).
+  void memo_miss(Slow& s) {
+    bind(s.memo_fix);
+    // The policy's count-down (Bt::kMemoBatch): at zero, the slow path.
+    sub(dword[r14 + (tlb_off_ + int(mem::Mmu::memo_miss_off(unsigned(s.memo))))], 1);
+    s.entry_fix2 = jcc32(4);  // jz
+    const unsigned size = s.size;
+    const int tag = tlb_off_ + int(mem::Mmu::tag_array_off(user_, s.write));
+    const int addend = tlb_off_ + int(mem::Mmu::addend_array_off(user_));
+    const int marks = tlb_off_ + int(mem::Mmu::kMemoMarkOff) + (user_ ? int(mem::Mmu::kTlbSize) : 0);
+    const int moff = tlb_off_ + int(mem::Mmu::memo_off(unsigned(s.memo)));
+    const int count = tlb_off_ + int(mem::Mmu::kMemoCountOff);
+    bextr(r9d, r8d, r13d);
+    lea(r10d, ptr[r8 + int(size - 1)]);
+    and_(r10d, ~0xFFFu);
+    cmp(r10d, dword[r14 + r9 * 4 + tag]);
+    s.entry_fix = jcc32(5);  // jne: the slow path
+    static_assert(mem::Mmu::kMemoEmpty == u64(1) << 40);
+    bt(qword[r14 + moff], 40);
+    const u32 listed = jcc32(3);  // jnc (jae)
+    mov(r10d, dword[r14 + count]);
+    cmp(r10d, mem::Mmu::kMemoListCap);
+    const u32 full = jcc32(3);  // jae
+    mov(dword[r14 + r10 * 4 + (tlb_off_ + int(mem::Mmu::kMemoListOff))], u32(s.memo));
+    inc(r10d);
+    mov(dword[r14 + count], r10d);
+    bind(listed);
+    mov(byte[r14 + r9 + marks], 1);
+    lea(r10d, ptr[r8 + int(size - 1)]);
+    and_(r10d, ~0xFFFu);
+    mov(qword[r14 + moff], r10);
+    mov(r10, qword[r14 + r9 * 8 + addend]);
+    mov(qword[r14 + moff + 8], r10);
+    add(r8, r10);
+    jmp_back(s.memo_resume);
+    bind(full);
+    add(r8, qword[r14 + r9 * 8 + addend]);
+    jmp_back(s.memo_resume);
   }
   // The end of an indirect transfer whose target the fast path left in r9d;
   // after the slow path (which ran the instruction) it is the state's EIP.
@@ -888,6 +965,8 @@ class Emitter : public CodeGenerator {
   Stubs stubs_{};
   const u8* rx_ = nullptr;
   bool user_ = false;
+  unsigned memo_next_[4] = {};  // the next memo of each pool (mem::Mmu::memo_pool)
+  bool memo_ = false;           // memory operands of this block use memos
   Fl fl_ = Fl::parked;
   Site* prev_callout_ = nullptr;  // the last plain callout of this block
   unsigned idx_ = 0;
@@ -1904,6 +1983,17 @@ void Emitter::run(u32 max_insns) {
     }
   }
   n_ = n;
+  // Memos pay where an access runs many times between TLB flushes (a miss
+  // costs a mispredicted branch and the fill): by default in loops, whose
+  // back edge ends the block (--bt-memo all: in every block).
+  if (memo_ && bt_.options().memo == BtOptions::Memo::user) {
+    const Insn& last = pre_[n - 1].i;
+    const u32 end = pre_[n - 1].eip + last.len;
+    const bool jump = last.op == Op::JMP_Jb || last.op == Op::JMP_Jz || last.op == Op::JCC_Jb ||
+                      last.op == Op::JCC_Jz;
+    const u32 target = end + u32(i32(last.imm));
+    memo_ = jump && target >= b_->eip && target < end;
+  }
   plan_recipes(n);
   Done d = Done::next;
   while (idx_ < n) {
@@ -1956,6 +2046,7 @@ void Emitter::run(u32 max_insns) {
 
   // Out-of-line slow paths.
   for (Slow& s : slows_) {
+    if (s.memo >= 0) memo_miss(s);
     s.at = here();
     if (s.entry_fix != kNone) bind(s.entry_fix);
     if (s.entry_fix2 != kNone) bind(s.entry_fix2);

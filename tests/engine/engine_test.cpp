@@ -372,6 +372,27 @@ TEST_P(EngineTest, LoadsAcrossAPageEndReadBothPages) {
   EXPECT_EQ(vm.s.gpr[EDI], sum);
 }
 
+// RDTSC in a loop and after it (bt: a thin call at CPL 0, not a callout):
+// the time-stamp counter it reads follows the instruction count (the test
+// platform's TSC is 10 per retired instruction) exactly as the interpreter's.
+TEST_P(EngineTest, RdtscReadsTheTimeOfItsInstruction) {
+  //       mov ecx, 5 ; xor esi, esi
+  // top:  rdtsc ; add esi, eax ; dec ecx ; jnz top
+  //       nop ; rdtsc ; hlt
+  TestVm vm(GetParam());
+  vm.code(0x1000, {0xB9, 5, 0, 0, 0, 0x31, 0xF6, 0x0F, 0x31, 0x01, 0xC6, 0x49, 0x75, 0xF9, 0x90, 0x0F,
+                   0x31, 0xF4});
+  vm.s.eip = 0x1000;
+  EXPECT_EQ(vm.run(1000), engine::Exit::halt);
+  // Before the k-th RDTSC in the loop: 2 + 4k instructions retired; the last
+  // comes after 2 + 20 + 1.
+  u32 sum = 0;
+  for (u32 k = 0; k < 5; k++) sum += 12345 + 10 * (2 + 4 * k);
+  EXPECT_EQ(vm.s.gpr[ESI], sum);
+  EXPECT_EQ(vm.s.gpr[EAX], 12345u + 10 * 23);
+  EXPECT_EQ(vm.s.gpr[EDX], 0u);
+}
+
 TEST_P(EngineTest, CallsReturnsAndIndirectJumps) {
   TestVm vm(GetParam());
   // 0x1000: mov eax, 0 ; mov ecx, 50

@@ -15,7 +15,10 @@ struct TestPlatform : x86::Platform {
   std::vector<std::pair<u16, u32>> outs;
   u32 io_in(u16, unsigned) override { return 0xFFFFFFFF; }
   void io_out(u16 p, unsigned, u32 v) override { outs.emplace_back(p, v); }
-  u64 tsc() override { return 12345; }
+  // The TSC counts retired instructions (as in deterministic runs): an engine
+  // must have its count right when RDTSC reads it.
+  const u64* icount = nullptr;
+  u64 tsc() override { return 12345 + (icount ? 10 * *icount : 0); }
   u8 intr_ack() override { return 0x20; }
 };
 
@@ -76,6 +79,7 @@ struct TestVm {
     return eng->run(budget);
   }
   explicit TestVm(const EngineKind& k) : kind(k) {
+    plat.icount = &s.icount;
     s.cr0 = x86::CR0_PE | x86::CR0_ET;
     for (auto& sg : s.seg) sg = x86::Segment{0x10, 0, 0xFFFFFFFF, 0xC093};
     s.seg[x86::CS] = x86::Segment{0x08, 0, 0xFFFFFFFF, 0xC09B};

@@ -85,6 +85,7 @@ constexpr u64 kAdaptiveWindow = 4096;    // this many guest instructions of the 
 constexpr u64 kAdaptiveRetry = 1u << 16;
 
 u64 callout_entry(Rt* rt, Site* site) { return rt->self->callout(site); }
+u64 tsc_entry(Rt* rt, u32 unretired) { return rt->self->inline_tsc(unretired); }
 
 // Rt::hf image of EFLAGS: the LAHF byte in bits 8..15, OF in bit 0.
 u64 encode_hf(u32 eflags) { return (u64((eflags & 0xD5) | 2) << 8) | ((eflags & OF) ? 1 : 0); }
@@ -204,6 +205,7 @@ Bt::Bt(CpuState& s, mem::PhysMem& pm, Platform& plat, const BtOptions& opt)
   static_assert(sizeof(Rt) <= mem::Mmu::kEngineArea, "Rt must fit the MMU's engine area");
   rt_ = new (mmu_.engine_area()) Rt();
   rt_->callout = &callout_entry;
+  rt_->tsc = &tsc_entry;
   rt_->self = this;
   rt_->jc = jc_.data();
   rt_->direct_base = pm_.ram() + kR13Bias;
@@ -327,13 +329,34 @@ void Bt::emit_stubs() {
   g.add(rsp, 8);  // the block's return address
   g.jmp(nostore, Xbyak::CodeGenerator::T_NEAR);
 
+  // tsc: called from a block (r8d = its instructions not yet retired);
+  // keeps the guest registers the C++ call may clobber (ECX, ESI, EDI; EAX
+  // and EDX are the result). The host flags are clobbered: the block parks
+  // the guest's first.
+  g.align(16);
+  const u8* tsc = g.getCurr();
+  g.push(rcx);
+  g.push(rsi);
+  g.push(rdi);
+  g.mov(rdi, r14);
+  g.mov(esi, r8d);
+  g.call(qword[r14 + int(offsetof(Rt, tsc))]);
+  g.pop(rdi);
+  g.pop(rsi);
+  g.pop(rcx);
+  g.rorx(rdx, rax, 32);
+  g.mov(edx, edx);
+  g.mov(eax, eax);
+  g.ret();
+
   enter_ = reinterpret_cast<EnterFn>(const_cast<u8*>(cache_->to_rx(enter)));
   exit_common_ = cache_->to_rx(exit_common);
   exit_nostore_ = cache_->to_rx(exit_nostore);
   callout_stub_ = cache_->to_rx(callout);
   cache_->advance(g.getSize());
   cache_->set_reserved();
-  tr_->set_stubs(Stubs{exit_common_, exit_nostore_, callout_stub_, cache_->to_rx(callout_nosave)});
+  tr_->set_stubs(Stubs{exit_common_, exit_nostore_, callout_stub_, cache_->to_rx(callout_nosave),
+                       cache_->to_rx(tsc)});
 }
 
 // A segment the generated code may access without limit checks: limit 4 GiB,
@@ -622,6 +645,12 @@ void Bt::code_page_written(u64 ppn) {
   for (Block* b : it->second) invalidate(b);
   by_page_.erase(it);
   jc_drop_if([](const JcMeta& m) { return !m.block->valid; });
+}
+
+u64 Bt::inline_tsc(u32 unretired) {
+  st_.inline_tsc++;
+  s_.icount = icount_base_ + u64(budget_start_ - rt_->budget) - unretired;
+  return cpu_.plat.tsc() + s_.msr.tsc_offset;
 }
 
 u64 Bt::callout(Site* site) {
@@ -1018,6 +1047,7 @@ std::vector<std::pair<std::string, u64>> Bt::stats() const {
       {"bt.smc_exits", st_.smc_exits},
       {"bt.direct_accesses", st_.direct_accesses},
       {"bt.direct_faults", st_.direct_faults},
+      {"bt.inline_tsc", st_.inline_tsc},
       {"bt.memo_accesses", st_.memo_accesses},
       {"bt.memo_drops", mmu_.memo_drops()},
       {"bt.memo_batches", st_.memo_batches},

@@ -94,6 +94,9 @@ struct Rt {
   u64 reason = 0;      // why generated code returned
   u64 arg = 0;
   u64 (*callout)(Rt*, Site*) = nullptr;
+  // RDTSC at CPL 0 (Stubs::tsc): the guest's TSC; the second argument is the
+  // block's instructions not yet retired before it.
+  u64 (*tsc)(Rt*, u32) = nullptr;
   engine::Bt* self = nullptr;
   JcEntry* jc = nullptr;
   // GS is not in the mode key (processes differ in it, and the kernel that
@@ -142,6 +145,7 @@ struct BtStats {
   u64 smc_exits = 0;
   u64 direct_accesses = 0;   // memory operands translated to address RAM directly (paging off)
   u64 direct_faults = 0;     // of those, runs that faulted into the slow path
+  u64 inline_tsc = 0;        // RDTSCs at CPL 0 through the thin call (no callout)
   u64 memo_accesses = 0;     // memory operands translated with a memo (user mode)
   u64 memo_batches = 0;      // kMemoBatch misses of one memo (the policy looked)
   u64 memo_retranslations = 0;  // sites translated again without their memo
@@ -182,6 +186,9 @@ class Bt final : public Engine, public mem::CodeWatcher, public mem::TlbListener
   bt::BtStats& bstats() { return st_; }
   u32 interp_group_mask() const { return interp_group_mask_; }
   bool is_direct_slow(u64 pa) const { return direct_slow_.count(pa) != 0; }
+  // RDTSC from generated code at CPL 0 (a thin call: no state saved but the
+  // instruction count, which deterministic time and lockstep need).
+  u64 inline_tsc(u32 unretired);
   bool is_no_memo(u64 pa) const { return no_memo_.count(pa) != 0; }
   // A memo's misses come in batches of kMemoBatch (its count-down); a batch
   // within kMemoWindow guest instructions of the last makes the site's block

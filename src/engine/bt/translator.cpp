@@ -327,6 +327,7 @@ class Emitter : public CodeGenerator {
     prev_callout_ = nullptr;
     sides_.clear();
     unrun_fix_.clear();
+    tsc_fix_.clear();
   }
   void run(u32 max_insns);
 
@@ -995,6 +996,7 @@ class Emitter : public CodeGenerator {
   // `add qword [r14], imm32` whose immediate (instructions the prologue
   // counted that will not run) is patched when the block's length is known.
   std::vector<std::pair<u32, unsigned>> unrun_fix_;
+  std::vector<std::pair<u32, unsigned>> tsc_fix_;  // RDTSC's count of unretired instructions
   void add_unrun(unsigned idx) {
     db(0x49); db(0x81); db(0x06);
     unrun_fix_.emplace_back(here(), idx);
@@ -1379,6 +1381,18 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
     mov(word[r8], r9w);
     lea(r12d, ptr[r12 - 4]);
     s.done = here();
+    return Done::next;
+  }
+  // RDTSC at CPL 0 (never faults there): a thin call for the time, the
+  // instructions of the block before it counted as retired.
+  if (i.op == Op::RDTSC && (b_->mode & M_CPL) == 0 && !interp_only) {
+    st.native_insns++;
+    save_flags();
+    db(0x41); db(0xB8);  // mov r8d, imm32: the block's instructions from this one on
+    tsc_fix_.emplace_back(here(), idx_);
+    dd(0);
+    call_abs(stubs_.tsc);
+    fl_ = Fl::parked;
     return Done::next;
   }
   // CLI at CPL 0 (always allowed there): clear IF. Clearing it never makes an
@@ -2080,6 +2094,10 @@ void Emitter::run(u32 max_insns) {
   for (auto [at, idx] : unrun_fix_) {
     const u32 unrun = b_->n - idx - 1;
     std::memcpy(code + at, &unrun, 4);
+  }
+  for (auto [at, idx] : tsc_fix_) {
+    const u32 unretired = b_->n - idx;
+    std::memcpy(code + at, &unretired, 4);
   }
   b_->code = rx_;
   b_->code_size = u32(getSize());

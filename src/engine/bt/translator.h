@@ -30,6 +30,7 @@ struct Stubs {
   const u8* exit_nostore;
   const u8* callout;
   const u8* callout_nosave;  // the guest flags are already in Rt::hf
+  const u8* tsc;             // r8d = instructions not yet retired: EDX:EAX = the TSC (flags clobbered)
 };
 
 class Emitter;

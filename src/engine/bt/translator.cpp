@@ -755,6 +755,14 @@ class Emitter : public CodeGenerator {
     // Paging off, a base-0 segment: the linear address is the physical one,
     // and RAM is addressed directly (no check, nothing clobbered).
     const bool direct = (b_->mode & M_NOPG) && !in_rep_ && (b_->mode & m_base0(seg)) && seg != GS;
+    // Guest flags only in the host's at an access that does not read them:
+    // parked now (5 instructions), this access and the next ones take the
+    // compare-and-branch TLB check (7) instead of the flag-free one (14).
+    if (!direct && fl_ == Fl::dirty && use_recipe_ < 0 && !flags_dead && !in_rep_ &&
+        (out_dead_ || !needs_flags(i)) && park_pays()) {
+      save_flags();
+      bt_.bstats().flag_parks++;
+    }
     // The host flags are free for the check unless they hold guest flags not
     // yet saved, or the instruction needs the guest's flags as input.
     bool clobber = fl_ != Fl::dirty && (flags_dead || (!direct && (out_dead_ || !needs_flags(i))));
@@ -1049,6 +1057,20 @@ class Emitter : public CodeGenerator {
   // offset's dword index, added to the effective address.
   bool bt_index_ = false;
   bool partial_output_dead(unsigned k, unsigned n) const;
+  // Whether parking the flags at this memory access pays: unless an
+  // instruction that needs them follows before a second access (it would
+  // restore them, 5 more), a definer of all six or the block's end (which
+  // saves them anyway) come first.
+  bool park_pays() const {
+    unsigned accesses = 1;
+    for (unsigned j = idx_ + 1; j < n_; j++) {
+      const Insn& x = pre_[j].i;
+      if (needs_flags(x)) return accesses >= 2;
+      if (x.mem && x.op != Op::LEA) accesses++;
+      if (defines_all_flags(x)) return true;
+    }
+    return true;
+  }
   bool quiet_reg_op(const Insn& i) const;
   std::vector<Slow> slows_;
   u32 max_insns_ = 0;

@@ -701,7 +701,6 @@ class Emitter : public CodeGenerator {
       mov(qword[r14 + kArgOff], r8);
       jmp_abs(stubs_.exit_common);
     } else if (bt_.options().chain && flat && b_->cs_base == 0) {
-      mov(dword[r15 + kEipOff], target);
       mov(r9d, target);
       jc_lookup();
     } else {
@@ -713,15 +712,17 @@ class Emitter : public CodeGenerator {
   // Leaves the block for the guest EIP in r9d.
   void exit_indirect() {
     save_flags();
-    mov(dword[r15 + kEipOff], r9d);
     if (bt_.options().chain && (b_->mode & M_CS_FLAT) && b_->cs_base == 0) {
       jc_lookup();
     } else {
+      mov(dword[r15 + kEipOff], r9d);
       mov(qword[r14 + kReasonOff], u32(kExitNormal));
       jmp_abs(stubs_.exit_common);
     }
   }
-  // The jump cache: (eip, mode) -> code, filled by the dispatcher. Flags are saved.
+  // The jump cache: (eip, mode) -> code, filled by the dispatcher. Flags are
+  // saved; the guest EIP in r9d is stored only on the way out (a block found
+  // needs none in CpuState: its own exits and callouts store theirs).
   // `mode_in_r8`: the mode is not the block's but r8's high half.
   void jc_lookup(bool mode_in_r8 = false) {
     mov(r10d, r9d);
@@ -737,6 +738,7 @@ class Emitter : public CodeGenerator {
     const u32 miss = jcc32(5);
     jmp(qword[r10 + 8]);
     bind(miss);
+    mov(dword[r15 + kEipOff], r9d);
     mov(qword[r14 + kReasonOff], u32(kExitNormal));
     jmp_abs(stubs_.exit_common);
   }
@@ -1564,7 +1566,6 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
         or_(r8d, b_->mode & ~(3u << shift));
         shl(r8, 32);
         mov(r9d, eip + i.len);
-        mov(dword[r15 + kEipOff], r9d);
         jc_lookup(true);
         bind(over);
       } else {

@@ -125,6 +125,7 @@ struct BtStats {
   u64 flag_restores_skipped = 0;  // partial flag writers whose other flags are dead
   u64 flag_recipes = 0;      // memory accesses whose slow path recomputes the flags
   u64 flag_parks = 0;        // flags saved early so that the accesses after take the short TLB check
+  u64 flag_free_checks = 0;  // TLB checks translated in the flag-free form (the guest flags in the host's)
   u64 block_entries = 0;     // dispatcher -> generated code
   u64 block_lookups = 0;
   u64 block_lookup_misses = 0;

@@ -558,6 +558,7 @@ class Emitter : public CodeGenerator {
   // branch); otherwise a flag-free sequence.
   Snip lookup_snips_[64];
   u32 lookup(unsigned size, bool write, bool clobber, bool wrap_in_r11 = false) {
+    if (!clobber) bt_.bstats().flag_free_checks++;
     const unsigned key = (size == 1 ? 0u : size == 2 ? 1u : size == 4 ? 2u : 3u) | (write ? 4u : 0u) |
                          (clobber ? 8u : 0u) | (wrap_in_r11 ? 16u : 0u) | (user_ ? 32u : 0u);
     return cached(lookup_snips_[key], [&] { return encode_lookup(size, write, clobber, wrap_in_r11); });

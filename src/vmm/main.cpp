@@ -12,6 +12,19 @@ using namespace popek;
 
 namespace {
 
+// An option naming where a bt feature applies (BtOptions::Superblocks, Memo):
+// user, all or off.
+template <typename Scope>
+void add_scope_option(CLI::App* app, const std::string& name, Scope& target, const std::string& help) {
+  app->add_option_function<std::string>(
+         name,
+         [&target](const std::string& v) {
+           target = v == "all" ? Scope::all : v == "off" ? Scope::off : Scope::user;
+         },
+         help)
+      ->check(CLI::IsMember({"user", "all", "off"}));
+}
+
 machine::Machine* g_machine = nullptr;
 void on_signal(int) {
   if (g_machine) g_machine->request_stop();
@@ -93,26 +106,13 @@ int main(int argc, char** argv) {
   run->add_flag("!--bt-no-fastmem", cfg.bt.fastmem,
                 "bt: with paging off, look memory operands up in the soft TLB instead of "
                 "addressing guest RAM directly");
-  run->add_option_function<std::string>(
-         "--bt-superblocks",
-         [&cfg](const std::string& v) {
-           cfg.bt.superblocks = v == "all"   ? engine::BtOptions::Superblocks::all
-                                : v == "off" ? engine::BtOptions::Superblocks::off
-                                             : engine::BtOptions::Superblocks::user;
-         },
-         "bt: forward conditional branches inside a block as side exits: user (in user-mode "
-         "code; default), all, off")
-      ->check(CLI::IsMember({"user", "all", "off"}));
-  run->add_option_function<std::string>(
-         "--bt-memo",
-         [&cfg](const std::string& v) {
-           cfg.bt.memo = v == "all"   ? engine::BtOptions::Memo::all
-                         : v == "off" ? engine::BtOptions::Memo::off
-                                      : engine::BtOptions::Memo::user;
-         },
-         "bt: memory operands first compare with the page they last hit (no TLB load on the "
-         "address chain): user (in loops of user-mode code; default), all (every block), off")
-      ->check(CLI::IsMember({"user", "all", "off"}));
+  add_scope_option(run, "--bt-superblocks", cfg.bt.superblocks,
+                   "bt: forward conditional branches inside a block as side exits: user (in "
+                   "user-mode code; default), all, off");
+  add_scope_option(run, "--bt-memo", cfg.bt.memo,
+                   "bt: memory operands first compare with the page they last hit (no TLB load on "
+                   "the address chain): user (in loops of user-mode code; default), all (every "
+                   "block), off");
   run->add_flag("--bt-perf-map", cfg.bt.perf_map,
                 "bt: write /tmp/perf-PID.map naming each translation by its guest address, "
                 "for `perf report`");

@@ -293,8 +293,17 @@ RunResult Machine::run() {
           return {Outcome::halted, 6, "guest halted with interrupts disabled"};
         }
         u64 d = next_deadline();
-        if (d == Timed::kNever && (!console_ || console_->eof()) && !has_io())
-          return {Outcome::halted, 6, "guest halted waiting for an interrupt no device will raise"};
+        if (d == Timed::kNever && (!console_ || console_->eof()) && !has_io()) {
+          // Console input read before the end of the input may still wait
+          // for room in the UART's receive FIFO: while the guest takes more
+          // of it, its interrupt can wake the CPU (a guest halted between
+          // two bytes of the last command line once ended here).
+          const usize pending = console_pending_.size();
+          if (pending) pump_console(&quit_requested_);
+          if (!pending || console_pending_.size() == pending)
+            return {Outcome::halted, 6, "guest halted waiting for an interrupt no device will raise"};
+          continue;
+        }
         wait_for_event(d);
         continue;
       }

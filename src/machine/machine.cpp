@@ -215,9 +215,12 @@ void Machine::fire_timers() {
 void Machine::pump_console(bool* quit) {
   if (!console_) return;
   bool status = false;
-  // Bytes wait here until the UART's receive FIFO has room: nothing typed is lost.
+  // Bytes wait here until the UART's receive FIFO has room, and while the
+  // guest does not assert RTS (the far end's flow control: Linux raises it
+  // when the tty is opened, and clears the FIFO then — bytes sent before
+  // would be lost): nothing typed or piped is lost.
   console_pending_ += console_->poll_input(quit, &status);
-  if (!console_pending_.empty()) {
+  if (!console_pending_.empty() && (com1_->mcr() & 0x12) == 0x02) {  // RTS, not loopback
     usize n = com1_->receive(std::span<const u8>(
         reinterpret_cast<const u8*>(console_pending_.data()), console_pending_.size()));
     console_pending_.erase(0, n);

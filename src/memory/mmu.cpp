@@ -123,7 +123,7 @@ u64 Mmu::translate(u32 la, Acc acc, bool user) {
   } else {
     stats_.page_walks++;
     const bool write = acc == Acc::write;
-    const u32 err_base = (write ? PFE_W : 0) | (user ? PFE_U : 0);
+    const u32 err_base = (write ? u32(PFE_W) : 0u) | (user ? u32(PFE_U) : 0u);
     const u64 pde_pa = (s_.cr3 & ~0xFFFu) + ((la >> 22) << 2);
     u32 pde = u32(pm_.read(pde_pa, 4));
     if (!(pde & PTE_P)) page_fault(la, err_base);
@@ -146,7 +146,7 @@ u64 Mmu::translate(u32 la, Acc acc, bool user) {
     can_write = writable;
     // The walk succeeded: set accessed (and dirty) bits, directory first.
     if (!(pde & PTE_A) || (big && write && !(pde & PTE_D))) {
-      u32 npde = pde | PTE_A | (big && write ? PTE_D : 0);
+      u32 npde = pde | PTE_A | (big && write ? u32(PTE_D) : 0u);
       pm_.write(pde_pa, 4, npde);
       pde = npde;
     }
@@ -156,7 +156,7 @@ u64 Mmu::translate(u32 la, Acc acc, bool user) {
       dirty = pde & PTE_D;
     } else {
       if (!(pte & PTE_A) || (write && !(pte & PTE_D))) {
-        pte |= PTE_A | (write ? PTE_D : 0);
+        pte |= PTE_A | (write ? u32(PTE_D) : 0u);
         pm_.write(pte_pa, 4, pte);
       }
       pa_page = pte & ~0xFFFu;
@@ -177,7 +177,7 @@ u64 Mmu::translate(u32 la, Acc acc, bool user) {
     e.addend = uintptr_t(pg.host) - page;
     e.ppn = u32(ppn);
     if (!(e.flags & kListed)) used_[user].push_back((la >> 12) & (kTlbSize - 1));
-    e.flags = (global ? kGlobal : 0) | kListed;
+    e.flags = (global ? u32(kGlobal) : 0u) | kListed;
     e.tag_read = page;
     e.tag_exec = page;
     if (can_write && dirty && !pg.rom && !pm_.is_code(ppn)) e.tag_write = page;

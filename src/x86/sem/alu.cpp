@@ -301,7 +301,7 @@ void h_daa(Cpu& c, const Insn&) {
     cf = true;
   }
   c.set_reg8(0, al);
-  fl = (fl & ~FLAGS_ARITH) | szp8(al) | (cf ? CF : 0) | (af ? AF : 0);
+  fl = (fl & ~FLAGS_ARITH) | szp8(al) | (cf ? u32(CF) : 0u) | (af ? u32(AF) : 0u);
 }
 void h_das(Cpu& c, const Insn&) {
   u32& fl = c.s.eflags;
@@ -317,7 +317,7 @@ void h_das(Cpu& c, const Insn&) {
     cf = true;
   }
   c.set_reg8(0, al);
-  fl = (fl & ~FLAGS_ARITH) | szp8(al) | (cf ? CF : 0) | (af ? AF : 0);
+  fl = (fl & ~FLAGS_ARITH) | szp8(al) | (cf ? u32(CF) : 0u) | (af ? u32(AF) : 0u);
 }
 void h_aaa(Cpu& c, const Insn&) {
   u32& fl = c.s.eflags;

@@ -424,7 +424,7 @@ TEST(X87Oracle, RegisterForms) {
       compare_state(d, c, m.s.fpu, h, describe(pre));
       pending += (m.s.fpu.fsw & 0x80) != 0;
       const bool fcomi = std::strstr(c.text, "fcomi") || std::strstr(c.text, "fucomi");
-      const u32 want = fcomi ? ((fl[1] & 0xD5) | (fl[2] ? OF : 0)) : (pre_eflags & FLAGS_ARITH);
+      const u32 want = fcomi ? ((fl[1] & 0xD5) | (fl[2] ? u32(OF) : 0u)) : (pre_eflags & FLAGS_ARITH);
       d.check((m.s.eflags & FLAGS_ARITH) == want, c.text, describe(pre) + "eflags");
       ++total;
     }
@@ -917,9 +917,14 @@ TEST(X87, FnstenvFormats) {
     EXPECT_EQ(m.s.fpu.fcw, 0x037F);
     EXPECT_EQ(m.s.fpu.fsw, f.fsw);
     EXPECT_EQ(m.s.fpu.ftw, f.ftw);
-    if (real) EXPECT_EQ((m.s.fpu.fcs << 4) + m.s.fpu.fip, ip_lin);
-    else EXPECT_EQ(m.s.fpu.fip, ip_lin);
-    if (size32 || real) EXPECT_EQ(m.s.fpu.fop, 0x1E8);
+    if (real) {
+      EXPECT_EQ((m.s.fpu.fcs << 4) + m.s.fpu.fip, ip_lin);
+    } else {
+      EXPECT_EQ(m.s.fpu.fip, ip_lin);
+    }
+    if (size32 || real) {
+      EXPECT_EQ(m.s.fpu.fop, 0x1E8);
+    }
   }
 }
 

@@ -33,14 +33,12 @@ Mmu::Mmu(CpuState& s, PhysMem& pm)
 Mmu::~Mmu() { pm_.remove_shootdown(this); }
 
 void Mmu::drop_memos(bool user, unsigned k) {
-  u8* marks = reinterpret_cast<u8*>(tlb_[0]) + kMemoMarkOff;
-  marks[(user ? kTlbSize : 0) + k] = 0;
+  at(memo_mark_off(user))[k] = 0;
   Memo* m = memos();
   const u32* list = memo_list();
   for (u32 i = 0, n = memo_count(); i < n; i++) {
-    const u32 id = list[i];
-    Memo& o = m[id];
-    if (o.page < kMemoEmpty && ((o.page >> 12) & (kTlbSize - 1)) == k && (id >= memo_pool(true, false)) == user) {
+    Memo& o = m[list[i]];
+    if (o.page < kMemoEmpty && ((o.page >> 12) & (kTlbSize - 1)) == k && memo_is_user(list[i]) == user) {
       o.page = kMemoDropped;
       memo_drops_++;
     }
@@ -48,13 +46,11 @@ void Mmu::drop_memos(bool user, unsigned k) {
 }
 
 void Mmu::reset_memos() {
-  u8* marks = reinterpret_cast<u8*>(tlb_[0]) + kMemoMarkOff;
   Memo* m = memos();
   const u32* list = memo_list();
   for (u32 i = 0, n = memo_count(); i < n; i++) {
     Memo& o = m[list[i]];
-    if (o.page < kMemoEmpty)
-      marks[(list[i] >= memo_pool(true, false) ? kTlbSize : 0) + ((o.page >> 12) & (kTlbSize - 1))] = 0;
+    if (o.page < kMemoEmpty) at(memo_mark_off(memo_is_user(list[i])))[(o.page >> 12) & (kTlbSize - 1)] = 0;
     o.page = kMemoEmpty;
   }
   memo_count() = 0;

@@ -171,12 +171,12 @@ class Mmu final : public x86::LinearMem, public TlbShootdown {
   // decrements it at each miss and takes the slow path at zero).
   static constexpr i64 kMemoMissOff = kMemoListOff + i64(kMemoListCap) * 4;
   static constexpr i64 memo_miss_off(unsigned id) { return kMemoMissOff + i64(id) * 4; }
-  u32& memo_misses(unsigned id) {
-    return *reinterpret_cast<u32*>(reinterpret_cast<u8*>(tlb_[0]) + memo_miss_off(id));
-  }
+  u32& memo_misses(unsigned id) { return *reinterpret_cast<u32*>(at(memo_miss_off(id))); }
   static constexpr unsigned memo_pool(bool user, bool write) {
     return ((user ? 2u : 0u) + (write ? 1u : 0u)) * (kMemos / 4);
   }
+  static constexpr bool memo_is_user(unsigned id) { return id >= memo_pool(true, false); }
+  static constexpr i64 memo_mark_off(bool user) { return kMemoMarkOff + (user ? i64(kTlbSize) : 0); }
   static constexpr i64 memo_off(unsigned id) { return kMemoOff + i64(id) * 16; }
   u64 memo_drops() const { return memo_drops_; }
   // Bytes just before the TLB for an engine's own data: generated code that
@@ -204,15 +204,16 @@ class Mmu final : public x86::LinearMem, public TlbShootdown {
   // Copies entry k of class `user` to the arrays generated code reads.
   void mirror(bool user, unsigned k) {
     const TlbEntry& e = tlb_[user][k];
-    u8* soa = reinterpret_cast<u8*>(tlb_[0]);
-    if (soa[kMemoMarkOff + (user ? kTlbSize : 0) + k]) drop_memos(user, k);
-    reinterpret_cast<u32*>(soa + tag_array_off(user, false))[k] = e.tag_read;
-    reinterpret_cast<u32*>(soa + tag_array_off(user, true))[k] = e.tag_write;
-    reinterpret_cast<uintptr_t*>(soa + addend_array_off(user))[k] = e.addend;
+    if (at(memo_mark_off(user))[k]) drop_memos(user, k);
+    reinterpret_cast<u32*>(at(tag_array_off(user, false)))[k] = e.tag_read;
+    reinterpret_cast<u32*>(at(tag_array_off(user, true)))[k] = e.tag_write;
+    reinterpret_cast<uintptr_t*>(at(addend_array_off(user)))[k] = e.addend;
   }
-  Memo* memos() { return reinterpret_cast<Memo*>(reinterpret_cast<u8*>(tlb_[0]) + kMemoOff); }
-  u32& memo_count() { return *reinterpret_cast<u32*>(reinterpret_cast<u8*>(tlb_[0]) + kMemoCountOff); }
-  u32* memo_list() { return reinterpret_cast<u32*>(reinterpret_cast<u8*>(tlb_[0]) + kMemoListOff); }
+  // The byte at an offset from tlb(false) (the *_off constants).
+  u8* at(i64 off) { return reinterpret_cast<u8*>(tlb_[0]) + off; }
+  Memo* memos() { return reinterpret_cast<Memo*>(at(kMemoOff)); }
+  u32& memo_count() { return *reinterpret_cast<u32*>(at(kMemoCountOff)); }
+  u32* memo_list() { return reinterpret_cast<u32*>(at(kMemoListOff)); }
   void drop_memos(bool user, unsigned k);  // those on entry k of a class
   void reset_memos();           // all (a flush)
   // Translates one page for an access, filling the TLB; faults with #PF.

@@ -649,7 +649,7 @@ void Bt::code_page_written(u64 ppn) {
 
 u64 Bt::inline_tsc(u32 unretired) {
   st_.inline_tsc++;
-  s_.icount = icount_base_ + u64(budget_start_ - rt_->budget) - unretired;
+  set_icount(unretired);
   return cpu_.plat.tsc() + s_.msr.tsc_offset;
 }
 
@@ -661,7 +661,7 @@ u64 Bt::callout(Site* site) {
   Block* b = site->block;
   s_.eflags = merge_hf(s_.eflags, rt_->hf);
   s_.eip = site->eip;
-  s_.icount = icount_base_ + u64(budget_start_ - rt_->budget) - (b->n - site->idx);
+  set_icount(b->n - site->idx);
   bool exit = site->ends;
   cpu_.stop = StopReason::none;
   // Where the inline access would have gone (for the adaptive policy).
@@ -991,7 +991,7 @@ Exit Bt::run_blocks(u64 end) {
     if (trace_) std::fprintf(trace_, "bt: run %04x:%08x\n", cs.sel, eip);
     Running running(this);
     const u64 reason = enter_(&s_, rt_, b->code);
-    s_.icount = icount_base_ + u64(budget_start_ - rt_->budget);
+    set_icount(0);
     if (pending_error_) return Exit::stopped;
     if (lockstep_) lockstep_->after_block();
     if (reason == kExitChain && opt_.chain) {

@@ -302,7 +302,7 @@ class Bt final : public Engine, public mem::CodeWatcher, public mem::TlbListener
   // straight to their slow path.
   std::unordered_set<u64> direct_slow_;
   std::unordered_set<u64> no_memo_;  // instructions (by address) translated without a memo
-  std::vector<u64> memo_since_ = std::vector<u64>(mem::Mmu::kMemos, 0);  // icount at a memo's batch start
+  big_vector<u64> memo_since_ = big_vector<u64>(mem::Mmu::kMemos);  // icount at a memo's batch start
 
   // Stubs in the reserved start of the code cache.
   using EnterFn = u64 (*)(x86::CpuState*, bt::Rt*, const u8*);
@@ -314,6 +314,9 @@ class Bt final : public Engine, public mem::CodeWatcher, public mem::TlbListener
   // Accounting while generated code runs.
   u64 icount_base_ = 0;
   i64 budget_start_ = 0;
+  // The instruction count from the budget generated code has left, less
+  // the block's instructions it counted that have not retired.
+  void set_icount(u32 unretired) { s_.icount = icount_base_ + u64(budget_start_ - rt_->budget) - unretired; }
   std::exception_ptr pending_error_;
   std::FILE* perf_map_ = nullptr;
   u64 entry_epoch_ = 0;  // the MMU's epoch when the dispatcher entered generated code

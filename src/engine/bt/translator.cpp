@@ -326,8 +326,7 @@ class Emitter : public CodeGenerator {
     idx_ = 0;
     prev_callout_ = nullptr;
     sides_.clear();
-    unrun_fix_.clear();
-    tsc_fix_.clear();
+    rest_fix_.clear();
   }
   void run(u32 max_insns);
 
@@ -345,14 +344,11 @@ class Emitter : public CodeGenerator {
     int recipe = -1;  // >= 0: recompute the flags from recipe_[recipe] first
     u32 direct_from = kNone;  // a direct access (paging off) from here to `done`: its fault comes here
     u32 at = kNone;           // where the out-of-line slow path begins
-    // A memo access (memo >= 0, mem::Mmu::Memo): its miss (memo_fix) goes to
-    // out-of-line code that looks the TLB up, fills the memo and resumes at
-    // memo_resume, or takes the slow path.
-    int memo = -1;
+    // A memo access (site->has_memo, mem::Mmu::Memo): its miss (memo_fix)
+    // goes to out-of-line code that looks the TLB up, fills the memo and
+    // resumes at memo_resume, or takes the slow path.
     u32 memo_fix = kNone;
     u32 memo_resume = kNone;
-    u8 size = 0;
-    bool write = false;
   };
   // Where the guest's arithmetic flags are.
   enum class Fl {
@@ -563,20 +559,25 @@ class Emitter : public CodeGenerator {
                          (clobber ? 8u : 0u) | (wrap_in_r11 ? 16u : 0u) | (user_ ? 32u : 0u);
     return cached(lookup_snips_[key], [&] { return encode_lookup(size, write, clobber, wrap_in_r11); });
   }
+  // The compare-and-branch part of the TLB check (clobbers the flags): r9 =
+  // the entry; returns the rel32 of the jump taken on a miss.
+  u32 tag_check(unsigned size, bool write) {
+    static_assert(mem::Mmu::kTlbBits == 16 && (kR13Bias & 0xFFFF) == 0x100C, "BEXTR takes 16 bits from bit 12");
+    bextr(r9d, r8d, r13d);  // the entry: the page number's low 16 bits (r13's control byte pair)
+    // The page of the last byte must be the entry's tag (invalid tags have
+    // low bits set and never compare equal).
+    lea(r10d, ptr[r8 + int(size - 1)]);
+    and_(r10d, ~0xFFFu);
+    cmp(r10d, dword[r14 + r9 * 4 + tlb_off_ + int(mem::Mmu::tag_array_off(user_, write))]);
+    return jcc32(5);  // jne
+  }
   u32 encode_lookup(unsigned size, bool write, bool clobber, bool wrap_in_r11) {
     // The tag and addend arrays (Mmu::tag_array_off): the entry number
     // scales to them in the address, no multiply first.
     const int tag = tlb_off_ + int(mem::Mmu::tag_array_off(user_, write));
     const int addend = tlb_off_ + int(mem::Mmu::addend_array_off(user_));
     if (clobber) {
-      static_assert(mem::Mmu::kTlbBits == 16 && (kR13Bias & 0xFFFF) == 0x100C, "BEXTR takes 16 bits from bit 12");
-      bextr(r9d, r8d, r13d);  // the entry: the page number's low 16 bits (r13's control byte pair)
-      // The page of the last byte must be the entry's tag (invalid tags have
-      // low bits set and never compare equal).
-      lea(r10d, ptr[r8 + int(size - 1)]);
-      and_(r10d, ~0xFFFu);
-      cmp(r10d, dword[r14 + r9 * 4 + tag]);
-      const u32 fix = jcc32(5);  // jne
+      const u32 fix = tag_check(size, write);
       add(r8, qword[r14 + r9 * 8 + addend]);
       return fix;
     }
@@ -856,9 +857,6 @@ class Emitter : public CodeGenerator {
     const unsigned pool = mem::Mmu::memo_pool(user_, write);
     const unsigned id = pool + (memo_next_[pool / kPool]++ & (kPool - 1));
     const int moff = tlb_off_ + int(mem::Mmu::memo_off(id));
-    s.memo = int(id);
-    s.size = u8(size);
-    s.write = write;
     s.site->has_memo = true;
     s.site->memo = u16(id);
     bt_.mmu().memo_misses(id) = Bt::kMemoBatch;
@@ -875,32 +873,26 @@ class Emitter : public CodeGenerator {
   // not yet), its entry marked, and it is filled (mem::Mmu::Memo).
   void memo_miss(Slow& s) {
     bind(s.memo_fix);
+    const Site& site = *s.site;
     // The policy's count-down (Bt::kMemoBatch): at zero, the slow path.
-    sub(dword[r14 + (tlb_off_ + int(mem::Mmu::memo_miss_off(unsigned(s.memo))))], 1);
+    sub(dword[r14 + (tlb_off_ + int(mem::Mmu::memo_miss_off(site.memo)))], 1);
     s.entry_fix2 = jcc32(4);  // jz
-    const unsigned size = s.size;
-    const int tag = tlb_off_ + int(mem::Mmu::tag_array_off(user_, s.write));
     const int addend = tlb_off_ + int(mem::Mmu::addend_array_off(user_));
-    const int marks = tlb_off_ + int(mem::Mmu::kMemoMarkOff) + (user_ ? int(mem::Mmu::kTlbSize) : 0);
-    const int moff = tlb_off_ + int(mem::Mmu::memo_off(unsigned(s.memo)));
+    const int moff = tlb_off_ + int(mem::Mmu::memo_off(site.memo));
     const int count = tlb_off_ + int(mem::Mmu::kMemoCountOff);
-    bextr(r9d, r8d, r13d);
-    lea(r10d, ptr[r8 + int(size - 1)]);
-    and_(r10d, ~0xFFFu);
-    cmp(r10d, dword[r14 + r9 * 4 + tag]);
-    s.entry_fix = jcc32(5);  // jne: the slow path
+    s.entry_fix = tag_check(site.size, site.write);  // a TLB miss: the slow path
     static_assert(mem::Mmu::kMemoEmpty == u64(1) << 40);
     bt(qword[r14 + moff], 40);
     const u32 listed = jcc32(3);  // jnc (jae)
     mov(r10d, dword[r14 + count]);
     cmp(r10d, mem::Mmu::kMemoListCap);
     const u32 full = jcc32(3);  // jae
-    mov(dword[r14 + r10 * 4 + (tlb_off_ + int(mem::Mmu::kMemoListOff))], u32(s.memo));
+    mov(dword[r14 + r10 * 4 + (tlb_off_ + int(mem::Mmu::kMemoListOff))], u32(site.memo));
     inc(r10d);
     mov(dword[r14 + count], r10d);
     bind(listed);
-    mov(byte[r14 + r9 + marks], 1);
-    lea(r10d, ptr[r8 + int(size - 1)]);
+    mov(byte[r14 + r9 + (tlb_off_ + int(mem::Mmu::memo_mark_off(user_)))], 1);
+    lea(r10d, ptr[r8 + int(site.size - 1)]);
     and_(r10d, ~0xFFFu);
     mov(qword[r14 + moff], r10);
     mov(r10, qword[r14 + r9 * 8 + addend]);
@@ -1006,11 +998,12 @@ class Emitter : public CodeGenerator {
   }
   // `add qword [r14], imm32` whose immediate (instructions the prologue
   // counted that will not run) is patched when the block's length is known.
-  std::vector<std::pair<u32, unsigned>> unrun_fix_;
-  std::vector<std::pair<u32, unsigned>> tsc_fix_;  // RDTSC's count of unretired instructions
+  // Also RDTSC's count of unretired instructions: (immediate, the index of
+  // the first instruction it counts) -> the block's instructions from there on.
+  std::vector<std::pair<u32, unsigned>> rest_fix_;
   void add_unrun(unsigned idx) {
     db(0x49); db(0x81); db(0x06);
-    unrun_fix_.emplace_back(here(), idx);
+    rest_fix_.emplace_back(here(), idx + 1);
     dd(0);
   }
   // The block's instructions, decoded ahead of emission.
@@ -1414,7 +1407,7 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
     st.native_insns++;
     save_flags();
     db(0x41); db(0xB8);  // mov r8d, imm32: the block's instructions from this one on
-    tsc_fix_.emplace_back(here(), idx_);
+    rest_fix_.emplace_back(here(), idx_);
     dd(0);
     call_abs(stubs_.tsc);
     fl_ = Fl::parked;
@@ -2084,7 +2077,7 @@ void Emitter::run(u32 max_insns) {
 
   // Out-of-line slow paths.
   for (Slow& s : slows_) {
-    if (s.memo >= 0) memo_miss(s);
+    if (s.memo_fix != kNone) memo_miss(s);
     s.at = here();
     if (s.entry_fix != kNone) bind(s.entry_fix);
     if (s.entry_fix2 != kNone) bind(s.entry_fix2);
@@ -2115,13 +2108,9 @@ void Emitter::run(u32 max_insns) {
   u8* code = const_cast<u8*>(getCode());
   std::memcpy(code + count_at, &b_->n, 4);
   std::memcpy(code + count2_at, &b_->n, 4);
-  for (auto [at, idx] : unrun_fix_) {
-    const u32 unrun = b_->n - idx - 1;
-    std::memcpy(code + at, &unrun, 4);
-  }
-  for (auto [at, idx] : tsc_fix_) {
-    const u32 unretired = b_->n - idx;
-    std::memcpy(code + at, &unretired, 4);
+  for (auto [at, from] : rest_fix_) {
+    const u32 rest = b_->n - from;
+    std::memcpy(code + at, &rest, 4);
   }
   b_->code = rx_;
   b_->code_size = u32(getSize());

@@ -103,7 +103,12 @@ struct Rt {
   // runs for all of them does not use it): 1 if GS is not a flat writable
   // data segment now (its accesses then take the slow path), else 0.
   u32 gs_slow = 0;
-  u32 pad = 0;
+  // A loop block's flags (Translator: "loop flags"): 1 when the block was
+  // entered through its own back edge, whose compare left the guest flags
+  // only as a recipe (Rt::hf is stale); 0 when entered from outside. Read
+  // only by that block's out-of-line paths, which recompute the flags first.
+  u8 loop_lazy = 0;
+  u8 pad[3] = {};
   u8* direct_base = nullptr;  // guest RAM + kR13Bias: r13 (see kR13Bias)
   SegLoad seg_loads[kSegLoads];
 };
@@ -126,6 +131,7 @@ struct BtStats {
   u64 flag_recipes = 0;      // memory accesses whose slow path recomputes the flags
   u64 flag_parks = 0;        // flags saved early so that the accesses after take the short TLB check
   u64 flag_free_checks = 0;  // TLB checks translated in the flag-free form (the guest flags in the host's)
+  u64 loop_flags = 0;        // loop blocks whose back edge leaves the flags as a recipe (no save)
   u64 block_entries = 0;     // dispatcher -> generated code
   u64 block_lookups = 0;
   u64 block_lookup_misses = 0;

@@ -43,6 +43,7 @@ constexpr int kIntrLineOff = int(offsetof(CpuState, intr_line));
 // EFLAGS bits POPF can write (outside virtual-8086 mode, at CPL 0).
 constexpr u32 kFlagsWritable = CF | PF | AF | ZF | SF | TF | IF | DF | OF | IOPL | NT | AC | ID;
 constexpr int kHfOff = int(offsetof(Rt, hf));
+constexpr int kLoopLazyOff = int(offsetof(Rt, loop_lazy));
 constexpr int kReasonOff = int(offsetof(Rt, reason));
 constexpr int kArgOff = int(offsetof(Rt, arg));
 constexpr int kJcOff = int(offsetof(Rt, jc));
@@ -327,6 +328,10 @@ class Emitter : public CodeGenerator {
     prev_callout_ = nullptr;
     sides_.clear();
     rest_fix_.clear();
+    lazy_ = false;
+    loop_p_ = -1;
+    loop_stash_ = -1;
+    loop_body_ = kNone;
   }
   void run(u32 max_insns);
 
@@ -349,6 +354,9 @@ class Emitter : public CodeGenerator {
     // resumes at memo_resume, or takes the slow path.
     u32 memo_fix = kNone;
     u32 memo_resume = kNone;
+    // Made while a loop block's flags may be only its back edge's recipe
+    // (lazy_): the out-of-line path recomputes them first (materialize).
+    bool lazy = false;
   };
   // Where the guest's arithmetic flags are.
   enum class Fl {
@@ -360,7 +368,9 @@ class Emitter : public CodeGenerator {
   Slow& new_slow() {
     if (slows_.size() == slows_.capacity())
       throw Error("bt: internal error: more slow paths in a block than reserved");
-    return slows_.emplace_back();
+    Slow& s = slows_.emplace_back();
+    s.lazy = lazy_;
+    return s;
   }
   // Another way into the slow path of `site` (the rel32 `fix`), taken with
   // the guest flags in Rt::hf.
@@ -449,6 +459,7 @@ class Emitter : public CodeGenerator {
     fl_ = Fl::host;
   }
   void restore_flags() {
+    if (lazy_) materialize();
     cached(restore_seq_, [&] {
       mov(r11, rax);
       mov(ax, word[r14 + kHfOff]);
@@ -477,6 +488,7 @@ class Emitter : public CodeGenerator {
   // Calls the semantics for `s`; `parked`: Rt::hf holds the guest flags and
   // the host's are not theirs.
   void call_site(Site* s, bool parked) {
+    if (parked && lazy_) materialize();
     mov(r8, u64(s));
     call_abs(parked ? stubs_.callout_nosave : stubs_.callout);
     fl_ = Fl::host;  // the stub restored the flags from Rt::hf
@@ -685,6 +697,7 @@ class Emitter : public CodeGenerator {
   // Leaves the block for guest EIP `target` (a constant). `jcc`: the rel32
   // of a Jcc that jumps here (bound by the caller), or kNone.
   void exit_direct(u32 target, u32 jcc = kNone) {
+    if (lazy_ && fl_ == Fl::parked) materialize();
     save_flags();
     const bool flat = b_->mode & M_CS_FLAT;
     if (bt_.options().chain && flat && b_->nlinks < Block::kMaxLinks &&
@@ -713,6 +726,7 @@ class Emitter : public CodeGenerator {
   }
   // Leaves the block for the guest EIP in r9d.
   void exit_indirect() {
+    if (lazy_ && fl_ == Fl::parked) materialize();
     save_flags();
     if (bt_.options().chain && (b_->mode & M_CS_FLAT) && b_->cs_base == 0) {
       jc_lookup();
@@ -981,6 +995,7 @@ class Emitter : public CodeGenerator {
     u32 target;
     unsigned idx;
     Fl fl;        // where the flags were at the branch
+    bool lazy;    // lazy_ at the branch
   };
   std::vector<Side> sides_;
   static constexpr unsigned kMaxSides = Block::kMaxLinks - 2;
@@ -1068,6 +1083,42 @@ class Emitter : public CodeGenerator {
     return true;
   }
   bool quiet_reg_op(const Insn& i) const;
+  // Loop flags. A block that ends with a conditional branch back to its own
+  // start, right after a register-only instruction P that defines all six
+  // flags (CMP, TEST, ALU, shift by an immediate), does not save the flags
+  // on that back edge: it sets Rt::loop_lazy and jumps (the entry from
+  // outside clears it). Until the block's first definer of all six flags (W),
+  // the guest flags are then P's on P's operands as they were at the back
+  // edge: still in their registers, or one kept aside in the red zone
+  // (kLoopStash) by a store before P. Every path that needs the flags in
+  // Rt::hf before W — out-of-line slow paths, the budget exit — first runs
+  // materialize(): if the flag is set, P again, the flags saved, the flag
+  // cleared. The window before W may hold only instructions that neither read
+  // nor write flags (but a partial recipe's P whose F is W), transfer or
+  // call out; plan_loop checks that, the hooks in restore_flags, call_site
+  // and the exits keep any other case correct.
+  int loop_p_ = -1;      // P's index, or -1: not a loop block of that kind
+  int loop_stash_ = -1;  // the guest register kept aside, or -1
+  unsigned loop_w_ = 0;  // W's index
+  u32 loop_body_ = kNone;  // the prologue, where the back edge goes
+  bool lazy_ = false;    // emitting the window: Rt::hf may be stale
+  static constexpr int kLoopStash = -32;
+  static bool loop_producer(const Insn& p, unsigned* reads, unsigned* dest);
+  static bool regs_written(const Insn& x, unsigned* mask);
+  void plan_loop(unsigned n);
+  void emit_loop_p();
+  // The flags to Rt::hf if they are only the loop's recipe now (clobbers the
+  // host flags, r10, r11). Afterwards they are parked.
+  void materialize() {
+    cmp(byte[r14 + kLoopLazyOff], 0);
+    const u32 skip = jcc32(4);  // je
+    emit_loop_p();
+    fl_ = Fl::dirty;
+    save_flags();
+    mov(byte[r14 + kLoopLazyOff], 0);
+    bind(skip);
+    fl_ = Fl::parked;
+  }
   std::vector<Slow> slows_;
   u32 max_insns_ = 0;
 };
@@ -1186,6 +1237,163 @@ void Emitter::emit_recipe(const Recipe& r) {
     if (!r.dest_is_reg && native_of(r.p).reg_is_reg && r.p.reg == dest) reg_host = 10;
   }
   reencode(q, native_of(q), r.bytes, reg_host);
+}
+
+// P of the loop flags: register-only, defines all six flags from its
+// operands alone, and can be emitted again as it is. `reads`: the guest
+// registers (32-bit numbers) it reads; `dest`: the one it writes, or ~0u.
+bool Emitter::loop_producer(const Insn& p, unsigned* reads, unsigned* dest) {
+  const OpInfo& info = p.info();
+  if (p.mem || p.asize != 4 || !defines_all_flags(p) || (info.flags_read & ARITH)) return false;
+  if (info.attrs & (SEN | PRV | IOI | FPU | STR | CT)) return false;
+  const bool byte = info.attrs & B;
+  auto bit = [&](unsigned r, bool b) { return 1u << (b ? (r & 3) : r); };
+  *reads = 0;
+  *dest = ~0u;
+  bool writes = true;
+  switch (p.op) {
+    case Op::CMP_ALIb: case Op::CMP_eAXIz: case Op::TEST_ALIb: case Op::TEST_eAXIz:
+      writes = false;
+      [[fallthrough]];
+    case Op::ADD_ALIb: case Op::ADD_eAXIz: case Op::OR_ALIb: case Op::OR_eAXIz:
+    case Op::AND_ALIb: case Op::AND_eAXIz: case Op::SUB_ALIb: case Op::SUB_eAXIz:
+    case Op::XOR_ALIb: case Op::XOR_eAXIz:
+      *reads = 1u << EAX;
+      if (writes) *dest = EAX;
+      return true;
+    default: break;
+  }
+  const Native nat = native_of(p);
+  if (!nat.ok || !can_reencode(p, nat) || nat.rm == RM_W) return false;
+  switch (p.op) {
+    case Op::CMP_EbGb: case Op::CMP_EvGv: case Op::CMP_GbEb: case Op::CMP_GvEv:
+    case Op::CMP_EbIb: case Op::CMP_EvIz: case Op::CMP_EbIb82: case Op::CMP_EvIb:
+    case Op::TEST_EbGb: case Op::TEST_EvGv: case Op::TEST_EbIb: case Op::TEST_EbIb1:
+    case Op::TEST_EvIz: case Op::TEST_EvIz1:
+      writes = false;
+      break;
+    default: break;
+  }
+  const bool rm_byte = nat.rm_size == 1;
+  *reads |= bit(p.rm, rm_byte);
+  if (nat.reg_is_reg) *reads |= bit(p.reg, byte);
+  if (writes) {
+    if (nat.rm == RM_RW) *dest = rm_byte ? (p.rm & 3) : p.rm;
+    else if (nat.reg_is_reg) *dest = byte ? (p.reg & 3) : p.reg;
+    else return false;
+  }
+  return true;
+}
+
+// The guest registers (bit per 32-bit register) an instruction of a loop
+// window may write; false for those it does not know.
+bool Emitter::regs_written(const Insn& x, unsigned* mask) {
+  const OpInfo& info = x.info();
+  const bool byte = info.attrs & B;
+  auto bit = [&](unsigned r, bool b) { return 1u << (b ? (r & 3) : r); };
+  unsigned m = 0;
+  const Native nat = native_of(x);
+  if (nat.ok) {
+    if (!x.mem && (nat.rm == RM_W || nat.rm == RM_RW)) m |= bit(x.rm, nat.rm_size == 1);
+    switch (x.op) {
+      case Op::ADD_GbEb: case Op::ADD_GvEv: case Op::OR_GbEb: case Op::OR_GvEv:
+      case Op::ADC_GbEb: case Op::ADC_GvEv: case Op::SBB_GbEb: case Op::SBB_GvEv:
+      case Op::AND_GbEb: case Op::AND_GvEv: case Op::SUB_GbEb: case Op::SUB_GvEv:
+      case Op::XOR_GbEb: case Op::XOR_GvEv: case Op::MOV_GbEb: case Op::MOV_GvEv:
+      case Op::MOVZX_GvEb: case Op::MOVZX_GvEw: case Op::MOVSX_GvEb: case Op::MOVSX_GvEw:
+      case Op::IMUL_GvEv: case Op::IMUL_GvEvIz: case Op::IMUL_GvEvIb: case Op::CMOVCC:
+      case Op::BSF: case Op::BSR: case Op::XCHG_EbGb: case Op::XCHG_EvGv:
+      case Op::XADD_EbGb: case Op::XADD_EvGv:
+        m |= bit(x.reg, byte);
+        break;
+      case Op::MUL_Eb: case Op::IMUL_Eb: m |= 1u << EAX; break;
+      case Op::MUL_Ev: case Op::IMUL_Ev: m |= (1u << EAX) | (1u << EDX); break;
+      case Op::CMPXCHG_EbGb: case Op::CMPXCHG_EvGv: case Op::CMPXCHG8B: return false;
+      default: break;
+    }
+    *mask = m;
+    return true;
+  }
+  switch (x.op) {
+    case Op::LEA: m = 1u << x.reg; break;
+    case Op::MOV_rIv: m = 1u << (x.opcode & 7); break;
+    case Op::MOV_rbIb: m = bit(x.opcode & 7, true); break;
+    case Op::MOV_eAXOv: case Op::MOV_ALOb: m = 1u << EAX; break;
+    case Op::MOV_OveAX: case Op::MOV_ObAL: case Op::NOP: case Op::HINT_NOP: break;
+    case Op::PUSH_r: case Op::PUSH_Iz: case Op::PUSH_Ib: case Op::PUSH_Ev: m = 1u << ESP; break;
+    case Op::POP_r: m = (1u << ESP) | (1u << (x.opcode & 7)); break;
+    case Op::CBW: m = 1u << EAX; break;
+    case Op::CWD: m = 1u << EDX; break;
+    case Op::XCHG_eAXr: m = (1u << EAX) | (1u << (x.opcode & 7)); break;
+    case Op::BSWAP: m = 1u << (x.opcode & 7); break;
+    default: return false;
+  }
+  *mask = m;
+  return true;
+}
+
+// Decides whether the block gets loop flags (see loop_p_).
+void Emitter::plan_loop(unsigned n) {
+  loop_p_ = -1;
+  loop_stash_ = -1;
+  if (!bt_.options().chain || page2_ || n < 2 || !(b_->mode & M_CS_FLAT)) return;
+  const unsigned mask = bt_.interp_group_mask();
+  const Insn& j = pre_[n - 1].i;
+  if ((j.op != Op::JCC_Jb && j.op != Op::JCC_Jz) || j.osize != 4 || (mask & (1u << group_of(j))))
+    return;
+  if (pre_[n - 1].eip + j.len + j.imm != b_->eip) return;
+  const Insn& p = pre_[n - 2].i;
+  unsigned reads, dest;
+  if ((mask & (1u << group_of(p))) || !loop_producer(p, &reads, &dest)) return;
+  unsigned w = 0;
+  while (!defines_all_flags(pre_[w].i)) w++;  // P is one
+  unsigned written = 0;
+  for (unsigned k = 0; k <= w; k++) {
+    const Insn& x = pre_[k].i;
+    const OpInfo& info = x.info();
+    if ((info.attrs & (CT | STR)) || is_callout_only(x) || x.asize != 4 || (info.flags_read & ARITH) ||
+        (mask & (1u << group_of(x))))
+      return;
+    if (k == w) break;
+    if (needs_flags(x) && !(recipe_role_[k] == 1 && recipes_[size_t(recipe_for_[k])].partial &&
+                            recipes_[size_t(recipe_for_[k])].f == w))
+      return;
+    unsigned m;
+    if (!regs_written(x, &m)) return;
+    written |= m;
+  }
+  // P's operands as they are at the back edge: the one P writes, or one the
+  // window overwrites, is kept aside.
+  unsigned keep = reads & written;
+  if (dest != ~0u) keep |= 1u << dest;
+  if (keep & (keep - 1)) return;
+  loop_stash_ = keep ? __builtin_ctz(keep) : -1;
+  loop_p_ = int(n - 2);
+  loop_w_ = w;
+  bt_.bstats().loop_flags++;
+}
+
+// P again, on the kept register's value at the back edge (swapped in through
+// r10 for the while).
+void Emitter::emit_loop_p() {
+  const Pre& pp = pre_[size_t(loop_p_)];
+  const Insn& p = pp.i;
+  if (loop_stash_ >= 0) {
+    mov(r10, Reg64(hreg(unsigned(loop_stash_))));
+    mov(Reg32(hreg(unsigned(loop_stash_))), dword[rsp + kLoopStash]);
+  }
+  const Native nat = native_of(p);
+  if (nat.ok) {
+    reencode(p, nat, pp.bytes);
+  } else {
+    // AL/eAX with an immediate: no ModRM, the same bytes in 64-bit mode.
+    const bool byte = p.info().attrs & B;
+    const unsigned imm_len = byte ? 1 : p.osize;
+    if (!byte && p.osize == 2) db(0x66);
+    db(p.opcode);
+    for (unsigned k = 0; k < imm_len; k++) db(pp.bytes[p.len - imm_len + k]);
+  }
+  if (loop_stash_ >= 0) mov(Reg64(hreg(unsigned(loop_stash_))), r10);
 }
 
 // A register-only instruction translated inline that cannot fault and does
@@ -1409,6 +1617,7 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
     db(0x41); db(0xB8);  // mov r8d, imm32: the block's instructions from this one on
     rest_fix_.emplace_back(here(), idx_);
     dd(0);
+    if (lazy_ && fl_ == Fl::parked) materialize();  // (the call may overwrite the stash)
     call_abs(stubs_.tsc);
     fl_ = Fl::parked;
     return Done::next;
@@ -1692,7 +1901,15 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
           sd.target = next + i.imm;
           sd.idx = idx_;
           sd.fl = fl_;
+          sd.lazy = lazy_;
           return Done::next;
+        }
+        if (loop_p_ >= 0 && int(idx_) == loop_p_ + 1) {
+          // The loop's back edge: the flags stay P's (see loop_p_).
+          mov(byte[r14 + kLoopLazyOff], 1);
+          bind_to(jcc32(i.opcode & 15), loop_body_);
+          exit_direct(next);
+          return Done::ended;
         }
         save_flags();
         const u32 taken = jcc32(i.opcode & 15);
@@ -1967,13 +2184,6 @@ void Emitter::run(u32 max_insns) {
     cmp(dword[r14 + entry + int(offsetof(mem::TlbEntry, ppn))], u32(b_->pa2 >> 12));
     stale2 = jcc32(5);
   }
-  // Prologue: account for the block's instructions (patched at the end).
-  db(0x49); db(0x81); db(0x2E);  // sub qword [r14], imm32
-  const size_t count_at = getSize();
-  dd(0);
-  const u32 budget_exit = jcc32(12);  // jl
-  const size_t restore_at = getSize();
-
   // Decode the block first: the flag liveness below looks ahead.
   u32 eip = b_->eip;
   u32 off = b_->pa & 0xFFF;
@@ -2026,6 +2236,15 @@ void Emitter::run(u32 max_insns) {
     memo_ = jump && target >= b_->eip && target < end;
   }
   plan_recipes(n);
+  plan_loop(n);
+  if (loop_p_ >= 0) mov(byte[r14 + kLoopLazyOff], 0);  // entered from outside
+  loop_body_ = here();
+  lazy_ = loop_p_ >= 0;
+  // Prologue: account for the block's instructions (patched at the end).
+  db(0x49); db(0x81); db(0x2E);  // sub qword [r14], imm32
+  const size_t count_at = getSize();
+  dd(0);
+  const u32 budget_exit = jcc32(12);  // jl
   Done d = Done::next;
   while (idx_ < n) {
     const Pre& p = pre_[idx_];
@@ -2047,6 +2266,8 @@ void Emitter::run(u32 max_insns) {
     }
     if (fl_ == Fl::parked && needs_flags(i) && !is_callout_only(i) && !out_dead_ && !partial_p) restore_flags();
     use_recipe_ = -1;
+    if (int(idx_) == loop_p_ && loop_stash_ >= 0)
+      mov(dword[rsp + kLoopStash], Reg32(hreg(unsigned(loop_stash_))));
     if (recipe_role_[idx_] == 1 && recipes_[size_t(recipe_for_[idx_])].stashed) {
       const Recipe& r = recipes_[size_t(recipe_for_[idx_])];
       mov(dword[rsp + kStash], Reg32(hreg(r.dest_is_reg ? i.reg : i.rm)));
@@ -2055,6 +2276,7 @@ void Emitter::run(u32 max_insns) {
     }
     d = insn(i, p.bytes, p.eip, page_pa | p.off);
     use_recipe_ = -1;
+    if (idx_ == loop_w_) lazy_ = false;  // the flags are W's from here on
     st.guest_insns_translated++;
     idx_++;
     eip = p.eip + i.len;
@@ -2062,13 +2284,14 @@ void Emitter::run(u32 max_insns) {
   }
   out_dead_ = false;
   if (d != Done::ended) exit_direct(eip);
-  (void)restore_at;
+  lazy_ = false;
 
   // Side exits: the flags to Rt::hf, the instructions after the branch
   // given back to the budget, then out as any direct exit.
   for (const Side& sd : sides_) {
     bind(sd.fix);
     fl_ = sd.fl;
+    if (sd.lazy && fl_ == Fl::parked) materialize();
     save_flags();
     fl_ = Fl::parked;
     add_unrun(sd.idx);
@@ -2082,6 +2305,11 @@ void Emitter::run(u32 max_insns) {
     if (s.entry_fix != kNone) bind(s.entry_fix);
     if (s.entry_fix2 != kNone) bind(s.entry_fix2);
     if (s.entry_fix3 != kNone) bind(s.entry_fix3);
+    // (With a full recipe the flags are P's, whatever Rt::hf holds.)
+    if (s.lazy && (s.parked || (s.recipe >= 0 && recipes_[size_t(s.recipe)].partial))) {
+      fl_ = Fl::parked;
+      materialize();
+    }
     if (s.recipe >= 0) emit_recipe(recipes_[size_t(s.recipe)]);
     call_site(s.site, s.parked);  // the stub saves the flags unless parked
     jmp_back(s.done);
@@ -2097,6 +2325,10 @@ void Emitter::run(u32 max_insns) {
   db(0x49); db(0x81); db(0x06);  // add qword [r14], imm32
   const size_t count2_at = getSize();
   dd(0);
+  if (loop_p_ >= 0) {
+    fl_ = Fl::parked;
+    materialize();
+  }
   mov(dword[r15 + kEipOff], b_->eip);
   mov(qword[r14 + kReasonOff], u32(kExitNormal));
   jmp_abs(stubs_.exit_common);

@@ -167,7 +167,13 @@ struct Gen {
       case 21: b(0xE8); d(2); b(0xEB); b(1); b(0xC3); break;  // call L; jmp over; L: ret
       case 22: b(u8(0xA0 + r(4))); d(addr()); break;           // moffs
       case 23: b(0xC6); b(0x05); d(kCode + r(0x200)); b(u8(r(256))); break;  // store into code
-      case 24: b(0x0F); b(u8(0xC8 + r(8))); break;             // bswap
+      case 24:
+        if (r(2)) {                  // jcc over a store (bt: the join after it parks the flags)
+          b(u8(0x70 + r(16))); b(6); b(0x89); b(u8(0x05 | (r(8) << 3))); d(addr());
+        } else {
+          b(0x0F); b(u8(0xC8 + r(8)));                           // bswap
+        }
+        break;
       default:
         switch (r(4)) {
           case 0: b(0xFC); break;                                // cld (std would break REP sets)

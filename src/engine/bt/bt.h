@@ -132,6 +132,7 @@ struct BtStats {
   u64 flag_parks = 0;        // flags saved early so that the accesses after take the short TLB check
   u64 flag_free_checks = 0;  // TLB checks translated in the flag-free form (the guest flags in the host's)
   u64 loop_flags = 0;        // loop blocks whose back edge leaves the flags as a recipe (no save)
+  u64 side_joins = 0;        // side exits that jump to a later instruction of their own block
   u64 block_entries = 0;     // dispatcher -> generated code
   u64 block_lookups = 0;
   u64 block_lookup_misses = 0;

@@ -998,6 +998,12 @@ class Emitter : public CodeGenerator {
     bool lazy;    // lazy_ at the branch
   };
   std::vector<Side> sides_;
+  // Where each instruction's code begins (before the flags are restored for
+  // it) and where the flags were then: a side exit whose target is a later
+  // instruction of the block jumps there (an if without else in a loop).
+  std::vector<u32> join_at_;
+  std::vector<Fl> join_fl_;
+  bool join_ok(const Side& sd, unsigned t) const;
   static constexpr unsigned kMaxSides = Block::kMaxLinks - 2;
   // Whether a conditional branch may be a side exit rather than end the block.
   // User mode only by default: kernel code is mostly run a few times during a boot, and
@@ -1394,6 +1400,17 @@ void Emitter::emit_loop_p() {
     for (unsigned k = 0; k < imm_len; k++) db(pp.bytes[p.len - imm_len + k]);
   }
   if (loop_stash_ >= 0) mov(Reg64(hreg(unsigned(loop_stash_))), r10);
+}
+
+// Whether side exit `sd` may jump to the block's instruction t instead of
+// leaving: nothing between them that the code from t on relies on (a flag
+// recipe's stash, the loop flags' compare).
+bool Emitter::join_ok(const Side& sd, unsigned t) const {
+  if (recipe_role_[t] == 2) return false;
+  for (unsigned j = sd.idx + 1; j < t; j++)
+    if (recipe_role_[j] == 1 && recipes_[size_t(recipe_for_[j])].f >= t) return false;
+  if (loop_p_ >= 0 && sd.idx < unsigned(loop_p_) && unsigned(loop_p_) < t) return false;
+  return true;
 }
 
 // A register-only instruction translated inline that cannot fault and does
@@ -2246,9 +2263,15 @@ void Emitter::run(u32 max_insns) {
   dd(0);
   const u32 budget_exit = jcc32(12);  // jl
   Done d = Done::next;
+  if (join_at_.size() < n) {
+    join_at_.resize(n);
+    join_fl_.resize(n);
+  }
   while (idx_ < n) {
     const Pre& p = pre_[idx_];
     const Insn& i = p.i;
+    join_at_[idx_] = here();
+    join_fl_[idx_] = fl_;
     // Parked flags come back before an instruction that needs them (one
     // that the semantics run, through a callout, finds them in Rt::hf),
     // unless it only writes some of them and what it leaves is dead.
@@ -2291,6 +2314,27 @@ void Emitter::run(u32 max_insns) {
   for (const Side& sd : sides_) {
     bind(sd.fix);
     fl_ = sd.fl;
+    unsigned t = sd.idx + 1;
+    while (t < idx_ && pre_[t].eip != sd.target) t++;
+    if (t < idx_ && join_ok(sd, t)) {
+      // The instructions skipped go back to the budget; the flags go where
+      // the code at t expects them (unless t defines them all first).
+      const Insn& x = pre_[t].i;
+      const bool quiet_def = !x.mem && defines_all_flags(x) && quiet_reg_op(x);
+      const u32 skip = t - sd.idx - 1;
+      if (quiet_def || join_fl_[t] == Fl::parked) {
+        if (!quiet_def) save_flags();
+        db(0x49); db(0x81); db(0x06); dd(skip);  // add qword [r14], skip
+      } else {
+        if (join_fl_[t] == Fl::host) save_flags();
+        mov(r10, qword[r14]);
+        lea(r10, ptr[r10 + int(skip)]);
+        mov(qword[r14], r10);
+      }
+      jmp_back(join_at_[t]);
+      st.side_joins++;
+      continue;
+    }
     if (sd.lazy && fl_ == Fl::parked) materialize();
     save_flags();
     fl_ = Fl::parked;

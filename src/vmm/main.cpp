@@ -103,6 +103,9 @@ int main(int argc, char** argv) {
   run->add_flag("!--bt-no-tiered", cfg.bt.tiered,
                 "bt: translate a block the first time it runs (by default the interpreter runs "
                 "its first visit: code that runs once costs less so)");
+  run->add_flag("!--bt-no-flag-recipes", cfg.bt.flag_recipes,
+                "bt: save the flags before a memory access instead of keeping them as the "
+                "recipe of the register instruction that set them");
   run->add_flag("!--bt-no-fastmem", cfg.bt.fastmem,
                 "bt: with paging off, look memory operands up in the soft TLB instead of "
                 "addressing guest RAM directly");

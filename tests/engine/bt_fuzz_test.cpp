@@ -168,8 +168,11 @@ struct Gen {
       case 22: b(u8(0xA0 + r(4))); d(addr()); break;           // moffs
       case 23: b(0xC6); b(0x05); d(kCode + r(0x200)); b(u8(r(256))); break;  // store into code
       case 24:
-        if (r(2)) {                  // jcc over a store (bt: the join after it parks the flags)
+        if (r(3) == 0) {             // jcc over a store (bt: the join after it parks the flags)
           b(u8(0x70 + r(16))); b(6); b(0x89); b(u8(0x05 | (r(8) << 3))); d(addr());
+        } else if (r(2)) {           // jcc over a compare, then a store (the flags differ by the way taken)
+          b(u8(0x70 + r(16))); b(2); b(0x85); b(u8(0xC0 | (r(8) << 3) | r(8)));
+          b(0x89); b(u8(0x05 | (r(8) << 3))); d(addr());
         } else {
           b(0x0F); b(u8(0xC8 + r(8)));                           // bswap
         }
@@ -438,6 +441,7 @@ TEST(BtFuzz, RandomSequencesAgreeWithTheInterpreter) {
     test::EngineKind k = kinds[ki];
     k.opt.lockstep = true;
     if (std::getenv("POPEK_FUZZ_NO_ADAPTIVE")) k.opt.adaptive = false;
+    if (std::getenv("POPEK_FUZZ_NO_FLAG_RECIPES")) k.opt.flag_recipes = false;
     k.opt.code_cache_mb = std::getenv("POPEK_FUZZ_CACHE_MB") ? size_t(std::atoi(std::getenv("POPEK_FUZZ_CACHE_MB"))) : 8;
     if (!vms[ki]) vms[ki] = std::make_unique<FuzzVm>(k);
     FuzzResult r = vms[ki]->run(seed, k.name);

@@ -1026,6 +1026,7 @@ std::vector<std::pair<std::string, u64>> Bt::stats() const {
       {"bt.flag_parks", st_.flag_parks},
       {"bt.flag_free_checks", st_.flag_free_checks},
       {"bt.loop_flags", st_.loop_flags},
+      {"bt.flag_lazy_recipes", st_.flag_lazy_recipes},
       {"bt.side_joins", st_.side_joins},
       {"bt.translated_callout", st_.callout_insns},
       {"bt.code_cache_bytes_used", cache_->used()},

@@ -53,6 +53,9 @@ struct BtOptions {
   // INVLPGs would search the memos), in every block, or nowhere.
   enum class Memo { user, all, off };
   Memo memo = Memo::user;
+  // An access after a register-only definer of all flags keeps them as that
+  // instruction's recipe (run again where they are needed) instead of saving them.
+  bool flag_recipes = true;
 };
 
 // Instruction groups `interp_groups` may name (also used by stats).
@@ -109,6 +112,10 @@ struct Rt {
   // only by that block's out-of-line paths, which recompute the flags first.
   u8 loop_lazy = 0;
   u8 pad[3] = {};
+  // A flag recipe's operand kept aside (Translator: rcp_): here, not in the
+  // red zone, because a slow path's call in between would overwrite that.
+  u32 rcp_stash = 0;
+  u32 pad2 = 0;
   u8* direct_base = nullptr;  // guest RAM + kR13Bias: r13 (see kR13Bias)
   SegLoad seg_loads[kSegLoads];
 };
@@ -129,6 +136,7 @@ struct BtStats {
   u64 callout_insns = 0;     // translated into a call of the semantics
   u64 flag_restores_skipped = 0;  // partial flag writers whose other flags are dead
   u64 flag_recipes = 0;      // memory accesses whose slow path recomputes the flags
+  u64 flag_lazy_recipes = 0;  // accesses that left the flags as their producer's recipe
   u64 flag_parks = 0;        // flags saved early so that the accesses after take the short TLB check
   u64 flag_free_checks = 0;  // TLB checks translated in the flag-free form (the guest flags in the host's)
   u64 loop_flags = 0;        // loop blocks whose back edge leaves the flags as a recipe (no save)

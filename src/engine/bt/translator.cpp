@@ -44,6 +44,7 @@ constexpr int kIntrLineOff = int(offsetof(CpuState, intr_line));
 constexpr u32 kFlagsWritable = CF | PF | AF | ZF | SF | TF | IF | DF | OF | IOPL | NT | AC | ID;
 constexpr int kHfOff = int(offsetof(Rt, hf));
 constexpr int kLoopLazyOff = int(offsetof(Rt, loop_lazy));
+constexpr int kRcpStashOff = int(offsetof(Rt, rcp_stash));
 constexpr int kReasonOff = int(offsetof(Rt, reason));
 constexpr int kArgOff = int(offsetof(Rt, arg));
 constexpr int kJcOff = int(offsetof(Rt, jc));
@@ -329,6 +330,8 @@ class Emitter : public CodeGenerator {
     sides_.clear();
     rest_fix_.clear();
     lazy_ = false;
+    rcp_ = -1;
+    last_p_ = -1;
     loop_p_ = -1;
     loop_stash_ = -1;
     loop_body_ = kNone;
@@ -357,6 +360,10 @@ class Emitter : public CodeGenerator {
     // Made while a loop block's flags may be only its back edge's recipe
     // (lazy_): the out-of-line path recomputes them first (materialize).
     bool lazy = false;
+    // Made while the flags were only a register producer's recipe (rcp_):
+    // the out-of-line path runs that producer again first.
+    int rcp = -1;
+    bool rcp_stash = false;
   };
   // Where the guest's arithmetic flags are.
   enum class Fl {
@@ -370,6 +377,8 @@ class Emitter : public CodeGenerator {
       throw Error("bt: internal error: more slow paths in a block than reserved");
     Slow& s = slows_.emplace_back();
     s.lazy = lazy_;
+    s.rcp = rcp_;
+    s.rcp_stash = rcp_stash_;
     return s;
   }
   // Another way into the slow path of `site` (the rel32 `fix`), taken with
@@ -459,6 +468,10 @@ class Emitter : public CodeGenerator {
     fl_ = Fl::host;
   }
   void restore_flags() {
+    if (rcp_ >= 0) {  // the producer again: the host flags become the guest's
+      rcp_run();
+      return;
+    }
     if (lazy_) materialize();
     cached(restore_seq_, [&] {
       mov(r11, rax);
@@ -488,6 +501,10 @@ class Emitter : public CodeGenerator {
   // Calls the semantics for `s`; `parked`: Rt::hf holds the guest flags and
   // the host's are not theirs.
   void call_site(Site* s, bool parked) {
+    if (parked && rcp_ >= 0) {
+      rcp_run();
+      parked = false;
+    }
     if (parked && lazy_) materialize();
     mov(r8, u64(s));
     call_abs(parked ? stubs_.callout_nosave : stubs_.callout);
@@ -697,6 +714,7 @@ class Emitter : public CodeGenerator {
   // Leaves the block for guest EIP `target` (a constant). `jcc`: the rel32
   // of a Jcc that jumps here (bound by the caller), or kNone.
   void exit_direct(u32 target, u32 jcc = kNone) {
+    if (rcp_ >= 0) rcp_run();
     if (lazy_ && fl_ == Fl::parked) materialize();
     save_flags();
     const bool flat = b_->mode & M_CS_FLAT;
@@ -726,6 +744,7 @@ class Emitter : public CodeGenerator {
   }
   // Leaves the block for the guest EIP in r9d.
   void exit_indirect() {
+    if (rcp_ >= 0) rcp_run();
     if (lazy_ && fl_ == Fl::parked) materialize();
     save_flags();
     if (bt_.options().chain && (b_->mode & M_CS_FLAT) && b_->cs_base == 0) {
@@ -777,9 +796,21 @@ class Emitter : public CodeGenerator {
     // parked now (5 instructions), this access and the next ones take the
     // compare-and-branch TLB check (7) instead of the flag-free one (14).
     if (!direct && fl_ == Fl::dirty && use_recipe_ < 0 && !flags_dead && !in_rep_ &&
-        (out_dead_ || !needs_flags(i)) && park_pays()) {
-      save_flags();
-      bt_.bstats().flag_parks++;
+        (out_dead_ || !needs_flags(i))) {
+      if (last_p_ >= 0 && !lazy_ && bt_.options().flag_recipes && rcp_plain(i, last_p_watch_)) {
+        // The flags stay P's recipe (see rcp_): the check may clobber them.
+        rcp_ = last_p_;
+        rcp_watch_ = last_p_watch_;
+        rcp_stash_ = last_p_stash_;
+        last_p_ = -1;
+        fl_ = Fl::parked;
+        s.rcp = rcp_;
+        s.rcp_stash = rcp_stash_;
+        bt_.bstats().flag_lazy_recipes++;
+      } else if (park_pays()) {
+        save_flags();
+        bt_.bstats().flag_parks++;
+      }
     }
     // The host flags are free for the check unless they hold guest flags not
     // yet saved, or the instruction needs the guest's flags as input.
@@ -1003,6 +1034,7 @@ class Emitter : public CodeGenerator {
   // instruction of the block jumps there (an if without else in a loop).
   std::vector<u32> join_at_;
   std::vector<Fl> join_fl_;
+  std::vector<u8> join_rcp_;
   bool join_ok(const Side& sd, unsigned t) const;
   static constexpr unsigned kMaxSides = Block::kMaxLinks - 2;
   // Whether a conditional branch may be a side exit rather than end the block.
@@ -1109,6 +1141,34 @@ class Emitter : public CodeGenerator {
   u32 loop_body_ = kNone;  // the prologue, where the back edge goes
   bool lazy_ = false;    // emitting the window: Rt::hf may be stale
   static constexpr int kLoopStash = -32;
+  // Flag recipes at run time's convenience. After a register-only producer P
+  // of all six flags (what loop_producer accepts), a memory access that does
+  // not read the flags would have to save them (park: 5 instructions) so that
+  // its slow path finds them. Instead the translator remembers P (rcp_): the
+  // host flags are free, Rt::hf is stale, and whatever needs the flags runs
+  // P again on its operands (rcp_run: one instruction, and a swap when P's
+  // destination was kept at Rt::rcp_stash before P). Accesses' slow paths do that
+  // out of line. Ended (the flags then in the host's) by a reader, an exit, a
+  // callout, or before an instruction that writes P's operands or is not a
+  // plain one (run()).
+  int rcp_ = -1;           // P's index, or -1
+  unsigned rcp_watch_ = 0;  // guest registers P reads from their registers
+  bool rcp_stash_ = false;  // P's destination before P is in Rt::rcp_stash
+  int last_p_ = -1;        // the last such P whose flags are still the host's, if its operands stand
+  unsigned last_p_watch_ = 0;
+  bool last_p_stash_ = false;
+  void emit_p(unsigned idx, int stash_reg, const Address& stash);
+  // P again on its operands (rcp_): the host flags are the guest's (dirty).
+  void rcp_run() {
+    const Insn& p = pre_[size_t(rcp_)].i;
+    unsigned reads, dest;
+    loop_producer(p, &reads, &dest);
+    emit_p(unsigned(rcp_), rcp_stash_ ? int(dest) : -1, dword[r14 + kRcpStashOff]);
+    rcp_ = -1;
+    fl_ = Fl::dirty;
+  }
+  bool rcp_plain(const Insn& x, unsigned watch) const;
+  bool rcp_access_ahead(unsigned k) const;
   static bool loop_producer(const Insn& p, unsigned* reads, unsigned* dest);
   static bool regs_written(const Insn& x, unsigned* mask);
   void plan_loop(unsigned n);
@@ -1381,12 +1441,16 @@ void Emitter::plan_loop(unsigned n) {
 
 // P again, on the kept register's value at the back edge (swapped in through
 // r10 for the while).
-void Emitter::emit_loop_p() {
-  const Pre& pp = pre_[size_t(loop_p_)];
+void Emitter::emit_loop_p() { emit_p(unsigned(loop_p_), loop_stash_, dword[rsp + kLoopStash]); }
+
+// Instruction idx (a loop_producer) again; stash_reg >= 0: that guest
+// register's value is the one at [rsp + stash_off] (swapped in through r10).
+void Emitter::emit_p(unsigned idx, int stash_reg, const Address& stash) {
+  const Pre& pp = pre_[idx];
   const Insn& p = pp.i;
-  if (loop_stash_ >= 0) {
-    mov(r10, Reg64(hreg(unsigned(loop_stash_))));
-    mov(Reg32(hreg(unsigned(loop_stash_))), dword[rsp + kLoopStash]);
+  if (stash_reg >= 0) {
+    mov(r10, Reg64(hreg(unsigned(stash_reg))));
+    mov(Reg32(hreg(unsigned(stash_reg))), stash);
   }
   const Native nat = native_of(p);
   if (nat.ok) {
@@ -1399,7 +1463,35 @@ void Emitter::emit_loop_p() {
     db(p.opcode);
     for (unsigned k = 0; k < imm_len; k++) db(pp.bytes[p.len - imm_len + k]);
   }
-  if (loop_stash_ >= 0) mov(Reg64(hreg(unsigned(loop_stash_))), r10);
+  if (stash_reg >= 0) mov(Reg64(hreg(unsigned(stash_reg))), r10);
+}
+
+// An instruction that may run while the flags are P's recipe: translated
+// inline without a call, reading no flags but through restore_flags (a Jcc
+// may), writing none of `watch`.
+bool Emitter::rcp_plain(const Insn& x, unsigned watch) const {
+  const OpInfo& info = x.info();
+  if (info.attrs & (SEN | PRV | IOI | FPU | STR)) return false;
+  if ((info.attrs & CT) && x.op != Op::JCC_Jb && x.op != Op::JCC_Jz) return false;
+  if (bt_.interp_group_mask() & (1u << group_of(x))) return false;
+  if (x.asize != 4) return false;
+  unsigned m = 0;
+  if (!(info.attrs & CT) && !regs_written(x, &m)) return false;
+  return !(m & watch);
+}
+
+// Whether a memory access (one that does not need the flags) comes after
+// instruction k before anything reads, writes or must save the flags: then
+// P at k keeps its destination in Rt::rcp_stash for a recipe.
+bool Emitter::rcp_access_ahead(unsigned k) const {
+  for (unsigned j = k + 1; j < n_; j++) {
+    const Insn& x = pre_[j].i;
+    const OpInfo& info = x.info();
+    if ((info.flags_read & ARITH) || (info.flags_written & ARITH) || (info.attrs & (CT | SEN | PRV | IOI | FPU | STR)))
+      return false;
+    if (x.mem && x.op != Op::LEA) return true;
+  }
+  return false;
 }
 
 // Whether side exit `sd` may jump to the block's instruction t instead of
@@ -1635,6 +1727,7 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
     rest_fix_.emplace_back(here(), idx_);
     dd(0);
     if (lazy_ && fl_ == Fl::parked) materialize();  // (the call may overwrite the stash)
+    if (rcp_ >= 0) throw Error("bt: internal error: a flag recipe across RDTSC");
     call_abs(stubs_.tsc);
     fl_ = Fl::parked;
     return Done::next;
@@ -2266,12 +2359,37 @@ void Emitter::run(u32 max_insns) {
   if (join_at_.size() < n) {
     join_at_.resize(n);
     join_fl_.resize(n);
+    join_rcp_.resize(n);
   }
+  const unsigned group_mask = bt_.interp_group_mask();
   while (idx_ < n) {
     const Pre& p = pre_[idx_];
     const Insn& i = p.i;
+    // The flags as a recipe end before an instruction that is not a plain
+    // one or writes the recipe's operands.
+    // (Also before a partial recipe's P: F's slow path takes the flags before
+    // it from Rt::hf.)
+    if (rcp_ >= 0 && (!rcp_plain(i, rcp_watch_) ||
+                      (recipe_role_[idx_] == 1 && recipes_[size_t(recipe_for_[idx_])].partial))) {
+      rcp_run();
+      save_flags();
+    }
     join_at_[idx_] = here();
     join_fl_[idx_] = fl_;
+    // (A recipe, or a producer an access after t may make one, must be the
+    // same on the way that jumps to t: joins there only where t defines the
+    // flags first.)
+    join_rcp_[idx_] = rcp_ >= 0 || last_p_ >= 0;
+    // A producer of the flags that writes its operand keeps it first if an
+    // access may make the flags its recipe.
+    unsigned p_reads = 0, p_dest = ~0u;
+    const bool producer = !(group_mask & (1u << group_of(i))) && loop_producer(i, &p_reads, &p_dest) &&
+                          bt_.options().flag_recipes;
+    bool p_stashed = false;
+    if (producer && p_dest != ~0u && rcp_access_ahead(idx_)) {
+      mov(dword[r14 + kRcpStashOff], Reg32(hreg(p_dest)));
+      p_stashed = true;
+    }
     // Parked flags come back before an instruction that needs them (one
     // that the semantics run, through a callout, finds them in Rt::hf),
     // unless it only writes some of them and what it leaves is dead.
@@ -2300,6 +2418,14 @@ void Emitter::run(u32 max_insns) {
     d = insn(i, p.bytes, p.eip, page_pa | p.off);
     use_recipe_ = -1;
     if (idx_ == loop_w_) lazy_ = false;  // the flags are W's from here on
+    if (i.info().flags_written & ARITH) rcp_ = -1;  // (they are the host's now, or parked by a callout)
+    if (producer && fl_ == Fl::dirty && (p_dest == ~0u || p_stashed)) {
+      last_p_ = int(idx_);
+      last_p_watch_ = p_dest == ~0u ? p_reads : p_reads & ~(1u << p_dest);
+      last_p_stash_ = p_stashed;
+    } else if ((i.info().flags_written & ARITH) || !rcp_plain(i, last_p_watch_)) {
+      last_p_ = -1;
+    }
     st.guest_insns_translated++;
     idx_++;
     eip = p.eip + i.len;
@@ -2308,6 +2434,7 @@ void Emitter::run(u32 max_insns) {
   out_dead_ = false;
   if (d != Done::ended) exit_direct(eip);
   lazy_ = false;
+  if (rcp_ >= 0) throw Error("bt: internal error: a flag recipe outlived its block");
 
   // Side exits: the flags to Rt::hf, the instructions after the branch
   // given back to the budget, then out as any direct exit.
@@ -2316,7 +2443,8 @@ void Emitter::run(u32 max_insns) {
     fl_ = sd.fl;
     unsigned t = sd.idx + 1;
     while (t < idx_ && pre_[t].eip != sd.target) t++;
-    if (t < idx_ && join_ok(sd, t)) {
+    if (t < idx_ && join_ok(sd, t) &&
+        (!join_rcp_[t] || (!pre_[t].i.mem && defines_all_flags(pre_[t].i) && quiet_reg_op(pre_[t].i)))) {
       // The instructions skipped go back to the budget; the flags go where
       // the code at t expects them (unless t defines them all first).
       const Insn& x = pre_[t].i;
@@ -2355,7 +2483,14 @@ void Emitter::run(u32 max_insns) {
       materialize();
     }
     if (s.recipe >= 0) emit_recipe(recipes_[size_t(s.recipe)]);
-    call_site(s.site, s.parked);  // the stub saves the flags unless parked
+    bool parked = s.parked;
+    if (s.rcp >= 0 && s.parked && s.recipe < 0) {
+      rcp_ = s.rcp;
+      rcp_stash_ = s.rcp_stash;
+      rcp_run();  // the flags are the producer's again
+      parked = false;
+    }
+    call_site(s.site, parked);  // the stub saves the flags unless parked
     jmp_back(s.done);
   }
   if (page2_) {

@@ -157,7 +157,7 @@ class Mmu final : public x86::LinearMem, public TlbShootdown {
   // kMemoDropped (listed, dropped since), or a page address (< 2^32).
   struct Memo {
     u64 page;
-    uintptr_t addend;
+    uintptr_t host;  // the page's host address (written and read by generated code only)
   };
   static constexpr unsigned kMemos = 1u << 16;
   static constexpr unsigned kMemoListCap = 8192;  // memos filled between flushes; more stay empty

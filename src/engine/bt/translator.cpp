@@ -895,7 +895,7 @@ class Emitter : public CodeGenerator {
     return s;
   }
   // The memo check (flags free): r8 - memo page in [0, 4096 - size], else
-  // the miss; the hit adds the memo's addend. Memos are handed out
+  // the miss (which adds the page back); the hit adds the page's host address. Memos are handed out
   // round-robin per kind (any memo of the kind is right for any site).
   void memo_hit(Slow& s, unsigned size, bool write) {
     constexpr unsigned kPool = mem::Mmu::kMemos / 4;
@@ -906,9 +906,10 @@ class Emitter : public CodeGenerator {
     s.site->memo = u16(id);
     bt_.mmu().memo_misses(id) = Bt::kMemoBatch;
     bt_.memo_batch_start(id) = 0;
-    mov(r9d, r8d);
-    sub(r9, qword[r14 + moff]);
-    cmp(r9, int(4096 - size));
+    // r8 - page (the 64-bit difference: a page above the address, or the
+    // empty marks, leave it huge), then + the page's host address.
+    sub(r8, qword[r14 + moff]);
+    cmp(r8, int(4096 - size));
     s.memo_fix = jcc32(7);  // ja
     add(r8, qword[r14 + moff + 8]);
     s.memo_resume = here();
@@ -919,6 +920,7 @@ class Emitter : public CodeGenerator {
   void memo_miss(Slow& s) {
     bind(s.memo_fix);
     const Site& site = *s.site;
+    add(r8, qword[r14 + (tlb_off_ + int(mem::Mmu::memo_off(site.memo)))]);  // the address again
     // The policy's count-down (Bt::kMemoBatch): at zero, the slow path.
     sub(dword[r14 + (tlb_off_ + int(mem::Mmu::memo_miss_off(site.memo)))], 1);
     s.entry_fix2 = jcc32(4);  // jz
@@ -940,9 +942,10 @@ class Emitter : public CodeGenerator {
     lea(r10d, ptr[r8 + int(site.size - 1)]);
     and_(r10d, ~0xFFFu);
     mov(qword[r14 + moff], r10);
-    mov(r10, qword[r14 + r9 * 8 + addend]);
+    mov(r11, qword[r14 + r9 * 8 + addend]);
+    add(r10, r11);  // the page's host address
     mov(qword[r14 + moff + 8], r10);
-    add(r8, r10);
+    add(r8, r11);
     jmp_back(s.memo_resume);
     bind(full);
     add(r8, qword[r14 + r9 * 8 + addend]);

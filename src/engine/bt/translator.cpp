@@ -363,7 +363,7 @@ class Emitter : public CodeGenerator {
     // Made while the flags were only a register producer's recipe (rcp_):
     // the out-of-line path runs that producer again first.
     int rcp = -1;
-    bool rcp_stash = false;
+    int rcp_keep = -1;  // rcp_keep_ then
   };
   // Where the guest's arithmetic flags are.
   enum class Fl {
@@ -378,7 +378,7 @@ class Emitter : public CodeGenerator {
     Slow& s = slows_.emplace_back();
     s.lazy = lazy_;
     s.rcp = rcp_;
-    s.rcp_stash = rcp_stash_;
+    s.rcp_keep = rcp_keep_;
     return s;
   }
   // Another way into the slow path of `site` (the rel32 `fix`), taken with
@@ -713,10 +713,14 @@ class Emitter : public CodeGenerator {
   // ---- exits ----
   // Leaves the block for guest EIP `target` (a constant). `jcc`: the rel32
   // of a Jcc that jumps here (bound by the caller), or kNone.
-  void exit_direct(u32 target, u32 jcc = kNone) {
+  // The flags to Rt::hf for a way out (a recipe run, a loop's flags materialized).
+  void flags_out() {
     if (rcp_ >= 0) rcp_run();
     if (lazy_ && fl_ == Fl::parked) materialize();
     save_flags();
+  }
+  void exit_direct(u32 target, u32 jcc = kNone) {
+    flags_out();
     const bool flat = b_->mode & M_CS_FLAT;
     if (bt_.options().chain && flat && b_->nlinks < Block::kMaxLinks &&
         (target & ~0xFFFu) == (b_->eip & ~0xFFFu)) {
@@ -744,9 +748,7 @@ class Emitter : public CodeGenerator {
   }
   // Leaves the block for the guest EIP in r9d.
   void exit_indirect() {
-    if (rcp_ >= 0) rcp_run();
-    if (lazy_ && fl_ == Fl::parked) materialize();
-    save_flags();
+    flags_out();
     if (bt_.options().chain && (b_->mode & M_CS_FLAT) && b_->cs_base == 0) {
       jc_lookup();
     } else {
@@ -801,11 +803,11 @@ class Emitter : public CodeGenerator {
         // The flags stay P's recipe (see rcp_): the check may clobber them.
         rcp_ = last_p_;
         rcp_watch_ = last_p_watch_;
-        rcp_stash_ = last_p_stash_;
+        rcp_keep_ = last_p_keep_;
         last_p_ = -1;
         fl_ = Fl::parked;
         s.rcp = rcp_;
-        s.rcp_stash = rcp_stash_;
+        s.rcp_keep = rcp_keep_;
         bt_.bstats().flag_lazy_recipes++;
       } else if (park_pays()) {
         save_flags();
@@ -895,8 +897,9 @@ class Emitter : public CodeGenerator {
     return s;
   }
   // The memo check (flags free): r8 - memo page in [0, 4096 - size], else
-  // the miss (which adds the page back); the hit adds the page's host address. Memos are handed out
-  // round-robin per kind (any memo of the kind is right for any site).
+  // the miss (which adds the page back); the hit adds the page's host
+  // address. Memos are handed out round-robin per kind (any memo of the
+  // kind is right for any site).
   void memo_hit(Slow& s, unsigned size, bool write) {
     constexpr unsigned kPool = mem::Mmu::kMemos / 4;
     const unsigned pool = mem::Mmu::memo_pool(user_, write);
@@ -920,12 +923,12 @@ class Emitter : public CodeGenerator {
   void memo_miss(Slow& s) {
     bind(s.memo_fix);
     const Site& site = *s.site;
-    add(r8, qword[r14 + (tlb_off_ + int(mem::Mmu::memo_off(site.memo)))]);  // the address again
+    const int moff = tlb_off_ + int(mem::Mmu::memo_off(site.memo));
+    add(r8, qword[r14 + moff]);  // the address again
     // The policy's count-down (Bt::kMemoBatch): at zero, the slow path.
     sub(dword[r14 + (tlb_off_ + int(mem::Mmu::memo_miss_off(site.memo)))], 1);
     s.entry_fix2 = jcc32(4);  // jz
     const int addend = tlb_off_ + int(mem::Mmu::addend_array_off(user_));
-    const int moff = tlb_off_ + int(mem::Mmu::memo_off(site.memo));
     const int count = tlb_off_ + int(mem::Mmu::kMemoCountOff);
     s.entry_fix = tag_check(site.size, site.write);  // a TLB miss: the slow path
     static_assert(mem::Mmu::kMemoEmpty == u64(1) << 40);
@@ -1156,17 +1159,14 @@ class Emitter : public CodeGenerator {
   // plain one (run()).
   int rcp_ = -1;           // P's index, or -1
   unsigned rcp_watch_ = 0;  // guest registers P reads from their registers
-  bool rcp_stash_ = false;  // P's destination before P is in Rt::rcp_stash
+  int rcp_keep_ = -1;      // P's destination, whose value before P is in Rt::rcp_stash, or -1
   int last_p_ = -1;        // the last such P whose flags are still the host's, if its operands stand
   unsigned last_p_watch_ = 0;
-  bool last_p_stash_ = false;
+  int last_p_keep_ = -1;
   void emit_p(unsigned idx, int stash_reg, const Address& stash);
   // P again on its operands (rcp_): the host flags are the guest's (dirty).
   void rcp_run() {
-    const Insn& p = pre_[size_t(rcp_)].i;
-    unsigned reads, dest;
-    loop_producer(p, &reads, &dest);
-    emit_p(unsigned(rcp_), rcp_stash_ ? int(dest) : -1, dword[r14 + kRcpStashOff]);
+    emit_p(unsigned(rcp_), rcp_keep_, dword[r14 + kRcpStashOff]);
     rcp_ = -1;
     fl_ = Fl::dirty;
   }
@@ -1308,6 +1308,10 @@ void Emitter::emit_recipe(const Recipe& r) {
   reencode(q, native_of(q), r.bytes, reg_host);
 }
 
+// The bit of the 32-bit guest register that register operand r names (a
+// byte operand: AL..BH -> EAX..EBX).
+static unsigned reg_bit(unsigned r, bool byte) { return 1u << (byte ? (r & 3) : r); }
+
 // P of the loop flags: register-only, defines all six flags from its
 // operands alone, and can be emitted again as it is. `reads`: the guest
 // registers (32-bit numbers) it reads; `dest`: the one it writes, or ~0u.
@@ -1316,7 +1320,7 @@ bool Emitter::loop_producer(const Insn& p, unsigned* reads, unsigned* dest) {
   if (p.mem || p.asize != 4 || !defines_all_flags(p) || (info.flags_read & ARITH)) return false;
   if (info.attrs & (SEN | PRV | IOI | FPU | STR | CT)) return false;
   const bool byte = info.attrs & B;
-  auto bit = [&](unsigned r, bool b) { return 1u << (b ? (r & 3) : r); };
+  const auto bit = reg_bit;
   *reads = 0;
   *dest = ~0u;
   bool writes = true;
@@ -1359,7 +1363,7 @@ bool Emitter::loop_producer(const Insn& p, unsigned* reads, unsigned* dest) {
 bool Emitter::regs_written(const Insn& x, unsigned* mask) {
   const OpInfo& info = x.info();
   const bool byte = info.attrs & B;
-  auto bit = [&](unsigned r, bool b) { return 1u << (b ? (r & 3) : r); };
+  const auto bit = reg_bit;
   unsigned m = 0;
   const Native nat = native_of(x);
   if (nat.ok) {
@@ -2425,7 +2429,7 @@ void Emitter::run(u32 max_insns) {
     if (producer && fl_ == Fl::dirty && (p_dest == ~0u || p_stashed)) {
       last_p_ = int(idx_);
       last_p_watch_ = p_dest == ~0u ? p_reads : p_reads & ~(1u << p_dest);
-      last_p_stash_ = p_stashed;
+      last_p_keep_ = p_stashed ? int(p_dest) : -1;
     } else if ((i.info().flags_written & ARITH) || !rcp_plain(i, last_p_watch_)) {
       last_p_ = -1;
     }
@@ -2446,12 +2450,11 @@ void Emitter::run(u32 max_insns) {
     fl_ = sd.fl;
     unsigned t = sd.idx + 1;
     while (t < idx_ && pre_[t].eip != sd.target) t++;
-    if (t < idx_ && join_ok(sd, t) &&
-        (!join_rcp_[t] || (!pre_[t].i.mem && defines_all_flags(pre_[t].i) && quiet_reg_op(pre_[t].i)))) {
+    // (t defines all the flags first, from registers: nothing before it sees them.)
+    const bool quiet_def = t < idx_ && !pre_[t].i.mem && defines_all_flags(pre_[t].i) && quiet_reg_op(pre_[t].i);
+    if (t < idx_ && join_ok(sd, t) && (!join_rcp_[t] || quiet_def)) {
       // The instructions skipped go back to the budget; the flags go where
       // the code at t expects them (unless t defines them all first).
-      const Insn& x = pre_[t].i;
-      const bool quiet_def = !x.mem && defines_all_flags(x) && quiet_reg_op(x);
       const u32 skip = t - sd.idx - 1;
       if (quiet_def || join_fl_[t] == Fl::parked) {
         if (!quiet_def) save_flags();
@@ -2489,7 +2492,7 @@ void Emitter::run(u32 max_insns) {
     bool parked = s.parked;
     if (s.rcp >= 0 && s.parked && s.recipe < 0) {
       rcp_ = s.rcp;
-      rcp_stash_ = s.rcp_stash;
+      rcp_keep_ = s.rcp_keep;
       rcp_run();  // the flags are the producer's again
       parked = false;
     }

@@ -165,7 +165,12 @@ void append_mmu_stats(const mem::Mmu& mmu, std::vector<std::pair<std::string, u6
                          {"mmu.page_walks", m.page_walks},
                          {"mmu.page_faults", m.page_faults},
                          {"mmu.tlb_flushes", m.flushes},
-                         {"mmu.slow_accesses", m.slow_accesses}});
+                         {"mmu.slow_accesses", m.slow_accesses},
+                         {"mmu.window_maps", m.window_maps},
+                         {"mmu.window_claims", m.window_claims},
+                         {"mmu.window_checks", m.window_checks},
+                         {"mmu.window_clears", m.window_clears},
+                         {"mmu.window_refused", m.window_refused}});
 }
 
 }  // namespace popek::engine

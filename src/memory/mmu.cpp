@@ -1,5 +1,13 @@
 #include "memory/mmu.h"
 
+#include <sys/mman.h>
+
+#include <cerrno>
+#include <cstring>
+#include <string>
+
+#include "base/error.h"
+
 namespace popek::mem {
 
 using namespace popek::x86;
@@ -30,7 +38,122 @@ Mmu::Mmu(CpuState& s, PhysMem& pm)
   flush_tlb(true);
   pm_.add_shootdown(this);
 }
-Mmu::~Mmu() { pm_.remove_shootdown(this); }
+Mmu::~Mmu() {
+  pm_.remove_shootdown(this);
+  if (uw_map_) munmap(uw_map_, kWindowSpan + kWindowAlign);
+}
+
+u8* Mmu::enable_user_window() {
+  if (uw_base_) return uw_base_;
+  if (pm_.ram_fd() < 0) throw Error("the user window needs guest RAM in a memfd");
+  void* p = mmap(nullptr, kWindowSpan + kWindowAlign, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (p == MAP_FAILED)
+    throw Error(std::string("cannot reserve the user window (8 GiB of address space): ") + std::strerror(errno));
+  uw_map_ = static_cast<u8*>(p);
+  uw_base_ = reinterpret_cast<u8*>((reinterpret_cast<uintptr_t>(p) + kWindowAlign - 1) & ~uintptr_t(kWindowAlign - 1));
+  return uw_base_;
+}
+
+void Mmu::claim_window() {
+  if (!uw_base_ || !s_.pg()) return;
+  if (!uw_pages_.empty()) window_clear();
+  uw_owner_ = s_.cr3 & ~0xFFFu;
+  uw_active_ = true;
+  stats_.window_claims++;
+  for (u32 k : used_[1])
+    if (!(tlb_[1][k].tag_read & 0xFFF)) window_fill(k);
+}
+
+void Mmu::window_clear() {
+  stats_.window_clears++;
+  if (mmap(uw_base_, u64(1) << 32, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0) ==
+      MAP_FAILED)
+    throw Error(std::string("cannot clear the user window: ") + std::strerror(errno));
+  uw_pages_.clear();
+}
+
+void Mmu::window_fill(unsigned k) {
+  const TlbEntry& e = tlb_[1][k];
+  const bool ram = pm_.plain_ram(e.ppn) && e.addend == uintptr_t(pm_.ram() + (u64(e.ppn) << kPageShift)) - e.tag_read;
+  window_set(e.tag_read, e.ppn, !ram ? 0 : e.tag_write == e.tag_read ? PROT_READ | PROT_WRITE : PROT_READ);
+}
+
+void Mmu::window_set(u32 la, u32 ppn, int prot) {
+  auto it = uw_pages_.find(la);
+  if (it == uw_pages_.end()) {
+    if (!prot) return;
+    if (uw_pages_.size() >= kWindowCap) {
+      window_clear();
+      it = uw_pages_.end();
+    }
+  } else if (it->second.ppn == ppn && it->second.prot == prot) {
+    return;
+  }
+  u8* at = uw_base_ + la;
+  if (!prot) {
+    if (mmap(at, kPageSize, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0) == MAP_FAILED)
+      throw Error(std::string("cannot unmap a user-window page: ") + std::strerror(errno));
+    uw_pages_.erase(it);
+    return;
+  }
+  stats_.window_maps++;
+  if (it != uw_pages_.end() && it->second.ppn == ppn && mprotect(at, kPageSize, prot) == 0) {
+    it->second.prot = prot;
+    return;
+  }
+  // Each page may be a host mapping of its own: at the host's limit
+  // (vm.max_map_count), start the window afresh, then give up on the page
+  // (its accesses take the slow path).
+  for (int attempt = 0; attempt < 2; attempt++) {
+    if (mmap(at, kPageSize, prot, MAP_SHARED | MAP_FIXED | MAP_POPULATE, pm_.ram_fd(),
+             off_t(u64(ppn) << kPageShift)) != MAP_FAILED) {
+      uw_pages_[la] = WindowPage{ppn, prot};
+      return;
+    }
+    if (errno != ENOMEM || attempt) break;
+    window_clear();
+  }
+  stats_.window_refused++;
+  window_clear();  // (a failed MAP_FIXED may have left anything there)
+}
+
+int Mmu::window_walk(u32 la, u32* ppn) {
+  const u64 pde_pa = (s_.cr3 & ~0xFFFu) + ((la >> 22) << 2);
+  if (!pm_.is_ram(pde_pa)) return 0;
+  const u32 pde = u32(pm_.read(pde_pa, 4));
+  if ((pde & (PTE_P | PTE_U | PTE_A)) != (PTE_P | PTE_U | PTE_A)) return 0;
+  u32 eff, last;  // the permissions of both levels, the last level
+  u64 frame;
+  if ((pde & PTE_PS) && (s_.cr4 & CR4_PSE)) {
+    eff = last = pde;
+    frame = (pde & 0xFFC00000u) | (la & 0x3FF000u);
+  } else {
+    const u64 pte_pa = (pde & ~0xFFFu) + (((la >> 12) & 0x3FF) << 2);
+    if (!pm_.is_ram(pte_pa)) return 0;
+    last = u32(pm_.read(pte_pa, 4));
+    if ((last & (PTE_P | PTE_U | PTE_A)) != (PTE_P | PTE_U | PTE_A)) return 0;
+    eff = pde & last;
+    frame = last & ~0xFFFu;
+  }
+  *ppn = u32(frame >> kPageShift);
+  if (!pm_.plain_ram(*ppn)) return 0;
+  const bool write = (eff & PTE_W) && (last & PTE_D) && !pm_.is_code(*ppn);
+  return write ? PROT_READ | PROT_WRITE : PROT_READ;
+}
+
+void Mmu::window_flushed() {
+  if (!uw_base_) return;
+  uw_active_ = s_.pg() && (s_.cr3 & ~0xFFFu) == uw_owner_;
+  if (!uw_active_) return;  // kept as it is until the owner comes back (checked then)
+  stats_.window_checks++;
+  std::vector<std::pair<u32, WindowPage>> pages(uw_pages_.begin(), uw_pages_.end());
+  for (const auto& [la, pg] : pages) {
+    u32 ppn = 0;
+    int prot = window_walk(la, &ppn);
+    if (prot && ppn != pg.ppn) prot = 0;  // another frame: its first access maps it
+    window_set(la, pg.ppn, prot);
+  }
+}
 
 void Mmu::drop_memos(bool user, unsigned k) {
   at(memo_mark_off(user))[k] = 0;
@@ -76,11 +199,13 @@ void Mmu::flush_tlb(bool global) {
     }
     used.resize(n);
   }
+  window_flushed();
   if (listener_) listener_->tlb_flushed(global);
 }
 
 void Mmu::invlpg(u32 la) {
   epoch_++;
+  if (uw_active_) window_set(la & ~0xFFFu, 0, 0);
   if (listener_) listener_->tlb_invlpg(la);
   for (unsigned u = 0; u < 2; u++) {
     const unsigned k = (la >> 12) & (kTlbSize - 1);
@@ -95,6 +220,15 @@ void Mmu::invlpg(u32 la) {
 }
 
 void Mmu::drop_writable(u64 ppn) {
+  // The window's writable mappings of the page (inactive: checked when the
+  // owner comes back).
+  if (uw_active_)
+    for (auto& [la, pg] : uw_pages_)
+      if (pg.ppn == ppn && (pg.prot & PROT_WRITE)) {
+        if (mprotect(uw_base_ + la, kPageSize, PROT_READ) != 0)
+          throw Error(std::string("cannot write-protect a user-window page: ") + std::strerror(errno));
+        pg.prot = PROT_READ;
+      }
   for (unsigned u = 0; u < 2; u++)
     for (u32 k : used_[u])
       if (tlb_[u][k].ppn == ppn) {

@@ -10,6 +10,7 @@
 #pragma once
 #include <cstring>
 #include <memory>
+#include <unordered_map>
 #include <vector>
 
 #include "base/big_alloc.h"
@@ -37,6 +38,11 @@ struct MmuStats {
   u64 page_faults = 0;
   u64 flushes = 0;
   u64 slow_accesses = 0;
+  u64 window_maps = 0;     // user-window pages mapped (or re-protected)
+  u64 window_claims = 0;   // address spaces that took the window over
+  u64 window_checks = 0;   // flushes that walked the window's pages again
+  u64 window_clears = 0;   // the whole window unmapped at once (a flush, or the host's mapping limit)
+  u64 window_refused = 0;  // pages the host would not map even after a clear (left to the slow path)
 };
 
 // Told when the guest drops translations (an engine's caches of
@@ -197,6 +203,45 @@ class Mmu final : public x86::LinearMem, public TlbShootdown {
   // TlbShootdown
   void drop_writable(u64 ppn) override;
 
+  // ---- the user window (the bt engine's direct accesses at CPL 3) ----
+  // A host reservation of kWindowSpan bytes whose first 4 GiB map pages of
+  // one guest address space (its owner, a page-directory base) at their
+  // linear addresses: a page of plain RAM the user-class TLB was filled with
+  // is mapped (a second mapping of PhysMem's memfd) at window + its linear
+  // page, read-only unless the fill allowed writes (dirty, writable, not
+  // code); everything else is inaccessible. Generated code at CPL 3
+  // addresses window + linear address with no check: where the TLB would
+  // miss (or refuse a write) the access faults, and the engine's SIGSEGV
+  // handler sends it to its slow path, whose TLB fill maps the page. The
+  // rest of the span (past 4 GiB) stays inaccessible, so a base +
+  // displacement past 4 GiB faults too.
+  //
+  // Host mapping calls are dear (~10 us each here), so the window is not
+  // flushed with the TLB: while the owner's address space is loaded, the
+  // window is active; a flush then walks the guest page tables again for
+  // each page it maps (no side effects: a page whose walk would now differ
+  // or would set an accessed or dirty bit is unmapped or made read-only),
+  // which gives exactly the pages a TLB fill would. Another address space
+  // loaded leaves the window inactive (its code must not use it: the
+  // engine keys translations on window_active) and untouched until the
+  // owner's comes back (checked again then) or another claims it.
+  static constexpr u64 kWindowSpan = u64(8) << 30;
+  static constexpr u64 kWindowAlign = u64(1) << 16;
+  // Pages mapped at most; one more starts the window afresh (the walk at a
+  // flush costs per page).
+  static constexpr size_t kWindowCap = 2048;
+  // Reserves the window (idempotent); its base is 64 KiB aligned.
+  u8* enable_user_window();
+  u8* user_window() const { return uw_base_; }
+  bool in_user_window(const void* p) const {
+    return uw_base_ && p >= uw_base_ && static_cast<const u8*>(p) < uw_base_ + kWindowSpan;
+  }
+  // The address space now loaded (CR3's page-directory base, paging on)
+  // owns the window: it is emptied and active.
+  void claim_window();
+  bool window_active() const { return uw_active_; }
+  u32 window_owner() const { return uw_owner_; }
+
  private:
   enum class Acc { read, write, exec };
   TlbEntry& entry(u32 la, bool user) { return tlb_[user][(la >> 12) & (kTlbSize - 1)]; }
@@ -208,7 +253,18 @@ class Mmu final : public x86::LinearMem, public TlbShootdown {
     reinterpret_cast<u32*>(at(tag_array_off(user, false)))[k] = e.tag_read;
     reinterpret_cast<u32*>(at(tag_array_off(user, true)))[k] = e.tag_write;
     reinterpret_cast<uintptr_t*>(at(addend_array_off(user)))[k] = e.addend;
+    if (user && uw_active_ && !(e.tag_read & 0xFFF)) window_fill(k);
   }
+  // The window's page for user entry k, just filled.
+  void window_fill(unsigned k);
+  void window_clear();  // every page of the window inaccessible again
+  // Sets the window's page at linear page la to ppn with prot (0: unmapped).
+  void window_set(u32 la, u32 ppn, int prot);
+  // What a user-mode TLB fill of la would map now without setting an
+  // accessed or dirty bit: the frame and the protection (0: nothing).
+  int window_walk(u32 la, u32* ppn);
+  // At a flush: the window follows the address space now loaded.
+  void window_flushed();
   // The byte at an offset from tlb(false) (the *_off constants).
   u8* at(i64 off) { return reinterpret_cast<u8*>(tlb_[0]) + off; }
   Memo* memos() { return reinterpret_cast<Memo*>(at(kMemoOff)); }
@@ -232,6 +288,17 @@ class Mmu final : public x86::LinearMem, public TlbShootdown {
   u64 epoch_ = 0;
   u64 memo_drops_ = 0;
   TlbListener* listener_ = nullptr;
+  // The user window: the reservation, its 64 KiB-aligned base, its owner
+  // and the pages it maps (by linear page).
+  struct WindowPage {
+    u32 ppn;
+    int prot;
+  };
+  u8* uw_map_ = nullptr;
+  u8* uw_base_ = nullptr;
+  bool uw_active_ = false;
+  u32 uw_owner_ = 1;  // not a page-directory base: none
+  std::unordered_map<u32, WindowPage> uw_pages_;
 };
 
 }  // namespace popek::mem

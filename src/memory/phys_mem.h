@@ -4,8 +4,10 @@
 // one invalidates the code derived from it (self-modifying code, DMA, module
 // loading) — the one write-tracking mechanism DESIGN.md describes.
 #pragma once
+#include <atomic>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "base/types.h"
@@ -45,6 +47,9 @@ class PhysMem {
   PhysMem& operator=(const PhysMem&) = delete;
 
   u8* ram() { return ram_; }
+  // RAM's memfd: page ppn of RAM is at offset ppn << kPageShift (a second
+  // mapping of a page shares its contents with ram()).
+  int ram_fd() const { return fd_; }
   u64 ram_size() const { return ram_size_; }
 
   // ---- direct access with paging off (the bt engine's fast path) ----
@@ -170,6 +175,9 @@ class PhysMem {
   u8* ram_ = nullptr;
   u64 ram_size_ = 0;
   u64 map_size_ = 0;
+  int fd_ = -1;  // RAM's memfd
+  std::thread populate_;  // fills RAM's page tables in the background (see the constructor)
+  std::atomic<bool> stop_populate_{false};
   u64 npages_ = 0;
   std::vector<u8> code_;
   std::vector<u8> wp_;  // page ppn is read-only in the host mapping (a code page)

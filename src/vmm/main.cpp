@@ -109,6 +109,13 @@ int main(int argc, char** argv) {
   run->add_flag("!--bt-no-fastmem", cfg.bt.fastmem,
                 "bt: with paging off, look memory operands up in the soft TLB instead of "
                 "addressing guest RAM directly");
+  run->add_flag("!--bt-no-user-window", cfg.bt.user_window,
+                "bt: in user mode with paging on, look memory operands up in the soft TLB instead "
+                "of addressing the host mapping of the guest's user pages (the user window)");
+  run->add_option("--bt-user-window-claim", cfg.bt.user_window_claim,
+                  "bt: instructions a process runs in user mode before it takes the user window "
+                  "over (0: at once; short-lived processes pay less without it)")
+      ->capture_default_str();
   add_scope_option(run, "--bt-superblocks", cfg.bt.superblocks,
                    "bt: forward conditional branches inside a block as side exits: user (in "
                    "user-mode code; default), all, off");

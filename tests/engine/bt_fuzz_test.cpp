@@ -20,6 +20,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <cstdlib>
 #include <random>
 
@@ -37,6 +38,15 @@ constexpr u32 kAbsent = 0x110000;  // not present
 constexpr u32 kReadOnly = 0x111000;
 constexpr u32 kPd = 0x10000, kPt = 0x11000;
 constexpr u32 kPasses = 0x120000;  // the count of passes left (outside the pages addr() picks)
+// User-mode sequences: the TSS (in the GDT's page) and the stack their
+// exceptions switch to.
+constexpr u32 kTss = test::kGdt + 0x100, kKernelStack = 0x9F000;
+// Pages user mode may not touch: the IDT, GDT, TSS, handlers, the vector log,
+// the fault code, the resume table, the paging structures, the kernel stack.
+bool supervisor_page(u32 la) {
+  return (la >= 0x3000 && la < 0x10000) || (la >= 0x20000 && la < 0x28000) || la == kPd || la == kPt ||
+         (la >= kKernelStack - 0x1000 && la < kKernelStack);
+}
 
 struct Gen {
   std::mt19937 rng;
@@ -228,18 +238,27 @@ struct FuzzVm {
   explicit FuzzVm(const test::EngineKind& k) : vm(k) {}
   // Page tables, GDT, IDT and handlers: garbage code may have written them.
   void reset_tables() {
-    const u64 gdt[3] = {0, 0x00CF9B000000FFFFull, 0x00CF93000000FFFFull};
+    // Kernel code and data, user code and data (DPL 3), a 32-bit TSS.
+    const u64 tss_desc = 0x67 | (u64(kTss & 0xFFFFFF) << 16) | (u64(0x89) << 40) | (u64(kTss >> 24) << 56);
+    const u64 gdt[6] = {0, 0x00CF9B000000FFFFull, 0x00CF93000000FFFFull, 0x00CFFB000000FFFFull,
+                        0x00CFF3000000FFFFull, tss_desc};
     vm.pm.write_bytes(test::kGdt, gdt, sizeof gdt);
+    std::vector<u8> tss(0x68, 0);
+    const u32 esp0 = kKernelStack, ss0 = 0x10;
+    std::memcpy(&tss[4], &esp0, 4);
+    std::memcpy(&tss[8], &ss0, 4);
+    vm.pm.write_bytes(kTss, tss.data(), tss.size());
     for (u32 v = 0; v < 256; v++) vm.set_gate(v, test::kHandlers + v * 16);
 
     // Page tables: identity, one page absent, one read-only (CR0.WP), the
     // tables read-only.
-    u32 pde = kPt | 3;
+    // (User pages for the user-mode sequences: all but the system's.)
+    u32 pde = kPt | 7;
     vm.pm.write_bytes(kPd, &pde, 4);
     for (u32 p = 0; p < 1024; p++) {
-      u32 pte = (p << 12) | 3;
+      u32 pte = (p << 12) | (supervisor_page(p << 12) ? 3 : 7);
       if (p << 12 == kAbsent) pte = 0;
-      if (p << 12 == kReadOnly) pte = (p << 12) | 1;
+      if (p << 12 == kReadOnly) pte = (p << 12) | 5;
       // The paging structures themselves are read-only: a write to them
       // without INVLPG leaves which translation the CPU uses undefined (each
       // engine's TLB may keep a different set), which lockstep cannot judge.
@@ -332,16 +351,23 @@ struct FuzzVm {
     }
     const std::vector<u8> code = g.out;
     const u32 start = g.r(4) == 0 ? kCode + 0x1000 - u32(code.size()) / 2 : kCode;
+    // A third of the sequences with paging on run in user mode (CPL 3: bt
+    // addresses the user window there; privileged instructions fault).
+    const bool user = seed % 5 != 0 && seed % 3 == 1;
     // Instruction boundaries for the fault handler.
     std::vector<u32> table(0x2000, 0);
+    u32 last_eip = 0;
     for (u32 off = 0; off < code.size();) {
       Insn i;
       const unsigned avail = u32(code.size()) - off;
       if (decode(code.data() + off, avail < 15 ? avail : 15, true, &i) != DecodeStatus::ok) break;
       const u32 eip = start + off;
       table[eip - kCode] = eip + i.len;
+      last_eip = eip;
       off += i.len;
     }
+    // In user mode the final HLT faults: the handler then halts.
+    if (user && code.back() == 0xF4 && last_eip == start + code.size() - 1) table[last_eip - kCode] = 0;
     vm.pm.write_bytes(kTable, table.data(), table.size() * 4);
     std::vector<u8> junk(0x12000);  // all the data pages, the absent one included
     for (auto& c : junk) c = u8(g.r(256));
@@ -360,12 +386,18 @@ struct FuzzVm {
     CpuState& s = vm.s;
     for (auto& sg : s.seg) sg = Segment{0x10, 0, 0xFFFFFFFF, 0xC093};
     s.seg[CS] = Segment{0x08, 0, 0xFFFFFFFF, 0xC09B};
-    s.gdtr = {test::kGdt, 0x17};
+    s.gdtr = {test::kGdt, 0x2F};
     s.idtr = {test::kIdt, 0x7FF};
     s.cr3 = kPd;
     s.cr0 = CR0_PE | CR0_ET | (seed % 5 ? CR0_PG | CR0_WP : 0);
     s.cr4 = 0;
     s.cpl = 0;
+    s.tr = Segment{0x28, kTss, 0x67, 0x8B};
+    if (user) {
+      for (auto& sg : s.seg) sg = Segment{0x23, 0, 0xFFFFFFFF, 0xC0F3};
+      s.seg[CS] = Segment{0x1B, 0, 0xFFFFFFFF, 0xC0FB};
+      s.cpl = 3;
+    }
     s.intr_shadow = 0;
     s.eip = start;
     for (unsigned r = 0; r < 8; r++) s.gpr[r] = g.rng();
@@ -442,6 +474,9 @@ TEST(BtFuzz, RandomSequencesAgreeWithTheInterpreter) {
     k.opt.lockstep = true;
     if (std::getenv("POPEK_FUZZ_NO_ADAPTIVE")) k.opt.adaptive = false;
     if (std::getenv("POPEK_FUZZ_NO_FLAG_RECIPES")) k.opt.flag_recipes = false;
+    // The user window from the first user-mode block on (POPEK_FUZZ_NO_USER_WINDOW: none).
+    k.opt.user_window_claim = 0;
+    if (std::getenv("POPEK_FUZZ_NO_USER_WINDOW")) k.opt.user_window = false;
     k.opt.code_cache_mb = std::getenv("POPEK_FUZZ_CACHE_MB") ? size_t(std::atoi(std::getenv("POPEK_FUZZ_CACHE_MB"))) : 8;
     if (!vms[ki]) vms[ki] = std::make_unique<FuzzVm>(k);
     FuzzResult r = vms[ki]->run(seed, k.name);

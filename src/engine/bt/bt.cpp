@@ -208,9 +208,11 @@ Bt::Bt(CpuState& s, mem::PhysMem& pm, Platform& plat, const BtOptions& opt)
   rt_->tsc = &tsc_entry;
   rt_->self = this;
   rt_->jc = jc_.data();
-  rt_->direct_base = pm_.ram() + kR13Bias;
+  // (With fastmem only: the mode key then tells paging on from off.)
+  if (opt_.user_window && opt_.fastmem) uwin_ = mmu_.enable_user_window();
+  sync_direct_base();
   if (opt_.tiered) seen_.assign(kSeenSize, ~u64(0));
-  if (opt_.fastmem) install_segv_handler();
+  if (opt_.fastmem || uwin_) install_segv_handler();
   const intptr_t tlb_off =
       reinterpret_cast<const char*>(mmu_.tlb(false)) - reinterpret_cast<const char*>(rt_);
   if (tlb_off < INT32_MIN + (1 << 16) || tlb_off > INT32_MAX - (1 << 16))
@@ -308,6 +310,7 @@ void Bt::emit_stubs() {
   g.sub(rsp, 8);
   g.call(qword[r14 + int(offsetof(Rt, callout))]);
   g.add(rsp, 8);
+  g.mov(r13, qword[r14 + int(offsetof(Rt, direct_base))]);  // (a CR0 write may have turned paging on or off)
   // Returns 0: back into the block; 1: leave it; else the code of the block
   // to go on with (after a transfer or a change of mode the callout found).
   Xbyak::Label leave, go_on;
@@ -383,18 +386,46 @@ u32 Bt::mode_key() const {
   static_assert(m_flat(DS) == 1u << (4 + 2 * DS) && m_base0(DS) == 1u << (5 + 2 * DS));
   // Not GS: the generated code reads Rt::gs_slow instead (sync_gs).
   const u32 nopg = u32(opt_.fastmem) & ~(s_.cr0 >> 31);
-  return m | seg(ES) | seg(SS) | seg(DS) | seg(FS) | (nopg * M_NOPG);
+  const u32 uwin = s_.cpl == 3 && !nopg && mmu_.window_active() ? u32(M_UWIN) : 0u;
+  return m | seg(ES) | seg(SS) | seg(DS) | seg(FS) | (nopg * M_NOPG) | uwin;
+}
+
+// The user window goes to an address space that has run
+// BtOptions::user_window_claim instructions at CPL 3 without it (counted per CR3 in a few slots): a
+// process that lives long enough to pay for its pages' host mappings, not
+// each short one of a fork and exec (mem::Mmu: "the user window").
+void Bt::note_user_run(u64 n) {
+  const u32 cr3 = s_.cr3 & ~0xFFFu;
+  SpaceUse* slot = &space_use_[0];
+  for (SpaceUse& u : space_use_) {
+    if (u.cr3 == cr3) {
+      slot = &u;
+      break;
+    }
+    if (u.insns < slot->insns) slot = &u;
+  }
+  if (slot->cr3 != cr3) *slot = SpaceUse{cr3, 0};
+  slot->insns += n;
+  if (slot->insns >= opt_.user_window_claim) {
+    slot->insns = 0;
+    mmu_.claim_window();
+  }
+}
+
+void Bt::sync_direct_base() {
+  rt_->direct_base = (uwin_ && (s_.cr0 & CR0_PG) ? uwin_ : pm_.ram()) + kR13Bias;
 }
 
 uintptr_t Bt::direct_fault(const void* addr, uintptr_t pc) {
-  if (!pm_.in_direct_span(addr) || direct_faults_.empty()) return 0;
+  const bool window = mmu_.in_user_window(addr);
+  if ((!window && !pm_.in_direct_span(addr)) || direct_faults_.empty()) return 0;
   auto it = direct_faults_.upper_bound(pc);
   if (it == direct_faults_.begin()) return 0;
   --it;
   if (pc >= it->second.end) return 0;
   st_.direct_faults++;
   // An address that wrapped past 4 GiB (base + displacement) faults each time.
-  fault_wrapped_ = static_cast<const u8*>(addr) >= pm_.ram() + (u64(1) << 32);
+  fault_wrapped_ = static_cast<const u8*>(addr) >= (window ? uwin_ : pm_.ram()) + (u64(1) << 32);
   return it->second.slow;
 }
 
@@ -808,6 +839,7 @@ u64 Bt::callout(Site* site) {
     if (go_on) {
       if (const u8* code = continue_at()) {
         rt_->hf = encode_hf(s_.eflags);
+        sync_direct_base();
         st_.callout_continues++;
         return u64(reinterpret_cast<uintptr_t>(code));
       }
@@ -817,6 +849,7 @@ u64 Bt::callout(Site* site) {
     return 1;
   }
   rt_->hf = encode_hf(s_.eflags);
+  sync_direct_base();
   return 0;
 }
 
@@ -983,6 +1016,7 @@ Exit Bt::run_blocks(u64 end) {
     if (lockstep_) lockstep_->before_block(eip);
     rt_->budget = remaining;
     budget_start_ = remaining;
+    sync_direct_base();
     entry_epoch_ = mmu_.epoch();
     icount_base_ = s_.icount;
     rt_->hf = encode_hf(s_.eflags);
@@ -992,6 +1026,7 @@ Exit Bt::run_blocks(u64 end) {
     Running running(this);
     const u64 reason = enter_(&s_, rt_, b->code);
     set_icount(0);
+    if (uwin_ && (mode & (M_CPL | M_NOPG | M_UWIN)) == 3) note_user_run(s_.icount - icount_base_);
     if (pending_error_) return Exit::stopped;
     if (lockstep_) lockstep_->after_block();
     if (reason == kExitChain && opt_.chain) {

@@ -7,6 +7,7 @@
 #include <deque>
 #include <exception>
 #include <map>
+#include <array>
 #include <memory>
 #include <new>
 #include <type_traits>
@@ -43,6 +44,14 @@ struct BtOptions {
   // With paging off, memory operands address guest RAM directly (no TLB
   // lookup); accesses the direct path may not make fault into the slow path.
   bool fastmem = true;
+  // With paging on, memory operands of user-mode code (CPL 3) address a
+  // host mapping of the guest's user pages at their linear addresses (the
+  // MMU's user window, mirroring the TLB): no lookup; an access the TLB
+  // would not allow faults into the slow path.
+  bool user_window = true;
+  // Instructions an address space runs at CPL 3 before it takes the window
+  // over (Bt::note_user_run); tests use 0.
+  u64 user_window_claim = u64(4) << 20;
   // Interpret a block the first time it is reached; translate it the second
   // (most of a boot's kernel code runs once: translating it costs more).
   bool tiered = true;
@@ -206,6 +215,7 @@ class Bt final : public Engine, public mem::CodeWatcher, public mem::TlbListener
   // RDTSC from generated code at CPL 0 (a thin call: no state saved but the
   // instruction count, which deterministic time and lockstep need).
   u64 inline_tsc(u32 unretired);
+  u8* user_window() const { return uwin_; }
   bool is_no_memo(u64 pa) const { return no_memo_.count(pa) != 0; }
   // A memo's misses come in batches of kMemoBatch (its count-down); a batch
   // within kMemoWindow guest instructions of the last makes the site's block
@@ -250,12 +260,21 @@ class Bt final : public Engine, public mem::CodeWatcher, public mem::TlbListener
   void jc_note(u32 eip, u32 mode, bt::Block* b);
   void remember_seg_load(unsigned k);
   void sync_gs();
+  // Rt::direct_base (r13): the user window with paging on, else RAM.
+  void sync_direct_base();
 
   struct DirectFault {
     uintptr_t end, slow;
   };
   std::map<uintptr_t, DirectFault> direct_faults_;  // by start; emptied with the code cache
-  bool fault_wrapped_ = false;  // the last direct fault's address wrapped past 4 GiB
+  bool fault_wrapped_ = false;
+  u8* uwin_ = nullptr;  // the MMU's user window, if direct accesses at CPL 3 use it
+  struct SpaceUse {
+    u32 cr3 = 1;  // not a page-directory base: free
+    u64 insns = 0;
+  };
+  std::array<SpaceUse, 8> space_use_{};
+  void note_user_run(u64 n);  // the last direct fault's address wrapped past 4 GiB
   bt::Rt* rt_ = nullptr;  // in the MMU's engine area: generated code reaches the TLB from it
   x86::CpuState& s_;
   mem::PhysMem& pm_;

@@ -793,7 +793,10 @@ class Emitter : public CodeGenerator {
     s.site = new_site(i, eip, pa, false, true);
     // Paging off, a base-0 segment: the linear address is the physical one,
     // and RAM is addressed directly (no check, nothing clobbered).
-    const bool direct = (b_->mode & M_NOPG) && !in_rep_ && (b_->mode & m_base0(seg)) && seg != GS;
+    // With paging on at CPL 3, the user window (mem::Mmu) maps the user
+    // pages the TLB holds at their linear addresses: addressed the same way.
+    const bool nopg = b_->mode & M_NOPG;
+    const bool direct = (nopg || (b_->mode & M_UWIN)) && !in_rep_ && (b_->mode & m_base0(seg)) && seg != GS;
     // Guest flags only in the host's at an access that does not read them:
     // parked now (5 instructions), this access and the next ones take the
     // compare-and-branch TLB check (7) instead of the flag-free one (14).
@@ -818,7 +821,7 @@ class Emitter : public CodeGenerator {
     // yet saved, or the instruction needs the guest's flags as input.
     bool clobber = fl_ != Fl::dirty && (flags_dead || (!direct && (out_dead_ || !needs_flags(i))));
     if (direct) {
-      s.site->phys = true;
+      s.site->phys = nopg;
       bt_.bstats().direct_accesses++;
       if (clobber) fl_ = Fl::parked;
       s.parked = fl_ == Fl::parked;

@@ -19,6 +19,7 @@ enum : u32 {
   M_SS32 = 1u << 3,      // 32-bit stack
   M_DF = 1u << 16,       // EFLAGS.DF (string direction; CLD/STD end blocks when they change it)
   M_NOPG = 1u << 17,     // paging off: memory operands address RAM directly (BtOptions::fastmem)
+  M_UWIN = 1u << 18,     // CPL 3, paging on, the MMU's user window active: memory operands address it
 };
 // Per data segment (x86 segment number s): flat_rw (limit 4 GiB, writable,
 // expand-up, present) and base 0.

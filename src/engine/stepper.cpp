@@ -169,6 +169,8 @@ void append_mmu_stats(const mem::Mmu& mmu, std::vector<std::pair<std::string, u6
                          {"mmu.window_maps", m.window_maps},
                          {"mmu.window_claims", m.window_claims},
                          {"mmu.window_checks", m.window_checks},
+                         {"mmu.window_churn", m.window_churn},
+                         {"mmu.window_releases", m.window_releases},
                          {"mmu.window_clears", m.window_clears},
                          {"mmu.window_refused", m.window_refused}});
 }

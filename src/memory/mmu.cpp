@@ -64,6 +64,14 @@ void Mmu::claim_window() {
     if (!(tlb_[1][k].tag_read & 0xFFF)) window_fill(k);
 }
 
+void Mmu::release_window() {
+  if (!uw_base_) return;
+  if (!uw_pages_.empty()) window_clear();
+  uw_owner_ = 1;
+  uw_active_ = false;
+  stats_.window_releases++;
+}
+
 void Mmu::window_clear() {
   stats_.window_clears++;
   if (mmap(uw_base_, u64(1) << 32, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0) ==
@@ -151,6 +159,7 @@ void Mmu::window_flushed() {
     u32 ppn = 0;
     int prot = window_walk(la, &ppn);
     if (prot && ppn != pg.ppn) prot = 0;  // another frame: its first access maps it
+    if (prot != pg.prot) stats_.window_churn++;
     window_set(la, pg.ppn, prot);
   }
 }

@@ -41,6 +41,8 @@ struct MmuStats {
   u64 window_maps = 0;     // user-window pages mapped (or re-protected)
   u64 window_claims = 0;   // address spaces that took the window over
   u64 window_checks = 0;   // flushes that walked the window's pages again
+  u64 window_churn = 0;    // pages those walks unmapped or made read-only
+  u64 window_releases = 0;  // owners that gave the window up
   u64 window_clears = 0;   // the whole window unmapped at once (a flush, or the host's mapping limit)
   u64 window_refused = 0;  // pages the host would not map even after a clear (left to the slow path)
 };
@@ -239,6 +241,8 @@ class Mmu final : public x86::LinearMem, public TlbShootdown {
   // The address space now loaded (CR3's page-directory base, paging on)
   // owns the window: it is emptied and active.
   void claim_window();
+  // No address space owns the window any more: it is emptied and inactive.
+  void release_window();
   bool window_active() const { return uw_active_; }
   u32 window_owner() const { return uw_owner_; }
 

@@ -412,6 +412,20 @@ void Bt::note_user_run(u64 n) {
   }
 }
 
+// The owner gives the window up when its flushes keep changing the
+// window's pages (fork's copy-on-write makes every writable page read-only,
+// and each is mapped again at its next write: a signal and two host calls):
+// kWindowChurn pages changed within fewer than kWindowChurnInsns of its
+// instructions. It may claim it again later (note_user_run counts anew).
+void Bt::note_window_run(u64 n) {
+  uwin_insns_ += n;
+  const u64 churn = mmu_.stats().window_churn;
+  if (churn - uwin_churn_mark_ < kWindowChurn) return;
+  if (uwin_insns_ < kWindowChurnInsns) mmu_.release_window();
+  uwin_churn_mark_ = churn;
+  uwin_insns_ = 0;
+}
+
 void Bt::sync_direct_base() {
   rt_->direct_base = (uwin_ && (s_.cr0 & CR0_PG) ? uwin_ : pm_.ram()) + kR13Bias;
 }
@@ -1027,6 +1041,7 @@ Exit Bt::run_blocks(u64 end) {
     const u64 reason = enter_(&s_, rt_, b->code);
     set_icount(0);
     if (uwin_ && (mode & (M_CPL | M_NOPG | M_UWIN)) == 3) note_user_run(s_.icount - icount_base_);
+    if (mode & M_UWIN) note_window_run(s_.icount - icount_base_);
     if (pending_error_) return Exit::stopped;
     if (lockstep_) lockstep_->after_block();
     if (reason == kExitChain && opt_.chain) {

@@ -274,7 +274,12 @@ class Bt final : public Engine, public mem::CodeWatcher, public mem::TlbListener
     u64 insns = 0;
   };
   std::array<SpaceUse, 8> space_use_{};
-  void note_user_run(u64 n);  // the last direct fault's address wrapped past 4 GiB
+  void note_user_run(u64 n);
+  void note_window_run(u64 n);
+  u64 uwin_insns_ = 0;       // instructions run with the window since the churn was last looked at
+  u64 uwin_churn_mark_ = 0;  // the MMU's window_churn then
+  static constexpr u64 kWindowChurn = 64;
+  static constexpr u64 kWindowChurnInsns = u64(16) << 20;  // the last direct fault's address wrapped past 4 GiB
   bt::Rt* rt_ = nullptr;  // in the MMU's engine area: generated code reaches the TLB from it
   x86::CpuState& s_;
   mem::PhysMem& pm_;

@@ -209,6 +209,10 @@ void deliver_event(Cpu& c, u8 vector, EventKind kind, bool has_error, u32 error,
 // while delivering #DF.
 void deliver_escalating(Cpu& c, u8 vector, EventKind kind, bool has_error, u32 error, u32 ret_eip);
 
+// VERR/VERW's test (their ZF) of a selector at the current CPL: may fault
+// reading the descriptor.
+bool verify_segment(Cpu& c, u16 sel, bool write);
+
 // Name of an exception vector ("#PF").
 const char* vector_name(u8 v);
 

@@ -86,6 +86,7 @@ constexpr u64 kAdaptiveRetry = 1u << 16;
 
 u64 callout_entry(Rt* rt, Site* site) { return rt->self->callout(site); }
 u64 tsc_entry(Rt* rt, u32 unretired) { return rt->self->inline_tsc(unretired); }
+u64 verw_entry(Rt* rt, Site* site) { return rt->self->inline_verw(site); }
 
 // Rt::hf image of EFLAGS: the LAHF byte in bits 8..15, OF in bit 0.
 u64 encode_hf(u32 eflags) { return (u64((eflags & 0xD5) | 2) << 8) | ((eflags & OF) ? 1 : 0); }
@@ -206,6 +207,7 @@ Bt::Bt(CpuState& s, mem::PhysMem& pm, Platform& plat, const BtOptions& opt)
   rt_ = new (mmu_.engine_area()) Rt();
   rt_->callout = &callout_entry;
   rt_->tsc = &tsc_entry;
+  rt_->verw = &verw_entry;
   rt_->self = this;
   rt_->jc = jc_.data();
   // (With fastmem only: the mode key then tells paging on from off.)
@@ -352,6 +354,26 @@ void Bt::emit_stubs() {
   g.mov(eax, eax);
   g.ret();
 
+  // verw: called from a block (r8 = the VERW's Site): r9d = Rt::verw's answer;
+  // keeps the guest registers the C++ call may clobber. Flags clobbered.
+  g.align(16);
+  const u8* verw = g.getCurr();
+  g.push(rax);
+  g.push(rcx);
+  g.push(rdx);
+  g.push(rsi);
+  g.push(rdi);
+  g.mov(rdi, r14);
+  g.mov(rsi, r8);
+  g.call(qword[r14 + int(offsetof(Rt, verw))]);
+  g.mov(r9d, eax);
+  g.pop(rdi);
+  g.pop(rsi);
+  g.pop(rdx);
+  g.pop(rcx);
+  g.pop(rax);
+  g.ret();
+
   enter_ = reinterpret_cast<EnterFn>(const_cast<u8*>(cache_->to_rx(enter)));
   exit_common_ = cache_->to_rx(exit_common);
   exit_nostore_ = cache_->to_rx(exit_nostore);
@@ -359,7 +381,7 @@ void Bt::emit_stubs() {
   cache_->advance(g.getSize());
   cache_->set_reserved();
   tr_->set_stubs(Stubs{exit_common_, exit_nostore_, callout_stub_, cache_->to_rx(callout_nosave),
-                       cache_->to_rx(tsc)});
+                       cache_->to_rx(tsc), cache_->to_rx(verw)});
 }
 
 // A segment the generated code may access without limit checks: limit 4 GiB,
@@ -690,6 +712,16 @@ void Bt::code_page_written(u64 ppn) {
   for (Block* b : it->second) invalidate(b);
   by_page_.erase(it);
   jc_drop_if([](const JcMeta& m) { return !m.block->valid; });
+}
+
+u64 Bt::inline_verw(const Site* site) {
+  st_.inline_verw++;
+  try {
+    // (An absolute operand: its address needs no guest register.)
+    return x86::verify_segment(cpu_, cpu_.read_rm<u16>(site->insn), true) ? 1 : 0;
+  } catch (const Fault&) {
+    return 2;  // the slow path takes the fault as the instruction's
+  }
 }
 
 u64 Bt::inline_tsc(u32 unretired) {
@@ -1103,6 +1135,7 @@ std::vector<std::pair<std::string, u64>> Bt::stats() const {
       {"bt.direct_accesses", st_.direct_accesses},
       {"bt.direct_faults", st_.direct_faults},
       {"bt.inline_tsc", st_.inline_tsc},
+      {"bt.inline_verw", st_.inline_verw},
       {"bt.memo_accesses", st_.memo_accesses},
       {"bt.memo_drops", mmu_.memo_drops()},
       {"bt.memo_batches", st_.memo_batches},

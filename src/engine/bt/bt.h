@@ -109,6 +109,10 @@ struct Rt {
   // RDTSC at CPL 0 (Stubs::tsc): the guest's TSC; the second argument is the
   // block's instructions not yet retired before it.
   u64 (*tsc)(Rt*, u32) = nullptr;
+  // VERW at CPL 0 (Stubs::verw; an absolute operand): 1 if the selector
+  // verifies for writing, 0 if not, 2 if reading it or its descriptor
+  // faults (the slow path then).
+  u64 (*verw)(Rt*, Site*) = nullptr;
   engine::Bt* self = nullptr;
   JcEntry* jc = nullptr;
   // GS is not in the mode key (processes differ in it, and the kernel that
@@ -172,6 +176,7 @@ struct BtStats {
   u64 direct_accesses = 0;   // memory operands translated to address RAM directly (paging off)
   u64 direct_faults = 0;     // of those, runs that faulted into the slow path
   u64 inline_tsc = 0;        // RDTSCs at CPL 0 through the thin call (no callout)
+  u64 inline_verw = 0;       // VERWs at CPL 0 through the thin call
   u64 memo_accesses = 0;     // memory operands translated with a memo (user mode)
   u64 memo_batches = 0;      // kMemoBatch misses of one memo (the policy looked)
   u64 memo_retranslations = 0;  // sites translated again without their memo
@@ -215,6 +220,7 @@ class Bt final : public Engine, public mem::CodeWatcher, public mem::TlbListener
   // RDTSC from generated code at CPL 0 (a thin call: no state saved but the
   // instruction count, which deterministic time and lockstep need).
   u64 inline_tsc(u32 unretired);
+  u64 inline_verw(const bt::Site* site);
   u8* user_window() const { return uwin_; }
   bool is_no_memo(u64 pa) const { return no_memo_.count(pa) != 0; }
   // A memo's misses come in batches of kMemoBatch (its count-down); a batch

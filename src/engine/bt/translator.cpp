@@ -1742,6 +1742,35 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
     fl_ = Fl::parked;
     return Done::next;
   }
+  // VERW of an absolute memory operand at CPL 0 (Linux runs `verw
+  // %cs:mds_verw_sel` at every return to user mode: the virtual CPU is one
+  // it deems MDS-affected): a thin call (no callout) reads the selector and
+  // checks its descriptor as the semantics do; only ZF changes. Where that
+  // faults (answer 2) the slow path runs the instruction and takes the fault.
+  if (i.op == Op::VERW && i.mem && i.base == kNoReg && i.index == kNoReg && (b_->mode & M_CPL) == 0 &&
+      !interp_only) {
+    st.native_insns++;
+    save_flags();
+    if (lazy_ && fl_ == Fl::parked) materialize();
+    if (rcp_ >= 0) throw Error("bt: internal error: a flag recipe across VERW");
+    Slow& s = new_slow();
+    s.site = new_site(i, eip, pa, false, true);
+    s.site->seg = u8(i.seg);
+    s.site->size = 2;
+    s.site->write = false;
+    s.site->addr = Site::A_EA;
+    s.parked = true;
+    mov(r8, reinterpret_cast<uintptr_t>(s.site));
+    call_abs(stubs_.verw);
+    cmp(r9d, 2);
+    s.entry_fix3 = jcc32(4);  // je
+    shl(r9d, 6);               // ZF's place in AH
+    and_(byte[r14 + kHfOff + 1], u8(~0x40));
+    or_(byte[r14 + kHfOff + 1], r9b);
+    fl_ = Fl::parked;
+    s.done = here();
+    return Done::next;
+  }
   // CLI at CPL 0 (always allowed there): clear IF. Clearing it never makes an
   // interrupt deliverable, so the block goes on.
   if (i.op == Op::CLI && (b_->mode & M_CPL) == 0 && !interp_only) {

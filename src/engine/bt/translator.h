@@ -32,6 +32,7 @@ struct Stubs {
   const u8* callout;
   const u8* callout_nosave;  // the guest flags are already in Rt::hf
   const u8* tsc;             // r8d = instructions not yet retired: EDX:EAX = the TSC (flags clobbered)
+  const u8* verw;            // r8 = a VERW's Site (absolute operand): r9d = its ZF at CPL 0, 2 if it faults (flags clobbered)
 };
 
 class Emitter;

@@ -325,10 +325,7 @@ template <bool Lsl, typename T> void h_lar(Cpu& c, const Insn& i) {
 template <bool W> void h_verr(Cpu& c, const Insn& i) {
   require_pm(c);
   u16 sel = c.read_rm<u16>(i);
-  Desc d;
-  bool ok = (sel & ~3) && read_desc(c, sel, &d) && d.s() && visible(c, sel, d);
-  if (ok) ok = W ? d.writable_data() : (!d.is_code() || d.readable_code());
-  if (ok) c.s.eflags |= ZF;
+  if (verify_segment(c, sel, W)) c.s.eflags |= ZF;
   else c.s.eflags &= ~ZF;
 }
 void h_arpl(Cpu& c, const Insn& i) {
@@ -344,6 +341,13 @@ void h_arpl(Cpu& c, const Insn& i) {
 }
 
 }  // namespace
+
+bool verify_segment(Cpu& c, u16 sel, bool write) {
+  Desc d;
+  bool ok = (sel & ~3) && read_desc(c, sel, &d) && d.s() && visible(c, sel, d);
+  if (ok) ok = write ? d.writable_data() : (!d.is_code() || d.readable_code());
+  return ok;
+}
 
 void register_system(HandlerTable& t) {
   t.set1(Op::CLI, h_cli);

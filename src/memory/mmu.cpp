@@ -40,22 +40,35 @@ Mmu::Mmu(CpuState& s, PhysMem& pm)
 }
 Mmu::~Mmu() {
   pm_.remove_shootdown(this);
-  if (uw_map_) munmap(uw_map_, kWindowSpan + kWindowAlign);
+  if (uw_map_) munmap(uw_map_, uw_map_len_);
 }
 
-u8* Mmu::enable_user_window() {
-  if (uw_base_) return uw_base_;
+void Mmu::enable_user_window() {
+  if (uw_on_) return;
   if (pm_.ram_fd() < 0) throw Error("the user window needs guest RAM in a memfd");
-  void* p = mmap(nullptr, kWindowSpan + kWindowAlign, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (p == MAP_FAILED)
-    throw Error(std::string("cannot reserve the user window (8 GiB of address space): ") + std::strerror(errno));
-  uw_map_ = static_cast<u8*>(p);
-  uw_base_ = reinterpret_cast<u8*>((reinterpret_cast<uintptr_t>(p) + kWindowAlign - 1) & ~uintptr_t(kWindowAlign - 1));
-  return uw_base_;
+  constexpr int kReserve = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE;
+  void* want = reinterpret_cast<void*>(kWindowLow);
+  void* p = mmap(want, kWindowSpan - kWindowLow, PROT_NONE, kReserve | MAP_FIXED_NOREPLACE, -1, 0);
+  if (p == want) {
+    uw_map_ = static_cast<u8*>(p);
+    uw_map_len_ = kWindowSpan - kWindowLow;
+    uw_base_ = 0;
+    uw_lo_ = kWindowLow;
+  } else {
+    if (p != MAP_FAILED) munmap(p, kWindowSpan - kWindowLow);  // (a kernel without MAP_FIXED_NOREPLACE)
+    p = mmap(nullptr, kWindowSpan + kWindowAlign, PROT_NONE, kReserve, -1, 0);
+    if (p == MAP_FAILED)
+      throw Error(std::string("cannot reserve the user window (8 GiB of address space): ") + std::strerror(errno));
+    uw_map_ = static_cast<u8*>(p);
+    uw_map_len_ = kWindowSpan + kWindowAlign;
+    uw_base_ = (reinterpret_cast<uintptr_t>(p) + kWindowAlign - 1) & ~uintptr_t(kWindowAlign - 1);
+    uw_lo_ = uw_base_;
+  }
+  uw_on_ = true;
 }
 
 void Mmu::claim_window() {
-  if (!uw_base_ || !s_.pg()) return;
+  if (!uw_on_ || !s_.pg()) return;
   if (!uw_pages_.empty()) window_clear();
   uw_owner_ = s_.cr3 & ~0xFFFu;
   uw_active_ = true;
@@ -65,7 +78,7 @@ void Mmu::claim_window() {
 }
 
 void Mmu::release_window() {
-  if (!uw_base_) return;
+  if (!uw_on_) return;
   if (!uw_pages_.empty()) window_clear();
   uw_owner_ = 1;
   uw_active_ = false;
@@ -74,8 +87,8 @@ void Mmu::release_window() {
 
 void Mmu::window_clear() {
   stats_.window_clears++;
-  if (mmap(uw_base_, u64(1) << 32, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0) ==
-      MAP_FAILED)
+  if (mmap(reinterpret_cast<void*>(uw_lo_), uw_base_ + (u64(1) << 32) - uw_lo_, PROT_NONE,
+           MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0) == MAP_FAILED)
     throw Error(std::string("cannot clear the user window: ") + std::strerror(errno));
   uw_pages_.clear();
 }
@@ -97,7 +110,8 @@ void Mmu::window_set(u32 la, u32 ppn, int prot) {
   } else if (it->second.ppn == ppn && it->second.prot == prot) {
     return;
   }
-  u8* at = uw_base_ + la;
+  if (uw_base_ + la < uw_lo_) return;  // below the host's mmap_min_addr: never mapped
+  u8* at = reinterpret_cast<u8*>(uw_base_ + la);
   if (!prot) {
     if (mmap(at, kPageSize, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0) == MAP_FAILED)
       throw Error(std::string("cannot unmap a user-window page: ") + std::strerror(errno));
@@ -150,7 +164,7 @@ int Mmu::window_walk(u32 la, u32* ppn) {
 }
 
 void Mmu::window_flushed() {
-  if (!uw_base_) return;
+  if (!uw_on_) return;
   uw_active_ = s_.pg() && (s_.cr3 & ~0xFFFu) == uw_owner_;
   if (!uw_active_) return;  // kept as it is until the owner comes back (checked then)
   stats_.window_checks++;
@@ -234,7 +248,7 @@ void Mmu::drop_writable(u64 ppn) {
   if (uw_active_)
     for (auto& [la, pg] : uw_pages_)
       if (pg.ppn == ppn && (pg.prot & PROT_WRITE)) {
-        if (mprotect(uw_base_ + la, kPageSize, PROT_READ) != 0)
+        if (mprotect(reinterpret_cast<u8*>(uw_base_ + la), kPageSize, PROT_READ) != 0)
           throw Error(std::string("cannot write-protect a user-window page: ") + std::strerror(errno));
         pg.prot = PROT_READ;
       }

@@ -232,11 +232,21 @@ class Mmu final : public x86::LinearMem, public TlbShootdown {
   // Pages mapped at most; one more starts the window afresh (the walk at a
   // flush costs per page).
   static constexpr size_t kWindowCap = 2048;
-  // Reserves the window (idempotent); its base is 64 KiB aligned.
-  u8* enable_user_window();
-  u8* user_window() const { return uw_base_; }
+  // Reserves the window (idempotent). Where the host's low 8 GiB are free
+  // (not under a sanitizer's shadow, not taken by another Mmu's window) the
+  // window starts at host address 0: linear address = host address, so
+  // generated code may address it with the guest's own addressing (32-bit,
+  // 0x67). Pages below kWindowLow (the host's mmap_min_addr) stay unmapped
+  // there: their accesses take the slow path. Else its base is a 64 KiB
+  // aligned reservation anywhere.
+  static constexpr uintptr_t kWindowLow = uintptr_t(1) << 16;
+  void enable_user_window();
+  bool user_window_on() const { return uw_on_; }
+  uintptr_t user_window_base() const { return uw_base_; }
+  bool user_window_zero() const { return uw_on_ && uw_base_ == 0; }
   bool in_user_window(const void* p) const {
-    return uw_base_ && p >= uw_base_ && static_cast<const u8*>(p) < uw_base_ + kWindowSpan;
+    const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+    return uw_on_ && a >= uw_base_ && a < uw_base_ + kWindowSpan;
   }
   // The address space now loaded (CR3's page-directory base, paging on)
   // owns the window: it is emptied and active.
@@ -299,7 +309,10 @@ class Mmu final : public x86::LinearMem, public TlbShootdown {
     int prot;
   };
   u8* uw_map_ = nullptr;
-  u8* uw_base_ = nullptr;
+  size_t uw_map_len_ = 0;
+  bool uw_on_ = false;
+  uintptr_t uw_base_ = 0;
+  uintptr_t uw_lo_ = 0;  // the lowest host address the window may map
   bool uw_active_ = false;
   u32 uw_owner_ = 1;  // not a page-directory base: none
   std::unordered_map<u32, WindowPage> uw_pages_;

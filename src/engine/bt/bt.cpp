@@ -211,7 +211,10 @@ Bt::Bt(CpuState& s, mem::PhysMem& pm, Platform& plat, const BtOptions& opt)
   rt_->self = this;
   rt_->jc = jc_.data();
   // (With fastmem only: the mode key then tells paging on from off.)
-  if (opt_.user_window && opt_.fastmem) uwin_ = mmu_.enable_user_window();
+  if (opt_.user_window && opt_.fastmem) {
+    mmu_.enable_user_window();
+    uwin_ = true;
+  }
   sync_direct_base();
   if (opt_.tiered) seen_.assign(kSeenSize, ~u64(0));
   if (opt_.fastmem || uwin_) install_segv_handler();
@@ -449,7 +452,8 @@ void Bt::note_window_run(u64 n) {
 }
 
 void Bt::sync_direct_base() {
-  rt_->direct_base = (uwin_ && (s_.cr0 & CR0_PG) ? uwin_ : pm_.ram()) + kR13Bias;
+  rt_->direct_base = reinterpret_cast<u8*>(
+      (uwin_ && (s_.cr0 & CR0_PG) ? mmu_.user_window_base() : reinterpret_cast<uintptr_t>(pm_.ram())) + kR13Bias);
 }
 
 uintptr_t Bt::direct_fault(const void* addr, uintptr_t pc) {
@@ -461,7 +465,8 @@ uintptr_t Bt::direct_fault(const void* addr, uintptr_t pc) {
   if (pc >= it->second.end) return 0;
   st_.direct_faults++;
   // An address that wrapped past 4 GiB (base + displacement) faults each time.
-  fault_wrapped_ = static_cast<const u8*>(addr) >= (window ? uwin_ : pm_.ram()) + (u64(1) << 32);
+  fault_wrapped_ = reinterpret_cast<uintptr_t>(addr) >=
+                   (window ? mmu_.user_window_base() : reinterpret_cast<uintptr_t>(pm_.ram())) + (u64(1) << 32);
   return it->second.slow;
 }
 

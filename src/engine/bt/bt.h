@@ -221,7 +221,9 @@ class Bt final : public Engine, public mem::CodeWatcher, public mem::TlbListener
   // instruction count, which deterministic time and lockstep need).
   u64 inline_tsc(u32 unretired);
   u64 inline_verw(const bt::Site* site);
-  u8* user_window() const { return uwin_; }
+  // The user window starts at host address 0 (generated code may use the
+  // guest's own addressing on it).
+  bool user_window_zero() const { return uwin_ && mmu_.user_window_zero(); }
   bool is_no_memo(u64 pa) const { return no_memo_.count(pa) != 0; }
   // A memo's misses come in batches of kMemoBatch (its count-down); a batch
   // within kMemoWindow guest instructions of the last makes the site's block
@@ -274,7 +276,7 @@ class Bt final : public Engine, public mem::CodeWatcher, public mem::TlbListener
   };
   std::map<uintptr_t, DirectFault> direct_faults_;  // by start; emptied with the code cache
   bool fault_wrapped_ = false;
-  u8* uwin_ = nullptr;  // the MMU's user window, if direct accesses at CPL 3 use it
+  bool uwin_ = false;  // direct accesses at CPL 3 use the MMU's user window
   struct SpaceUse {
     u32 cr3 = 1;  // not a page-directory base: free
     u64 insns = 0;

@@ -519,6 +519,28 @@ class Emitter : public CodeGenerator {
     const int disp = kSegOff + int(seg * sizeof(Segment)) + off;
     return bytes == 2 ? word[r15 + disp] : dword[r15 + disp];
   }
+  // ModRM (reg field `ext`), SIB and displacement of the guest's own memory
+  // operand with its registers mapped (user window at host 0, under 0x67).
+  void guest_modrm(unsigned ext, const Insn& i) {
+    const i32 disp = i32(i.disp);
+    const int base = i.base == kNoReg ? -1 : hreg(i.base);
+    const int index = i.index == kNoReg ? -1 : hreg(i.index);  // never rsp
+    if (base < 0) {  // [index*scale + disp32] or [disp32], through a SIB (mod 00 r/m 101 is RIP-relative)
+      db(u8((ext << 3) | 4));
+      db(u8((i.scale << 6) | ((index >= 0 ? (index & 7) : 4) << 3) | 5));
+      dd(u32(disp));
+      return;
+    }
+    const unsigned mod = (disp == 0 && (base & 7) != 5) ? 0 : (disp >= -128 && disp <= 127) ? 1 : 2;
+    if (index >= 0 || (base & 7) == 4) {
+      db(u8((mod << 6) | (ext << 3) | 4));
+      db(u8((i.scale << 6) | ((index >= 0 ? (index & 7) : 4) << 3) | (base & 7)));
+    } else {
+      db(u8((mod << 6) | (ext << 3) | (base & 7)));
+    }
+    if (mod == 1) db(u8(i8(disp)));
+    else if (mod == 2) dd(u32(disp));
+  }
   // r8d = offset of the memory operand.
   // Encoded by hand (the most frequent sequence after the TLB check):
   // lea r8d, [base + index*scale + disp], or mov r8d, disp.
@@ -668,7 +690,11 @@ class Emitter : public CodeGenerator {
       if (reg_size == 1) hi8 |= i.reg >= 4;
       else if (hreg(i.reg) >= 8) rex |= 4;
     }
-    if (i.mem) {
+    if (i.mem && direct_form_ == 3) {
+      rm_field = 0;  // (guest_modrm)
+      if (i.base != kNoReg && hreg(i.base) >= 8) rex |= 1;
+      if (i.index != kNoReg && hreg(i.index) >= 8) rex |= 2;
+    } else if (i.mem) {
       rm_field = direct_form_ ? 4 : 0;  // [r8], or SIB with base r13 (direct)
       rex |= 1;
       if (direct_form_ == 1 || (direct_form_ == 2 && hreg(i.base) >= 8)) rex |= 2;  // REX.X
@@ -687,6 +713,7 @@ class Emitter : public CodeGenerator {
       default: break;
     }
     if (i.osize == 2 && !byte) db(0x66);
+    if (i.mem && direct_form_ == 3) db(0x67);  // 32-bit addressing: the guest's wrap
     if (rex) db(0x40 | rex);
     if (i.map == 1) db(0x0F);
     u8 opc = i.opcode;
@@ -694,7 +721,10 @@ class Emitter : public CodeGenerator {
     db(opc);
     u8 ext = reg_field;
     if (i.op == Op::TEST_EbIb1 || i.op == Op::TEST_EvIz1) ext = 0;
-    if (i.mem && direct_form_) {
+    if (i.mem && direct_form_ == 3) {
+      guest_modrm(ext, i);
+      direct_form_ = 0;
+    } else if (i.mem && direct_form_) {
       // [r13 + r8 - bias] or [r13 + base + disp - bias] (r13 = RAM + bias).
       const i64 disp = direct_form_ == 1 ? -kR13Bias : i64(i32(i.disp)) - kR13Bias;
       const bool d8 = disp >= -128 && disp <= 127;
@@ -848,6 +878,14 @@ class Emitter : public CodeGenerator {
     // access itself addresses [r13 + base + disp - kR13Bias] (a sum past 4 GiB
     // lands in the inaccessible rest of the reservation and faults: the slow
     // path then wraps it as the CPU does).
+    // With the user window at host 0 the access is the guest's own
+    // addressing under 0x67 (it wraps at 4 GiB as the guest's does).
+    const bool zero = !nopg && bt_.user_window_zero();
+    if (direct && zero && direct_fold_ok_ && addr == Site::A_EA && i.asize == 4 && !bt_index_) {
+      direct_form_ = 3;
+      s.direct_from = here();
+      return s;
+    }
     if (direct && direct_fold_ok_ && addr == Site::A_EA && i.asize == 4 && i.index == kNoReg &&
         i.base != kNoReg && i32(i.disp) >= 0) {
       direct_form_ = 2;
@@ -872,7 +910,7 @@ class Emitter : public CodeGenerator {
       // in the host mapping) faults, and the SIGSEGV handler resumes at this
       // slow path.
       if (direct_fold_ok_) direct_form_ = 1;  // the access addresses [r13 + r8 - kR13Bias]
-      else lea(r8, ptr[r13 + r8 - kR13Bias]);
+      else if (!zero) lea(r8, ptr[r13 + r8 - kR13Bias]);  // (at host 0: r8 is the address)
       s.direct_from = here();
       return s;
     }

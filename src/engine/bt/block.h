@@ -33,6 +33,7 @@ struct Site {
   u8 size = 0;
   bool write = false;
   bool phys = false;   // the inline access addresses RAM directly (paging off)
+  bool window = false;    // the inline access addresses the user window (mem::Mmu)
   bool has_memo = false;  // the inline access first checks memo `memo` (mem::Mmu::Memo)
   u16 memo = 0;
   u64 hits = 0;

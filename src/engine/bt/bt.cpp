@@ -870,8 +870,10 @@ u64 Bt::callout(Site* site) {
     const bool crosses = (la & 0xFFF) + site->size > 4096;
     // A direct access (paging off) stays slow where it faults again: not
     // RAM, a code page for a write, or an address that wrapped past 4 GiB.
+    // (A user-window page below 64 KiB is never mapped at host 0: slow too.)
+    const bool low = site->window && mmu_.user_window_zero() && la < mem::Mmu::kWindowLow;
     const bool stays_slow = site->phys ? pm_.direct_poisoned(la, site->write) || wrapped
-                                       : last - tag >= 4096 && !crosses;
+                                       : (last - tag >= 4096 && !crosses) || low;
     if (stays_slow && s_.icount - site->last_slow > kAdaptiveWindow) site->persistent = 0;
     if (stays_slow) site->last_slow = s_.icount;
     if (stays_slow && ++site->persistent >= kAdaptiveThreshold) {

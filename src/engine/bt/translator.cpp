@@ -852,6 +852,7 @@ class Emitter : public CodeGenerator {
     bool clobber = fl_ != Fl::dirty && (flags_dead || (!direct && (out_dead_ || !needs_flags(i))));
     if (direct) {
       s.site->phys = nopg;
+      s.site->window = !nopg;
       bt_.bstats().direct_accesses++;
       if (clobber) fl_ = Fl::parked;
       s.parked = fl_ == Fl::parked;

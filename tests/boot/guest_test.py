@@ -34,5 +34,8 @@ code, tail = g.poweroff()
 print(tail[-1500:])
 print(f"popek exit status {code}")
 if code != 0:
+    # The guest's own last lines (before popek's statistics) say why.
+    console = tail.split("popek: statistics")[0]
+    print("guest console before the end:\n" + console[-3000:])
     failed += 1
 sys.exit(1 if failed else 0)

@@ -84,7 +84,7 @@ struct JcEntry {
   u32 mode;
   const u8* code;
 };
-static constexpr unsigned kJcBits = 16;
+static constexpr unsigned kJcBits = 18;
 
 // A data-segment load at CPL 0 the semantics did: a later MOV to ES/DS/FS/GS
 // of the same GDT selector whose descriptor still reads the same loads the

@@ -16,6 +16,16 @@ namespace {
 enum : u32 { PTE_P = 1, PTE_W = 2, PTE_U = 4, PTE_A = 0x20, PTE_D = 0x40, PTE_PS = 0x80, PTE_G = 0x100 };
 }
 
+// The two levels of a walk of la as they are in memory (nothing set).
+struct Mmu::Walk {
+  u64 pde_pa = 0, pte_pa = 0;  // pte_pa, pte: 0 for a 4 MiB page
+  u32 pde = 0, pte = 0;
+  bool big = false;
+  u32 eff() const { return big ? pde : pde & pte; }  // U/W of both levels
+  u32 last() const { return big ? pde : pte; }       // the level with the frame, D and G
+  u64 frame(u32 la) const { return big ? (pde & 0xFFC00000u) | (la & 0x3FF000u) : pte & ~0xFFFu; }
+};
+
 Mmu::Mmu(CpuState& s, PhysMem& pm)
     : s_(s), pm_(pm),
       // The engine area, the entries, the arrays mirroring them, the memos.
@@ -94,9 +104,10 @@ void Mmu::window_clear() {
 }
 
 void Mmu::window_fill(unsigned k) {
+  // (A page of plain RAM is at ram() + its address: the memfd's offset.)
   const TlbEntry& e = tlb_[1][k];
-  const bool ram = pm_.plain_ram(e.ppn) && e.addend == uintptr_t(pm_.ram() + (u64(e.ppn) << kPageShift)) - e.tag_read;
-  window_set(e.tag_read, e.ppn, !ram ? 0 : e.tag_write == e.tag_read ? PROT_READ | PROT_WRITE : PROT_READ);
+  window_set(e.tag_read, e.ppn,
+             !pm_.plain_ram(e.ppn) ? 0 : e.tag_write == e.tag_read ? PROT_READ | PROT_WRITE : PROT_READ);
 }
 
 void Mmu::window_set(u32 la, u32 ppn, int prot) {
@@ -140,26 +151,13 @@ void Mmu::window_set(u32 la, u32 ppn, int prot) {
 }
 
 int Mmu::window_walk(u32 la, u32* ppn) {
-  const u64 pde_pa = (s_.cr3 & ~0xFFFu) + ((la >> 22) << 2);
-  if (!pm_.is_ram(pde_pa)) return 0;
-  const u32 pde = u32(pm_.read(pde_pa, 4));
-  if ((pde & (PTE_P | PTE_U | PTE_A)) != (PTE_P | PTE_U | PTE_A)) return 0;
-  u32 eff, last;  // the permissions of both levels, the last level
-  u64 frame;
-  if ((pde & PTE_PS) && (s_.cr4 & CR4_PSE)) {
-    eff = last = pde;
-    frame = (pde & 0xFFC00000u) | (la & 0x3FF000u);
-  } else {
-    const u64 pte_pa = (pde & ~0xFFFu) + (((la >> 12) & 0x3FF) << 2);
-    if (!pm_.is_ram(pte_pa)) return 0;
-    last = u32(pm_.read(pte_pa, 4));
-    if ((last & (PTE_P | PTE_U | PTE_A)) != (PTE_P | PTE_U | PTE_A)) return 0;
-    eff = pde & last;
-    frame = last & ~0xFFFu;
-  }
-  *ppn = u32(frame >> kPageShift);
+  Walk w;
+  if (!walk(la, &w, true)) return 0;
+  constexpr u32 kUsed = PTE_P | PTE_U | PTE_A;  // present, user, accessed: a fill sets nothing
+  if ((w.pde & kUsed) != kUsed || (!w.big && (w.pte & kUsed) != kUsed)) return 0;
+  *ppn = u32(w.frame(la) >> kPageShift);
   if (!pm_.plain_ram(*ppn)) return 0;
-  const bool write = (eff & PTE_W) && (last & PTE_D) && !pm_.is_code(*ppn);
+  const bool write = (w.eff() & PTE_W) && (w.last() & PTE_D) && !pm_.is_code(*ppn);
   return write ? PROT_READ | PROT_WRITE : PROT_READ;
 }
 
@@ -260,6 +258,19 @@ void Mmu::drop_writable(u64 ppn) {
       }
 }
 
+bool Mmu::walk(u32 la, Walk* w, bool ram_only) {
+  w->pde_pa = (s_.cr3 & ~0xFFFu) + ((la >> 22) << 2);
+  if (ram_only && !pm_.is_ram(w->pde_pa)) return false;
+  w->pde = u32(pm_.read(w->pde_pa, 4));
+  if (!(w->pde & PTE_P)) return false;
+  w->big = (w->pde & PTE_PS) && (s_.cr4 & CR4_PSE);
+  if (w->big) return true;
+  w->pte_pa = (w->pde & ~0xFFFu) + (((la >> 12) & 0x3FF) << 2);
+  if (ram_only && !pm_.is_ram(w->pte_pa)) return false;
+  w->pte = u32(pm_.read(w->pte_pa, 4));
+  return w->pte & PTE_P;
+}
+
 void Mmu::page_fault(u32 la, u32 err) {
   stats_.page_faults++;
   s_.cr2 = la;
@@ -277,45 +288,26 @@ u64 Mmu::translate(u32 la, Acc acc, bool user) {
     stats_.page_walks++;
     const bool write = acc == Acc::write;
     const u32 err_base = (write ? u32(PFE_W) : 0u) | (user ? u32(PFE_U) : 0u);
-    const u64 pde_pa = (s_.cr3 & ~0xFFFu) + ((la >> 22) << 2);
-    u32 pde = u32(pm_.read(pde_pa, 4));
-    if (!(pde & PTE_P)) page_fault(la, err_base);
-    const bool big = (pde & PTE_PS) && (s_.cr4 & CR4_PSE);
-    u32 pte = 0;
-    u64 pte_pa = 0;
-    u32 eff;  // effective U/W permission bits
-    if (big) {
-      eff = pde;
-    } else {
-      pte_pa = (pde & ~0xFFFu) + (((la >> 12) & 0x3FF) << 2);
-      pte = u32(pm_.read(pte_pa, 4));
-      if (!(pte & PTE_P)) page_fault(la, err_base);
-      eff = pde & pte;
-    }
+    Walk w;
+    if (!walk(la, &w, false)) page_fault(la, err_base);
     // Permission checks.
+    const u32 eff = w.eff();
     if (user && !(eff & PTE_U)) page_fault(la, err_base | PFE_P);
     const bool writable = (eff & PTE_W) || (!user && !(s_.cr0 & CR0_WP));
     if (write && !writable) page_fault(la, err_base | PFE_P);
     can_write = writable;
     // The walk succeeded: set accessed (and dirty) bits, directory first.
-    if (!(pde & PTE_A) || (big && write && !(pde & PTE_D))) {
-      u32 npde = pde | PTE_A | (big && write ? u32(PTE_D) : 0u);
-      pm_.write(pde_pa, 4, npde);
-      pde = npde;
+    if (!(w.pde & PTE_A) || (w.big && write && !(w.pde & PTE_D))) {
+      w.pde |= PTE_A | (w.big && write ? u32(PTE_D) : 0u);
+      pm_.write(w.pde_pa, 4, w.pde);
     }
-    if (big) {
-      pa_page = (pde & 0xFFC00000u) | (la & 0x3FF000u);
-      global = (pde & PTE_G) && (s_.cr4 & CR4_PGE);
-      dirty = pde & PTE_D;
-    } else {
-      if (!(pte & PTE_A) || (write && !(pte & PTE_D))) {
-        pte |= PTE_A | (write ? u32(PTE_D) : 0u);
-        pm_.write(pte_pa, 4, pte);
-      }
-      pa_page = pte & ~0xFFFu;
-      global = (pte & PTE_G) && (s_.cr4 & CR4_PGE);
-      dirty = pte & PTE_D;
+    if (!w.big && (!(w.pte & PTE_A) || (write && !(w.pte & PTE_D)))) {
+      w.pte |= PTE_A | (write ? u32(PTE_D) : 0u);
+      pm_.write(w.pte_pa, 4, w.pte);
     }
+    pa_page = w.frame(la);
+    global = (w.last() & PTE_G) && (s_.cr4 & CR4_PGE);
+    dirty = w.last() & PTE_D;
   }
   // Fill the TLB entry for this privilege class.
   PhysMem::Page pg = pm_.page(pa_page);

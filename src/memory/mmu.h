@@ -241,7 +241,6 @@ class Mmu final : public x86::LinearMem, public TlbShootdown {
   // aligned reservation anywhere.
   static constexpr uintptr_t kWindowLow = uintptr_t(1) << 16;
   void enable_user_window();
-  bool user_window_on() const { return uw_on_; }
   uintptr_t user_window_base() const { return uw_base_; }
   bool user_window_zero() const { return uw_on_ && uw_base_ == 0; }
   bool in_user_window(const void* p) const {
@@ -254,7 +253,6 @@ class Mmu final : public x86::LinearMem, public TlbShootdown {
   // No address space owns the window any more: it is emptied and inactive.
   void release_window();
   bool window_active() const { return uw_active_; }
-  u32 window_owner() const { return uw_owner_; }
 
  private:
   enum class Acc { read, write, exec };
@@ -286,6 +284,12 @@ class Mmu final : public x86::LinearMem, public TlbShootdown {
   u32* memo_list() { return reinterpret_cast<u32*>(at(kMemoListOff)); }
   void drop_memos(bool user, unsigned k);  // those on entry k of a class
   void reset_memos();           // all (a flush)
+  // Reads la's page-directory and page-table entries into `w` (setting no
+  // bit, raising nothing); false at the first level not present.
+  // `ram_only`: a level outside RAM counts as not present (not read: an
+  // MMIO read has effects).
+  struct Walk;
+  bool walk(u32 la, Walk* w, bool ram_only);
   // Translates one page for an access, filling the TLB; faults with #PF.
   u64 translate(u32 la, Acc acc, bool user);
   u64 read_slow(u32 la, unsigned size, bool user);

@@ -275,7 +275,7 @@ class Bt final : public Engine, public mem::CodeWatcher, public mem::TlbListener
     uintptr_t end, slow;
   };
   std::map<uintptr_t, DirectFault> direct_faults_;  // by start; emptied with the code cache
-  bool fault_wrapped_ = false;
+  bool fault_wrapped_ = false;  // the last direct fault's address wrapped past 4 GiB
   bool uwin_ = false;  // direct accesses at CPL 3 use the MMU's user window
   struct SpaceUse {
     u32 cr3 = 1;  // not a page-directory base: free
@@ -287,7 +287,7 @@ class Bt final : public Engine, public mem::CodeWatcher, public mem::TlbListener
   u64 uwin_insns_ = 0;       // instructions run with the window since the churn was last looked at
   u64 uwin_churn_mark_ = 0;  // the MMU's window_churn then
   static constexpr u64 kWindowChurn = 64;
-  static constexpr u64 kWindowChurnInsns = u64(16) << 20;  // the last direct fault's address wrapped past 4 GiB
+  static constexpr u64 kWindowChurnInsns = u64(16) << 20;
   bt::Rt* rt_ = nullptr;  // in the MMU's engine area: generated code reaches the TLB from it
   x86::CpuState& s_;
   mem::PhysMem& pm_;

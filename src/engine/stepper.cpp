@@ -172,6 +172,8 @@ void append_mmu_stats(const mem::Mmu& mmu, std::vector<std::pair<std::string, u6
                          {"mmu.window_churn", m.window_churn},
                          {"mmu.window_releases", m.window_releases},
                          {"mmu.window_clears", m.window_clears},
+                         {"mmu.window_evicted", m.window_evicted},
+                         {"mmu.window_refills", m.window_refills},
                          {"mmu.window_refused", m.window_refused}});
 }
 

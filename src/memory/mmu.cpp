@@ -83,8 +83,9 @@ void Mmu::claim_window() {
   uw_owner_ = s_.cr3 & ~0xFFFu;
   uw_active_ = true;
   stats_.window_claims++;
+  // (No more than the window holds: the rest come back at their first access.)
   for (u32 k : used_[1])
-    if (!(tlb_[1][k].tag_read & 0xFFF)) window_fill(k);
+    if (!(tlb_[1][k].tag_read & 0xFFF) && uw_pages_.size() < uw_cap_) window_fill(k);
 }
 
 void Mmu::release_window() {
@@ -114,7 +115,8 @@ void Mmu::window_set(u32 la, u32 ppn, int prot) {
   auto it = uw_pages_.find(la);
   if (it == uw_pages_.end()) {
     if (!prot) return;
-    if (uw_pages_.size() >= kWindowCap) {
+    if (uw_pages_.size() >= uw_cap_) {
+      stats_.window_evicted += uw_pages_.size();
       window_clear();
       it = uw_pages_.end();
     }
@@ -148,6 +150,22 @@ void Mmu::window_set(u32 la, u32 ppn, int prot) {
   }
   stats_.window_refused++;
   window_clear();  // (a failed MAP_FIXED may have left anything there)
+}
+
+void Mmu::window_touch(u32 la, unsigned size) {
+  if (!uw_active_) return;
+  const u32 last = la + size - 1;
+  for (u32 page = la & ~0xFFFu;; page += kPageSize) {
+    const unsigned k = (page >> 12) & (kTlbSize - 1);
+    const TlbEntry& e = tlb_[1][k];
+    if (e.tag_read == page) {
+      auto it = uw_pages_.find(page);
+      const u64 before = stats_.window_maps;
+      window_fill(k);
+      if (stats_.window_maps != before && it == uw_pages_.end()) stats_.window_refills++;
+    }
+    if (page == (last & ~0xFFFu)) break;
+  }
 }
 
 int Mmu::window_walk(u32 la, u32* ppn) {

@@ -43,7 +43,9 @@ struct MmuStats {
   u64 window_checks = 0;   // flushes that walked the window's pages again
   u64 window_churn = 0;    // pages those walks unmapped or made read-only
   u64 window_releases = 0;  // owners that gave the window up
-  u64 window_clears = 0;   // the whole window unmapped at once (a flush, or the host's mapping limit)
+  u64 window_clears = 0;   // the whole window unmapped at once (a claim, a release, its cap, the host's mapping limit)
+  u64 window_evicted = 0;  // pages a clear at the cap threw out (a working set larger than the window)
+  u64 window_refills = 0;  // pages mapped again by an access that faulted on them while the TLB held them
   u64 window_refused = 0;  // pages the host would not map even after a clear (left to the slow path)
 };
 
@@ -229,9 +231,13 @@ class Mmu final : public x86::LinearMem, public TlbShootdown {
   // owner's comes back (checked again then) or another claims it.
   static constexpr u64 kWindowSpan = u64(8) << 30;
   static constexpr u64 kWindowAlign = u64(1) << 16;
-  // Pages mapped at most; one more starts the window afresh (the walk at a
-  // flush costs per page).
-  static constexpr size_t kWindowCap = 2048;
+  // Pages mapped at most; one more starts the window afresh. The walk at a
+  // flush costs per page (~50 ns each), and each page may be a host mapping
+  // of its own (vm.max_map_count is 65,530 by default): 64 MiB of working
+  // set. A clear leaves the soft TLB as it is, so the pages it still holds
+  // come back through window_touch at their next access.
+  static constexpr size_t kWindowCap = 16384;
+  void set_window_cap(size_t pages) { uw_cap_ = pages ? pages : 1; }
   // Reserves the window (idempotent). Where the host's low 8 GiB are free
   // (not under a sanitizer's shadow, not taken by another Mmu's window) the
   // window starts at host address 0: linear address = host address, so
@@ -253,6 +259,12 @@ class Mmu final : public x86::LinearMem, public TlbShootdown {
   // No address space owns the window any more: it is emptied and inactive.
   void release_window();
   bool window_active() const { return uw_active_; }
+  // An access of `size` bytes at la faulted in the window and has run
+  // through the slow path: maps the pages the user-class TLB now holds for
+  // it. Without this a page the TLB kept while the window dropped it (a
+  // clear at the cap, the host's mapping limit) would fault at every access
+  // from then on: the TLB hit in the slow path fills nothing.
+  void window_touch(u32 la, unsigned size);
 
  private:
   enum class Acc { read, write, exec };
@@ -320,6 +332,7 @@ class Mmu final : public x86::LinearMem, public TlbShootdown {
   bool uw_active_ = false;
   u32 uw_owner_ = 1;  // not a page-directory base: none
   std::unordered_map<u32, WindowPage> uw_pages_;
+  size_t uw_cap_ = kWindowCap;
 };
 
 }  // namespace popek::mem

@@ -116,6 +116,11 @@ int main(int argc, char** argv) {
                   "bt: instructions a process runs in user mode before it takes the user window "
                   "over (0: at once; short-lived processes pay less without it)")
       ->capture_default_str();
+  run->add_option("--bt-user-window-cap", cfg.bt.user_window_cap,
+                  "bt: pages the user window maps at most before it starts afresh (for testing "
+                  "working sets larger than the window)")
+      ->check(CLI::Range(u64(1), u64(1) << 20))
+      ->capture_default_str();
   add_scope_option(run, "--bt-superblocks", cfg.bt.superblocks,
                    "bt: forward conditional branches inside a block as side exits: user (in "
                    "user-mode code; default), all, off");

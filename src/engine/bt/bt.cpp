@@ -213,6 +213,7 @@ Bt::Bt(CpuState& s, mem::PhysMem& pm, Platform& plat, const BtOptions& opt)
   // (With fastmem only: the mode key then tells paging on from off.)
   if (opt_.user_window && opt_.fastmem) {
     mmu_.enable_user_window();
+    mmu_.set_window_cap(size_t(opt_.user_window_cap));
     uwin_ = true;
   }
   sync_direct_base();
@@ -418,20 +419,31 @@ u32 Bt::mode_key() const {
 // The user window goes to an address space that has run
 // BtOptions::user_window_claim instructions at CPL 3 without it (counted per CR3 in a few slots): a
 // process that lives long enough to pay for its pages' host mappings, not
-// each short one of a fork and exec (mem::Mmu: "the user window").
-void Bt::note_user_run(u64 n) {
-  const u32 cr3 = s_.cr3 & ~0xFFFu;
-  SpaceUse* slot = &space_use_[0];
+// each short one of a fork and exec (mem::Mmu: "the user window"). A space
+// that gave the window up for churn waits 2^kStrikeShift times longer for
+// each time it did (strikes), so a working set the window cannot hold does
+// not pay for refilling it again and again.
+Bt::SpaceUse* Bt::space_slot(u32 cr3) {
+  SpaceUse* slot = nullptr;
   for (SpaceUse& u : space_use_) {
-    if (u.cr3 == cr3) {
+    if (u.cr3 == cr3) return &u;
+    // Replaced: the least used slot, one without strikes if there is one.
+    if (!slot || (u.strikes == 0 && slot->strikes != 0) ||
+        ((u.strikes == 0) == (slot->strikes == 0) && u.insns < slot->insns))
       slot = &u;
-      break;
-    }
-    if (u.insns < slot->insns) slot = &u;
   }
-  if (slot->cr3 != cr3) *slot = SpaceUse{cr3, 0};
+  *slot = SpaceUse{cr3, 0, 0};
+  return slot;
+}
+
+void Bt::note_user_run(u64 n) {
+  SpaceUse* slot = space_slot(s_.cr3 & ~0xFFFu);
   slot->insns += n;
-  if (slot->insns >= opt_.user_window_claim) {
+  // (Even where the window is claimed at once, a space with strikes waits.)
+  const u64 wait = slot->strikes ? std::max<u64>(opt_.user_window_claim, kStrikeBase)
+                                       << std::min(slot->strikes * kStrikeShift, 30u)
+                                 : opt_.user_window_claim;
+  if (slot->insns >= wait) {
     slot->insns = 0;
     mmu_.claim_window();
   }
@@ -439,14 +451,24 @@ void Bt::note_user_run(u64 n) {
 
 // The owner gives the window up when its flushes keep changing the
 // window's pages (fork's copy-on-write makes every writable page read-only,
-// and each is mapped again at its next write: a signal and two host calls):
-// kWindowChurn pages changed within fewer than kWindowChurnInsns of its
+// and each is mapped again at its next write: a signal and two host calls),
+// or when its working set is larger than the window (each clear at the cap
+// throws its pages out, and each comes back through a fault): kWindowChurn
+// pages changed or thrown out within fewer than kWindowChurnInsns of its
 // instructions. It may claim it again later (note_user_run counts anew).
 void Bt::note_window_run(u64 n) {
   uwin_insns_ += n;
-  const u64 churn = mmu_.stats().window_churn;
+  const mem::MmuStats& m = mmu_.stats();
+  const u64 churn = m.window_churn + m.window_evicted;
   if (churn - uwin_churn_mark_ < kWindowChurn) return;
-  if (uwin_insns_ < kWindowChurnInsns) mmu_.release_window();
+  if (uwin_insns_ < kWindowChurnInsns) {
+    // (The window is active: the owner's space is the one loaded.)
+    SpaceUse* slot = space_slot(s_.cr3 & ~0xFFFu);
+    slot->strikes++;
+    slot->insns = 0;
+    st_.window_strikes++;
+    mmu_.release_window();
+  }
   uwin_churn_mark_ = churn;
   uwin_insns_ = 0;
 }
@@ -797,6 +819,10 @@ u64 Bt::callout(Site* site) {
     pending_error_ = std::current_exception();
   }
   if (cpu_.stop != StopReason::none) exit = true;
+  // A user-window access that faulted although the TLB may hold its page
+  // (the window dropped it at its cap): the window maps what the TLB holds
+  // now, or every later access to the page would fault again.
+  if (site->window && site->slow_path) mmu_.window_touch(la, site->size);
   if (site->insn.op == Op::MOV_SwEw && !exit && s_.cpl == 0) remember_seg_load(site->insn.reg);
   if (site->mode_check || site->ends) sync_gs();
   // Whether the block may be left for the next one directly: a transfer or a
@@ -1141,6 +1167,7 @@ std::vector<std::pair<std::string, u64>> Bt::stats() const {
       {"bt.smc_exits", st_.smc_exits},
       {"bt.direct_accesses", st_.direct_accesses},
       {"bt.direct_faults", st_.direct_faults},
+      {"bt.window_strikes", st_.window_strikes},
       {"bt.inline_tsc", st_.inline_tsc},
       {"bt.inline_verw", st_.inline_verw},
       {"bt.memo_accesses", st_.memo_accesses},

@@ -52,6 +52,8 @@ struct BtOptions {
   // Instructions an address space runs at CPL 3 before it takes the window
   // over (Bt::note_user_run); tests use 0.
   u64 user_window_claim = u64(4) << 20;
+  // Pages the window maps at most (one more empties it); tests make it small.
+  u64 user_window_cap = mem::Mmu::kWindowCap;
   // Interpret a block the first time it is reached; translate it the second
   // (most of a boot's kernel code runs once: translating it costs more).
   bool tiered = true;
@@ -175,6 +177,7 @@ struct BtStats {
   u64 smc_exits = 0;
   u64 direct_accesses = 0;   // memory operands translated to address RAM directly (paging off)
   u64 direct_faults = 0;     // of those, runs that faulted into the slow path
+  u64 window_strikes = 0;    // address spaces that gave the user window up for churn or size
   u64 inline_tsc = 0;        // RDTSCs at CPL 0 through the thin call (no callout)
   u64 inline_verw = 0;       // VERWs at CPL 0 through the thin call
   u64 memo_accesses = 0;     // memory operands translated with a memo (user mode)
@@ -280,8 +283,12 @@ class Bt final : public Engine, public mem::CodeWatcher, public mem::TlbListener
   struct SpaceUse {
     u32 cr3 = 1;  // not a page-directory base: free
     u64 insns = 0;
+    unsigned strikes = 0;  // times this space gave the window up for churn
   };
   std::array<SpaceUse, 8> space_use_{};
+  SpaceUse* space_slot(u32 cr3);  // cr3's slot, made if need be
+  static constexpr unsigned kStrikeShift = 3;  // each strike: 8 times longer to wait
+  static constexpr u64 kStrikeBase = u64(4) << 20;  // the shortest wait after a strike
   void note_user_run(u64 n);
   void note_window_run(u64 n);
   u64 uwin_insns_ = 0;       // instructions run with the window since the churn was last looked at

@@ -104,8 +104,9 @@ void Stepper::execute(const Insn& i, Handler fn) {
   fn(cpu_, i);
   s_.eip = cpu_.next_eip;
   s_.icount++;
-  if (POPEK_UNLIKELY(tf)) {
-    // Single-step trap after the instruction.
+  // Single-step trap after the instruction; an SS load holds it back until
+  // the next instruction has run, whose own trap then reports both.
+  if (POPEK_UNLIKELY(tf) && !(s_.intr_shadow & SHADOW_MOV_SS)) {
     s_.dr[6] |= 0x4000;
     st_.exceptions++;
     deliver_escalating(cpu_, DB, EventKind::exception, false, 0, s_.eip);

@@ -134,10 +134,9 @@ class Cpu {
   // ---- stack ----
   bool stack32() const { return s.seg[SS].db(); }
   u32 sp() const { return stack32() ? s.gpr[ESP] : (s.gpr[ESP] & 0xFFFF); }
-  void set_sp(u32 v) {
-    if (stack32()) s.gpr[ESP] = v;
-    else s.gpr[ESP] = (s.gpr[ESP] & 0xFFFF0000u) | (v & 0xFFFF);
-  }
+  // ESP once SP (or ESP) is set to `v`: a 16-bit stack keeps ESP's upper half.
+  u32 esp_for_sp(u32 v) const { return stack32() ? v : (s.gpr[ESP] & 0xFFFF0000u) | (v & 0xFFFF); }
+  void set_sp(u32 v) { s.gpr[ESP] = esp_for_sp(v); }
   u32 sp_add(u32 sp, i32 d) const { return stack32() ? sp + d : ((sp + d) & 0xFFFF); }
   template <typename T> void push(T v) {
     u32 nsp = sp_add(sp(), -i32(sizeof(T)));

@@ -20,6 +20,13 @@ enum : u32 {
   FLAGS_FIXED1 = 1u << 1,
 };
 
+// CpuState::intr_shadow: what holds back events until the next instruction
+// has run (the bits of KVM's interruptibility state). Both hold back maskable
+// interrupts; an SS load (MOV SS, POP SS) also holds back the debug traps of
+// its own instruction, so that a single-step trap never lands between the
+// loads of SS and ESP.
+enum : u8 { SHADOW_MOV_SS = 1u << 0, SHADOW_STI = 1u << 1 };
+
 // Control register bits.
 enum : u32 {
   CR0_PE = 1u << 0, CR0_MP = 1u << 1, CR0_EM = 1u << 2, CR0_TS = 1u << 3, CR0_ET = 1u << 4,
@@ -102,7 +109,7 @@ struct CpuState {
   // Events and execution status.
   bool halted = false;
   bool shutdown = false;     // triple fault: the board decides (reset or stop)
-  u8 intr_shadow = 0;        // STI / MOV SS / POP SS: no interrupt before next insn
+  u8 intr_shadow = 0;        // SHADOW_* bits: no interrupt before the next instruction
   bool intr_line = false;     // the INTR pin (interrupt controller output), kept by the board
   bool nmi_pending = false;
   bool nmi_blocked = false;  // set while an NMI handler runs, cleared by IRET

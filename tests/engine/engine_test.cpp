@@ -179,6 +179,61 @@ TEST_P(EngineTest, SingleStepTrapsAfterEachInstruction) {
   EXPECT_TRUE(vm.s.halted);
 }
 
+// A #DB handler that logs (saved EIP, ECX) pairs at 0x7104, counting at 0x7100.
+static void log_single_steps(TestVm& vm) {
+  vm.set_gate(1, 0x4000);
+  // push eax ; push ebx ; mov eax, [0x7100] ; mov ebx, [esp + 8] ;
+  // mov [0x7104 + eax * 8], ebx ; mov [0x7108 + eax * 8], ecx ;
+  // inc dword [0x7100] ; pop ebx ; pop eax ; iret
+  vm.code(0x4000, {0x50, 0x53, 0xA1, 0x00, 0x71, 0, 0, 0x8B, 0x5C, 0x24, 0x08, 0x89, 0x1C, 0xC5,
+                   0x04, 0x71, 0, 0, 0x89, 0x0C, 0xC5, 0x08, 0x71, 0, 0, 0xFF, 0x05, 0x00, 0x71,
+                   0, 0, 0x5B, 0x58, 0xCF});
+}
+
+TEST_P(EngineTest, SingleStepTrapsAfterEachRepIteration) {
+  TestVm vm(GetParam());
+  log_single_steps(vm);
+  // pushf ; or dword [esp], 0x100 ; popf ; rep movsb (0x1009) ;
+  // pushf ; and dword [esp], ~0x100 ; popf ; hlt
+  vm.code(0x1000, {0x9C, 0x81, 0x0C, 0x24, 0x00, 0x01, 0, 0, 0x9D, 0xF3, 0xA4, 0x9C, 0x81, 0x24,
+                   0x24, 0xFF, 0xFE, 0xFF, 0xFF, 0x9D, 0xF4});
+  vm.s.eip = 0x1000;
+  vm.s.gpr[ESI] = 0x20000;
+  vm.s.gpr[EDI] = 0x30000;
+  vm.s.gpr[ECX] = 3;
+  vm.run(200);
+  // Each iteration traps; EIP stays on the REP until the last one.
+  const u32 want[][2] = {{0x1009, 2}, {0x1009, 1}, {0x100B, 0}, {0x100C, 0}, {0x1013, 0}, {0x1014, 0}};
+  ASSERT_EQ(vm.rd32(0x7100), 6u);
+  for (u32 k = 0; k < 6; k++) {
+    EXPECT_EQ(vm.rd32(0x7104 + k * 8), want[k][0]) << k;
+    EXPECT_EQ(vm.rd32(0x7108 + k * 8), want[k][1]) << k;
+  }
+  EXPECT_TRUE(vm.s.halted);
+}
+
+TEST_P(EngineTest, SingleStepTrapWaitsOneInstructionAfterAnSsLoad) {
+  TestVm vm(GetParam());
+  log_single_steps(vm);
+  // pushf ; or dword [esp], 0x100 ; popf ; mov ss, eax ; inc ecx (0x100B) ;
+  // push ss ; pop ss (0x100D) ; inc ecx ; pushf ; and dword [esp], ~0x100 ;
+  // popf ; hlt
+  vm.code(0x1000, {0x9C, 0x81, 0x0C, 0x24, 0x00, 0x01, 0, 0, 0x9D, 0x8E, 0xD0, 0x41, 0x16, 0x17,
+                   0x41, 0x9C, 0x81, 0x24, 0x24, 0xFF, 0xFE, 0xFF, 0xFF, 0x9D, 0xF4});
+  vm.s.eip = 0x1000;
+  vm.s.gpr[EAX] = 0x10;
+  vm.s.gpr[ECX] = 0;
+  vm.run(200);
+  // No trap reports the instruction after MOV SS or POP SS.
+  const u32 want[][2] = {{0x100C, 1}, {0x100D, 1}, {0x100F, 2}, {0x1010, 2}, {0x1017, 2}, {0x1018, 2}};
+  ASSERT_EQ(vm.rd32(0x7100), 6u);
+  for (u32 k = 0; k < 6; k++) {
+    EXPECT_EQ(vm.rd32(0x7104 + k * 8), want[k][0]) << k;
+    EXPECT_EQ(vm.rd32(0x7108 + k * 8), want[k][1]) << k;
+  }
+  EXPECT_TRUE(vm.s.halted);
+}
+
 TEST_P(EngineTest, RepMovsCopiesAndLoopsTerminate) {
   TestVm vm(GetParam());
   std::vector<u8> src(300);

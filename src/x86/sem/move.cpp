@@ -75,9 +75,13 @@ template <unsigned Seg, typename T> void h_push_seg(Cpu& c, const Insn&) {
 }
 template <unsigned Seg, typename T> void h_pop_seg(Cpu& c, const Insn&) {
   u16 sel = u16(c.read<T>(SS, c.sp()));
+  // The pop moves the stack pointer by the rule of the stack it read from
+  // (the SDM's StackAddrSize, taken before the load): a POP SS that changes
+  // SS.B still wraps SP at 64 KiB, or not, as the old stack did.
+  const u32 esp = c.esp_for_sp(c.sp_add(c.sp(), sizeof(T)));
   load_seg(c, Seg, sel);
-  c.set_sp(c.sp_add(c.sp(), sizeof(T)));
-  if (Seg == SS) c.s.intr_shadow = 1;
+  c.s.gpr[ESP] = esp;
+  if (Seg == SS) c.s.intr_shadow = SHADOW_MOV_SS;
 }
 template <typename T> void h_pusha(Cpu& c, const Insn&) {
   u32 sp = c.sp();
@@ -106,7 +110,10 @@ template <typename T> void h_enter(Cpu& c, const Insn& i) {
   const u32 bp = c.stack32() ? c.s.gpr[EBP] : (c.s.gpr[EBP] & 0xFFFF);
   sp = c.sp_add(sp, -i32(sizeof(T)));
   c.write<T>(SS, sp, T(c.s.gpr[EBP]));
-  const u32 frame = sp;
+  // The frame pointer is ESP after that push: on a 16-bit stack with a
+  // 32-bit operand size, EBP gets ESP's upper half too (real CPUs; the SDM's
+  // pseudo-code says SP).
+  const u32 frame = c.esp_for_sp(sp);
   if (level > 0) {
     u32 b = bp;
     for (unsigned k = 1; k < level; k++) {
@@ -119,8 +126,9 @@ template <typename T> void h_enter(Cpu& c, const Insn& i) {
     c.write<T>(SS, sp, T(frame));
   }
   sp = c.sp_add(sp, -i32(size));
-  // The final stack pointer must be writable too.
-  if (size) c.read<u8>(SS, sp);
+  // Last, a write check (segment and page, no write) of an operand at the
+  // final stack pointer: a fault there leaves the registers as they were.
+  c.mem.probe_write(c.linear(SS, sp, sizeof(T), true), sizeof(T), c.user());
   c.set_reg<T>(EBP, T(frame));
   c.set_sp(sp);
 }

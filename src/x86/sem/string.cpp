@@ -1,7 +1,7 @@
 // String instructions with REP/REPE/REPNE: MOVS, CMPS, STOS, LODS, SCAS, INS,
 // OUTS. Each iteration commits ESI/EDI/ECX, so a fault restarts precisely; a
 // long REP yields after a bounded number of iterations (EIP stays on the
-// instruction) so interrupts are taken.
+// instruction) so interrupts are taken, and after each one when TF is set.
 #include <cstring>
 
 #include "x86/arith.h"
@@ -171,11 +171,15 @@ void h_str(Cpu& c, const Insn& i) {
     return;
   }
   constexpr bool cond = K == S_CMPS || K == S_SCAS;
+  // Single-stepping (TF) makes each iteration a step of its own: the trap
+  // after the instruction follows every iteration, with EIP still on the
+  // instruction while iterations remain.
+  const bool step = c.s.eflags & TF;
   if constexpr (K == S_MOVS || K == S_STOS) {
-    if (i.asize == 4 && d > 0 && bulk<K, T>(c, i, r)) return;
+    if (!step && i.asize == 4 && d > 0 && bulk<K, T>(c, i, r)) return;
   }
   if constexpr (K == S_SCAS && sizeof(T) == 1) {
-    if (i.asize == 4 && d > 0 && (i.prefixes & P_REPNE)) {
+    if (!step && i.asize == 4 && d > 0 && (i.prefixes & P_REPNE)) {
       scan_bytes(c, i, r);
       return;
     }
@@ -183,8 +187,9 @@ void h_str(Cpu& c, const Insn& i) {
   // REPE/REPNE CMPS and SCAS with 32-bit addressing yield by the rule of
   // bulk() (bt runs REPE/REPNE CMPSB natively and yields at the same points);
   // the rest after kMaxIterations elements.
-  const bool by_ecx = cond && i.asize == 4;
-  for (u32 n = 0; by_ecx || n < kMaxIterations; n++) {
+  const bool by_ecx = cond && i.asize == 4 && !step;
+  const u32 max = step ? 1 : kMaxIterations;
+  for (u32 n = 0; by_ecx || n < max; n++) {
     if (r.get(ECX) == 0) return;
     if (by_ecx && n > 0 && rep_yield_point(r.get(ECX))) break;
     one<K, T>(c, i, r, d);

@@ -45,7 +45,7 @@ void h_cli(Cpu& c, const Insn&) {
 void h_sti(Cpu& c, const Insn&) {
   CpuState& s = c.s;
   if (s.pe() && (s.vm86() ? s.iopl() < 3 : s.cpl > s.iopl())) raise_fault(GP, 0);
-  if (!(s.eflags & IF)) s.intr_shadow = 1;
+  if (!(s.eflags & IF)) s.intr_shadow = SHADOW_STI;
   s.eflags |= IF;
 }
 template <typename T> void h_pushf(Cpu& c, const Insn&) {
@@ -289,7 +289,7 @@ void h_mov_SwEw(Cpu& c, const Insn& i) {
   if (i.reg > GS || i.reg == CS) raise_fault(UD);
   u16 v = c.read_rm<u16>(i);
   load_seg(c, i.reg, v);
-  if (i.reg == SS) c.s.intr_shadow = 1;
+  if (i.reg == SS) c.s.intr_shadow = SHADOW_MOV_SS;
 }
 template <unsigned Seg, typename T> void h_lxs(Cpu& c, const Insn& i) {
   u32 off = c.ea(i);

@@ -9,6 +9,7 @@ PKGS=(
   build-essential cmake ninja-build g++ pkg-config
   # libraries popek links
   libcli11-dev libzydis-dev libxbyak-dev libzstd-dev liblz4-dev libslirp-dev zlib1g-dev python3
+  nlohmann-json3-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev clang libclang-rt-14-dev
   gcc-multilib nasm

@@ -18,8 +18,22 @@ class VirtualClock final : public Clock {
         start_(std::chrono::steady_clock::now()) {}
   u64 now_ns() const override {
     if (det_) return *icount_ * ns_per_insn_ + skipped_;
+    if (paused_) return frozen_;
     return u64(std::chrono::duration_cast<std::chrono::nanoseconds>(
                    std::chrono::steady_clock::now() - start_).count());
+  }
+  // A paused VM (the control socket's `stop`): real-time mode stands still
+  // until resume(), so the guest sees no jump for the time it was stopped.
+  // (Deterministic time only advances with retired instructions anyway.)
+  void pause() {
+    if (det_ || paused_) return;
+    frozen_ = now_ns();
+    paused_ = true;
+  }
+  void resume() {
+    if (det_ || !paused_) return;
+    start_ = std::chrono::steady_clock::now() - std::chrono::nanoseconds(frozen_);
+    paused_ = false;
   }
   // Deterministic mode: an idle (halted) CPU jumps time forward to the next event.
   void skip_to(u64 t) {
@@ -36,6 +50,8 @@ class VirtualClock final : public Clock {
   const u64* icount_;
   u64 ns_per_insn_;
   u64 skipped_ = 0;
+  bool paused_ = false;
+  u64 frozen_ = 0;  // now_ns() while paused
   std::chrono::steady_clock::time_point start_;
 };
 

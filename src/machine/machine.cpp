@@ -1,8 +1,13 @@
 #include "machine/machine.h"
 
 #include <poll.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <time.h>
+#include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
 #include <fstream>
 #include <iterator>
 
@@ -16,6 +21,8 @@
 namespace popek::machine {
 
 Machine::Machine(const Config& cfg) : cfg_(cfg), clock_(cfg.deterministic, &cpu_.icount) {
+  wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (wake_fd_ < 0) throw Error(std::string("eventfd: ") + std::strerror(errno));
   pm_ = std::make_unique<mem::PhysMem>(cfg.memory);
   pm_->set_mmio(this);
   cpu_.reset();
@@ -24,7 +31,7 @@ Machine::Machine(const Config& cfg) : cfg_(cfg), clock_(cfg.deterministic, &cpu_
     if (cfg.trace_file == "-") {
       trace_ = stderr;
     } else {
-      trace_ = std::fopen(cfg.trace_file.c_str(), "w");
+      trace_ = std::fopen(cfg.trace_file.c_str(), cfg.append_outputs ? "a" : "w");
       if (!trace_) throw Error("cannot open trace file '" + cfg.trace_file + "'");
     }
   }
@@ -32,7 +39,7 @@ Machine::Machine(const Config& cfg) : cfg_(cfg), clock_(cfg.deterministic, &cpu_
     std::FILE* out = stdout;
     bool own = false;
     if (!d.file.empty()) {
-      out = std::fopen(d.file.c_str(), "wb");
+      out = std::fopen(d.file.c_str(), cfg.append_outputs ? "ab" : "wb");
       if (!out) throw Error("--debug-port: cannot open '" + d.file + "' for writing");
       own = true;
     }
@@ -68,7 +75,78 @@ Machine::Machine(const Config& cfg) : cfg_(cfg), clock_(cfg.deterministic, &cpu_
 }
 
 Machine::~Machine() {
+  close_control();
+  if (wait_epfd_ >= 0) ::close(wait_epfd_);
+  if (wake_fd_ >= 0) ::close(wake_fd_);
   if (trace_ && trace_ != stderr) std::fclose(trace_);
+}
+
+// --- control: requests from other threads and signals, served at safe points ---
+
+void Machine::request_stop() {
+  const int saved = errno;  // also called from signal handlers
+  stop_requested_.store(true, std::memory_order_relaxed);
+  if (engine_) engine_->request_stop();
+  const u64 one = 1;
+  if (wake_fd_ >= 0) (void)!::write(wake_fd_, &one, sizeof one);
+  errno = saved;
+}
+
+void Machine::post(ControlFn fn) {
+  {
+    std::lock_guard<std::mutex> lk(control_mu_);
+    if (!control_closed_) {
+      control_queue_.push_back(std::move(fn));
+      control_pending_.store(true, std::memory_order_release);
+      fn = nullptr;
+    }
+  }
+  if (fn) {  // run() has returned: nothing will serve it
+    fn(nullptr);
+    return;
+  }
+  if (engine_) engine_->request_stop();  // out of the engine at the next boundary
+  const u64 one = 1;
+  (void)!::write(wake_fd_, &one, sizeof one);  // out of a wait
+}
+
+void Machine::serve_control() {
+  control_pending_.store(false, std::memory_order_relaxed);
+  u64 v;
+  (void)!::read(wake_fd_, &v, sizeof v);
+  std::deque<ControlFn> q;
+  {
+    std::lock_guard<std::mutex> lk(control_mu_);
+    q.swap(control_queue_);
+  }
+  for (auto& fn : q) fn(this);
+}
+
+void Machine::close_control() {
+  std::deque<ControlFn> q;
+  {
+    std::lock_guard<std::mutex> lk(control_mu_);
+    control_closed_ = true;
+    q.swap(control_queue_);
+  }
+  for (auto& fn : q) fn(nullptr);
+}
+
+void Machine::pause() {
+  if (paused_) return;
+  paused_ = true;
+  clock_.pause();
+}
+
+void Machine::resume() {
+  if (!paused_) return;
+  paused_ = false;
+  clock_.resume();
+}
+
+void Machine::end_run(Outcome outcome) {
+  end_requested_ = true;
+  end_outcome_ = outcome;
 }
 
 void Machine::build_pc() {
@@ -212,9 +290,18 @@ void Machine::fire_timers() {
     if (t->next_event_ns() <= now) t->on_time(now);
 }
 
-void Machine::pump_console(bool* quit) {
+// While paused (deliver = false) input is read only up to this much, for the
+// console's own keys (Ctrl-A X, Ctrl-A S); the guest gets it on resume.
+constexpr usize kPausedConsoleBytes = 64 * 1024;
+
+void Machine::pump_console(bool* quit, bool deliver) {
   if (!console_) return;
   bool status = false;
+  if (!deliver) {
+    if (console_pending_.size() < kPausedConsoleBytes) console_pending_ += console_->poll_input(quit, &status);
+    if (status) status_line();
+    return;
+  }
   // Bytes wait here until the UART's receive FIFO has room, and while the
   // guest does not assert RTS (the far end's flow control: Linux raises it
   // when the tty is opened, and clears the FIFO then — bytes sent before
@@ -230,9 +317,9 @@ void Machine::pump_console(bool* quit) {
 
 void Machine::status_line() {
   const double secs = double(clock_.now_ns()) / 1e9;
-  std::fprintf(stderr, "\r\npopek: %llu instructions, eip %04x:%08x, cpl %u%s, %.1f s virtual time\r\n",
+  std::fprintf(stderr, "\r\npopek: %llu instructions, eip %04x:%08x, cpl %u%s%s, %.1f s virtual time\r\n",
                (unsigned long long)cpu_.icount, cpu_.seg[x86::CS].sel, cpu_.eip, cpu_.cpl,
-               cpu_.halted ? ", halted" : "", secs);
+               cpu_.halted ? ", halted" : "", paused_ ? ", paused" : "", secs);
   for (auto& [k, v] : stats())
     if (v) std::fprintf(stderr, "  %-36s %llu\r\n", k.c_str(), (unsigned long long)v);
 }
@@ -245,29 +332,83 @@ void Machine::wait_for_event(u64 deadline) {
   u64 now = clock_.now_ns();
   u64 wait_ns = deadline == Timed::kNever ? 50000000 : (deadline > now ? deadline - now : 0);
   if (wait_ns > 50000000) wait_ns = 50000000;
-  if (virtio_) {  // device I/O and the console together
-    pollfd con{0, POLLIN, 0};
-    virtio_->poll(wait_ns, console_ && !console_->eof() ? &con : nullptr);
+  wait_fds(wait_ns, console_ && !console_->eof(), virtio_ != nullptr);
+}
+
+void Machine::wait_paused() {
+  pump_console(&quit_requested_, false);
+  const bool con = console_ && !console_->eof() && console_pending_.size() < kPausedConsoleBytes;
+  wait_fds(1000000000, con, false);
+}
+
+void Machine::wait_fds(u64 wait_ns, bool con, bool io) {
+  if (io && virtio_) {  // device I/O, the console and the wake fd together
+    // VirtioBoard::poll takes one extra fd: an epoll set of the wake fd and stdin.
+    if (wait_epfd_ < 0) {
+      wait_epfd_ = ::epoll_create1(EPOLL_CLOEXEC);
+      epoll_event ev{};
+      ev.events = EPOLLIN;
+      ev.data.fd = wake_fd_;
+      if (wait_epfd_ >= 0 && ::epoll_ctl(wait_epfd_, EPOLL_CTL_ADD, wake_fd_, &ev) != 0) {
+        ::close(wait_epfd_);
+        wait_epfd_ = -1;
+      }
+    }
+    if (wait_epfd_ < 0) {  // no epoll: the console alone, as without a control socket
+      pollfd c{0, POLLIN, 0};
+      virtio_->poll(wait_ns, con ? &c : nullptr);
+      return;
+    }
+    if (con && !stdin_in_epoll_ && !stdin_unpollable_) {
+      epoll_event ev{};
+      ev.events = EPOLLIN;
+      ev.data.fd = 0;
+      if (::epoll_ctl(wait_epfd_, EPOLL_CTL_ADD, 0, &ev) == 0) stdin_in_epoll_ = true;
+      else stdin_unpollable_ = true;  // a regular file: poll() would call it ready at once
+    } else if (!con && stdin_in_epoll_) {
+      ::epoll_ctl(wait_epfd_, EPOLL_CTL_DEL, 0, nullptr);
+      stdin_in_epoll_ = false;
+    }
+    if (con && stdin_unpollable_) wait_ns = 0;
+    pollfd ex{wait_epfd_, POLLIN, 0};
+    virtio_->poll(wait_ns, &ex);
     return;
   }
-  if (console_ && !console_->eof()) {
-    pollfd p{0, POLLIN, 0};
-    ::poll(&p, 1, int(wait_ns / 1000000));
-  } else {
-    timespec ts{time_t(wait_ns / 1000000000), long(wait_ns % 1000000000)};
-    nanosleep(&ts, nullptr);
-  }
+  pollfd p[2] = {{wake_fd_, POLLIN, 0}, {0, POLLIN, 0}};
+  timespec ts{time_t(wait_ns / 1000000000), long(wait_ns % 1000000000)};
+  ::ppoll(p, con ? 2 : 1, &ts, nullptr);
 }
 
 RunResult Machine::run() {
+  struct Closer {
+    Machine* m;
+    ~Closer() { m->close_control(); }
+  } closer{this};
+  return run_loop();
+}
+
+RunResult Machine::run_loop() {
   if (cfg_.console && !cfg_.kernel.empty()) console_ = std::make_unique<Console>();
   constexpr u64 kSlice = 20000;
   u64 slices = 0;
   for (;;) {
+    // The safe point: the engine is between instructions (or blocks).
+    if (control_pending_.load(std::memory_order_acquire)) serve_control();
+    if (stop_requested_.load(std::memory_order_relaxed)) return {Outcome::stopped, 10, "stopped"};
+    if (end_requested_) {
+      if (end_outcome_ == Outcome::host_reset)
+        return {Outcome::host_reset, 0, "reset from the control socket"};
+      return {end_outcome_, 0, "quit from the control socket"};
+    }
+    if (quit_requested_) return {Outcome::console_quit, 10, "quit from the console (Ctrl-A X)"};
+    if (paused_) {
+      wait_paused();
+      continue;
+    }
     fire_timers();
     poll_io_if_due();
     if ((++slices & 15) == 0 || cpu_.halted || !console_pending_.empty()) pump_console(&quit_requested_);
-    if (quit_requested_) return {Outcome::stopped, 10, "quit from the console (Ctrl-A X)"};
+    if (quit_requested_) return {Outcome::console_quit, 10, "quit from the console (Ctrl-A X)"};
     u64 budget = kSlice;
     if (clock_.deterministic()) {
       u64 d = next_deadline(), now = clock_.now_ns();
@@ -311,7 +452,8 @@ RunResult Machine::run() {
         continue;
       }
       case engine::Exit::stopped:
-        return {Outcome::stopped, 10, "stopped"};
+        // request_stop() (a signal) or post() (the control socket): the loop's top sees which.
+        continue;
     }
   }
 }

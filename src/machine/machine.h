@@ -2,8 +2,12 @@
 // devices, the vCPU state and its engine, and runs the vCPU loop. It is the only
 // code that knows addresses, ports and IRQ numbers (see pc_layout.h).
 #pragma once
+#include <atomic>
 #include <cstdio>
+#include <deque>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -44,10 +48,16 @@ struct Config {
   std::string trace_file;  // "-" for stderr
   u64 max_insns = 0;       // stop after this many instructions (0: no limit)
   VirtioConfig virtio;     // --drive, --netdev, --rng (see virtio_board.h)
+  bool append_outputs = false;  // --trace and --debug-port files: append (a machine rebuilt by system_reset)
 };
 
-// How a run ended; the exit status of `popek run` encodes it.
-enum class Outcome { poweroff, reset, triple_fault, halted, debug_exit, insn_limit, stopped };
+// How a run ended; the exit status of `popek run` encodes it. `stopped`: a
+// signal (request_stop); console_quit: Ctrl-A X; host_quit and host_reset:
+// end_run() from the control socket (`quit`, `system_reset`).
+enum class Outcome {
+  poweroff, reset, triple_fault, halted, debug_exit, insn_limit, stopped,
+  console_quit, host_quit, host_reset
+};
 
 struct RunResult {
   Outcome outcome;
@@ -61,7 +71,26 @@ class Machine final : public x86::Platform, public mem::MmioHandler {
   ~Machine() override;
 
   RunResult run();
-  void request_stop() { engine_->request_stop(); }
+  // Ends run() at the next safe point (thread- and async-signal-safe).
+  void request_stop();
+
+  // Control from another thread (the control socket). `fn` runs on the vCPU
+  // thread at the next safe point of run() — between engine slices (the
+  // engine is asked to stop at its next instruction or block boundary), while
+  // halted, or while paused — and gets this machine. Once run() has returned,
+  // or if it returns before fn's turn, fn runs with nullptr instead (on the
+  // thread that notices). Thread-safe.
+  using ControlFn = std::function<void(Machine*)>;
+  void post(ControlFn fn);
+  // vCPU thread only (inside a posted fn, or before run()):
+  // pause(): the guest stops between instructions, its timers and its clock
+  // (VirtualClock::pause) stand still, host I/O for its devices is not polled;
+  // resume() continues with no jump in guest time.
+  void pause();
+  void resume();
+  bool paused() const { return paused_; }
+  // run() returns `outcome` at the safe point (host_quit, host_reset).
+  void end_run(Outcome outcome);
 
   // Statistics of everything: engine, buses, devices.
   std::vector<std::pair<std::string, u64>> stats() const;
@@ -85,8 +114,15 @@ class Machine final : public x86::Platform, public mem::MmioHandler {
   void build_pc();
   u64 next_deadline() const;
   void fire_timers();
-  void pump_console(bool* quit);
+  void pump_console(bool* quit, bool deliver = true);
   void wait_for_event(u64 deadline);
+  RunResult run_loop();
+  void serve_control();
+  void close_control();
+  void wait_paused();
+  // Waits up to wait_ns for the wake fd, the console (`con`) and, when
+  // `io`, host device I/O.
+  void wait_fds(u64 wait_ns, bool con, bool io);
   void status_line();
   // Paravirtual devices and their host I/O (machine_virtio.cpp).
   void build_virtio();
@@ -125,6 +161,19 @@ class Machine final : public x86::Platform, public mem::MmioHandler {
   int exit_value_ = 0;
   std::unique_ptr<VirtioBoard> virtio_;
   u64 last_io_poll_ns_ = 0;
+  // Control (post, pause, end_run, request_stop).
+  std::mutex control_mu_;
+  std::deque<ControlFn> control_queue_;  // guarded by control_mu_
+  bool control_closed_ = false;          // guarded by control_mu_: run() has returned
+  std::atomic<bool> control_pending_{false};
+  std::atomic<bool> stop_requested_{false};
+  bool paused_ = false;
+  bool end_requested_ = false;
+  Outcome end_outcome_ = Outcome::host_quit;
+  int wake_fd_ = -1;    // eventfd: post() and request_stop() wake a waiting vCPU loop
+  int wait_epfd_ = -1;  // epoll of wake_fd_ and stdin, for VirtioBoard::poll's one extra fd
+  bool stdin_in_epoll_ = false;
+  bool stdin_unpollable_ = false;  // a regular file or the like: always ready
 };
 
 }  // namespace popek::machine

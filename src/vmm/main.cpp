@@ -1,12 +1,16 @@
 // popek: the command line.
 #include <CLI/CLI.hpp>
+#include <atomic>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <memory>
 
 #include "base/error.h"
 #include "block/tool/img.h"
 #include "machine/machine.h"
+#include "vmm/control.h"
+#include "vmm/qmp.h"
 
 using namespace popek;
 
@@ -25,9 +29,11 @@ void add_scope_option(CLI::App* app, const std::string& name, Scope& target, con
       ->check(CLI::IsMember({"user", "all", "off"}));
 }
 
-machine::Machine* g_machine = nullptr;
+std::atomic<machine::Machine*> g_machine{nullptr};
+std::atomic<bool> g_signalled{false};  // also between two machines (system_reset)
 void on_signal(int) {
-  if (g_machine) g_machine->request_stop();
+  g_signalled.store(true);
+  if (machine::Machine* m = g_machine.load()) m->request_stop();
 }
 
 u64 parse_size(const std::string& s) {
@@ -44,20 +50,64 @@ u64 parse_size(const std::string& s) {
   return v * mul;
 }
 
-int cmd_run(const machine::Config& cfg, bool stats) {
-  machine::Machine m(cfg);
-  g_machine = &m;
+// The control sockets (--qmp) and their commands. The destructor ends them in
+// the safe order: the controller fails pending commands, then the server
+// thread sends what is queued and stops.
+struct ControlSockets {
+  std::unique_ptr<vmm::QmpServer> qmp;
+  std::unique_ptr<vmm::Controller> ctl;
+  ~ControlSockets() {
+    if (ctl) ctl->finish();
+    if (qmp) qmp->stop();
+  }
+};
+
+int cmd_run(machine::Config cfg, bool stats, const std::vector<std::string>& qmp_specs) {
+  ControlSockets control;
+  if (!qmp_specs.empty()) {
+    control.qmp = std::make_unique<vmm::QmpServer>(vmm::popek_version());
+    for (const auto& spec : qmp_specs) control.qmp->listen(vmm::parse_endpoint(spec));
+    control.ctl = std::make_unique<vmm::Controller>(*control.qmp);
+    control.ctl->register_commands();
+    control.qmp->start();
+    for (const auto& a : control.qmp->addresses()) std::fprintf(stderr, "popek: QMP on %s\n", a.c_str());
+  }
   std::signal(SIGINT, on_signal);
   std::signal(SIGTERM, on_signal);
   auto t0 = std::chrono::steady_clock::now();
-  machine::RunResult r = m.run();
+  std::unique_ptr<machine::Machine> m;
+  machine::RunResult r;
+  bool paused = false;
+  for (;;) {
+    m.reset();  // the old machine's RAM and devices go before the new one's come
+    m = std::make_unique<machine::Machine>(cfg);
+    if (paused) m->pause();
+    g_machine.store(m.get());
+    if (g_signalled.load()) m->request_stop();
+    if (control.ctl) control.ctl->attach(m.get());
+    try {
+      r = m->run();
+    } catch (...) {  // commands must not find a machine about to go
+      if (control.ctl) control.ctl->detach();
+      g_machine.store(nullptr);
+      throw;
+    }
+    if (control.ctl) control.ctl->detach();
+    g_machine.store(nullptr);
+    if (control.ctl) control.ctl->run_ended(r);
+    // system_reset from the control socket: the machine is built anew (a cold
+    // reset); it stays paused if it was.
+    if (r.outcome != machine::Outcome::host_reset) break;
+    paused = m->paused();
+    cfg.append_outputs = true;  // the trace and debug-port logs go on
+    std::fprintf(stderr, "popek: %s\n", r.message.c_str());
+  }
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  g_machine = nullptr;
   std::fprintf(stderr, "popek: %s\n", r.message.c_str());
   if (stats) {
     std::fprintf(stderr, "popek: statistics (%.3f s wall, %.1f guest MIPS)\n", secs,
-                 secs > 0 ? double(m.cpu().icount) / secs / 1e6 : 0.0);
-    for (auto& [k, v] : m.stats()) std::fprintf(stderr, "  %-40s %llu\n", k.c_str(), (unsigned long long)v);
+                 secs > 0 ? double(m->cpu().icount) / secs / 1e6 : 0.0);
+    for (auto& [k, v] : m->stats()) std::fprintf(stderr, "  %-40s %llu\n", k.c_str(), (unsigned long long)v);
   }
   return r.exit_status;
 }
@@ -154,11 +204,24 @@ int main(int argc, char** argv) {
       ->expected(1)
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   run->add_flag("--rng", cfg.virtio.rng, "A virtio-rng entropy device fed from the host's getrandom");
+  std::vector<std::string> qmp_specs;
+  run->add_option("--qmp", qmp_specs,
+                  "A control socket speaking QMP, the QEMU Machine Protocol (repeatable): "
+                  "unix:PATH[,server][,wait=off] (the file is made mode 0600 and removed at exit; "
+                  "a stale one is replaced) or tcp:HOST:PORT[,server][,wait=off] (no "
+                  "authentication: use 127.0.0.1; port 0 picks a free port, printed at start). "
+                  "Commands: qmp_capabilities, query-version, query-commands, query-status, stop, "
+                  "cont, system_reset (rebuilds the machine), quit, query-popek-stats; "
+                  "system_powerdown answers an error (no ACPI). Events: STOP, RESUME, RESET, "
+                  "SHUTDOWN. Try: socat - UNIX-CONNECT:PATH")
+      ->expected(1)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   run->footer(
-      "Exit status: the isa-debug-exit port 0xF4 ends the run with (value << 1) | 1;\n"
       "The serial console (COM1) is the terminal: Ctrl-A X quits, Ctrl-A S prints a status line.\n"
-      "0 power-off, 2 reset, 4 triple fault, 6 halted with nothing to wake the CPU,\n"
-      "8 instruction limit, 10 stopped by a signal, 125 bad input or error.");
+      "Exit status: 0 power-off or quit on the control socket, 2 reset by the guest, 4 triple\n"
+      "fault, 6 halted with nothing to wake the CPU, 8 instruction limit, 10 stopped by a signal\n"
+      "or Ctrl-A X, 125 bad input or error; the isa-debug-exit port 0xF4 ends the run with\n"
+      "(value << 1) | 1.");
 
   try {
     app.parse(argc, argv);
@@ -196,7 +259,7 @@ int main(int argc, char** argv) {
                             " (run scripts/fetch-guest.sh, or set POPEK_CACHE)");
         std::fclose(f);
       }
-      return cmd_run(cfg, stats);
+      return cmd_run(cfg, stats, qmp_specs);
     }
   } catch (const Error& e) {
     std::fprintf(stderr, "popek: %s\n", e.what());

@@ -2,6 +2,7 @@
 // flat code/data, an IDT whose every vector goes to a handler that records the
 // vector and halts, and any engine (interp, bt with options).
 #pragma once
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -14,7 +15,11 @@ namespace popek::test {
 struct TestPlatform : x86::Platform {
   std::vector<std::pair<u16, u32>> outs;
   u32 io_in(u16, unsigned) override { return 0xFFFFFFFF; }
-  void io_out(u16 p, unsigned, u32 v) override { outs.emplace_back(p, v); }
+  void io_out(u16 p, unsigned, u32 v) override {
+    outs.emplace_back(p, v);
+    if (on_out) on_out(p, v);
+  }
+  std::function<void(u16, u32)> on_out;  // (a test's hook: e.g. statistics at a marker)
   // The TSC counts retired instructions (as in deterministic runs): an engine
   // must have its count right when RDTSC reads it.
   const u64* icount = nullptr;

@@ -40,6 +40,21 @@ class VirtualClock final : public Clock {
     if (det_ && t > now_ns()) skipped_ += t - now_ns();
   }
   bool deterministic() const { return det_; }
+  // Resume from a saved machine: the clock reads `ns` now (real time: and
+  // runs on from there; deterministic: with the restored instruction count,
+  // the idle time skipped so far is what makes up the difference).
+  void set_now(u64 ns) {
+    if (det_) {
+      const u64 base = *icount_ * ns_per_insn_;
+      skipped_ = ns > base ? ns - base : 0;
+      return;
+    }
+    if (paused_) {
+      frozen_ = ns;
+      return;
+    }
+    start_ = std::chrono::steady_clock::now() - std::chrono::nanoseconds(ns);
+  }
   u64 ns_per_insn() const { return ns_per_insn_; }
   // TSC ticks: 1 GHz, so the TSC agrees with the PIT by construction.
   u64 tsc() const { return now_ns(); }

@@ -62,7 +62,10 @@ Machine::Machine(const Config& cfg) : cfg_(cfg), clock_(cfg.deterministic, &cpu_
   if (!cfg.firmware.empty() && !cfg.kernel.empty())
     throw Error("give either --firmware or --kernel, not both");
   if (!cfg.firmware.empty()) load_firmware();
-  if (!cfg.kernel.empty()) load_kernel();
+  // Resumed: the state comes from the file, before the engine exists (so
+  // every engine starts cold: no TLB, no decoded or translated code).
+  if (!cfg.incoming.empty()) load_state(cfg.incoming);
+  else if (!cfg.kernel.empty()) load_kernel();
 
   if (cfg.engine == "interp") {
     engine_ = std::make_unique<engine::Interp>(cpu_, *pm_, *this);

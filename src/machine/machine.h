@@ -28,6 +28,10 @@
 #include "memory/phys_mem.h"
 #include "x86/cpu.h"
 
+namespace popek::snap {
+class Sink;
+}
+
 namespace popek::machine {
 
 struct DebugPortSpec {
@@ -49,6 +53,17 @@ struct Config {
   u64 max_insns = 0;       // stop after this many instructions (0: no limit)
   VirtioConfig virtio;     // --drive, --netdev, --rng (see virtio_board.h)
   bool append_outputs = false;  // --trace and --debug-port files: append (a machine rebuilt by system_reset)
+  // --incoming file:PATH: the machine's state comes from PATH (written by
+  // QMP `migrate`) instead of booting: RAM, CPU, devices, clock. The rest of
+  // the configuration must describe the same machine (checked).
+  std::string incoming;
+};
+
+// What save_state wrote.
+struct SaveStats {
+  u64 bytes = 0;          // the whole stream
+  u64 ram_pages = 0, zero_pages = 0;
+  u64 ram_raw_bytes = 0, ram_compressed_bytes = 0;
 };
 
 // How a run ended; the exit status of `popek run` encodes it. `stopped`: a
@@ -92,6 +107,18 @@ class Machine final : public x86::Platform, public mem::MmioHandler {
   // run() returns `outcome` at the safe point (host_quit, host_reset).
   void end_run(Outcome outcome);
 
+  // ---- suspend/resume (machine_snapshot.cpp); vCPU thread, while paused ----
+  // Whether the machine can be saved (false with a network card: its
+  // backend's connections are not saved yet); *why says why not.
+  bool can_save(std::string* why) const;
+  // Completes in-flight disk requests into the guest's rings and flushes
+  // every disk image.
+  void quiesce();
+  // Writes the whole machine to `out` (see src/snapshot/stream.h): a
+  // "machine" section describing the configuration, RAM, clock, CPU, chips,
+  // PCI and virtio devices. Throws popek::Error.
+  SaveStats save_state(snap::Sink& out);
+
   // Statistics of everything: engine, buses, devices.
   std::vector<std::pair<std::string, u64>> stats() const;
 
@@ -109,6 +136,8 @@ class Machine final : public x86::Platform, public mem::MmioHandler {
   void mmio_write(u64 pa, unsigned size, u64 v) override { mmio_.write(pa, size, v); }
 
  private:
+  void load_state(const std::string& path);
+  std::vector<std::string> describe() const;
   void load_firmware();
   void load_kernel();
   void build_pc();

@@ -257,3 +257,46 @@ std::vector<std::pair<std::string, u64>> VirtioBoard::stats() const {
 }
 
 }  // namespace popek::machine
+
+// --- suspend/resume -------------------------------------------------------------
+
+#include "snapshot/stream.h"
+
+namespace popek::machine {
+
+bool VirtioBoard::can_save(std::string* why) const {
+  for (auto& d : devices_)
+    if (!d->can_save(why)) return false;
+  return true;
+}
+
+void VirtioBoard::quiesce() {
+  for (auto& d : devices_) d->quiesce();
+}
+
+void VirtioBoard::save(snap::StreamWriter& w) const {
+  for (auto& f : fns_) {
+    snap::SectionWriter s;
+    f->save_state(s);
+    w.section(f->device().name(), 1, s);
+  }
+}
+
+void VirtioBoard::add_loaders(snap::Loader& l) {
+  for (auto& f : fns_) {
+    VirtioPciFunction* fn = f.get();
+    l.on(fn->device().name(), 1, [fn](const snap::Section& s) { fn->load_state(s); });
+  }
+}
+
+std::vector<std::string> VirtioBoard::describe() const {
+  std::vector<std::string> out;
+  for (auto& d : devices_) {
+    std::string s = d->name();
+    if (auto* b = dynamic_cast<VirtioBlk*>(d.get())) s += " (" + std::to_string(b->disk().size()) + " bytes)";
+    out.push_back(s);
+  }
+  return out;
+}
+
+}  // namespace popek::machine

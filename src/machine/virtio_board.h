@@ -27,6 +27,10 @@ class VirtioPciFunction;
 class GuestMemory;
 }  // namespace virtio
 }  // namespace popek::dev
+namespace popek::snap {
+class StreamWriter;
+class Loader;
+}  // namespace popek::snap
 namespace popek::mem {
 class PhysMem;
 }
@@ -70,6 +74,19 @@ class VirtioBoard {
   short poll(u64 timeout_ns, const pollfd* extra = nullptr);
 
   std::vector<std::pair<std::string, u64>> stats() const;
+
+  // ---- suspend/resume (machine_snapshot.cpp) ----
+  // Whether every device can be saved (no network card yet); else why not.
+  bool can_save(std::string* why) const;
+  // In-flight disk requests completed into their rings, images flushed.
+  void quiesce();
+  // One section per device, named as the device ("virtio-blk0", ...).
+  void save(snap::StreamWriter& w) const;
+  // Registers a loader for each device's section.
+  void add_loaders(snap::Loader& l);
+  // What the devices are, for the check that a stream fits this machine:
+  // e.g. "virtio-blk0 (8589934592 bytes)", "virtio-rng0".
+  std::vector<std::string> describe() const;
 
  private:
   class Ram;

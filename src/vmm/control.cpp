@@ -1,8 +1,16 @@
 #include "vmm/control.h"
 
+#include <unistd.h>
+
+#include <cerrno>
 #include <chrono>
+#include <cstdio>
+#include <cstring>
 #include <future>
 #include <memory>
+
+#include "base/error.h"
+#include "snapshot/stream.h"
 
 namespace popek::vmm {
 
@@ -34,7 +42,7 @@ void Controller::finish() {
   cv_.notify_all();
 }
 
-json Controller::call(std::function<json(Machine&)> fn) {
+json Controller::call(std::function<json(Machine&)> fn, int timeout_s) {
   using namespace std::chrono_literals;
   struct Answer {
     bool ran = false;  // false: that machine's run ended before the safe point
@@ -65,8 +73,9 @@ json Controller::call(std::function<json(Machine&)> fn) {
         promise->set_value(std::move(a));
       });
     }
-    if (answer.wait_for(10s) != std::future_status::ready)
-      throw QmpError("GenericError", "the vCPU did not reach a safe point within 10 s");
+    if (answer.wait_for(std::chrono::seconds(timeout_s)) != std::future_status::ready)
+      throw QmpError("GenericError", "the vCPU did not reach a safe point and answer within " +
+                                         std::to_string(timeout_s) + " s");
     Answer a = answer.get();
     if (!a.ran) continue;  // ended (quit, reset, the guest): ask the next machine, if one comes
     if (a.error) std::rethrow_exception(a.error);
@@ -76,10 +85,10 @@ json Controller::call(std::function<json(Machine&)> fn) {
 
 void Controller::register_commands() {
   qmp_.add_command({"query-status", {}, [this](const json&) {
-                      return call([](Machine& m) {
+                      return call([this](Machine& m) {
                         return json{{"running", !m.paused()},
                                     {"singlestep", false},
-                                    {"status", m.paused() ? "paused" : "running"}};
+                                    {"status", !m.paused() ? "running" : postmigrate_ ? "postmigrate" : "paused"}};
                       });
                     }});
   // stop: the guest stops at the next instruction (interp) or block (bt)
@@ -95,6 +104,7 @@ void Controller::register_commands() {
                     }});
   qmp_.add_command({"cont", {}, [this](const json&) {
                       return call([this](Machine& m) {
+                        postmigrate_ = false;
                         if (m.paused()) {
                           m.resume();
                           qmp_.emit("RESUME");
@@ -135,10 +145,35 @@ void Controller::register_commands() {
                         return out;
                       });
                     }});
-  // Migration and snapshots (issue 20) come later: until then these names
+  // migrate: to "file:PATH" only (suspend to a file); see migrate_to_file.
+  qmp_.add_command({"migrate",
+                    {{"uri", ArgType::string, true},
+                     {"detach", ArgType::boolean, false},
+                     {"resume", ArgType::boolean, false},
+                     {"blk", ArgType::boolean, false},
+                     {"inc", ArgType::boolean, false}},
+                    [this](const json& args) -> json {
+                      const std::string uri = args.at("uri").get<std::string>();
+                      for (const char* flag : {"resume", "blk", "inc"})
+                        if (args.contains(flag) && args.at(flag).get<bool>())
+                          throw QmpError("GenericError", std::string("migrate: '") + flag + "' is not supported");
+                      if (uri.rfind("file:", 0) != 0) {
+                        if (uri.rfind("tcp:", 0) == 0)
+                          throw QmpError("GenericError",
+                                         "migrate: live migration (tcp:) is not implemented yet in popek; "
+                                         "use file:PATH to save the VM to a file");
+                        throw QmpError("GenericError",
+                                       "migrate: unsupported URI '" + uri + "' (popek supports file:PATH)");
+                      }
+                      const std::string path = uri.substr(5);
+                      if (path.empty()) throw QmpError("GenericError", "migrate: file: needs a path");
+                      return call([this, path](Machine& m) { return migrate_to_file(m, path); }, 3600);
+                    }});
+  qmp_.add_command({"query-migrate", {}, [this](const json&) { return query_migrate(); }});
+  // Live migration's commands (issue 20) come later: until then these names
   // answer plainly and are not listed by query-commands. The implementation
   // replaces each with a real Command (listed = true, its params).
-  for (const char* name : {"migrate", "migrate_cancel", "query-migrate", "migrate-set-parameters"}) {
+  for (const char* name : {"migrate_cancel", "migrate-set-parameters"}) {
     Command c;
     c.name = name;
     c.listed = false;
@@ -147,6 +182,78 @@ void Controller::register_commands() {
     };
     c.check_args = false;  // any arguments: the answer is the same
     qmp_.add_command(std::move(c));
+  }
+}
+
+void Controller::set_migration(const json& info) {
+  std::lock_guard<std::mutex> lk(mig_mu_);
+  migration_ = info;
+}
+
+json Controller::query_migrate() {
+  std::lock_guard<std::mutex> lk(mig_mu_);
+  return migration_;
+}
+
+// Suspend to a file, as QEMU's migrate to file: does: the VM stops (STOP if
+// it ran), in-flight disk requests complete and the images are flushed, the
+// state goes to PATH.tmp, which is fsync'd and renamed to PATH; the VM stays
+// stopped ("postmigrate") until cont or quit. On failure the VM runs again if
+// it ran before, and nothing is left at PATH. The answer comes when the file
+// is complete (query-migrate then says "completed").
+json Controller::migrate_to_file(Machine& m, const std::string& path) {
+  using clock = std::chrono::steady_clock;
+  const auto t0 = clock::now();
+  std::string why;
+  if (!m.can_save(&why)) {
+    set_migration(json{{"status", "failed"}, {"error-desc", why}});
+    qmp_.emit("MIGRATION", json{{"status", "failed"}});
+    throw QmpError("GenericError", "migrate: " + why);
+  }
+  qmp_.emit("MIGRATION", json{{"status", "setup"}});
+  const bool was_running = !m.paused();
+  if (was_running) {
+    m.pause();
+    qmp_.emit("STOP");
+  }
+  set_migration(json{{"status", "active"}});
+  qmp_.emit("MIGRATION", json{{"status", "active"}});
+  const std::string tmp = path + ".tmp";
+  try {
+    snap::FileSink out(tmp);
+    machine::SaveStats st = m.save_state(out);
+    out.close();
+    if (::rename(tmp.c_str(), path.c_str()) != 0)
+      throw Error("rename '" + tmp + "' to '" + path + "': " + std::strerror(errno));
+    const double ms = std::chrono::duration<double, std::milli>(clock::now() - t0).count();
+    const u64 ram_total = st.ram_pages * snap::kPageSize;
+    json info{{"status", "completed"},
+              {"total-time", u64(ms)},
+              {"downtime", u64(ms)},
+              {"setup-time", 0},
+              {"ram", json{{"transferred", st.bytes},
+                           {"total", ram_total},
+                           {"remaining", 0},
+                           {"duplicate", st.zero_pages},
+                           {"normal", st.ram_pages - st.zero_pages},
+                           {"normal-bytes", st.ram_raw_bytes},
+                           {"mbps", ms > 0 ? double(st.bytes) * 8 / 1e6 / (ms / 1e3) : 0.0},
+                           {"dirty-sync-count", 1}}},
+              {"popek", json{{"file", path}, {"compressed-ram-bytes", st.ram_compressed_bytes}}}};
+    set_migration(info);
+    postmigrate_ = true;
+    qmp_.emit("MIGRATION", json{{"status", "completed"}});
+    return json::object();
+  } catch (const std::exception& e) {
+    ::unlink(tmp.c_str());
+    const std::string msg = e.what();
+    set_migration(json{{"status", "failed"}, {"error-desc", msg}});
+    qmp_.emit("MIGRATION", json{{"status", "failed"}});
+    if (was_running) {
+      m.resume();
+      qmp_.emit("RESUME");
+    }
+    throw QmpError("GenericError", "migrate: " + msg);
   }
 }
 

@@ -39,8 +39,13 @@ class Controller {
 
  private:
   // Runs fn on the vCPU thread at a safe point of the current machine and
-  // returns its answer (rethrows its QmpError).
-  json call(std::function<json(machine::Machine&)> fn);
+  // returns its answer (rethrows its QmpError). `timeout_s`: how long fn may
+  // take (migrate writes the whole RAM).
+  json call(std::function<json(machine::Machine&)> fn, int timeout_s = 10);
+  // migrate to "file:PATH" (vCPU thread).
+  json migrate_to_file(machine::Machine& m, const std::string& path);
+  json query_migrate();
+  void set_migration(const json& info);
 
   QmpServer& qmp_;
   std::mutex mu_;
@@ -48,6 +53,12 @@ class Controller {
   machine::Machine* machine_ = nullptr;  // guarded by mu_
   u64 generation_ = 0;                   // attaches so far, guarded by mu_
   bool finished_ = false;                // guarded by mu_
+  // The last migration: query-migrate's answer ({} before any), and whether
+  // the machine is stopped because one completed (query-status says
+  // "postmigrate" until cont, as QEMU does).
+  std::mutex mig_mu_;
+  json migration_ = json::object();  // guarded by mig_mu_
+  bool postmigrate_ = false;         // vCPU thread only
 };
 
 }  // namespace popek::vmm

@@ -80,7 +80,12 @@ int cmd_run(machine::Config cfg, bool stats, const std::vector<std::string>& qmp
   bool paused = false;
   for (;;) {
     m.reset();  // the old machine's RAM and devices go before the new one's come
+    const auto tb = std::chrono::steady_clock::now();
     m = std::make_unique<machine::Machine>(cfg);
+    if (!cfg.incoming.empty())
+      std::fprintf(stderr, "popek: resumed from %s in %.0f ms (machine built and state loaded)\n",
+                   cfg.incoming.c_str(),
+                   std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - tb).count());
     if (paused) m->pause();
     g_machine.store(m.get());
     if (g_signalled.load()) m->request_stop();
@@ -100,6 +105,7 @@ int cmd_run(machine::Config cfg, bool stats, const std::vector<std::string>& qmp
     if (r.outcome != machine::Outcome::host_reset) break;
     paused = m->paused();
     cfg.append_outputs = true;  // the trace and debug-port logs go on
+    cfg.incoming.clear();       // a reset boots afresh
     std::fprintf(stderr, "popek: %s\n", r.message.c_str());
   }
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -204,6 +210,12 @@ int main(int argc, char** argv) {
       ->expected(1)
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   run->add_flag("--rng", cfg.virtio.rng, "A virtio-rng entropy device fed from the host's getrandom");
+  std::string incoming;
+  run->add_option("--incoming", incoming,
+                  "file:PATH: resume the VM saved in PATH (by the QMP command migrate with "
+                  "\"uri\": \"file:PATH\") instead of booting. Give the same command line as the saved "
+                  "VM's (RAM, disks, devices; the engine may differ): a mismatch is an error naming it")
+      ->type_name("file:PATH");
   std::vector<std::string> qmp_specs;
   run->add_option("--qmp", qmp_specs,
                   "A control socket speaking QMP, the QEMU Machine Protocol (repeatable): "
@@ -211,9 +223,10 @@ int main(int argc, char** argv) {
                   "a stale one is replaced) or tcp:HOST:PORT[,server][,wait=off] (no "
                   "authentication: use 127.0.0.1; port 0 picks a free port, printed at start). "
                   "Commands: qmp_capabilities, query-version, query-commands, query-status, stop, "
-                  "cont, system_reset (rebuilds the machine), quit, query-popek-stats; "
+                  "cont, system_reset (rebuilds the machine), quit, query-popek-stats, migrate (to "
+                  "file:PATH: saves the VM, which stays stopped), query-migrate; "
                   "system_powerdown answers an error (no ACPI). Events: STOP, RESUME, RESET, "
-                  "SHUTDOWN. Try: socat - UNIX-CONNECT:PATH")
+                  "SHUTDOWN, MIGRATION. Try: socat - UNIX-CONNECT:PATH")
       ->expected(1)
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   run->footer(
@@ -231,6 +244,12 @@ int main(int argc, char** argv) {
   try {
     if (*run) {
       cfg.memory = parse_size(mem);
+      if (!incoming.empty()) {
+        if (incoming.rfind("file:", 0) == 0 && incoming.size() > 5) cfg.incoming = incoming.substr(5);
+        else if (incoming.rfind("tcp:", 0) == 0)
+          throw Error("--incoming " + incoming + ": live migration (tcp:) is not implemented yet; use file:PATH");
+        else throw Error("--incoming " + incoming + ": expected file:PATH");
+      }
       for (const auto& d : drives) cfg.virtio.drives.push_back(machine::parse_drive(d));
       for (const auto& n : netdevs) cfg.virtio.netdevs.push_back(net::parse_netdev(n));
       for (const auto& d : dports) {

@@ -140,3 +140,17 @@ inline void CpuState::reset() {
 }
 
 }  // namespace popek::x86
+
+// Saving and loading a CpuState in a machine-state stream (cpu_state.cpp):
+// every field above, as the "cpu" section. Loading checks values a later run
+// would trust (CPL, segment limits are taken as saved) and throws
+// snap::FormatError for a section that does not hold a CPU.
+namespace popek::snap {
+class SectionWriter;
+class Section;
+}  // namespace popek::snap
+namespace popek::x86 {
+inline constexpr u32 kCpuStateVersion = 1;
+void save_cpu_state(const CpuState& s, snap::SectionWriter& w);
+void load_cpu_state(CpuState& s, const snap::Section& r);
+}  // namespace popek::x86

@@ -119,7 +119,8 @@ try:
     want = {"qmp_capabilities", "query-commands", "query-version", "query-status", "stop", "cont",
             "system_reset", "system_powerdown", "quit", "query-popek-stats"}
     check(want <= names, f"query-commands lacks {want - names}")
-    check(not names & {"migrate", "migrate_cancel", "query-migrate", "migrate-set-parameters"},
+    check({"migrate", "query-migrate"} <= names, "query-commands lacks migrate, query-migrate")
+    check(not names & {"migrate_cancel", "migrate-set-parameters"},
           "query-commands lists migration commands that do not work yet")
     st = c.ok("query-status")
     check(st == {"running": True, "singlestep": False, "status": "running"}, f"query-status {st}")
@@ -200,7 +201,9 @@ try:
     # --- system_powerdown and the migration placeholders: plain errors -----------
     r = c.cmd("system_powerdown")
     check(error_class(r) == "GenericError" and "ACPI" in r["error"]["desc"], f"system_powerdown: {r}")
-    for name, args in [("migrate", {"uri": "file:/tmp/x"}), ("migrate_cancel", None), ("query-migrate", None),
+    # (migrate to file: works: tests/snapshot; live migration over tcp: does not yet.)
+    check(c.ok("query-migrate") == {}, "query-migrate before any migration")
+    for name, args in [("migrate", {"uri": "tcp:127.0.0.1:1"}), ("migrate_cancel", None),
                        ("migrate-set-parameters", {"downtime-limit": 300, "max-bandwidth": 1 << 30})]:
         r = c.cmd(name, args)
         check(error_class(r) == "GenericError" and "not implemented yet" in r["error"]["desc"], f"{name}: {r}")

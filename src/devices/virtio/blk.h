@@ -50,6 +50,8 @@ class VirtioBlk final : public VirtioDevice {
   void complete_finished();
   // Blocks until every submitted request has completed (tests, reset).
   void drain();
+  // Saving: every in-flight request completed into the ring, the image flushed.
+  void quiesce() override;
 
   static constexpr u32 kSegMax = 126;
   static constexpr u32 kMaxDiscardSeg = 32;

@@ -38,6 +38,11 @@ class VirtioNet final : public VirtioDevice {
   void io_dispatch(const pollfd* fds, usize n) override;
   // A frame from the backend (public for tests).
   void receive(const u8* frame, usize len);
+  // The network backend's state (libslirp's connections) is not saved yet.
+  bool can_save(std::string* why) const override {
+    *why = name() + ": saving a VM with a network card (--netdev) is not supported yet";
+    return false;
+  }
 
  protected:
   u64 device_features() const override;

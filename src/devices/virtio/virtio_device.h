@@ -21,6 +21,11 @@
 #include "devices/virtio/virtio.h"
 #include "devices/virtio/virtqueue.h"
 
+namespace popek::snap {
+class SectionWriter;
+class Section;
+}  // namespace popek::snap
+
 namespace popek::dev::virtio {
 
 class VirtioDevice {
@@ -86,6 +91,17 @@ class VirtioDevice {
 
   // Statistics: "<name>.<counter>".
   std::vector<std::pair<std::string, u64>> stats() const;
+
+  // ---- suspend/resume (state_io.cpp) ----
+  // Whether the device's state can be saved now; if not, *why says so.
+  virtual bool can_save(std::string* why) const { return true; }
+  // Before saving: finish host work that refers to guest memory (in-flight
+  // disk requests complete into the rings) and make it durable.
+  virtual void quiesce() {}
+  // The transport-independent state (features, status, ISR, configuration
+  // space, queues) as fields of a section; load throws snap::FormatError.
+  void save_state(snap::SectionWriter& w) const;
+  void load_state(const snap::Section& r);
 
   // Marks the device broken (DEVICE_NEEDS_RESET), stops it, and tells the
   // driver with a configuration-change interrupt. The first reason is kept and

@@ -37,6 +37,12 @@ class VirtioPciFunction : public PciFunction {
   Device& bar_device() { return bar_; }
   VirtioDevice& device() { return dev_; }
 
+  // Suspend/resume (state_io.cpp): configuration space, transport registers
+  // and the device's state as one section's fields. Loading re-places the BAR
+  // (through the bus's listener) and sets the INTx line from the restored ISR.
+  void save_state(snap::SectionWriter& w) const;
+  void load_state(const snap::Section& r);
+
   // BAR 0 accesses at an offset within the BAR.
   u64 bar_read(u64 offset, unsigned size);
   void bar_write(u64 offset, unsigned size, u64 value);

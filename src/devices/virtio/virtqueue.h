@@ -86,6 +86,21 @@ class Virtqueue {
   u16 last_avail() const { return last_avail_; }
   u16 used_idx() const { return used_idx_; }
 
+  // Suspend/resume: the registers and the device's ring positions. The rings
+  // themselves are in guest RAM (saved with it). restore() re-checks the ring
+  // placement (as enable() does, without touching the rings) and returns an
+  // error message, or an empty string.
+  struct State {
+    u16 size = 0;
+    u64 desc_addr = 0, avail_addr = 0, used_addr = 0;
+    u16 msix_vector = kNoVector;
+    bool enabled = false, event_idx = false, indirect = false;
+    u16 last_avail = 0, used_idx = 0, signalled_used = 0;
+    std::string error;
+  };
+  State save() const;
+  std::string restore(const State& s);
+
  private:
   Pop fail(std::string why);
   u16 load16(const u8* p) const;

@@ -4,8 +4,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
+#include <mutex>
+#include <thread>
+#include <vector>
 
 #include "base/error.h"
 
@@ -17,13 +22,46 @@ std::string errno_msg(const std::string& file, const char* op) {
   return file + ": " + op + " failed: " + std::strerror(errno);
 }
 
+// The writable images open in this process (for the migration's lock
+// hand-over).
+struct LockedFile {
+  int fd;
+  std::string name;
+  bool locked;
+};
+std::mutex g_locks_mu;
+std::vector<LockedFile> g_locked;
+bool g_defer_locks = false;
+
+// 0, or errno (EAGAIN/EACCES: another process holds it).
+int set_lock(int fd, bool lock) {
+  struct flock fl {};
+  fl.l_type = lock ? F_WRLCK : F_UNLCK;
+  fl.l_whence = SEEK_SET;
+  fl.l_start = 0;
+  fl.l_len = 0;  // the whole file
+  return ::fcntl(fd, F_OFD_SETLK, &fl) == 0 ? 0 : errno;
+}
+
+std::string locked_msg(const std::string& name) {
+  return name + ": the image is locked by another process (another popek writes it?); "
+                "two VMs must not write one image";
+}
+
 class PosixFile : public File {
  public:
   PosixFile(std::string name, int fd, bool writable) : fd_(fd) {
     name_ = std::move(name);
     writable_ = writable;
   }
-  ~PosixFile() override { ::close(fd_); }
+  ~PosixFile() override {
+    if (writable_) {
+      std::lock_guard<std::mutex> lk(g_locks_mu);
+      g_locked.erase(std::remove_if(g_locked.begin(), g_locked.end(), [&](const LockedFile& f) { return f.fd == fd_; }),
+                     g_locked.end());
+    }
+    ::close(fd_);
+  }
 
   usize read_at(u64 off, void* buf, usize len) override {
     u8* p = static_cast<u8*>(buf);
@@ -102,7 +140,58 @@ std::unique_ptr<File> open_posix_file(const std::string& path, bool writable) {
     ::close(fd);
     throw Error(path + ": not a regular file or block device");
   }
+  if (writable) {
+    std::lock_guard<std::mutex> lk(g_locks_mu);
+    bool locked = false;
+    if (!g_defer_locks) {
+      if (int e = set_lock(fd, true)) {
+        ::close(fd);
+        if (e == EAGAIN || e == EACCES) throw Error(locked_msg(path));
+        throw Error(path + ": cannot lock the image (fcntl F_OFD_SETLK): " + std::strerror(e));
+      }
+      locked = true;
+    }
+    g_locked.push_back({fd, path, locked});
+  }
   return std::make_unique<PosixFile>(path, fd, writable);
+}
+
+void set_defer_image_locks(bool defer) {
+  std::lock_guard<std::mutex> lk(g_locks_mu);
+  g_defer_locks = defer;
+}
+
+void release_image_locks() {
+  std::lock_guard<std::mutex> lk(g_locks_mu);
+  for (auto& f : g_locked)
+    if (f.locked) {
+      set_lock(f.fd, false);
+      f.locked = false;
+    }
+}
+
+void acquire_image_locks(int timeout_ms) {
+  const auto end = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+  std::unique_lock<std::mutex> lk(g_locks_mu);
+  for (;;) {
+    std::string busy;
+    for (auto& f : g_locked) {
+      if (f.locked) continue;
+      const int e = set_lock(f.fd, true);
+      if (e == 0) {
+        f.locked = true;
+      } else if (e == EAGAIN || e == EACCES) {
+        busy = f.name;
+      } else {
+        throw Error(f.name + ": cannot lock the image (fcntl F_OFD_SETLK): " + std::strerror(e));
+      }
+    }
+    if (busy.empty()) return;
+    if (std::chrono::steady_clock::now() >= end) throw Error(locked_msg(busy));
+    lk.unlock();
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    lk.lock();
+  }
 }
 
 std::unique_ptr<File> create_posix_file(const std::string& path) {

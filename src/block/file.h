@@ -40,6 +40,18 @@ class File {
 
 // Opens an existing file. Throws popek::Error naming the file and errno.
 std::unique_ptr<File> open_posix_file(const std::string& path, bool writable);
+// Image locks: a file opened for writing takes an fcntl OFD write lock on
+// the whole file (as QEMU does), so that two popeks never write one image; a
+// file another process holds so is refused with a clear error. A live
+// migration hands the locks over: the source releases its own at
+// switch-over (after flushing), the destination opens its images with the
+// locks deferred and takes them when the stream is complete.
+// Process-wide; thread-safe.
+void set_defer_image_locks(bool defer);  // opens from now on do not lock
+void release_image_locks();              // every open image's lock, released
+// Takes every open writable image's lock, retrying up to timeout_ms while
+// another process holds one; throws naming the image.
+void acquire_image_locks(int timeout_ms);
 // Creates (or truncates) a file for writing.
 std::unique_ptr<File> create_posix_file(const std::string& path);
 

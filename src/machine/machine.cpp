@@ -1,4 +1,5 @@
 #include "machine/machine.h"
+#include "snapshot/stream.h"
 
 #include <poll.h>
 #include <sys/epoll.h>
@@ -7,6 +8,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <fstream>
 #include <iterator>
@@ -62,18 +64,33 @@ Machine::Machine(const Config& cfg) : cfg_(cfg), clock_(cfg.deterministic, &cpu_
   if (!cfg.firmware.empty() && !cfg.kernel.empty())
     throw Error("give either --firmware or --kernel, not both");
   if (!cfg.firmware.empty()) load_firmware();
+  auto make_engine = [&] {
+    if (cfg.engine == "interp") {
+      engine_ = std::make_unique<engine::Interp>(cpu_, *pm_, *this);
+    } else if (cfg.engine == "bt") {
+      engine_ = std::make_unique<engine::Bt>(cpu_, *pm_, *this, cfg.bt);
+    } else {
+      throw Error("unknown engine '" + cfg.engine + "' (available: interp, bt)");
+    }
+  };
   // Resumed: the state comes from the file, before the engine exists (so
   // every engine starts cold: no TLB, no decoded or translated code).
-  if (!cfg.incoming.empty()) load_state(cfg.incoming);
-  else if (!cfg.kernel.empty()) load_kernel();
-
-  if (cfg.engine == "interp") {
-    engine_ = std::make_unique<engine::Interp>(cpu_, *pm_, *this);
-  } else if (cfg.engine == "bt") {
-    engine_ = std::make_unique<engine::Bt>(cpu_, *pm_, *this, cfg.bt);
-  } else {
-    throw Error("unknown engine '" + cfg.engine + "' (available: interp, bt)");
+  // Migrated in (--incoming tcp:): the engine is made first, while the
+  // source still runs the guest (it costs up to tens of ms: not in the
+  // downtime); it has not run, so it is as cold (not with --lockstep, whose
+  // shadow copies the machine when made).
+  const bool engine_first = cfg.incoming_fd >= 0 && !cfg.bt.lockstep;
+  if (engine_first) make_engine();
+  if (!cfg.incoming.empty()) {
+    load_state(cfg.incoming);
+  } else if (cfg.incoming_fd >= 0) {
+    snap::FdSource src(cfg.incoming_fd, cfg.incoming_what);
+    load_stream(src, cfg.incoming_what);
+    stream_loaded_ = std::chrono::steady_clock::now();
+  } else if (!cfg.kernel.empty()) {
+    load_kernel();
   }
+  if (!engine_first) make_engine();
   if (trace_) engine_->set_trace(trace_);
 }
 

@@ -3,11 +3,13 @@
 // code that knows addresses, ports and IRQ numbers (see pc_layout.h).
 #pragma once
 #include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -30,6 +32,9 @@
 
 namespace popek::snap {
 class Sink;
+class Source;
+class StreamWriter;
+struct RamStats;
 }
 
 namespace popek::machine {
@@ -57,6 +62,10 @@ struct Config {
   // QMP `migrate`) instead of booting: RAM, CPU, devices, clock. The rest of
   // the configuration must describe the same machine (checked).
   std::string incoming;
+  // --incoming tcp:...: a connected socket the stream comes from (main
+  // accepted it); the state is read from it as from a file. -1: none.
+  int incoming_fd = -1;
+  std::string incoming_what;  // names that stream in messages
 };
 
 // What save_state wrote.
@@ -118,6 +127,21 @@ class Machine final : public x86::Platform, public mem::MmioHandler {
   // "machine" section describing the configuration, RAM, clock, CPU, chips,
   // PCI and virtio devices. Throws popek::Error.
   SaveStats save_state(snap::Sink& out);
+  // The pieces of that stream, for a live migration that sends RAM in
+  // passes while the guest runs: the "machine" section; all of RAM as
+  // "ram" sections (any thread, while RAM may change: a page written
+  // meanwhile is dirty and goes again); the pages listed as "ram-pages";
+  // the CPU and devices (vCPU thread, paused, quiesced).
+  void save_config(snap::StreamWriter& w);
+  void save_ram(snap::StreamWriter& w, snap::RamStats* rs);
+  void save_ram_pages(snap::StreamWriter& w, std::span<const u32> ppns, snap::RamStats* rs);
+  void save_devices(snap::StreamWriter& w);
+  // The dirty log (PhysMem): pages written since the last call (vCPU thread).
+  std::vector<u32> sync_dirty_log();
+
+  // When the --incoming tcp: stream had been read and loaded (before the
+  // engine was made), for the destination's timing of a switch-over.
+  std::chrono::steady_clock::time_point stream_loaded() const { return stream_loaded_; }
 
   // Statistics of everything: engine, buses, devices.
   std::vector<std::pair<std::string, u64>> stats() const;
@@ -137,6 +161,7 @@ class Machine final : public x86::Platform, public mem::MmioHandler {
 
  private:
   void load_state(const std::string& path);
+  void load_stream(snap::Source& src, const std::string& what);
   std::vector<std::string> describe() const;
   void load_firmware();
   void load_kernel();
@@ -202,7 +227,8 @@ class Machine final : public x86::Platform, public mem::MmioHandler {
   int wake_fd_ = -1;    // eventfd: post() and request_stop() wake a waiting vCPU loop
   int wait_epfd_ = -1;  // epoll of wake_fd_ and stdin, for VirtioBoard::poll's one extra fd
   bool stdin_in_epoll_ = false;
-  bool stdin_unpollable_ = false;  // a regular file or the like: always ready
+  bool stdin_unpollable_ = false;
+  std::chrono::steady_clock::time_point stream_loaded_{};  // a regular file or the like: always ready
 };
 
 }  // namespace popek::machine

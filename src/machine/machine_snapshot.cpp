@@ -46,27 +46,37 @@ void Machine::quiesce() {
   if (virtio_) virtio_->quiesce();
 }
 
-SaveStats Machine::save_state(snap::Sink& out) {
-  std::string why;
-  if (!can_save(&why)) throw Error(why);
-  quiesce();
-  snap::StreamWriter w(out);
-  {
-    snap::SectionWriter s;
-    s.u64v("ram_size", cfg_.memory);
-    s.u64v("deterministic", cfg_.deterministic);
-    s.u64v("ns_per_insn", clock_.ns_per_insn());
-    s.u64v("drives", cfg_.virtio.drives.size());
-    s.u64v("netdevs", cfg_.virtio.netdevs.size());
-    s.u64v("rng", cfg_.virtio.rng);
-    s.str("devices", join(describe()));
-    s.str("boot", cfg_.firmware.empty() ? "kernel" : "firmware");
-    w.section("machine", kMachineVersion, s);
-  }
-  snap::RamStats rs;
+void Machine::save_config(snap::StreamWriter& w) {
+  snap::SectionWriter s;
+  s.u64v("ram_size", cfg_.memory);
+  s.u64v("deterministic", cfg_.deterministic);
+  s.u64v("ns_per_insn", clock_.ns_per_insn());
+  s.u64v("drives", cfg_.virtio.drives.size());
+  s.u64v("netdevs", cfg_.virtio.netdevs.size());
+  s.u64v("rng", cfg_.virtio.rng);
+  s.str("devices", join(describe()));
+  s.str("boot", cfg_.firmware.empty() ? "kernel" : "firmware");
+  w.section("machine", kMachineVersion, s);
+}
+
+void Machine::save_ram(snap::StreamWriter& w, snap::RamStats* rs) {
   pm_->for_each_range([&](u64 off, u64 len) {
-    snap::write_ram(w, off / snap::kPageSize, len / snap::kPageSize, pm_->ram() + off, &rs);
+    snap::write_ram(w, off / snap::kPageSize, len / snap::kPageSize, pm_->ram() + off, rs);
   });
+}
+
+void Machine::save_ram_pages(snap::StreamWriter& w, std::span<const u32> ppns, snap::RamStats* rs) {
+  snap::write_ram_pages(w, ppns, [&](u64 ppn) -> const u8* { return pm_->ram() + (ppn << mem::kPageShift); }, rs);
+}
+
+std::vector<u32> Machine::sync_dirty_log() {
+  // With bt's direct stores on (paging off), RAM is write-protected in the
+  // host mapping: no device may be reading a disk into it meanwhile.
+  if (pm_->code_write_protect()) quiesce();
+  return pm_->sync_dirty_log();
+}
+
+void Machine::save_devices(snap::StreamWriter& w) {
   {
     snap::SectionWriter s;
     x86::save_cpu_state(cpu_, s);
@@ -93,6 +103,17 @@ SaveStats Machine::save_state(snap::Sink& out) {
   if (virtio_) virtio_->save(w);
   dev::save_chip(w, "pic-slave", *pic_slave_);
   dev::save_chip(w, "pic-master", *pic_master_);
+}
+
+SaveStats Machine::save_state(snap::Sink& out) {
+  std::string why;
+  if (!can_save(&why)) throw Error(why);
+  quiesce();
+  snap::StreamWriter w(out);
+  save_config(w);
+  snap::RamStats rs;
+  save_ram(w, &rs);
+  save_devices(w);
   w.end();
   SaveStats st;
   st.bytes = w.bytes_written();
@@ -105,7 +126,11 @@ SaveStats Machine::save_state(snap::Sink& out) {
 
 void Machine::load_state(const std::string& path) {
   snap::FileSource src(path);
-  snap::StreamReader r(src, "--incoming " + path);
+  load_stream(src, "--incoming " + path);
+}
+
+void Machine::load_stream(snap::Source& src, const std::string& what) {
+  snap::StreamReader r(src, what);
   snap::Loader l;
   l.on("machine", kMachineVersion, [&](const snap::Section& s) {
     const u64 ram = s.u64v("ram_size");
@@ -140,6 +165,13 @@ void Machine::load_state(const std::string& path) {
       return pm_->plain_ram(ppn) ? pm_->ram() + (ppn << mem::kPageShift) : nullptr;
     });
   }, /*repeatable=*/true);
+  // A live migration's later passes: the pages written meanwhile.
+  l.on("ram-pages", snap::kRamPagesVersion, [&](const snap::Section& s) {
+    snap::load_ram_pages(s, [&](u64 ppn) -> u8* {
+      return pm_->plain_ram(ppn) ? pm_->ram() + (ppn << mem::kPageShift) : nullptr;
+    });
+  }, /*repeatable=*/true);
+  l.optional("ram-pages");
   l.on("clock", kClockVersion, [&](const snap::Section& s) {
     const u64 now = s.u64v("now_ns");
     s.check_all_read();

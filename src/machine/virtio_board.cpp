@@ -93,6 +93,7 @@ class VirtioBoard::Ram final : public dev::virtio::GuestMemory {
     const u64 size = pm_.ram_size();
     if (gpa > size || len > size - gpa) return nullptr;
     if (len && gpa < pc::kHighMem && gpa + len > pc::kVgaHole) return nullptr;
+    pm_.device_access(gpa, len);  // the dirty log: the device may write there from its I/O thread
     return pm_.ram() + gpa;
   }
   void written(u64 gpa, u64 len) override {

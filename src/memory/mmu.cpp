@@ -175,7 +175,7 @@ int Mmu::window_walk(u32 la, u32* ppn) {
   if ((w.pde & kUsed) != kUsed || (!w.big && (w.pte & kUsed) != kUsed)) return 0;
   *ppn = u32(w.frame(la) >> kPageShift);
   if (!pm_.plain_ram(*ppn)) return 0;
-  const bool write = (w.eff() & PTE_W) && (w.last() & PTE_D) && !pm_.is_code(*ppn);
+  const bool write = (w.eff() & PTE_W) && (w.last() & PTE_D) && !pm_.write_watched(*ppn);
   return write ? PROT_READ | PROT_WRITE : PROT_READ;
 }
 
@@ -276,6 +276,23 @@ void Mmu::drop_writable(u64 ppn) {
       }
 }
 
+void Mmu::drop_all_writable() {
+  // Every writable window page (active or not) becomes read-only: its next
+  // write faults into the slow path, which finds the page watched.
+  for (auto& [la, pg] : uw_pages_)
+    if (pg.prot & PROT_WRITE) {
+      if (mprotect(reinterpret_cast<u8*>(uw_base_ + la), kPageSize, PROT_READ) != 0)
+        throw Error(std::string("cannot write-protect a user-window page: ") + std::strerror(errno));
+      pg.prot = PROT_READ;
+    }
+  for (unsigned u = 0; u < 2; u++)
+    for (u32 k : used_[u])
+      if (tlb_[u][k].tag_write != invalid_tag(k)) {
+        tlb_[u][k].tag_write = invalid_tag(k);
+        mirror(u, k);
+      }
+}
+
 bool Mmu::walk(u32 la, Walk* w, bool ram_only) {
   w->pde_pa = (s_.cr3 & ~0xFFFu) + ((la >> 22) << 2);
   if (ram_only && !pm_.is_ram(w->pde_pa)) return false;
@@ -343,7 +360,7 @@ u64 Mmu::translate(u32 la, Acc acc, bool user) {
     e.flags = (global ? u32(kGlobal) : 0u) | kListed;
     e.tag_read = page;
     e.tag_exec = page;
-    if (can_write && dirty && !pg.rom && !pm_.is_code(ppn)) e.tag_write = page;
+    if (can_write && dirty && !pg.rom && !pm_.write_watched(ppn)) e.tag_write = page;
     else e.tag_write = inv;
   } else {
     e.tag_read = e.tag_write = e.tag_exec = inv;

@@ -206,6 +206,7 @@ class Mmu final : public x86::LinearMem, public TlbShootdown {
 
   // TlbShootdown
   void drop_writable(u64 ppn) override;
+  void drop_all_writable() override;  // the dirty log's new pass
 
   // ---- the user window (the bt engine's direct accesses at CPL 3) ----
   // A host reservation of kWindowSpan bytes whose first 4 GiB map pages of

@@ -96,6 +96,7 @@ bool PhysMem::host_write_fault(const void* addr) {
     if (!m->wp_[ppn]) return false;
     if (mprotect(m->ram_ + (ppn << kPageShift), kPageSize, PROT_READ | PROT_WRITE) != 0) return false;
     m->wp_[ppn] = 0;
+    if (m->log_on_) m->dirty_[ppn] = 1;  // a host write the log must not miss
     return true;
   }
   return false;
@@ -118,7 +119,7 @@ void PhysMem::set_code_write_protect(bool on) {
     if (!register_protecting(this)) throw Error("too many machines write-protect their code pages at once");
     wp_on_ = true;
     for (u64 ppn = 0; ppn < npages_; ppn++)
-      if (code_[ppn] && plain_ram(ppn)) protect_page(ppn, true);
+      if ((code_[ppn] || (log_on_ && !dirty_[ppn])) && plain_ram(ppn)) protect_page(ppn, true);
   } else {
     // All RAM writable again, in as few calls as there are ranges.
     for_each_range([&](u64 at, u64 len) {
@@ -231,6 +232,51 @@ void PhysMem::mark_code(u64 ppn) {
   code_[ppn] = 1;
   if (wp_on_ && plain_ram(ppn)) protect_page(ppn, true);
   for (auto* t : shootdowns_) t->drop_writable(ppn);
+}
+
+void PhysMem::log_dirty(u64 ppn) {
+  dirty_[ppn] = 1;
+  if (wp_[ppn] && !code_[ppn]) protect_page(ppn, false);
+}
+
+void PhysMem::arm_dirty_log() {
+  std::fill(dirty_.begin(), dirty_.end(), 0);
+  for (auto* t : shootdowns_) t->drop_all_writable();
+  if (wp_on_) {
+    // bt's direct stores (paging off): every page read-only in the host
+    // mapping, in as few calls as there are ranges.
+    for_each_range([&](u64 at, u64 len) {
+      if (mprotect(ram_ + at, len, PROT_READ) != 0)
+        throw Error(std::string("cannot write-protect guest RAM for the dirty log: ") + std::strerror(errno));
+      protect_calls_++;
+      std::fill(wp_.begin() + long(at >> kPageShift), wp_.begin() + long((at + len) >> kPageShift), 1);
+    });
+  }
+}
+
+void PhysMem::start_dirty_log() {
+  dirty_.assign(npages_, 0);
+  log_on_ = true;
+  arm_dirty_log();
+}
+
+void PhysMem::stop_dirty_log() {
+  if (!log_on_) return;
+  log_on_ = false;
+  // Clean pages that hold no code lose their protection (writes then find
+  // their way back into TLBs and the window at their next slow access).
+  for (u64 ppn = 0; ppn < npages_; ppn++)
+    if (wp_[ppn] && !code_[ppn]) protect_page(ppn, false);
+  dirty_.clear();
+}
+
+std::vector<u32> PhysMem::sync_dirty_log() {
+  std::vector<u32> out;
+  if (!log_on_) return out;
+  for (u64 ppn = 0; ppn < npages_; ppn++)
+    if (dirty_[ppn] && plain_ram(ppn)) out.push_back(u32(ppn));
+  arm_dirty_log();
+  return out;
 }
 
 void PhysMem::code_written(u64 ppn) {

@@ -36,6 +36,9 @@ class TlbShootdown {
  public:
   virtual ~TlbShootdown() = default;
   virtual void drop_writable(u64 ppn) = 0;
+  // Every page became watched (a dirty-log pass starts): no write entry
+  // and no writable user-window page may remain.
+  virtual void drop_all_writable() = 0;
 };
 
 class PhysMem {
@@ -140,13 +143,46 @@ class PhysMem {
   bool read_bytes(u64 pa, void* dst, u64 len);
   bool write_bytes(u64 pa, const void* src, u64 len);
 
+  // ---- dirty logging (live migration) ----
+  // While the log is on, every RAM page not yet written since the last
+  // sync is watched like a code page: soft TLBs install no write entry for
+  // it (write_watched), the user window maps it read-only (shootdowns'
+  // drop_all_writable), and while code write protection is on (bt's direct
+  // stores with paging off) it is read-only in the host mapping. The first
+  // write by any path reaches notify_write (or host_write_fault), which
+  // marks the page dirty and lifts the watch for the rest of the pass.
+  // vCPU thread only (host_write_fault excepted).
+  void start_dirty_log();   // every page clean and watched; the log on
+  void stop_dirty_log();    // the log off, nothing watched for it
+  bool dirty_logging() const { return log_on_; }
+  // The pages written since the last sync (or start), as page numbers; all
+  // pages clean and watched again.
+  std::vector<u32> sync_dirty_log();
+  // A device is about to access [pa, pa+len) through its own pointer (it may
+  // write there from another thread, where a protected page would make the
+  // host call fail): the pages count as dirty and lose their protection.
+  void device_access(u64 pa, u64 len) {
+    if (!log_on_ || !len) return;
+    for (u64 p = pa >> kPageShift; p <= (pa + len - 1) >> kPageShift && p < npages_; p++)
+      if (!dirty_[p]) log_dirty(p);
+  }
+  // Whether a soft TLB or the user window may let writes to ppn through
+  // without the slow path: not while it holds code or waits for its first
+  // write of a dirty-log pass.
+  bool write_watched(u64 ppn) const {
+    return ppn < npages_ && (code_[ppn] || (log_on_ && !dirty_[ppn]));
+  }
+
   // ---- code watching ----
   bool is_code(u64 ppn) const { return ppn < npages_ && code_[ppn]; }
   void mark_code(u64 ppn);
   // Call before/after writing RAM bytes by any path other than a soft-TLB hit.
   void notify_write(u64 pa, u64 len) {
-    for (u64 p = pa >> kPageShift; p <= (pa + len - 1) >> kPageShift; p++)
-      if (p < npages_ && code_[p]) code_written(p);
+    for (u64 p = pa >> kPageShift; p <= (pa + len - 1) >> kPageShift; p++) {
+      if (p >= npages_) break;
+      if (code_[p]) code_written(p);
+      if (log_on_ && !dirty_[p]) log_dirty(p);
+    }
   }
   void add_watcher(CodeWatcher* w) { watchers_.push_back(w); }
   void remove_watcher(CodeWatcher* w);
@@ -157,6 +193,9 @@ class PhysMem {
 
  private:
   void code_written(u64 ppn);
+  void log_dirty(u64 ppn);
+  // Arms the watch of every page for a new pass.
+  void arm_dirty_log();
   // Makes page ppn read-only (`ro`) or writable again in the host mapping.
   void protect_page(u64 ppn, bool ro);
   // Makes ram() in [from, to) inaccessible (not RAM: direct reads fault).
@@ -180,6 +219,8 @@ class PhysMem {
   std::atomic<bool> stop_populate_{false};
   u64 npages_ = 0;
   std::vector<u8> code_;
+  bool log_on_ = false;
+  std::vector<u8> dirty_;  // dirty log: page written since the last sync
   std::vector<u8> wp_;  // page ppn is read-only in the host mapping (a code page)
   bool wp_on_ = false;
   u64 protect_calls_ = 0;

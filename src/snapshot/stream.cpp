@@ -1,12 +1,17 @@
 #include "snapshot/stream.h"
 
 #include <fcntl.h>
+#include <sys/socket.h>
 #include <unistd.h>
 #include <zlib.h>
 #include <zstd.h>
 
+#include <time.h>
+
 #include <cerrno>
 #include <cstring>
+#include <chrono>
+#include <thread>
 
 namespace popek::snap {
 
@@ -114,6 +119,62 @@ usize FileSource::read(void* data, usize len) {
     ssize_t n = ::read(fd_, p + done, len - done);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) throw Error("reading '" + path_ + "': " + std::strerror(errno));
+    if (n == 0) break;
+    done += usize(n);
+  }
+  return done;
+}
+
+void FdSink::send(const u8* p, usize n) {
+  while (n) {
+    ssize_t k = ::send(fd_, p, n, MSG_NOSIGNAL);  // a closed peer: EPIPE, not SIGPIPE
+    if (k < 0 && errno == ENOTSOCK) k = ::write(fd_, p, n);
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) throw Error(what_ + ": " + (k < 0 ? std::strerror(errno) : "connection closed"));
+    p += k;
+    n -= usize(k);
+  }
+}
+
+void FdSink::flush() {
+  if (buf_.empty()) return;
+  if (rate_) {
+    // Pacing by windows of 100 ms: a window's bytes wait for its budget.
+    timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    u64 now = u64(ts.tv_sec) * 1000000000 + u64(ts.tv_nsec);
+    if (now - window_start_ns_ >= 100000000) {
+      window_start_ns_ = now;
+      window_bytes_ = 0;
+    }
+    window_bytes_ += buf_.size();
+    const u64 allowed_ns = window_bytes_ * 1000000000 / rate_;
+    if (allowed_ns > now - window_start_ns_)
+      std::this_thread::sleep_for(std::chrono::nanoseconds(allowed_ns - (now - window_start_ns_)));
+  }
+  send(buf_.data(), buf_.size());
+  buf_.clear();
+}
+
+void FdSink::write(const void* data, usize len) {
+  const u8* p = static_cast<const u8*>(data);
+  total_ += len;
+  while (len) {
+    const usize n = std::min(len, (usize(1) << 18) - buf_.size());
+    buf_.insert(buf_.end(), p, p + n);
+    p += n;
+    len -= n;
+    if (buf_.size() >= (usize(1) << 18)) flush();
+  }
+}
+
+usize FdSource::read(void* data, usize len) {
+  usize done = 0;
+  u8* p = static_cast<u8*>(data);
+  while (done < len) {
+    ssize_t n = ::read(fd_, p + done, len - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) throw FormatError(what_ + ": " + std::strerror(errno));
     if (n == 0) break;
     done += usize(n);
   }
@@ -417,6 +478,78 @@ void load_ram(const Section& s, const std::function<u8*(u64 ppn)>& page) {
       src += kPageSize;
     } else if (!zero_page(dst)) {
       std::memset(dst, 0, kPageSize);
+    }
+  }
+}
+
+void write_ram_pages(StreamWriter& w, std::span<const u32> ppns, const std::function<const u8*(u64 ppn)>& page,
+                     RamStats* st) {
+  std::vector<u8> raw, comp;
+  ZSTD_CCtx* cctx = ZSTD_createCCtx();
+  if (!cctx) throw Error("zstd: out of memory");
+  struct Free {
+    ZSTD_CCtx* c;
+    ~Free() { ZSTD_freeCCtx(c); }
+  } free_ctx{cctx};
+  for (usize at = 0; at < ppns.size(); at += kPagesPerChunk) {
+    const usize n = std::min<usize>(kPagesPerChunk, ppns.size() - at);
+    std::vector<u8> list, zero((n + 7) / 8);
+    raw.clear();
+    for (usize i = 0; i < n; i++) {
+      put_le(list, ppns[at + i], 4);
+      const u8* p = page(ppns[at + i]);
+      if (zero_page(p)) {
+        zero[i / 8] |= u8(1u << (i % 8));
+        continue;
+      }
+      raw.insert(raw.end(), p, p + kPageSize);
+    }
+    comp.resize(ZSTD_compressBound(raw.size()));
+    const usize cl = raw.empty() ? 0 : ZSTD_compressCCtx(cctx, comp.data(), comp.size(), raw.data(), raw.size(), 1);
+    if (ZSTD_isError(cl)) throw Error(std::string("zstd: ") + ZSTD_getErrorName(cl));
+    comp.resize(cl);
+    SectionWriter f;
+    f.bytes("pages", list);
+    f.bytes("zero", zero);
+    f.u64v("raw_len", raw.size());
+    f.bytes("zstd", comp);
+    w.section("ram-pages", kRamPagesVersion, f);
+    if (st) {
+      st->pages += n;
+      st->zero_pages += n - raw.size() / kPageSize;
+      st->raw_bytes += raw.size();
+      st->compressed_bytes += cl;
+    }
+  }
+}
+
+void load_ram_pages(const Section& s, const std::function<u8*(u64 ppn)>& page) {
+  auto list = s.bytes("pages");
+  if (list.empty() || list.size() % 4 || list.size() / 4 > kPagesPerChunk) s.fail("bad page list");
+  const u64 n = list.size() / 4;
+  auto zero = s.exact("zero", (n + 7) / 8);
+  const u64 raw_len = s.u64v("raw_len");
+  auto comp = s.bytes("zstd");
+  s.check_all_read();
+  u64 present = 0;
+  for (u64 i = 0; i < n; i++) present += !((zero[i / 8] >> (i % 8)) & 1);
+  if (raw_len != present * kPageSize) s.fail("page data length does not match the zero-page bitmap");
+  std::vector<u8> raw(raw_len);
+  if (raw_len) {
+    const usize got = ZSTD_decompress(raw.data(), raw.size(), comp.data(), comp.size());
+    if (ZSTD_isError(got)) s.fail(std::string("zstd: ") + ZSTD_getErrorName(got));
+    if (got != raw_len) s.fail("zstd data is shorter than the pages it stands for");
+  }
+  const u8* src = raw.data();
+  for (u64 i = 0; i < n; i++) {
+    const u64 ppn = get_le(list.data() + 4 * i, 4);
+    u8* dst = page(ppn);
+    if (!dst) s.fail("page " + std::to_string(ppn) + " is not RAM in this machine");
+    if ((zero[i / 8] >> (i % 8)) & 1) {
+      std::memset(dst, 0, kPageSize);
+    } else {
+      std::memcpy(dst, src, kPageSize);
+      src += kPageSize;
     }
   }
 }

@@ -93,6 +93,35 @@ class FileSource final : public Source {
   int fd_ = -1;
 };
 
+// A connected socket (or pipe), buffered; write errors throw popek::Error.
+// The fd is not owned. A sink may be limited to `max_bytes_per_s` (0: no
+// limit): writes then pace themselves (QMP's max-bandwidth).
+class FdSink final : public Sink {
+ public:
+  explicit FdSink(int fd, std::string what) : fd_(fd), what_(std::move(what)) { buf_.reserve(1 << 18); }
+  void write(const void* data, usize len) override;
+  void flush();
+  void set_rate_limit(u64 max_bytes_per_s) { rate_ = max_bytes_per_s; }
+  u64 bytes() const { return total_; }
+
+ private:
+  void send(const u8* p, usize n);
+  int fd_;
+  std::string what_;
+  std::vector<u8> buf_;
+  u64 rate_ = 0, total_ = 0;
+  u64 window_start_ns_ = 0, window_bytes_ = 0;
+};
+class FdSource final : public Source {
+ public:
+  FdSource(int fd, std::string what) : fd_(fd), what_(std::move(what)) {}
+  usize read(void* data, usize len) override;
+
+ private:
+  int fd_;
+  std::string what_;
+};
+
 enum class FieldType : u8 { u64 = 1, i64 = 2, bytes = 3, string = 4 };
 
 // The fields of one section being written.
@@ -224,5 +253,15 @@ void write_ram(StreamWriter& w, u64 first, u64 count, const u8* base, RamStats* 
 // Loads one "ram" section: `page(ppn)` returns the host address of guest page
 // ppn or null if it is not RAM (then the section is refused).
 void load_ram(const Section& s, const std::function<u8*(u64 ppn)>& page);
+
+// Pages named one by one, for the passes of a live migration after the
+// first: a "ram-pages" section holds up to kPagesPerChunk page numbers and
+// overwrites exactly those pages (other pages keep what earlier sections
+// gave them); zero pages carry no data (a bitmap over the list says which).
+inline constexpr u32 kRamPagesVersion = 1;
+// `page(ppn)` gives the host address of page ppn to read from.
+void write_ram_pages(StreamWriter& w, std::span<const u32> ppns, const std::function<const u8*(u64 ppn)>& page,
+                     RamStats* st = nullptr);
+void load_ram_pages(const Section& s, const std::function<u8*(u64 ppn)>& page);
 
 }  // namespace popek::snap

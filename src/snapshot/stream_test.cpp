@@ -223,3 +223,54 @@ TEST(SnapshotStream, RamToNonRamRefused) {
 }
 
 }  // namespace
+
+namespace {
+// A live migration's stream: all of RAM, then passes naming the pages they
+// carry ("ram-pages"): exactly those are overwritten (zero pages included),
+// the others keep what earlier sections gave them.
+TEST(SnapshotStream, RamPagesOverwriteOnlyTheirPages) {
+  std::vector<u8> ram(8 * kPageSize, 0);
+  for (usize p = 0; p < 8; p++) ram[p * kPageSize + 5] = u8(p + 1);
+  MemorySink sink;
+  StreamWriter w(sink);
+  write_ram(w, 0, 8, ram.data());
+  std::vector<u8> later = ram;
+  later[2 * kPageSize + 9] = 0x42;                          // page 2 written
+  std::fill(later.begin() + 6 * kPageSize, later.begin() + 7 * kPageSize, 0);  // page 6 zeroed
+  later[4 * kPageSize + 1] = 0x99;                          // page 4 written, but not sent: stays old
+  const u32 pages[] = {6, 2};
+  RamStats st;
+  write_ram_pages(w, pages, [&](u64 ppn) -> const u8* { return later.data() + ppn * kPageSize; }, &st);
+  EXPECT_EQ(st.pages, 2u);
+  EXPECT_EQ(st.zero_pages, 1u);
+  w.end();
+  std::vector<u8> got(8 * kPageSize, 0xEE);
+  MemorySource src(sink.bytes);
+  StreamReader r(src, "test");
+  Loader ld;
+  auto page = [&](u64 ppn) -> u8* { return ppn < 8 ? got.data() + ppn * kPageSize : nullptr; };
+  ld.on("ram", kRamVersion, [&](const Section& s) { load_ram(s, page); }, true);
+  ld.on("ram-pages", kRamPagesVersion, [&](const Section& s) { load_ram_pages(s, page); }, true);
+  ld.run(r);
+  std::vector<u8> want = ram;
+  std::copy(later.begin() + 2 * kPageSize, later.begin() + 3 * kPageSize, want.begin() + 2 * kPageSize);
+  std::fill(want.begin() + 6 * kPageSize, want.begin() + 7 * kPageSize, 0);
+  EXPECT_EQ(got, want);
+  // A page outside RAM is refused, naming it.
+  MemorySink bad;
+  StreamWriter wb(bad);
+  const u32 out[] = {9};
+  write_ram_pages(wb, out, [&](u64) -> const u8* { return later.data(); });
+  wb.end();
+  MemorySource bsrc(bad.bytes);
+  StreamReader br(bsrc, "test");
+  Loader bl;
+  bl.on("ram-pages", kRamPagesVersion, [&](const Section& s) { load_ram_pages(s, page); }, true);
+  try {
+    bl.run(br);
+    ADD_FAILURE() << "a page outside RAM was loaded";
+  } catch (const FormatError& e) {
+    EXPECT_NE(std::string(e.what()).find("page 9 is not RAM"), std::string::npos) << e.what();
+  }
+}
+}  // namespace

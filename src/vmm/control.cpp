@@ -10,6 +10,7 @@
 #include <memory>
 
 #include "base/error.h"
+#include "block/file.h"
 #include "snapshot/stream.h"
 
 namespace popek::vmm {
@@ -31,15 +32,21 @@ void Controller::attach(Machine* m) {
 }
 
 void Controller::detach() {
-  std::lock_guard<std::mutex> lk(mu_);
-  machine_ = nullptr;
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    machine_ = nullptr;
+  }
+  cancel_migration(true);  // (after: see start_live_migration)
 }
 
 void Controller::finish() {
-  std::lock_guard<std::mutex> lk(mu_);
-  machine_ = nullptr;
-  finished_ = true;
-  cv_.notify_all();
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    machine_ = nullptr;
+    finished_ = true;
+    cv_.notify_all();
+  }
+  cancel_migration(true);
 }
 
 json Controller::call(std::function<json(Machine&)> fn, int timeout_s) {
@@ -104,6 +111,14 @@ void Controller::register_commands() {
                     }});
   qmp_.add_command({"cont", {}, [this](const json&) {
                       return call([this](Machine& m) {
+                        if (postmigrate_) {
+                          // After a live migration the images' locks went to the destination.
+                          try {
+                            block::acquire_image_locks(0);
+                          } catch (const std::exception& e) {
+                            throw QmpError("GenericError", std::string("cont: ") + e.what());
+                          }
+                        }
                         postmigrate_ = false;
                         if (m.paused()) {
                           m.resume();
@@ -157,32 +172,18 @@ void Controller::register_commands() {
                       for (const char* flag : {"resume", "blk", "inc"})
                         if (args.contains(flag) && args.at(flag).get<bool>())
                           throw QmpError("GenericError", std::string("migrate: '") + flag + "' is not supported");
-                      if (uri.rfind("file:", 0) != 0) {
-                        if (uri.rfind("tcp:", 0) == 0)
-                          throw QmpError("GenericError",
-                                         "migrate: live migration (tcp:) is not implemented yet in popek; "
-                                         "use file:PATH to save the VM to a file");
-                        throw QmpError("GenericError",
-                                       "migrate: unsupported URI '" + uri + "' (popek supports file:PATH)");
-                      }
+                      if (uri.rfind("tcp:", 0) == 0) return start_live_migration(uri);
+                      if (uri.rfind("file:", 0) != 0)
+                        throw QmpError("GenericError", "migrate: unsupported URI '" + uri +
+                                                           "' (popek supports file:PATH and tcp:HOST:PORT)");
+                      if (mig_active_.load())
+                        throw QmpError("GenericError", "migrate: a migration is already running");
                       const std::string path = uri.substr(5);
                       if (path.empty()) throw QmpError("GenericError", "migrate: file: needs a path");
                       return call([this, path](Machine& m) { return migrate_to_file(m, path); }, 3600);
                     }});
   qmp_.add_command({"query-migrate", {}, [this](const json&) { return query_migrate(); }});
-  // Live migration's commands (issue 20) come later: until then these names
-  // answer plainly and are not listed by query-commands. The implementation
-  // replaces each with a real Command (listed = true, its params).
-  for (const char* name : {"migrate_cancel", "migrate-set-parameters"}) {
-    Command c;
-    c.name = name;
-    c.listed = false;
-    c.handler = [n = std::string(name)](const json&) -> json {
-      throw QmpError("GenericError", n + ": migration is not implemented yet in popek");
-    };
-    c.check_args = false;  // any arguments: the answer is the same
-    qmp_.add_command(std::move(c));
-  }
+  register_migration_commands();
 }
 
 void Controller::set_migration(const json& info) {

@@ -5,11 +5,17 @@
 #include <csignal>
 #include <cstdio>
 #include <memory>
+#include <optional>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include "base/error.h"
 #include "block/tool/img.h"
 #include "machine/machine.h"
+#include "block/file.h"
 #include "vmm/control.h"
+#include "vmm/migration_net.h"
 #include "vmm/qmp.h"
 
 using namespace popek;
@@ -62,7 +68,52 @@ struct ControlSockets {
   }
 };
 
-int cmd_run(machine::Config cfg, bool stats, const std::vector<std::string>& qmp_specs) {
+// --incoming tcp:HOST:PORT: listens, prints the address, accepts one
+// connection; the machine then reads its state from it (Config::incoming_fd).
+// The images are opened with their locks deferred: the source holds them
+// until it has sent everything.
+int accept_incoming(const vmm::TcpAddress& a, machine::Config& cfg) {
+  std::string bound;
+  const int lfd = vmm::tcp_listen(a, &bound);
+  std::fprintf(stderr, "popek: waiting for a migration on tcp:%s\n", bound.c_str());
+  for (;;) {  // (SIGINT and SIGTERM end the wait)
+    pollfd p{lfd, POLLIN, 0};
+    if (::poll(&p, 1, 200) > 0) break;
+    if (g_signalled.load()) {
+      ::close(lfd);
+      throw Error("stopped by a signal while waiting for a migration");
+    }
+  }
+  const int fd = vmm::tcp_accept_one(lfd);
+  cfg.incoming_fd = fd;
+  cfg.incoming_what = "--incoming tcp:" + bound;
+  block::set_defer_image_locks(true);
+  return fd;
+}
+
+// The stream is complete and checked (the machine is built from it): take
+// the image locks the source released, then acknowledge. On failure the
+// source is told why (it runs on) and this popek exits.
+void finish_incoming(int fd, machine::Config& cfg) {
+  auto reply = [&](const std::string& line) {
+    const std::string l = line + "\n";
+    (void)!::send(fd, l.data(), l.size(), MSG_NOSIGNAL);
+  };
+  try {
+    block::acquire_image_locks(10000);
+  } catch (const Error& e) {
+    reply(std::string("POPEK-ERR ") + e.what());
+    ::close(fd);
+    throw;
+  }
+  block::set_defer_image_locks(false);
+  reply("POPEK-OK");
+  ::close(fd);
+  cfg.incoming_fd = -1;
+}
+
+int cmd_run(machine::Config cfg, bool stats, const std::vector<std::string>& qmp_specs,
+            const std::optional<vmm::TcpAddress>& incoming_tcp) {
   ControlSockets control;
   if (!qmp_specs.empty()) {
     control.qmp = std::make_unique<vmm::QmpServer>(vmm::popek_version());
@@ -78,10 +129,33 @@ int cmd_run(machine::Config cfg, bool stats, const std::vector<std::string>& qmp
   std::unique_ptr<machine::Machine> m;
   machine::RunResult r;
   bool paused = false;
+  bool migrated = false;  // --incoming tcp: done (a reset boots afresh)
   for (;;) {
     m.reset();  // the old machine's RAM and devices go before the new one's come
+    int in_fd = -1;
+    if (incoming_tcp && cfg.incoming_fd < 0 && !migrated) in_fd = accept_incoming(*incoming_tcp, cfg);
     const auto tb = std::chrono::steady_clock::now();
-    m = std::make_unique<machine::Machine>(cfg);
+    try {
+      m = std::make_unique<machine::Machine>(cfg);
+    } catch (const Error& e) {
+      if (in_fd >= 0) {
+        const std::string l = std::string("POPEK-ERR ") + e.what() + "\n";
+        (void)!::send(in_fd, l.data(), l.size(), MSG_NOSIGNAL);
+        ::close(in_fd);
+      }
+      throw;
+    }
+    if (in_fd >= 0) {
+      const auto tm = std::chrono::steady_clock::now();
+      finish_incoming(in_fd, cfg);
+      migrated = true;
+      const auto ms = [](auto a, auto b) { return std::chrono::duration<double, std::milli>(b - a).count(); };
+      std::fprintf(stderr,
+                   "popek: migration stream received and checked in %.0f ms (loaded at %.1f ms, machine "
+                   "ready at %.1f ms, image locks taken and acknowledged at %.1f ms); the guest runs\n",
+                   ms(tb, std::chrono::steady_clock::now()), ms(tb, m->stream_loaded()), ms(tb, tm),
+                   ms(tb, std::chrono::steady_clock::now()));
+    }
     if (!cfg.incoming.empty())
       std::fprintf(stderr, "popek: resumed from %s in %.0f ms (machine built and state loaded)\n",
                    cfg.incoming.c_str(),
@@ -211,11 +285,15 @@ int main(int argc, char** argv) {
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   run->add_flag("--rng", cfg.virtio.rng, "A virtio-rng entropy device fed from the host's getrandom");
   std::string incoming;
+  std::optional<vmm::TcpAddress> incoming_tcp;
   run->add_option("--incoming", incoming,
                   "file:PATH: resume the VM saved in PATH (by the QMP command migrate with "
-                  "\"uri\": \"file:PATH\") instead of booting. Give the same command line as the saved "
-                  "VM's (RAM, disks, devices; the engine may differ): a mismatch is an error naming it")
-      ->type_name("file:PATH");
+                  "\"uri\": \"file:PATH\") instead of booting. tcp:HOST:PORT: listen there (port 0 "
+                  "picks one, printed) for one live migration (QMP migrate with \"uri\": "
+                  "\"tcp:HOST:PORT\" on the source); the guest starts once the whole stream has "
+                  "arrived and checked. Give the same command line as the saved VM's (RAM, disks, "
+                  "devices; the engine may differ): a mismatch is an error naming it")
+      ->type_name("file:PATH|tcp:HOST:PORT");
   std::vector<std::string> qmp_specs;
   run->add_option("--qmp", qmp_specs,
                   "A control socket speaking QMP, the QEMU Machine Protocol (repeatable): "
@@ -224,7 +302,9 @@ int main(int argc, char** argv) {
                   "authentication: use 127.0.0.1; port 0 picks a free port, printed at start). "
                   "Commands: qmp_capabilities, query-version, query-commands, query-status, stop, "
                   "cont, system_reset (rebuilds the machine), quit, query-popek-stats, migrate (to "
-                  "file:PATH: saves the VM, which stays stopped), query-migrate; "
+                  "file:PATH: saves the VM, which stays stopped; to tcp:HOST:PORT: live migration to a "
+                  "popek run --incoming tcp:...), query-migrate, migrate_cancel, migrate-set-parameters "
+                  "(downtime-limit, max-bandwidth), query-migrate-parameters; "
                   "system_powerdown answers an error (no ACPI). Events: STOP, RESUME, RESET, "
                   "SHUTDOWN, MIGRATION. Try: socat - UNIX-CONNECT:PATH")
       ->expected(1)
@@ -246,9 +326,8 @@ int main(int argc, char** argv) {
       cfg.memory = parse_size(mem);
       if (!incoming.empty()) {
         if (incoming.rfind("file:", 0) == 0 && incoming.size() > 5) cfg.incoming = incoming.substr(5);
-        else if (incoming.rfind("tcp:", 0) == 0)
-          throw Error("--incoming " + incoming + ": live migration (tcp:) is not implemented yet; use file:PATH");
-        else throw Error("--incoming " + incoming + ": expected file:PATH");
+        else if (incoming.rfind("tcp:", 0) == 0) incoming_tcp = vmm::parse_tcp_uri(incoming, "--incoming");
+        else throw Error("--incoming " + incoming + ": expected file:PATH or tcp:HOST:PORT");
       }
       for (const auto& d : drives) cfg.virtio.drives.push_back(machine::parse_drive(d));
       for (const auto& n : netdevs) cfg.virtio.netdevs.push_back(net::parse_netdev(n));
@@ -278,7 +357,7 @@ int main(int argc, char** argv) {
                             " (run scripts/fetch-guest.sh, or set POPEK_CACHE)");
         std::fclose(f);
       }
-      return cmd_run(cfg, stats, qmp_specs);
+      return cmd_run(cfg, stats, qmp_specs, incoming_tcp);
     }
   } catch (const Error& e) {
     std::fprintf(stderr, "popek: %s\n", e.what());

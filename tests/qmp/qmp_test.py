@@ -120,8 +120,8 @@ try:
             "system_reset", "system_powerdown", "quit", "query-popek-stats"}
     check(want <= names, f"query-commands lacks {want - names}")
     check({"migrate", "query-migrate"} <= names, "query-commands lacks migrate, query-migrate")
-    check(not names & {"migrate_cancel", "migrate-set-parameters"},
-          "query-commands lists migration commands that do not work yet")
+    check({"migrate_cancel", "migrate-set-parameters"} <= names,
+          "query-commands lacks migrate_cancel, migrate-set-parameters")
     st = c.ok("query-status")
     check(st == {"running": True, "singlestep": False, "status": "running"}, f"query-status {st}")
     for ident in [7, "abc", {"x": [1, 2]}, None, 1.5, [True]]:
@@ -203,10 +203,18 @@ try:
     check(error_class(r) == "GenericError" and "ACPI" in r["error"]["desc"], f"system_powerdown: {r}")
     # (migrate to file: works: tests/snapshot; live migration over tcp: does not yet.)
     check(c.ok("query-migrate") == {}, "query-migrate before any migration")
-    for name, args in [("migrate", {"uri": "tcp:127.0.0.1:1"}), ("migrate_cancel", None),
-                       ("migrate-set-parameters", {"downtime-limit": 300, "max-bandwidth": 1 << 30})]:
+    # Live migration to a port nothing listens on: the command returns at once,
+    # the migration fails, the VM runs on (tests/migration has the real ones).
+    for name, args in [("migrate-set-parameters", {"downtime-limit": 300, "max-bandwidth": 1 << 30}),
+                       ("migrate", {"uri": "tcp:127.0.0.1:1"}), ("migrate_cancel", None)]:
         r = c.cmd(name, args)
-        check(error_class(r) == "GenericError" and "not implemented yet" in r["error"]["desc"], f"{name}: {r}")
+        check(r == {"return": {}}, f"{name}: {r}")
+    for _ in range(100):
+        mig = c.ok("query-migrate")
+        if mig.get("status") in ("failed", "cancelled"):
+            break
+        time.sleep(0.05)
+    check(mig.get("status") in ("failed", "cancelled"), f"migrate to a closed port: {mig}")
     check(c.ok("query-status")["running"], "running after powerdown/migrate errors")
 
     # --- argument and request errors ---------------------------------------------

@@ -159,10 +159,9 @@ void Mmu::window_touch(u32 la, unsigned size) {
     const unsigned k = (page >> 12) & (kTlbSize - 1);
     const TlbEntry& e = tlb_[1][k];
     if (e.tag_read == page) {
-      auto it = uw_pages_.find(page);
-      const u64 before = stats_.window_maps;
+      const bool had = uw_pages_.contains(page);
       window_fill(k);
-      if (stats_.window_maps != before && it == uw_pages_.end()) stats_.window_refills++;
+      if (!had && uw_pages_.contains(page)) stats_.window_refills++;
     }
     if (page == (last & ~0xFFFu)) break;
   }

@@ -413,16 +413,53 @@ bool zero_page(const u8* p) {
     acc |= q[i] | q[i + 1] | q[i + 2] | q[i + 3] | q[i + 4] | q[i + 5] | q[i + 6] | q[i + 7];
   return acc == 0;
 }
+
+// A zstd context for the RAM sections a writer makes (level 1: RAM goes
+// while the guest runs; speed matters more than size).
+class PageCompressor {
+ public:
+  PageCompressor() : cctx_(ZSTD_createCCtx()) {
+    if (!cctx_) throw Error("zstd: out of memory");
+  }
+  ~PageCompressor() { ZSTD_freeCCtx(cctx_); }
+  PageCompressor(const PageCompressor&) = delete;
+  PageCompressor& operator=(const PageCompressor&) = delete;
+  // `raw` (the chunk's non-zero pages of its n) into `comp`; counted in st.
+  void compress(const std::vector<u8>& raw, std::vector<u8>& comp, u64 n, RamStats* st) {
+    comp.resize(ZSTD_compressBound(raw.size()));
+    const usize cl = raw.empty() ? 0 : ZSTD_compressCCtx(cctx_, comp.data(), comp.size(), raw.data(), raw.size(), 1);
+    if (ZSTD_isError(cl)) throw Error(std::string("zstd: ") + ZSTD_getErrorName(cl));
+    comp.resize(cl);
+    if (st) {
+      st->pages += n;
+      st->zero_pages += n - raw.size() / kPageSize;
+      st->raw_bytes += raw.size();
+      st->compressed_bytes += cl;
+    }
+  }
+
+ private:
+  ZSTD_CCtx* cctx_;
+};
+
+// A RAM section's page data: raw_len bytes in `comp`, which must be the
+// `present` pages its bitmap names (`mismatch`: the error if not).
+std::vector<u8> unpack_pages(const Section& s, u64 present, u64 raw_len, std::span<const u8> comp,
+                             const char* mismatch) {
+  if (raw_len != present * kPageSize) s.fail(mismatch);
+  std::vector<u8> raw(raw_len);
+  if (raw_len) {
+    const usize got = ZSTD_decompress(raw.data(), raw.size(), comp.data(), comp.size());
+    if (ZSTD_isError(got)) s.fail(std::string("zstd: ") + ZSTD_getErrorName(got));
+    if (got != raw_len) s.fail("zstd data is shorter than the pages it stands for");
+  }
+  return raw;
+}
 }  // namespace
 
 void write_ram(StreamWriter& w, u64 first, u64 count, const u8* base, RamStats* st) {
   std::vector<u8> raw, comp;
-  ZSTD_CCtx* cctx = ZSTD_createCCtx();
-  if (!cctx) throw Error("zstd: out of memory");
-  struct Free {
-    ZSTD_CCtx* c;
-    ~Free() { ZSTD_freeCCtx(c); }
-  } free_ctx{cctx};
+  PageCompressor zc;
   for (u64 at = 0; at < count; at += kPagesPerChunk) {
     const u64 n = std::min(kPagesPerChunk, count - at);
     std::vector<u8> bitmap((n + 7) / 8);
@@ -433,10 +470,7 @@ void write_ram(StreamWriter& w, u64 first, u64 count, const u8* base, RamStats* 
       bitmap[i / 8] |= u8(1u << (i % 8));
       raw.insert(raw.end(), p, p + kPageSize);
     }
-    comp.resize(ZSTD_compressBound(raw.size()));
-    const usize cl = raw.empty() ? 0 : ZSTD_compressCCtx(cctx, comp.data(), comp.size(), raw.data(), raw.size(), 1);
-    if (ZSTD_isError(cl)) throw Error(std::string("zstd: ") + ZSTD_getErrorName(cl));
-    comp.resize(cl);
+    zc.compress(raw, comp, n, st);
     SectionWriter f;
     f.u64v("first", first + at);
     f.u64v("count", n);
@@ -444,12 +478,6 @@ void write_ram(StreamWriter& w, u64 first, u64 count, const u8* base, RamStats* 
     f.u64v("raw_len", raw.size());
     f.bytes("zstd", comp);
     w.section("ram", kRamVersion, f);
-    if (st) {
-      st->pages += n;
-      st->zero_pages += n - raw.size() / kPageSize;
-      st->raw_bytes += raw.size();
-      st->compressed_bytes += cl;
-    }
   }
 }
 
@@ -462,13 +490,8 @@ void load_ram(const Section& s, const std::function<u8*(u64 ppn)>& page) {
   s.check_all_read();
   u64 present = 0;
   for (u64 i = 0; i < n; i++) present += (bitmap[i / 8] >> (i % 8)) & 1;
-  if (raw_len != present * kPageSize) s.fail("page data length does not match the page bitmap");
-  std::vector<u8> raw(raw_len);
-  if (raw_len) {
-    const usize got = ZSTD_decompress(raw.data(), raw.size(), comp.data(), comp.size());
-    if (ZSTD_isError(got)) s.fail(std::string("zstd: ") + ZSTD_getErrorName(got));
-    if (got != raw_len) s.fail("zstd data is shorter than the pages it stands for");
-  }
+  const std::vector<u8> raw =
+      unpack_pages(s, present, raw_len, comp, "page data length does not match the page bitmap");
   const u8* src = raw.data();
   for (u64 i = 0; i < n; i++) {
     u8* dst = page(first + i);
@@ -485,12 +508,7 @@ void load_ram(const Section& s, const std::function<u8*(u64 ppn)>& page) {
 void write_ram_pages(StreamWriter& w, std::span<const u32> ppns, const std::function<const u8*(u64 ppn)>& page,
                      RamStats* st) {
   std::vector<u8> raw, comp;
-  ZSTD_CCtx* cctx = ZSTD_createCCtx();
-  if (!cctx) throw Error("zstd: out of memory");
-  struct Free {
-    ZSTD_CCtx* c;
-    ~Free() { ZSTD_freeCCtx(c); }
-  } free_ctx{cctx};
+  PageCompressor zc;
   for (usize at = 0; at < ppns.size(); at += kPagesPerChunk) {
     const usize n = std::min<usize>(kPagesPerChunk, ppns.size() - at);
     std::vector<u8> list, zero((n + 7) / 8);
@@ -504,22 +522,13 @@ void write_ram_pages(StreamWriter& w, std::span<const u32> ppns, const std::func
       }
       raw.insert(raw.end(), p, p + kPageSize);
     }
-    comp.resize(ZSTD_compressBound(raw.size()));
-    const usize cl = raw.empty() ? 0 : ZSTD_compressCCtx(cctx, comp.data(), comp.size(), raw.data(), raw.size(), 1);
-    if (ZSTD_isError(cl)) throw Error(std::string("zstd: ") + ZSTD_getErrorName(cl));
-    comp.resize(cl);
+    zc.compress(raw, comp, n, st);
     SectionWriter f;
     f.bytes("pages", list);
     f.bytes("zero", zero);
     f.u64v("raw_len", raw.size());
     f.bytes("zstd", comp);
     w.section("ram-pages", kRamPagesVersion, f);
-    if (st) {
-      st->pages += n;
-      st->zero_pages += n - raw.size() / kPageSize;
-      st->raw_bytes += raw.size();
-      st->compressed_bytes += cl;
-    }
   }
 }
 
@@ -533,13 +542,8 @@ void load_ram_pages(const Section& s, const std::function<u8*(u64 ppn)>& page) {
   s.check_all_read();
   u64 present = 0;
   for (u64 i = 0; i < n; i++) present += !((zero[i / 8] >> (i % 8)) & 1);
-  if (raw_len != present * kPageSize) s.fail("page data length does not match the zero-page bitmap");
-  std::vector<u8> raw(raw_len);
-  if (raw_len) {
-    const usize got = ZSTD_decompress(raw.data(), raw.size(), comp.data(), comp.size());
-    if (ZSTD_isError(got)) s.fail(std::string("zstd: ") + ZSTD_getErrorName(got));
-    if (got != raw_len) s.fail("zstd data is shorter than the pages it stands for");
-  }
+  const std::vector<u8> raw =
+      unpack_pages(s, present, raw_len, comp, "page data length does not match the zero-page bitmap");
   const u8* src = raw.data();
   for (u64 i = 0; i < n; i++) {
     const u64 ppn = get_le(list.data() + 4 * i, 4);

@@ -127,6 +127,17 @@ class Guest:
             self.p.communicate()
 
 
+def sha256_chain(seed, n):
+    """The n links the guest's `h=$(echo "$h$i" | sha256sum ...)` loop makes
+    from `seed` (tests/snapshot, tests/migration)."""
+    import hashlib
+    h, links = seed, []
+    for i in range(n):
+        h = hashlib.sha256(f"{h}{i}\n".encode()).hexdigest()
+        links.append(h)
+    return links
+
+
 def free_port():
     """A TCP port on the host's loopback that nothing listens on (now)."""
     import socket

@@ -488,15 +488,7 @@ struct FuzzVm {
   // writable there (supervisor).
   void reset_tables(bool user, u32 pd = kPd) {
     // Kernel code and data, user code and data (DPL 3), a 32-bit TSS.
-    const u64 tss_desc = 0x67 | (u64(kTss & 0xFFFFFF) << 16) | (u64(0x89) << 40) | (u64(kTss >> 24) << 56);
-    const u64 gdt[6] = {0, 0x00CF9B000000FFFFull, 0x00CF93000000FFFFull, 0x00CFFB000000FFFFull,
-                        0x00CFF3000000FFFFull, tss_desc};
-    vm.pm.write_bytes(test::kGdt, gdt, sizeof gdt);
-    std::vector<u8> tss(0x68, 0);
-    const u32 esp0 = kKernelStack, ss0 = 0x10;
-    std::memcpy(&tss[4], &esp0, 4);
-    std::memcpy(&tss[8], &ss0, 4);
-    vm.pm.write_bytes(kTss, tss.data(), tss.size());
+    vm.ring3_gdt(kTss, kKernelStack);
     for (u32 v = 0; v < 256; v++) vm.set_gate(v, test::kHandlers + v * 16);
 
     // Page tables: identity, one page absent, one read-only (CR0.WP), the
@@ -571,20 +563,10 @@ struct FuzzVm {
   // Segments, descriptor tables, control registers, CPL.
   void system_state(bool paging, bool user, u32 pd) {
     CpuState& s = vm.s;
-    for (auto& sg : s.seg) sg = Segment{0x10, 0, 0xFFFFFFFF, 0xC093};
-    s.seg[CS] = Segment{0x08, 0, 0xFFFFFFFF, 0xC09B};
-    s.gdtr = {test::kGdt, 0x2F};
-    s.idtr = {test::kIdt, 0x7FF};
+    vm.ring3_segments(kTss, user);
     s.cr3 = pd;
     s.cr0 = CR0_PE | CR0_ET | (paging ? CR0_PG | CR0_WP : 0);
     s.cr4 = 0;
-    s.cpl = 0;
-    s.tr = Segment{0x28, kTss, 0x67, 0x8B};
-    if (user) {
-      for (auto& sg : s.seg) sg = Segment{0x23, 0, 0xFFFFFFFF, 0xC0F3};
-      s.seg[CS] = Segment{0x1B, 0, 0xFFFFFFFF, 0xC0FB};
-      s.cpl = 3;
-    }
     s.intr_shadow = 0;
   }
   FuzzResult run(u32 seed, const std::string& name) {

@@ -3,6 +3,7 @@
 // vector and halts, and any engine (interp, bt with options).
 #pragma once
 #include <functional>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -110,6 +111,30 @@ struct TestVm {
     pm.write_bytes(kIdt + v * 8, &gate, 8);
   }
   void code(u32 at, const std::vector<u8>& b) { pm.write_bytes(at, b.data(), b.size()); }
+  // A GDT for ring 3 at kGdt: flat kernel code and data (0x08, 0x10), flat
+  // user code and data (0x1B, 0x23) and a 32-bit TSS (0x28) at `tss` whose
+  // ring-0 stack is 0x10:esp0.
+  void ring3_gdt(u32 tss, u32 esp0) {
+    const u64 tss_desc = 0x67 | (u64(tss & 0xFFFFFF) << 16) | (u64(0x89) << 40) | (u64(tss >> 24) << 56);
+    const u64 gdt[6] = {0, 0x00CF9B000000FFFFull, 0x00CF93000000FFFFull, 0x00CFFB000000FFFFull,
+                        0x00CFF3000000FFFFull, tss_desc};
+    pm.write_bytes(kGdt, gdt, sizeof gdt);
+    std::vector<u8> t(0x68, 0);
+    const u32 ss0 = 0x10;
+    std::memcpy(&t[4], &esp0, 4);
+    std::memcpy(&t[8], &ss0, 4);
+    pm.write_bytes(tss, t.data(), t.size());
+  }
+  // Segment registers, GDTR, IDTR, TR and CPL for ring3_gdt's tables: the
+  // kernel's flat segments at CPL 0, or the user's at CPL 3.
+  void ring3_segments(u32 tss, bool user) {
+    for (auto& sg : s.seg) sg = user ? x86::Segment{0x23, 0, 0xFFFFFFFF, 0xC0F3} : x86::Segment{0x10, 0, 0xFFFFFFFF, 0xC093};
+    s.seg[x86::CS] = user ? x86::Segment{0x1B, 0, 0xFFFFFFFF, 0xC0FB} : x86::Segment{0x08, 0, 0xFFFFFFFF, 0xC09B};
+    s.gdtr = {kGdt, 0x2F};
+    s.idtr = {kIdt, 0x7FF};
+    s.tr = x86::Segment{0x28, tss, 0x67, 0x8B};
+    s.cpl = user ? 3 : 0;
+  }
   u32 rd32(u32 at) {
     u32 v = 0;
     pm.read_bytes(at, &v, 4);

@@ -26,15 +26,7 @@ struct DirtyLogTest : ::testing::TestWithParam<test::EngineKind> {};
 
 // mode 0: paging off; 1: paging on, CPL 0; 2: paging on, CPL 3.
 void setup(test::TestVm& vm, int mode) {
-  const u64 tss_desc = 0x67 | (u64(kTss & 0xFFFFFF) << 16) | (u64(0x89) << 40) | (u64(kTss >> 24) << 56);
-  const u64 gdt[6] = {0, 0x00CF9B000000FFFFull, 0x00CF93000000FFFFull, 0x00CFFB000000FFFFull,
-                      0x00CFF3000000FFFFull, tss_desc};
-  vm.pm.write_bytes(test::kGdt, gdt, sizeof gdt);
-  std::vector<u8> tss(0x68, 0);
-  const u32 esp0 = kKernelStack, ss0 = 0x10;
-  std::memcpy(&tss[4], &esp0, 4);
-  std::memcpy(&tss[8], &ss0, 4);
-  vm.pm.write_bytes(kTss, tss.data(), tss.size());
+  vm.ring3_gdt(kTss, kKernelStack);
   u32 pde = kPt | 7;
   vm.pm.write_bytes(kPd, &pde, 4);
   for (u32 k = 0; k < 1024; k++) {
@@ -46,19 +38,9 @@ void setup(test::TestVm& vm, int mode) {
   // fills must not let the write through unseen.
   vm.code(kCode, {0x8B, 0x17, 0x89, 0x07, 0x01, 0xDF, 0x49, 0x75, 0xF7, 0xF4});
   CpuState& s = vm.s;
-  for (auto& sg : s.seg) sg = Segment{0x10, 0, 0xFFFFFFFF, 0xC093};
-  s.seg[CS] = Segment{0x08, 0, 0xFFFFFFFF, 0xC09B};
-  s.gdtr = {test::kGdt, 0x2F};
-  s.idtr = {test::kIdt, 0x7FF};
+  vm.ring3_segments(kTss, mode == 2);
   s.cr3 = kPd;
   s.cr0 = CR0_PE | CR0_ET | (mode ? CR0_PG | CR0_WP : 0);
-  s.cpl = 0;
-  s.tr = Segment{0x28, kTss, 0x67, 0x8B};
-  if (mode == 2) {
-    for (auto& sg : s.seg) sg = Segment{0x23, 0, 0xFFFFFFFF, 0xC0F3};
-    s.seg[CS] = Segment{0x1B, 0, 0xFFFFFFFF, 0xC0FB};
-    s.cpl = 3;
-  }
   s.eflags = FLAGS_FIXED1;
   s.intr_shadow = 0;
 }

@@ -36,7 +36,7 @@ here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(here, "..", "qmp"))
 sys.path.insert(0, os.path.join(here, "..", "boot"))
 import guestlib  # noqa: E402
-from qmplib import Client  # noqa: E402
+from qmplib import Client, Failures  # noqa: E402
 
 popek = sys.argv[1]
 seed = int(sys.argv[2]) if len(sys.argv) > 2 else random.randrange(1 << 30)
@@ -45,15 +45,11 @@ MIGRATIONS = int(os.environ.get("POPEK_MIGRATIONS", "20"))
 kernel, initrd = guestlib.guest_files()
 print(f"seed {seed}, {MIGRATIONS} migrations", flush=True)
 T0 = time.time()
-failures = []
+failures = Failures()
 runs = []  # per migration: dict of figures
 
 
-def check(cond, what):
-    if not cond:
-        failures.append(what)
-        print(f"FAIL: {what}", flush=True)
-    return cond
+check = failures.check
 
 
 work = tempfile.mkdtemp(prefix="popek-mig-")
@@ -180,12 +176,6 @@ def migrate(src, engine):
     return dst
 
 
-def expected_chain(s, n):
-    h, links = s, []
-    for i in range(n):
-        h = hashlib.sha256(f"{h}{i}\n".encode()).hexdigest()
-        links.append(h)
-    return links
 
 
 MEM = 4 << 20
@@ -210,7 +200,7 @@ def chain_text(parts):
 
 
 def verify_chain(text, s, n, what):
-    links = expected_chain(s, n)
+    links = guestlib.sha256_chain(s, n)
     got = re.search(r"R ([0-9a-f]{64})", text)
     check(got and got.group(1) == links[-1], f"{what}: checksum {got and got.group(1)}, expected {links[-1]}")
     steps = [int(x) for x in re.findall(r"\bS(\d+)\b", text)]

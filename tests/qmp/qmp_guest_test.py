@@ -16,20 +16,16 @@ here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, here)
 sys.path.insert(0, os.path.join(here, "..", "boot"))
 import guestlib  # noqa: E402
-from qmplib import Client  # noqa: E402
+from qmplib import Client, Failures  # noqa: E402
 
 popek = sys.argv[1]
 engine = sys.argv[2] if len(sys.argv) > 2 else "bt"
 kernel, initrd = guestlib.guest_files()
-failures = []
+failures = Failures()
 T0 = time.time()
 
 
-def check(cond, what):
-    if not cond:
-        failures.append(what)
-        print(f"FAIL: {what}", flush=True)
-    return cond
+check = failures.check
 
 
 def uptime(g):

@@ -22,21 +22,17 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import qmplib  # noqa: E402
-from qmplib import Client, ProtocolError  # noqa: E402
+from qmplib import Client, Failures, ProtocolError  # noqa: E402
 
 popek = sys.argv[1]
 engine = sys.argv[2] if len(sys.argv) > 2 else "bt"
 seed = int(sys.argv[3]) if len(sys.argv) > 3 else 20
 rng = random.Random(seed)
-failures = []
+failures = Failures()
 T0 = time.time()
 
 
-def check(cond, what):
-    if not cond:
-        failures.append(what)
-        print(f"FAIL: {what}", flush=True)
-    return cond
+check = failures.check
 
 
 def error_class(r):

@@ -9,6 +9,16 @@ import subprocess
 import time
 
 
+class Failures(list):
+    """A test script's failed checks: check() records and prints one."""
+
+    def check(self, cond, what):
+        if not cond:
+            self.append(what)
+            print(f"FAIL: {what}", flush=True)
+        return cond
+
+
 class ProtocolError(Exception):
     pass
 

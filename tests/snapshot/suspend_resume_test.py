@@ -14,7 +14,6 @@ refused. Prints save/restore times and the file size.
 Exit 77 (skip) when the guest has not been fetched.
 
 Usage: suspend_resume_test.py POPEK [SEED]"""
-import hashlib
 import os
 import random
 import re
@@ -28,7 +27,7 @@ here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(here, "..", "qmp"))
 sys.path.insert(0, os.path.join(here, "..", "boot"))
 import guestlib  # noqa: E402
-from qmplib import Client  # noqa: E402
+from qmplib import Client, Failures  # noqa: E402
 
 popek = sys.argv[1]
 seed = int(sys.argv[2]) if len(sys.argv) > 2 else random.randrange(1 << 30)
@@ -36,15 +35,11 @@ rng = random.Random(seed)
 kernel, initrd = guestlib.guest_files()
 print(f"seed {seed}", flush=True)
 T0 = time.time()
-failures = []
+failures = Failures()
 timings = []  # (save ms, file bytes, restore ms)
 
 
-def check(cond, what):
-    if not cond:
-        failures.append(what)
-        print(f"FAIL: {what}", flush=True)
-    return cond
+check = failures.check
 
 
 work = tempfile.mkdtemp(prefix="popek-snap-")
@@ -94,12 +89,6 @@ class Vm:
         return (self.g.buf + rest).decode(errors="replace")
 
 
-def expected_chain(s, n):
-    h, links = s, []
-    for i in range(n):
-        h = hashlib.sha256(f"{h}{i}\n".encode()).hexdigest()
-        links.append(h)
-    return links
 
 
 def workload(s, n, base):
@@ -121,7 +110,7 @@ def check_steps(text, n, what):
 def run_chain(vm, s, n, base, plan, what):
     """Runs the workload through the plan: a list of (engine to resume on,
     when to save: ("time", seconds) or ("step", k)); returns the last VM."""
-    links = expected_chain(s, n)
+    links = guestlib.sha256_chain(s, n)
     vm.g.buf = b""
     vm.g.send(workload(s, n, base))
     text = ""

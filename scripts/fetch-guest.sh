@@ -138,7 +138,7 @@ fi
 say "building the initramfs"
 root="$CACHE/initramfs.tmp"
 rm -rf "$root"
-mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,mnt,tmp,root,etc,run,var/log}
+mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,proc,sys,dev,mnt,newroot,tmp,root,etc,run,var/log}
 chmod 1777 "$root/tmp"
 cp "$bb" "$root/bin/busybox"
 chmod 755 "$root/bin/busybox"
@@ -273,7 +273,42 @@ for d in /sys/bus/pci/devices/*; do
     esac
   fi
 done
-if [ -b /dev/vda ]; then
+# root=DEV on the kernel command line (DEV: /dev/vdX, LABEL=L or UUID=U) makes
+# this initramfs a distribution's: mount DEV (read-only unless "rw" is given),
+# move /dev, /proc, /sys and /run there, and hand over to its init (init=PATH,
+# default /sbin/init). Without root=, the first disk is mounted at /mnt.
+rootdev=""; rootmode=ro; rootinit=/sbin/init; rootfstype=""
+for arg in $(cat /proc/cmdline); do
+  case "$arg" in
+    root=*) rootdev="${arg#root=}" ;;
+    rootfstype=*) rootfstype="-t ${arg#rootfstype=}" ;;
+    rw) rootmode=rw ;;
+    ro) rootmode=ro ;;
+    init=*) rootinit="${arg#init=}" ;;
+  esac
+done
+if [ -n "$rootdev" ]; then
+  case "$rootdev" in
+    LABEL=*|UUID=*)
+      i=0; while ! dev=$(findfs "$rootdev" 2>/dev/null) && [ $i -lt 30 ]; do usleep 100000; i=$((i+1)); done ;;
+    /dev/*)
+      dev="$rootdev"; i=0; while [ ! -b "$dev" ] && [ $i -lt 30 ]; do usleep 100000; i=$((i+1)); done ;;
+    *) dev="" ;;
+  esac
+  if [ -z "$dev" ] || [ ! -b "$dev" ]; then
+    echo "popek: root=$rootdev: no such block device (is the disk given with --drive?); starting a shell"
+  elif ! mount $rootfstype -o "$rootmode" "$dev" /newroot; then
+    echo "popek: root=$rootdev: cannot mount $dev; starting a shell"
+  elif [ ! -x "/newroot$rootinit" ] && [ ! -L "/newroot$rootinit" ]; then
+    echo "popek: root=$rootdev: no $rootinit on $dev; starting a shell"
+    umount /newroot
+  else
+    mkdir -p /newroot/run
+    mount -t tmpfs -o mode=755,nosuid,nodev tmpfs /run
+    for m in /dev /proc /sys /run; do mount --move $m /newroot$m; done
+    exec switch_root /newroot "$rootinit"
+  fi
+elif [ -b /dev/vda ]; then
   mount /dev/vda /mnt 2>/dev/null || mount -o ro /dev/vda /mnt 2>/dev/null
 fi
 ifconfig lo 127.0.0.1 up 2>/dev/null

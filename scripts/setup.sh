@@ -17,6 +17,8 @@ PKGS=(
   qemu-user qemu-system-x86 qemu-utils
   # guest fetching and initramfs building
   cpio xz-utils zstd dpkg-dev ca-certificates
+  # the Debian system guest (scripts/fetch-debian.sh; tests/debian: ssh)
+  debootstrap e2fsprogs openssh-client
 )
 
 SUDO=""

@@ -2,7 +2,8 @@
 # The test command: installs what is missing, builds popek (-O2 -g) and runs the
 # whole ctest suite (unit, firmware, oracle, block, fuzz, and the Debian guest
 # boot), then builds once more with ASan+UBSan and runs the unit tests there.
-# The Debian guest is fetched into ./cache/guest (or $POPEK_CACHE).
+# The Debian guest is fetched into ./cache/guest (or $POPEK_CACHE), and the
+# Debian system image built into ./cache/debian (scripts/fetch-debian.sh).
 # Environment: POPEK_JOBS (default: number of CPUs), POPEK_SKIP_ASAN=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +16,9 @@ jobs=${POPEK_JOBS:-$(nproc)}
 echo "== build (release: -O2 -g) =="
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 ninja -C build -j"$jobs"
+# The Debian system guest's image (tests/debian) is built with popek itself;
+# cached after the first time. Without it (no network, say) its tests skip.
+./scripts/fetch-debian.sh || echo "test.sh: warning: the Debian system image could not be built; tests/debian will skip"
 echo "== tests (release) =="
 ctest --test-dir build -j"$jobs" --output-on-failure
 

@@ -36,6 +36,8 @@ void I8254Pit::reset() {
     c.gate = gate;
   }
   last_irq_tick_ = tick();
+  backlog_ = 0;
+  catchup_tick_ = 0;
   out0_.set(true);  // no mode programmed: OUT undefined; high like modes 1-5
   out0_.set(output(0));
 }
@@ -181,9 +183,22 @@ u16 I8254Pit::count(unsigned i) const {
 
 void I8254Pit::update_irq(u64 t) {
   if (t > last_irq_tick_) {
-    if (rising_edges(ctr_[0], last_irq_tick_, t) > 0) {
-      out0_.set(false);
-      out0_.set(true);
+    const u64 edges = rising_edges(ctr_[0], last_irq_tick_, t);
+    Counter c = ctr_[0];
+    settle(c, t);
+    const unsigned m = mode(c);
+    const u64 period = c.initial ? c.initial : modulus(c);
+    if (edges > 0) {
+      pulse();
+      if (edges > 1 && (m == 2 || m == 3) && c.armed && !c.paused) {
+        const u64 cap = kMaxBacklogSec * kHz / period;
+        backlog_ = std::min(backlog_ + edges - 1, cap);
+      }
+      catchup_tick_ = t + std::max<u64>(period / 4, 1);
+    } else if (backlog_ > 0 && t >= catchup_tick_) {
+      pulse();
+      backlog_--;
+      catchup_tick_ = t + std::max<u64>(period / 4, 1);
     }
     last_irq_tick_ = t;
   }
@@ -193,7 +208,8 @@ void I8254Pit::update_irq(u64 t) {
 }
 
 u64 I8254Pit::next_event_ns() const {
-  const u64 t = next_rising(ctr_[0], last_irq_tick_);
+  u64 t = next_rising(ctr_[0], last_irq_tick_);
+  if (backlog_ > 0) t = std::min(t, std::max(catchup_tick_, last_irq_tick_ + 1));
   return t == kNever ? kNever : ticks_to_ns(t);
 }
 
@@ -255,6 +271,7 @@ void I8254Pit::write_control(u8 v) {
   c = Counter{};
   c.gate = gate;
   c.control = v & 0x3F;
+  if ((v >> 6) == 0) backlog_ = 0;  // a new mode: missed ticks of the old one are moot
   c.out_static = mode(c) != 0;
   c.null_count = true;
 }
@@ -391,6 +408,8 @@ I8254Pit::State I8254Pit::save() const {
   State s;
   for (unsigned i = 0; i < 3; ++i) s.ctr[i] = ctr_[i];
   s.last_irq_tick = last_irq_tick_;
+  s.backlog = backlog_;
+  s.catchup_tick = catchup_tick_;
   return s;
 }
 
@@ -399,6 +418,8 @@ void I8254Pit::restore(const State& s) {
     throw Error("pit: unsupported state version " + std::to_string(s.version));
   for (unsigned i = 0; i < 3; ++i) ctr_[i] = s.ctr[i];
   last_irq_tick_ = s.last_irq_tick;
+  backlog_ = s.backlog;
+  catchup_tick_ = s.catchup_tick;
   Counter c = ctr_[0];
   settle(c, last_irq_tick_);
   out0_.set(out_at(c, last_irq_tick_));

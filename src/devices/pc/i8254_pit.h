@@ -75,6 +75,9 @@ class I8254Pit : public Device, public Timed {
     u32 version = kVersion;
     CounterState ctr[3];
     u64 last_irq_tick = 0;
+    // Lost-tick catch-up (fields absent in older streams read as 0).
+    u64 backlog = 0;
+    u64 catchup_tick = 0;
   };
   State save() const;
   void restore(const State& s);
@@ -101,10 +104,25 @@ class I8254Pit : public Device, public Timed {
   void latch_status(Counter& c, u64 t);
   void update_irq(u64 t);
 
+  void pulse() {
+    out0_.set(false);
+    out0_.set(true);
+  }
+
   Clock& clock_;
   IrqLine& out0_;
   Counter ctr_[3];
   u64 last_irq_tick_ = 0;  // ticks up to here have been reflected on out0_
+  // Periodic interrupts (modes 2 and 3 on counter 0) that passed while popek
+  // was not looking (descheduled by the host, or in a long stretch of guest
+  // code) are not lost: one edge is raised at once and the rest, up to
+  // kMaxBacklogSec of them, one every quarter period from catchup_tick_ on
+  // (as KVM's in-kernel PIT reinjects missed ticks). A guest that keeps time
+  // by counting ticks (Linux with the PIT as clocksource, when its TSC
+  // calibration failed) then stays on time.
+  static constexpr u64 kMaxBacklogSec = 5;
+  u64 backlog_ = 0;
+  u64 catchup_tick_ = 0;
 };
 
 // "System control port B" of the PC/AT (port 0x61): gates PIT counter 2 and

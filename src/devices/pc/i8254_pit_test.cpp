@@ -66,6 +66,63 @@ TEST(I8254, Mode2PeriodicRateAt250Hz) {
   EXPECT_NEAR(r.rises, 2500, 1);
 }
 
+// A board that looks late (the host descheduled popek for 100 ms) still
+// delivers every periodic tick: one at once, the rest a quarter period apart.
+TEST(I8254, MissedPeriodicTicksAreCaughtUp) {
+  PitRig r;
+  const u16 latch = (1193182 + 125) / 250;
+  r.program(0, 0x34, latch);
+  r.run_to(1000000000ull);
+  r.rises = 0;
+  // 100 ms pass with no timer event delivered: 25 edges are due.
+  r.clock.set(1100000000ull);
+  r.pit.on_time(r.clock.now_ns());
+  EXPECT_EQ(r.rises, 1);
+  // Three catch-up edges per period: within the next 40 ms (10 periods) the
+  // 24 others have come too, besides the 10 due then.
+  r.run_to(1140000000ull);
+  EXPECT_EQ(r.rises, 1 + 24 + 10);
+  // From then on, the plain rate.
+  r.rises = 0;
+  r.run_to(2140000000ull);
+  EXPECT_NEAR(r.rises, 250, 1);
+  // A saved and restored PIT keeps its backlog.
+  r.clock.set(2240000000ull);
+  r.pit.on_time(r.clock.now_ns());
+  const I8254Pit::State st = r.pit.save();
+  EXPECT_EQ(st.backlog, 24u);
+  ManualClock c2;
+  c2.set(2240000000ull);
+  IrqLine l2;
+  int rises2 = 0;
+  l2.connect([&](bool v) { rises2 += v; });
+  I8254Pit p2{c2, l2};
+  p2.restore(st);
+  rises2 = 0;  // (restoring drives the fresh line to OUT's level)
+  for (u64 n = p2.next_event_ns(); n <= 2280000000ull; n = p2.next_event_ns()) {
+    c2.set(std::max(n, c2.now_ns()));
+    p2.on_time(c2.now_ns());
+  }
+  EXPECT_EQ(rises2, 24 + 10);
+  // A new mode drops what the old one missed; one-shot modes have no backlog.
+  r.clock.set(2380000000ull);
+  r.pit.on_time(r.clock.now_ns());
+  r.program(0, 0x30, 1000);  // mode 0
+  EXPECT_EQ(r.pit.save().backlog, 0u);
+}
+
+// The backlog is bounded (5 s of ticks): a VM stopped without its clock
+// paused does not replay minutes of interrupts.
+TEST(I8254, CatchUpIsBounded) {
+  PitRig r;
+  const u16 latch = (1193182 + 125) / 250;
+  r.program(0, 0x34, latch);
+  r.run_to(1000000000ull);
+  r.clock.set(61000000000ull);
+  r.pit.on_time(r.clock.now_ns());
+  EXPECT_EQ(r.pit.save().backlog, 5u * 1193182 / latch);
+}
+
 TEST(I8254, Mode2CountAndPulse) {
   PitRig r;
   r.program(0, 0x34, 100);

@@ -33,6 +33,8 @@ void load_state(const snap::Section& r, I8259Pic::State& s) {
 
 void save_state(snap::SectionWriter& w, const I8254Pit::State& s) {
   PUT(last_irq_tick);
+  PUT(backlog);
+  PUT(catchup_tick);
   for (unsigned i = 0; i < 3; i++) {
     const I8254Pit::CounterState& c = s.ctr[i];
     const std::string p = "ctr" + std::to_string(i) + ".";
@@ -58,6 +60,8 @@ void save_state(snap::SectionWriter& w, const I8254Pit::State& s) {
 }
 void load_state(const snap::Section& r, I8254Pit::State& s) {
   GET(last_irq_tick);
+  s.backlog = r.u64v("backlog", 0);  // absent before lost-tick catch-up
+  s.catchup_tick = r.u64v("catchup_tick", 0);
   for (unsigned i = 0; i < 3; i++) {
     I8254Pit::CounterState& c = s.ctr[i];
     const std::string p = "ctr" + std::to_string(i) + ".";

@@ -132,7 +132,7 @@ inline void CpuState::reset() {
   seg[CS].sel = 0xF000;
   seg[CS].base = 0xFFFF0000;
   seg[CS].attr = 0x9B;
-  gpr[EDX] = 0x00000633;  // family 6, model 3, stepping 3: a Pentium II
+  gpr[EDX] = 0x00000652;  // the CPUID.1 signature (cpuid.cpp): family 6, model 5, stepping 2
   ldtr.attr = 0x82;
   tr.attr = 0x8B;
   idtr = {0, 0x3FF};

@@ -5,6 +5,7 @@
 #include <random>
 
 #include "x86/cpu.h"
+#include "x86/cpuid.h"
 #include "x86/insn.h"
 
 using namespace popek;
@@ -121,4 +122,12 @@ TEST(Decoder, LengthsAgreeWithZydis) {
   }
   EXPECT_GT(compared, 50000u);
   EXPECT_EQ(mismatched, 0u);
+}
+
+// EDX after reset holds the processor signature CPUID leaf 1 reports in EAX:
+// one CPU model, whichever way the guest asks.
+TEST(CpuModel, ResetEdxIsTheCpuidSignature) {
+  x86::CpuState s;
+  s.reset();
+  EXPECT_EQ(s.gpr[x86::EDX], x86::cpuid(1, 0).eax);
 }

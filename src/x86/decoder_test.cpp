@@ -5,6 +5,7 @@
 #include <random>
 
 #include "x86/cpu.h"
+#include "x86/disasm.h"
 #include "x86/insn.h"
 
 using namespace popek;
@@ -169,4 +170,16 @@ TEST(Decoder, Mmx) {
     EXPECT_EQ(decode(b.data(), unsigned(b.size()), true, &i), DecodeStatus::invalid)
         << std::hex << int(b[0]) << " " << int(b[1]) << " " << int(b[2]);
   }
+}
+
+// --trace names MMX instructions.
+TEST(Disasm, NamesMmx) {
+  const u8 paddd[] = {0x0F, 0xFE, 0xC1};
+  EXPECT_EQ(disassemble(paddd, 3, true, 0), "paddd mm0, mm1");
+  const u8 psllq[] = {0x0F, 0x73, 0xF2, 0x05};
+  EXPECT_EQ(disassemble(psllq, 4, true, 0), "psllq mm2, 0x05");
+  const u8 movd[] = {0x0F, 0x7E, 0xC8};
+  EXPECT_EQ(disassemble(movd, 3, true, 0), "movd eax, mm1");
+  const u8 emms[] = {0x0F, 0x77};
+  EXPECT_EQ(disassemble(emms, 2, true, 0), "emms");
 }

@@ -532,5 +532,40 @@ TEST_P(EngineTest, MmxWithTsRaisesNm) {
   EXPECT_EQ(vm.s.gpr[EBX], 5u);
 }
 
+// An MMX store that crosses into a not-present page faults before writing
+// any of it (#PF, CR2 the first byte of the absent page); the instructions
+// before it are done, the MMX register state is as it was.
+TEST_P(EngineTest, MmxStoreAcrossIntoAnAbsentPageIsPrecise) {
+  TestVm vm(GetParam());
+  const u32 pd = 0x10000, pt = 0x11000;
+  u32 pde = pt | 3;
+  vm.pm.write_bytes(pd, &pde, 4);
+  for (u32 k = 0; k < 1024; k++) {
+    u32 pte = (k << 12) | 3;
+    if (k == 0x200) pte = 0;
+    vm.pm.write_bytes(pt + k * 4, &pte, 4);
+  }
+  vm.s.cr3 = pd;
+  vm.s.cr0 |= CR0_PG;
+  const u32 guard = 0xA5A5A5A5;
+  vm.pm.write_bytes(0x1FFFFC, &guard, 4);
+  // mov ebx, 0x1FFFFC ; mov eax, 0x12345678 ; movd mm3, eax ; add ebx, 0 ;
+  // movq [ebx], mm3 ; mov ebx, 1 ; hlt
+  vm.code(0x1000, {0xBB, 0xFC, 0xFF, 0x1F, 0x00, 0xB8, 0x78, 0x56, 0x34, 0x12, 0x0F, 0x6E, 0xD8,
+                   0x83, 0xC3, 0x00, 0x0F, 0x7F, 0x1B, 0xBB, 1, 0, 0, 0, 0xF4});
+  vm.s.eip = 0x1000;
+  vm.run(100);
+  EXPECT_EQ(vm.vector_taken(), u32(PF_V));
+  EXPECT_EQ(vm.s.cr2, 0x200000u);
+  EXPECT_EQ(vm.rd32(test::kStackTop - 12), 0x1010u);
+  EXPECT_EQ(vm.s.gpr[EBX], 0x1FFFFCu);
+  u32 after = 0;
+  vm.pm.read_bytes(0x1FFFFC, &after, 4);
+  EXPECT_EQ(after, guard);
+  u64 m3 = 0;
+  std::memcpy(&m3, &vm.s.fpu.regs[3], 8);
+  EXPECT_EQ(m3, 0x12345678u);
+}
+
 INSTANTIATE_TEST_SUITE_P(Engines, EngineTest, ::testing::ValuesIn(test::all_engines()),
                          [](const auto& info) { return info.param.name; });

@@ -40,7 +40,7 @@ POWEROFF_GRACE = 30  # seconds from that line to the power-off before giving up
 # popek's Pentium II model lacks switched off, so the guest kernel and libc
 # (glibc picks string functions by CPUID) run the same code under both.
 QEMU_MACHINE = ["-M", "isapc"]
-QEMU_CPU = "qemu32,-apic,-pae,-mce,-mmx,-fxsr,-sse,-sse2,-pni,-hypervisor"
+QEMU_CPU = "qemu32,-apic,-pae,-mce,-fxsr,-sse,-sse2,-pni,-hypervisor"
 ALL_ENGINES = ["bt", "interp", "qemu"]
 
 

@@ -6,6 +6,7 @@
 
 #include "x86/cpu.h"
 #include "x86/cpuid.h"
+#include "x86/disasm.h"
 #include "x86/insn.h"
 
 using namespace popek;
@@ -130,4 +131,64 @@ TEST(CpuModel, ResetEdxIsTheCpuidSignature) {
   x86::CpuState s;
   s.reset();
   EXPECT_EQ(s.gpr[x86::EDX], x86::cpuid(1, 0).eax);
+}
+
+// MMX: the Pentium II's rows decode; SSE/SSE2 opcodes in the same map stay
+// invalid (the model has no SSE); the shift-by-immediate groups have no
+// memory forms; LOCK is #UD; a 66/F2/F3 prefix is ignored (no XMM forms).
+TEST(Decoder, Mmx) {
+  struct Case {
+    std::vector<u8> b;
+    Op op;
+    unsigned len;
+  } ok[] = {
+      {{0x0F, 0x6E, 0xC1}, Op::MOVD_PqEd, 3},           // movd mm0, ecx
+      {{0x0F, 0x7E, 0x0B}, Op::MOVD_EdPq, 3},           // movd [ebx], mm1
+      {{0x0F, 0x6F, 0x44, 0x24, 0x08}, Op::MOVQ_PqQq, 5},
+      {{0x0F, 0x7F, 0xCA}, Op::MOVQ_QqPq, 3},
+      {{0x0F, 0xFE, 0xC1}, Op::PADDD, 3},
+      {{0x0F, 0x71, 0xD0, 0x03}, Op::PSRLW_NqIb, 4},
+      {{0x0F, 0x72, 0xE1, 0x1F}, Op::PSRAD_NqIb, 4},
+      {{0x0F, 0x73, 0xF2, 0x40}, Op::PSLLQ_NqIb, 4},
+      {{0x0F, 0x77}, Op::EMMS, 2},
+      {{0x66, 0x0F, 0xFE, 0xC1}, Op::PADDD, 4},
+      {{0xF3, 0x0F, 0x6F, 0xC1}, Op::MOVQ_PqQq, 4},
+  };
+  for (auto& c : ok) {
+    Insn i;
+    ASSERT_EQ(decode(c.b.data(), unsigned(c.b.size()), true, &i), DecodeStatus::ok) << op_info(c.op).name;
+    EXPECT_EQ(i.op, c.op) << op_info(c.op).name;
+    EXPECT_EQ(i.len, c.len) << op_info(c.op).name;
+    EXPECT_TRUE(i.info().attrs & MMX) << op_info(c.op).name;
+  }
+  const std::vector<u8> bad[] = {
+      {0x0F, 0x70, 0xC1, 0x00},  // pshufw (SSE)
+      {0x0F, 0xD4, 0xC1},        // paddq (SSE2)
+      {0x0F, 0xF4, 0xC1},        // pmuludq (SSE2)
+      {0x0F, 0xFB, 0xC1},        // psubq (SSE2)
+      {0x0F, 0xE7, 0x00},        // movntq (SSE)
+      {0x0F, 0xD7, 0xC1},        // pmovmskb (SSE)
+      {0x0F, 0x6C, 0xC1},        // punpcklqdq (SSE2)
+      {0x0F, 0x73, 0xDA, 0x01},  // psrldq (66-only, SSE2)
+      {0x0F, 0x71, 0x10, 0x01},  // psrlw m, imm8: no memory form
+      {0x0F, 0x71, 0xC0, 0x01},  // 0F 71 /0
+      {0xF0, 0x0F, 0xFE, 0x00},  // lock paddd
+  };
+  for (auto& b : bad) {
+    Insn i;
+    EXPECT_EQ(decode(b.data(), unsigned(b.size()), true, &i), DecodeStatus::invalid)
+        << std::hex << int(b[0]) << " " << int(b[1]) << " " << int(b[2]);
+  }
+}
+
+// --trace names MMX instructions.
+TEST(Disasm, NamesMmx) {
+  const u8 paddd[] = {0x0F, 0xFE, 0xC1};
+  EXPECT_EQ(disassemble(paddd, 3, true, 0), "paddd mm0, mm1");
+  const u8 psllq[] = {0x0F, 0x73, 0xF2, 0x05};
+  EXPECT_EQ(disassemble(psllq, 4, true, 0), "psllq mm2, 0x05");
+  const u8 movd[] = {0x0F, 0x7E, 0xC8};
+  EXPECT_EQ(disassemble(movd, 3, true, 0), "movd eax, mm1");
+  const u8 emms[] = {0x0F, 0x77};
+  EXPECT_EQ(disassemble(emms, 2, true, 0), "emms");
 }

@@ -9,6 +9,7 @@ namespace popek::x86 {
 enum : u32 {
   M = 1u << 0, B = 1u << 1, LK = 1u << 2, MO = 1u << 3, PRV = 1u << 4, SEN = 1u << 5,
   CT = 1u << 6, IOI = 1u << 7, STR = 1u << 8, FPU = 1u << 9, W16 = 1u << 10, RO = 1u << 11,
+  MMX = 1u << 12,
 };
 enum ImmKind : u8 { I_NONE, I_B, I_BS, I_W, I_Z, I_AP, I_O, I_JB, I_JZ, I_WB };
 

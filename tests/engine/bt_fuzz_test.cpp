@@ -104,6 +104,7 @@ struct Gen {
   // User mode: the wide pages this sequence favours (hot from hot_base on).
   bool user = false;
   u32 hot_base = 0, hot = 1;
+  bool mmx = false;  // MMX instructions among the rest (draws nothing when off)
   explicit Gen(u32 seed) : rng(seed) {}
   u32 r(u32 n) { return std::uniform_int_distribution<u32>(0, n - 1)(rng); }
   void b(u8 v) { out.push_back(v); }
@@ -198,7 +199,35 @@ struct Gen {
     // (The instructions it runs.)
     return 2 + (pages + 15) / 16 * 18 + 2 + revisit / 16 * times * 19 + (marker ? 2 : 0);
   }
+  // An MMX instruction: register and memory forms (the addresses above:
+  // faults, crossings, stores into the code), the immediate shifts, EMMS,
+  // now and then a prefix (66 is ignored; FS/GS apply).
+  void mmx_insn() {
+    if (r(10) == 0) b(0x66);
+    if (r(10) == 0) b(r(2) ? 0x64 : 0x65);
+    static const u8 ops[] = {0x60, 0x61, 0x62, 0x63, 0x64, 0x65, 0x66, 0x67, 0x68, 0x69, 0x6A, 0x6B,
+                             0x6E, 0x6F, 0x74, 0x75, 0x76, 0x7E, 0x7F, 0xD1, 0xD2, 0xD3, 0xD5, 0xD8,
+                             0xD9, 0xDB, 0xDC, 0xDD, 0xDF, 0xE1, 0xE2, 0xE5, 0xE8, 0xE9, 0xEB, 0xEC,
+                             0xED, 0xEF, 0xF1, 0xF2, 0xF3, 0xF5, 0xF8, 0xF9, 0xFA, 0xFC, 0xFD, 0xFE};
+    b(0x0F);
+    switch (r(8)) {
+      case 0: {                      // psrlw/psraw/psllw, d, q by imm8
+        static const u8 digits[3][3] = {{2, 4, 6}, {2, 4, 6}, {2, 6, 6}};
+        const unsigned g = r(3);
+        b(u8(0x71 + g));
+        b(u8(0xC0 | (digits[g][r(3)] << 3) | r(8)));
+        b(u8(r(4) ? r(72) : r(256)));
+        break;
+      }
+      case 1: b(0x77); break;        // emms
+      default: b(ops[r(sizeof ops)]); modrm(r(8)); break;
+    }
+  }
   void insn() {
+    if (mmx && r(3) == 0) {
+      mmx_insn();
+      return;
+    }
     if (user && r(24) == 0) {
       walk();
       return;
@@ -569,8 +598,10 @@ struct FuzzVm {
     s.cr4 = 0;
     s.intr_shadow = 0;
   }
+  bool mmx = false;  // sequences with MMX instructions
   FuzzResult run(u32 seed, const std::string& name) {
     Gen g(seed);
+    g.mmx = mmx;
     const u64 cap = vm.kind.opt.user_window_cap;
     // Seeds 3 mod 4 end in a loop that is one block when the sequence has
     // no transfer (bt's loop flags: the back edge leaves the flags as the
@@ -823,6 +854,52 @@ TEST(BtFuzz, RandomSequencesAgreeWithTheInterpreter) {
               "(%llu sequences ended jumping outside RAM)\n",
               (unsigned long long)sequences, (unsigned long long)insns,
               (unsigned long long)divergences, (unsigned long long)outside);
+  EXPECT_EQ(divergences, 0u) << first;
+  EXPECT_GT(insns, 1000u);
+}
+
+// MMX instructions (callouts in bt) among the rest, so that their memory
+// operands fault and cross pages, write into the code, and sit between the
+// flags' producers and consumers; lockstep compares the x87 registers they
+// alias. Fewer sequences than above (POPEK_FUZZ_MMX_SEQUENCES, default 2000).
+TEST(BtFuzz, MmxSequencesAgreeWithTheInterpreter) {
+  const char* count_env = std::getenv("POPEK_FUZZ_MMX_SEQUENCES");
+  const u64 max_sequences = count_env ? std::strtoull(count_env, nullptr, 0) : 2000;
+  std::vector<test::EngineKind> kinds;
+  for (auto& k : test::all_engines())
+    if (k.bt && !k.opt.lockstep) kinds.push_back(k);
+  std::vector<std::unique_ptr<FuzzVm>> vms(kinds.size());
+  u64 insns = 0, divergences = 0, mmx_callouts = 0;
+  std::string first;
+  auto add_callouts = [&](const std::unique_ptr<FuzzVm>& v) {
+    if (v && v->vm.eng)
+      for (auto& [name, n] : v->vm.eng->stats())
+        if (name == "bt.callouts.mmx") mmx_callouts += n;
+  };
+  for (u32 seed = 1; seed <= max_sequences; seed++) {
+    const unsigned ki = seed % kinds.size();
+    test::EngineKind k = kinds[ki];
+    k.opt.lockstep = true;
+    k.opt.user_window_claim = 0;
+    k.opt.code_cache_mb = 8;
+    if (!vms[ki]) {
+      vms[ki] = std::make_unique<FuzzVm>(k);
+      vms[ki]->mmx = true;
+    }
+    FuzzResult r = vms[ki]->run(seed, k.name);
+    if (r.diverged || r.outside_ram) {
+      add_callouts(vms[ki]);
+      vms[ki].reset();
+    }
+    insns += r.insns;
+    if (r.diverged && divergences++ == 0) first = r.message;
+  }
+  for (auto& v : vms) add_callouts(v);
+  std::printf("bt fuzz (mmx): %llu sequences, %llu instructions compared in lockstep (%llu MMX "
+              "callouts), %llu divergences\n",
+              (unsigned long long)max_sequences, (unsigned long long)insns, (unsigned long long)mmx_callouts,
+              (unsigned long long)divergences);
+  EXPECT_GT(mmx_callouts, 10000u);
   EXPECT_EQ(divergences, 0u) << first;
   EXPECT_GT(insns, 1000u);
 }

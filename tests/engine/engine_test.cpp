@@ -465,5 +465,107 @@ TEST_P(EngineTest, CallsReturnsAndIndirectJumps) {
   EXPECT_EQ(vm.s.gpr[ESP], test::kStackTop);
 }
 
+// An MMX loop (GMP's lshift shape: quadword loads, shifts, OR of the carry,
+// stores) with the loop's DEC before an MMX store and its JNZ after it: the
+// flags live across the MMX instructions (bt runs them as callouts). Every
+// engine must get the same memory, registers and x87 state.
+TEST_P(EngineTest, MmxLoopMatchesOnEveryEngine) {
+  TestVm vm(GetParam());
+  constexpr u32 kSrc = 0x10000, kDst = 0x11000;
+  constexpr unsigned kN = 16;
+  u64 src[kN];
+  u64 x = 0x9E3779B97F4A7C15ull;
+  for (auto& v : src) {
+    x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+    v = x;
+  }
+  vm.pm.write_bytes(kSrc, src, sizeof src);
+  //       mov esi, kSrc ; mov edi, kDst ; mov ecx, kN ; pxor mm7, mm7
+  // top:  movq mm0, [esi] ; movq mm1, mm0 ; psllq mm0, 3 ; psrlq mm1, 61
+  //       por mm0, mm7 ; movq mm7, mm1 ; paddw mm0, [esi]
+  //       add esi, 8 ; add edi, 8 ; dec ecx ; movq [edi-8], mm0 ; jnz top
+  //       movd eax, mm7 ; emms ; hlt
+  vm.code(0x1000, {0xBE, 0x00, 0x00, 0x01, 0x00, 0xBF, 0x00, 0x10, 0x01, 0x00, 0xB9, kN, 0, 0, 0,
+                   0x0F, 0xEF, 0xFF,
+                   0x0F, 0x6F, 0x06, 0x0F, 0x6F, 0xC8, 0x0F, 0x73, 0xF0, 0x03, 0x0F, 0x73, 0xD1, 0x3D,
+                   0x0F, 0xEB, 0xC7, 0x0F, 0x6F, 0xF9, 0x0F, 0xFD, 0x06,
+                   0x83, 0xC6, 0x08, 0x83, 0xC7, 0x08, 0x49, 0x0F, 0x7F, 0x47, 0xF8, 0x75, 0xDC,
+                   0x0F, 0x7E, 0xF8, 0x0F, 0x77, 0xF4});
+  vm.s.eip = 0x1000;
+  vm.s.fpu.set_top(3);  // MMX sets TOP to 0
+  EXPECT_EQ(vm.run(100000), engine::Exit::halt);
+  EXPECT_EQ(vm.s.eip, 0x103Cu);
+  u64 carry = 0;
+  for (unsigned k = 0; k < kN; k++) {
+    u64 r = (src[k] << 3) | carry;
+    carry = src[k] >> 61;
+    u64 sum = 0;  // paddw
+    for (unsigned w = 0; w < 4; w++) sum |= u64(u16(u16(r >> (16 * w)) + u16(src[k] >> (16 * w)))) << (16 * w);
+    u64 got = 0;
+    vm.pm.read_bytes(kDst + 8 * k, &got, 8);
+    EXPECT_EQ(got, sum) << k;
+  }
+  EXPECT_EQ(vm.s.gpr[EAX], u32(carry));
+  EXPECT_EQ(vm.s.gpr[ECX], 0u);
+  EXPECT_EQ(vm.s.fpu.top(), 0u);
+  EXPECT_EQ(vm.s.fpu.ftw, 0xFFFF);  // EMMS
+  u8 r7[10];
+  std::memcpy(r7, &vm.s.fpu.regs[7], 10);
+  u64 m7;
+  std::memcpy(&m7, r7, 8);
+  EXPECT_EQ(m7, carry);
+  EXPECT_EQ(r7[8], 0xFF);
+  EXPECT_EQ(r7[9], 0xFF);
+}
+
+// CR0.TS: an MMX instruction in the middle of a block raises #NM at its own
+// EIP, with the instructions before it done.
+TEST_P(EngineTest, MmxWithTsRaisesNm) {
+  TestVm vm(GetParam());
+  vm.s.cr0 |= CR0_TS;
+  // mov ebx, 5 ; paddd mm0, mm1 ; mov ebx, 6 ; hlt
+  vm.code(0x1000, {0xBB, 5, 0, 0, 0, 0x0F, 0xFE, 0xC1, 0xBB, 6, 0, 0, 0, 0xF4});
+  vm.s.eip = 0x1000;
+  vm.run(100);
+  EXPECT_EQ(vm.vector_taken(), u32(NM));
+  EXPECT_EQ(vm.rd32(test::kStackTop - 12), 0x1005u);
+  EXPECT_EQ(vm.s.gpr[EBX], 5u);
+}
+
+// An MMX store that crosses into a not-present page faults before writing
+// any of it (#PF, CR2 the first byte of the absent page); the instructions
+// before it are done, the MMX register state is as it was.
+TEST_P(EngineTest, MmxStoreAcrossIntoAnAbsentPageIsPrecise) {
+  TestVm vm(GetParam());
+  const u32 pd = 0x10000, pt = 0x11000;
+  u32 pde = pt | 3;
+  vm.pm.write_bytes(pd, &pde, 4);
+  for (u32 k = 0; k < 1024; k++) {
+    u32 pte = (k << 12) | 3;
+    if (k == 0x200) pte = 0;
+    vm.pm.write_bytes(pt + k * 4, &pte, 4);
+  }
+  vm.s.cr3 = pd;
+  vm.s.cr0 |= CR0_PG;
+  const u32 guard = 0xA5A5A5A5;
+  vm.pm.write_bytes(0x1FFFFC, &guard, 4);
+  // mov ebx, 0x1FFFFC ; mov eax, 0x12345678 ; movd mm3, eax ; add ebx, 0 ;
+  // movq [ebx], mm3 ; mov ebx, 1 ; hlt
+  vm.code(0x1000, {0xBB, 0xFC, 0xFF, 0x1F, 0x00, 0xB8, 0x78, 0x56, 0x34, 0x12, 0x0F, 0x6E, 0xD8,
+                   0x83, 0xC3, 0x00, 0x0F, 0x7F, 0x1B, 0xBB, 1, 0, 0, 0, 0xF4});
+  vm.s.eip = 0x1000;
+  vm.run(100);
+  EXPECT_EQ(vm.vector_taken(), u32(PF_V));
+  EXPECT_EQ(vm.s.cr2, 0x200000u);
+  EXPECT_EQ(vm.rd32(test::kStackTop - 12), 0x1010u);
+  EXPECT_EQ(vm.s.gpr[EBX], 0x1FFFFCu);
+  u32 after = 0;
+  vm.pm.read_bytes(0x1FFFFC, &after, 4);
+  EXPECT_EQ(after, guard);
+  u64 m3 = 0;
+  std::memcpy(&m3, &vm.s.fpu.regs[3], 8);
+  EXPECT_EQ(m3, 0x12345678u);
+}
+
 INSTANTIATE_TEST_SUITE_P(Engines, EngineTest, ::testing::ValuesIn(test::all_engines()),
                          [](const auto& info) { return info.param.name; });

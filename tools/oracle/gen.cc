@@ -1211,6 +1211,170 @@ void gen_x87(Group& g) {
   }, 50);
 }
 
+// ---------------------------------------------------------------------------
+// MMX (the Pentium II's set). The input is a random x87 state (random TOP,
+// some registers empty, masked sticky flags only: nothing pending) whose
+// registers hold the MMX operands: MMi is physical register i, whatever TOP
+// is. The output shows the aliasing: TOP = 0, no register empty, written
+// registers with sign/exponent all ones.
+
+// An operand: mostly per-word special values (saturation, sign and
+// carry boundaries for bytes, words and doublewords), else random.
+uint64_t mmx_val(B& b) {
+  if (b.rng.chance(25)) return b.val64();
+  const uint16_t e[] = {0,      1,      0x7F,   0x80,   0xFF,   0x7FFF, 0x8000, 0xFFFF, 0x8080,
+                        0x7F7F, 0x00FF, 0xFF00, 0x807F, 0x7F80, 0x0101, 0xFFFE, 0x8001, 0x4000};
+  uint64_t x = 0;
+  for (int w = 0; w < 4; ++w) {
+    uint64_t word = b.rng.chance(45) ? e[b.rng.below(sizeof e / sizeof e[0])] : (b.rng.u32() & 0xFFFF);
+    x |= word << (16 * w);
+  }
+  return x;
+}
+
+// A shift count: mostly around the lane widths, sometimes any 64-bit value.
+uint64_t mmx_count(B& b) {
+  if (b.rng.chance(70)) return b.rng.below(72);
+  return b.rng.chance(50) ? b.rng.next() : (b.rng.next() >> b.rng.below(64));
+}
+
+void mmx_init(B& b) {
+  FpuState& f = b.v.fpu_in;
+  b.v.has_fpu = true;
+  f.fcw = rand_fcw(b);
+  const unsigned top = b.rng.below(8);
+  for (auto& st : f.st) {
+    const unsigned k = b.rng.below(4);
+    const uint16_t se = k == 0 ? 0xFFFF : k == 1 ? static_cast<uint16_t>(b.rng.u32()) : k == 2 ? 0x3FFF : 0;
+    st = Float80{se, mmx_val(b)};
+  }
+  const unsigned masked = f.fcw & 0x3F;
+  const unsigned flags = b.rng.chance(30) ? (b.rng.below(64) & masked) : 0;
+  f.fsw = static_cast<uint16_t>(top << 11 | (b.rng.u32() & 0x4700) | flags);
+  uint16_t ftw = 0;
+  for (unsigned i = 0; i < 8; ++i) {
+    const unsigned t = b.rng.chance(30) ? 3 : host::tag_of(f.st[i]);
+    ftw |= static_cast<uint16_t>(t << (2 * ((top + i) & 7)));
+  }
+  f.ftw = ftw;
+  b.v.fsw_undef = 0;
+}
+
+// Tags of the non-empty registers from their (final) contents.
+void mmx_tags(B& b) {
+  FpuState& f = b.v.fpu_in;
+  uint16_t ftw = 0;
+  for (unsigned i = 0; i < 8; ++i) {
+    const unsigned p = (f.top() + i) & 7;
+    const unsigned t = ((f.ftw >> (2 * p)) & 3) == 3 ? 3 : host::tag_of(f.st[i]);
+    ftw |= static_cast<uint16_t>(t << (2 * p));
+  }
+  f.ftw = ftw;
+}
+
+// MMi (physical register i) of the input state.
+Float80& mmx_reg(B& b, unsigned i) {
+  FpuState& f = b.v.fpu_in;
+  return f.st[(i - f.top()) & 7];
+}
+
+void gen_mmx(Group& g) {
+  // op mm, mm/m64 (the source is a shift count for the shifts).
+  auto pq = [&](const char* mn, int opc, bool count) {
+    for (bool mem : {false, true}) {
+      g.form(mn, mem ? "mm,m64" : "mm,mm", [=](B& b) {
+        mmx_init(b);
+        const unsigned d = b.rng.below(8);
+        mmx_reg(b, d).mant = mmx_val(b);
+        b.code({0x0F, opc});
+        if (mem) {
+          RM m = b.mem_operand(8);
+          b.mem_set(m.off, 8, count ? mmx_count(b) : mmx_val(b));
+          b.modrm(static_cast<int>(d), m);
+        } else {
+          RM m;
+          m.reg = static_cast<int>(b.rng.below(8));
+          if (m.reg != static_cast<int>(d)) mmx_reg(b, static_cast<unsigned>(m.reg)).mant = count ? mmx_count(b) : mmx_val(b);
+          b.modrm(static_cast<int>(d), m);
+        }
+        mmx_tags(b);
+        mmx_tags(b);
+    }, 0);
+    }
+  };
+  struct P { const char* mn; int opc; };
+  const P arith[] = {
+      {"paddb", 0xFC},     {"paddw", 0xFD},     {"paddd", 0xFE},     {"paddsb", 0xEC},
+      {"paddsw", 0xED},    {"paddusb", 0xDC},   {"paddusw", 0xDD},   {"psubb", 0xF8},
+      {"psubw", 0xF9},     {"psubd", 0xFA},     {"psubsb", 0xE8},    {"psubsw", 0xE9},
+      {"psubusb", 0xD8},   {"psubusw", 0xD9},   {"pmullw", 0xD5},    {"pmulhw", 0xE5},
+      {"pmaddwd", 0xF5},   {"pcmpeqb", 0x74},   {"pcmpeqw", 0x75},   {"pcmpeqd", 0x76},
+      {"pcmpgtb", 0x64},   {"pcmpgtw", 0x65},   {"pcmpgtd", 0x66},   {"packsswb", 0x63},
+      {"packssdw", 0x6B},  {"packuswb", 0x67},  {"punpcklbw", 0x60}, {"punpcklwd", 0x61},
+      {"punpckldq", 0x62}, {"punpckhbw", 0x68}, {"punpckhwd", 0x69}, {"punpckhdq", 0x6A},
+      {"pand", 0xDB},      {"pandn", 0xDF},     {"por", 0xEB},       {"pxor", 0xEF},
+  };
+  for (const P& p : arith) pq(p.mn, p.opc, false);
+  const P shifts[] = {{"psllw", 0xF1}, {"pslld", 0xF2}, {"psllq", 0xF3}, {"psrlw", 0xD1},
+                      {"psrld", 0xD2}, {"psrlq", 0xD3}, {"psraw", 0xE1}, {"psrad", 0xE2}};
+  for (const P& p : shifts) pq(p.mn, p.opc, true);
+  // Shifts by an immediate: 0F 71/72/73 /digit, register forms only.
+  struct I { const char* mn; int opc, digit; };
+  const I imms[] = {{"psrlw", 0x71, 2}, {"psraw", 0x71, 4}, {"psllw", 0x71, 6},
+                    {"psrld", 0x72, 2}, {"psrad", 0x72, 4}, {"pslld", 0x72, 6},
+                    {"psrlq", 0x73, 2}, {"psllq", 0x73, 6}};
+  for (const I& p : imms) {
+    g.form(p.mn, "mm,imm8", [=](B& b) {
+      mmx_init(b);
+      const unsigned r = b.rng.below(8);
+      mmx_reg(b, r).mant = mmx_val(b);
+      b.code({0x0F, p.opc, 0xC0 | p.digit << 3 | static_cast<int>(r)});
+      b.imm(1, b.rng.chance(75) ? b.rng.below(72) : b.rng.u32() & 0xFF);
+      mmx_tags(b);
+    }, 0);
+  }
+  // Moves.
+  for (bool mem : {false, true}) {
+    g.form("movd", mem ? "mm,m32" : "mm,r32", [=](B& b) {
+      mmx_init(b);
+      b.code({0x0F, 0x6E});
+      RM m = mem ? b.mem_operand(4) : b.rm(32, false);
+      b.modrm(static_cast<int>(b.rng.below(8)), m);
+      mmx_tags(b);
+    }, 0);
+    g.form("movd", mem ? "m32,mm" : "r32,mm", [=](B& b) {
+      mmx_init(b);
+      b.code({0x0F, 0x7E});
+      RM m = mem ? b.mem_operand(4) : b.rm(32, false);
+      b.modrm(static_cast<int>(b.rng.below(8)), m);
+      mmx_tags(b);
+    }, 0);
+    g.form("movq", mem ? "mm,m64" : "mm,mm", [=](B& b) {
+      mmx_init(b);
+      b.code({0x0F, 0x6F});
+      RM m;
+      if (mem) m = b.mem_operand(8);
+      else m.reg = static_cast<int>(b.rng.below(8));
+      b.modrm(static_cast<int>(b.rng.below(8)), m);
+      mmx_tags(b);
+    }, 0);
+    g.form("movq", mem ? "m64,mm" : "mm,mm.r", [=](B& b) {
+      mmx_init(b);
+      b.code({0x0F, 0x7F});
+      RM m;
+      if (mem) m = b.mem_operand(8);
+      else m.reg = static_cast<int>(b.rng.below(8));
+      b.modrm(static_cast<int>(b.rng.below(8)), m);
+      mmx_tags(b);
+    }, 0);
+  }
+  g.form("emms", "", [](B& b) {
+    mmx_init(b);
+    b.code({0x0F, 0x77});
+    mmx_tags(b);
+  }, 0);
+}
+
 }  // namespace
 
 bool generate_group(const std::string& group, unsigned count, uint64_t seed, std::string& text,
@@ -1231,6 +1395,7 @@ bool generate_group(const std::string& group, unsigned count, uint64_t seed, std
   else if (group == "flags") gen_flags(g);
   else if (group == "string") gen_string(g);
   else if (group == "x87") gen_x87(g);
+  else if (group == "mmx") gen_mmx(g);
   else {
     if (err) *err = "unknown group " + group;
     return false;

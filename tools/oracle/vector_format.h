@@ -457,7 +457,8 @@ inline VectorFile read_vector_file(const std::string& path) {
 // The group files the generator writes, in order ("<group>.txt" in the output directory).
 inline const std::vector<std::string>& group_names() {
   static const std::vector<std::string> g = {"alu",  "muldiv", "shift", "bit",  "xchg",
-                                             "move", "cond",   "flags", "string", "x87"};
+                                             "move", "cond",   "flags", "string", "x87",
+                                             "mmx"};
   return g;
 }
 

@@ -78,7 +78,7 @@ struct Block {
 
 // Instruction groups (stats, --bt-interp).
 enum Group : u8 { G_MOV, G_ALU, G_SHIFT, G_MULDIV, G_BIT, G_STACK, G_BRANCH, G_STRING, G_X87,
-                  G_SYSTEM, G_OTHER, G_COUNT };
+                  G_SYSTEM, G_OTHER, G_MMX, G_COUNT };
 const char* group_name(unsigned g);
 Group group_of(const x86::Insn& i);
 

@@ -128,7 +128,7 @@ struct StubGen : Xbyak::CodeGenerator {
 namespace bt {
 const char* group_name(unsigned g) {
   static const char* const names[] = {"mov", "alu", "shift", "muldiv", "bit", "stack",
-                                      "branch", "string", "x87", "system", "other"};
+                                      "branch", "string", "x87", "system", "other", "mmx"};
   return g < G_COUNT ? names[g] : "?";
 }
 
@@ -142,6 +142,7 @@ Group group_of(const Insn& i) {
       auto starts = [&](const char* p) { return n.rfind(p, 0) == 0; };
       Group g = G_OTHER;
       if (info.attrs & FPU) g = G_X87;
+      else if (info.attrs & MMX) g = G_MMX;
       else if (info.attrs & STR) g = G_STRING;
       else if (info.attrs & (SEN | PRV | IOI)) g = G_SYSTEM;
       else if (info.attrs & CT) g = G_BRANCH;
@@ -173,7 +174,7 @@ Group group_of(const Insn& i) {
 }  // namespace bt
 
 const char* bt_groups_help() {
-  return "mov, alu, shift, muldiv, bit, stack, branch, string, x87, system, other, all";
+  return "mov, alu, shift, muldiv, bit, stack, branch, string, x87, system, other, mmx, all";
 }
 
 Bt::Bt(CpuState& s, mem::PhysMem& pm, Platform& plat, const BtOptions& opt)

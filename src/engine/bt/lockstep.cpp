@@ -210,6 +210,21 @@ void Lockstep::sync_and_compare(const char* where) {
   cmp("idtr.base", real_.idtr.base, sh_.idtr.base);
   cmp("fpu.cw", real_.fpu.fcw, sh_.fpu.fcw);
   cmp("fpu.sw", real_.fpu.fsw, sh_.fpu.fsw);
+  cmp("fpu.tw", real_.fpu.ftw, sh_.fpu.ftw);
+  // The x87 registers by physical index, the MMX registers' home: the 80
+  // bits each holds (significand, then sign/exponent).
+  static const char* const fr[] = {"fpu.r0", "fpu.r1", "fpu.r2", "fpu.r3",
+                                   "fpu.r4", "fpu.r5", "fpu.r6", "fpu.r7"};
+  for (unsigned k = 0; k < 8; k++) {
+    u64 ma = 0, mb = 0;
+    u16 ea = 0, eb = 0;
+    std::memcpy(&ma, &real_.fpu.regs[k], 8);
+    std::memcpy(&mb, &sh_.fpu.regs[k], 8);
+    std::memcpy(&ea, reinterpret_cast<const u8*>(&real_.fpu.regs[k]) + 8, 2);
+    std::memcpy(&eb, reinterpret_cast<const u8*>(&sh_.fpu.regs[k]) + 8, 2);
+    cmp(fr[k], ma, mb);
+    cmp(fr[k], ea, eb);
+  }
   if (!diff.empty()) diverged(std::string(where) + ": " + diff);
   // Memory the shadow wrote.
   for (auto [la, size] : lmem_.writes) {

@@ -295,7 +295,7 @@ bool may_change_mode(const Insn& i) {
 // Instructions always run by the semantics (they find the flags in Rt::hf).
 bool is_callout_only(const Insn& i) {
   const u32 a = i.info().attrs;
-  return (a & (SEN | PRV | IOI | FPU)) || ((a & STR) && i.rep());
+  return (a & (SEN | PRV | IOI | FPU | MMX)) || ((a & STR) && i.rep());
 }
 
 }  // namespace
@@ -1360,7 +1360,7 @@ static unsigned reg_bit(unsigned r, bool byte) { return 1u << (byte ? (r & 3) : 
 bool Emitter::loop_producer(const Insn& p, unsigned* reads, unsigned* dest) {
   const OpInfo& info = p.info();
   if (p.mem || p.asize != 4 || !defines_all_flags(p) || (info.flags_read & ARITH)) return false;
-  if (info.attrs & (SEN | PRV | IOI | FPU | STR | CT)) return false;
+  if (info.attrs & (SEN | PRV | IOI | FPU | MMX | STR | CT)) return false;
   const bool byte = info.attrs & B;
   const auto bit = reg_bit;
   *reads = 0;
@@ -1520,7 +1520,7 @@ void Emitter::emit_p(unsigned idx, int stash_reg, const Address& stash) {
 // may), writing none of `watch`.
 bool Emitter::rcp_plain(const Insn& x, unsigned watch) const {
   const OpInfo& info = x.info();
-  if (info.attrs & (SEN | PRV | IOI | FPU | STR)) return false;
+  if (info.attrs & (SEN | PRV | IOI | FPU | MMX | STR)) return false;
   if ((info.attrs & CT) && x.op != Op::JCC_Jb && x.op != Op::JCC_Jz) return false;
   if (bt_.interp_group_mask() & (1u << group_of(x))) return false;
   if (x.asize != 4) return false;
@@ -1536,7 +1536,7 @@ bool Emitter::rcp_access_ahead(unsigned k) const {
   for (unsigned j = k + 1; j < n_; j++) {
     const Insn& x = pre_[j].i;
     const OpInfo& info = x.info();
-    if ((info.flags_read & ARITH) || (info.flags_written & ARITH) || (info.attrs & (CT | SEN | PRV | IOI | FPU | STR)))
+    if ((info.flags_read & ARITH) || (info.flags_written & ARITH) || (info.attrs & (CT | SEN | PRV | IOI | FPU | MMX | STR)))
       return false;
     if (x.mem && x.op != Op::LEA) return true;
   }
@@ -1558,7 +1558,7 @@ bool Emitter::join_ok(const Side& sd, unsigned t) const {
 // not read the flags: no one can observe the flags while it runs.
 bool Emitter::quiet_reg_op(const Insn& i) const {
   const OpInfo& info = i.info();
-  if (info.attrs & (SEN | PRV | IOI | FPU | STR | CT)) return false;
+  if (info.attrs & (SEN | PRV | IOI | FPU | MMX | STR | CT)) return false;
   if (info.flags_read & ARITH) return false;
   if (bt_.interp_group_mask() & (1u << group_of(i))) return false;
   if (i.asize != 4) return false;
@@ -2062,7 +2062,7 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
     if (s2) s2->done = here();
     return Done::next;
   }
-  if (interp_only || (info.attrs & (FPU | STR))) return callout(i, eip, pa, info.attrs & CT);
+  if (interp_only || (info.attrs & (FPU | MMX | STR))) return callout(i, eip, pa, info.attrs & CT);
   if (i.asize != 4) return callout(i, eip, pa, info.attrs & CT);
   const bool mem_native = !i.mem || (seg_native(i.seg) && !direct_slow(pa));
 

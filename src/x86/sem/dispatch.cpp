@@ -17,6 +17,7 @@ struct Table {
     register_string(t);
     register_system(t);
     register_x87(t);
+    register_mmx(t);
   }
 };
 const Table& table() {

@@ -86,6 +86,7 @@ void register_ctrl(HandlerTable& t);
 void register_string(HandlerTable& t);
 void register_system(HandlerTable& t);
 void register_x87(HandlerTable& t);
+void register_mmx(HandlerTable& t);
 
 // Raised by a handler that found an instruction popek does not implement; the
 // engine reports it (with --trace, by name) and the guest sees #UD.

@@ -1,0 +1,361 @@
+// The emitter's memory operands: effective addresses and segment bases,
+// the inline soft-TLB lookups (compare-and-branch and flag-free), the
+// direct accesses (paging off, the user window), memos and their misses,
+// and whether parking the flags before an access pays.
+#include "engine/bt/emitter.h"
+
+namespace popek::engine::bt {
+
+// ModRM (reg field `ext`), SIB and displacement of the guest's own memory
+// operand with its registers mapped (user window at host 0, under 0x67).
+void Emitter::guest_modrm(unsigned ext, const Insn& i) {
+  const i32 disp = i32(i.disp);
+  const int base = i.base == kNoReg ? -1 : hreg(i.base);
+  const int index = i.index == kNoReg ? -1 : hreg(i.index);  // never rsp
+  if (base < 0) {  // [index*scale + disp32] or [disp32], through a SIB (mod 00 r/m 101 is RIP-relative)
+    db(u8((ext << 3) | 4));
+    db(u8((i.scale << 6) | ((index >= 0 ? (index & 7) : 4) << 3) | 5));
+    dd(u32(disp));
+    return;
+  }
+  const unsigned mod = (disp == 0 && (base & 7) != 5) ? 0 : (disp >= -128 && disp <= 127) ? 1 : 2;
+  if (index >= 0 || (base & 7) == 4) {
+    db(u8((mod << 6) | (ext << 3) | 4));
+    db(u8((i.scale << 6) | ((index >= 0 ? (index & 7) : 4) << 3) | (base & 7)));
+  } else {
+    db(u8((mod << 6) | (ext << 3) | (base & 7)));
+  }
+  if (mod == 1) db(u8(i8(disp)));
+  else if (mod == 2) dd(u32(disp));
+}
+
+// r8d = offset of the memory operand.
+// Encoded by hand (the most frequent sequence after the TLB check):
+// lea r8d, [base + index*scale + disp], or mov r8d, disp.
+void Emitter::ea_to_r8(const Insn& i) {
+  const i32 disp = i32(i.disp);
+  if (i.base == kNoReg && i.index == kNoReg) {
+    db(0x41); db(0xB8); dd(u32(disp));  // mov r8d, imm32
+    return;
+  }
+  const int base = i.base == kNoReg ? -1 : hreg(i.base);
+  const int index = i.index == kNoReg ? -1 : hreg(i.index);  // never rsp
+  db(0x44 | (index >= 8 ? 0x02 : 0) | (base >= 8 ? 0x01 : 0));  // REX.R: r8d
+  db(0x8D);
+  if (base < 0) {  // [index*scale + disp32]
+    db(0x04);
+    db(u8((i.scale << 6) | ((index & 7) << 3) | 5));
+    dd(u32(disp));
+    return;
+  }
+  const unsigned mod = (disp == 0 && (base & 7) != 5) ? 0 : (disp >= -128 && disp <= 127) ? 1 : 2;
+  if (index >= 0 || (base & 7) == 4) {
+    db(u8((mod << 6) | 4));
+    db(u8((i.scale << 6) | ((index >= 0 ? (index & 7) : 4) << 3) | (base & 7)));
+  } else {
+    db(u8((mod << 6) | (base & 7)));
+  }
+  if (mod == 1) db(u8(i8(disp)));
+  else if (mod == 2) dd(u32(disp));
+}
+
+// Offset r8d -> linear r8d. A flat segment's limit check is only that the
+// access does not wrap past offset 4 GiB: with base 0 the TLB check sees
+// that (the last byte's page differs), with another base it must be tested
+// here — by a branch to `s` (clobber), else into r11d (non-zero: wraps) for
+// the flag-free lookup to fold in. Returns true in the latter case.
+bool Emitter::add_seg_base(unsigned seg, unsigned size, bool clobber, Slow& s) {
+  if (b_->mode & m_base0(seg)) return false;
+  bool wrap_in_r11 = false;
+  if (size > 1) {
+    if (clobber) {
+      cmp(r8d, u32(0xFFFFFFFFu - (size - 1)));
+      s.entry_fix2 = jcc32(7);  // ja
+    } else {
+      lea(r11, ptr[r8 + int(size - 1)]);  // 33 bits
+      rorx(r11, r11, 32);
+      movzx(r11d, r11b);                   // bit 32 of the last offset
+      wrap_in_r11 = true;
+    }
+  }
+  mov(r9d, seg_field(seg, kBaseOff, 4));
+  lea(r8d, ptr[r8 + r9]);
+  return wrap_in_r11;
+}
+
+u32 Emitter::lookup(unsigned size, bool write, bool clobber, bool wrap_in_r11) {
+  if (!clobber) bt_.bstats().flag_free_checks++;
+  const unsigned key = (size == 1 ? 0u : size == 2 ? 1u : size == 4 ? 2u : 3u) | (write ? 4u : 0u) |
+                       (clobber ? 8u : 0u) | (wrap_in_r11 ? 16u : 0u) | (user_ ? 32u : 0u);
+  return cached(lookup_snips_[key], [&] { return encode_lookup(size, write, clobber, wrap_in_r11); });
+}
+
+// The compare-and-branch part of the TLB check (clobbers the flags): r9 =
+// the entry; returns the rel32 of the jump taken on a miss.
+u32 Emitter::tag_check(unsigned size, bool write) {
+  static_assert(mem::Mmu::kTlbBits == 16 && (kR13Bias & 0xFFFF) == 0x100C, "BEXTR takes 16 bits from bit 12");
+  bextr(r9d, r8d, r13d);  // the entry: the page number's low 16 bits (r13's control byte pair)
+  // The page of the last byte must be the entry's tag (invalid tags have
+  // low bits set and never compare equal).
+  lea(r10d, ptr[r8 + int(size - 1)]);
+  and_(r10d, ~0xFFFu);
+  cmp(r10d, dword[r14 + r9 * 4 + tlb_off_ + int(mem::Mmu::tag_array_off(user_, write))]);
+  return jcc32(5);  // jne
+}
+
+u32 Emitter::encode_lookup(unsigned size, bool write, bool clobber, bool wrap_in_r11) {
+  // The tag and addend arrays (Mmu::tag_array_off): the entry number
+  // scales to them in the address, no multiply first.
+  const int tag = tlb_off_ + int(mem::Mmu::tag_array_off(user_, write));
+  const int addend = tlb_off_ + int(mem::Mmu::addend_array_off(user_));
+  if (clobber) {
+    const u32 fix = tag_check(size, write);
+    add(r8, qword[r14 + r9 * 8 + addend]);
+    return fix;
+  }
+  rorx(r9d, r8d, 12);  // (BEXTR writes flags: the flag-free way takes two)
+  movzx(r9d, r9w);
+  mov(r10d, dword[r14 + r9 * 4 + tag]);
+  not_(r10d);
+  lea(r10d, ptr[r8 + r10 + int(size)]);  // last byte - tag
+  shrx(r10d, r10d, r13d);                  // zero iff on the tagged page
+  if (wrap_in_r11) lea(r10d, ptr[r10 + r11]);
+  mov(r11, rcx);
+  mov(ecx, r10d);
+  db(0xE3);  // jrcxz over the next two instructions (hit)
+  db(8);
+  mov(rcx, r11);  // 3 bytes
+  const u32 fix = jmp32();  // 5 bytes
+  mov(rcx, r11);
+  mov(r10, qword[r14 + r9 * 8 + addend]);
+  lea(r8, ptr[r8 + r10]);
+  return fix;
+}
+
+// Whether parking the flags at this memory access pays: unless an
+// instruction that needs them follows before a second access (it would
+// restore them, 5 more), a definer of all six or the block's end (which
+// saves them anyway) come first.
+bool Emitter::park_pays() const {
+  unsigned accesses = 1;
+  for (unsigned j = idx_ + 1; j < n_; j++) {
+    const Insn& x = pre_[j].i;
+    if (needs_flags(x)) return accesses >= 2;
+    if (x.mem && x.op != Op::LEA) accesses++;
+    if (defines_all_flags(x)) return true;
+  }
+  return true;
+}
+
+// Starts a memory access: a slow path (the whole instruction through the
+// semantics) and the inline lookup of the operand `addr` names (the ModRM
+// operand, or an implicit one: the stack, [EBP], a moffs, [ESI], [EDI]) in
+// segment `seg`. Leaves its host address in r8. Returns the slow record.
+// `flags_dead`: the instruction's result does not depend on the flags
+// before it from here on (the caller saved them for the slow path).
+Emitter::Slow& Emitter::mem_access(const Insn& i, u32 eip, u64 pa, unsigned seg, unsigned size, bool write,
+                                   Site::Addr addr, bool flags_dead) {
+  Slow& s = new_slow();
+  s.site = new_site(i, eip, pa, false, true);
+  // Paging off, a base-0 segment: the linear address is the physical one,
+  // and RAM is addressed directly (no check, nothing clobbered).
+  // With paging on at CPL 3, the user window (mem::Mmu) maps the user
+  // pages the TLB holds at their linear addresses: addressed the same way.
+  const bool nopg = b_->mode & M_NOPG;
+  const bool direct = (nopg || (b_->mode & M_UWIN)) && !in_rep_ && (b_->mode & m_base0(seg)) && seg != GS;
+  // Guest flags only in the host's at an access that does not read them:
+  // parked now (5 instructions), this access and the next ones take the
+  // compare-and-branch TLB check (7) instead of the flag-free one (14).
+  if (!direct && fl_ == Fl::dirty && use_recipe_ < 0 && !flags_dead && !in_rep_ &&
+      (out_dead_ || !needs_flags(i))) {
+    if (last_p_ >= 0 && !lazy_ && bt_.options().flag_recipes && rcp_plain(i, last_p_watch_)) {
+      // The flags stay P's recipe (see rcp_): the check may clobber them.
+      rcp_ = last_p_;
+      rcp_watch_ = last_p_watch_;
+      rcp_keep_ = last_p_keep_;
+      last_p_ = -1;
+      fl_ = Fl::parked;
+      s.rcp = rcp_;
+      s.rcp_keep = rcp_keep_;
+      bt_.bstats().flag_lazy_recipes++;
+    } else if (park_pays()) {
+      save_flags();
+      bt_.bstats().flag_parks++;
+    }
+  }
+  // The host flags are free for the check unless they hold guest flags not
+  // yet saved, or the instruction needs the guest's flags as input.
+  bool clobber = fl_ != Fl::dirty && (flags_dead || (!direct && (out_dead_ || !needs_flags(i))));
+  if (direct) {
+    s.site->phys = nopg;
+    s.site->window = !nopg;
+    bt_.bstats().direct_accesses++;
+    if (clobber) fl_ = Fl::parked;
+    s.parked = fl_ == Fl::parked;
+    // After a partial recipe's P the host flags are not all the guest's:
+    // a fault here recomputes them.
+    if (use_recipe_ >= 0 && recipes_[size_t(use_recipe_)].partial && fl_ == Fl::dirty) s.recipe = use_recipe_;
+  } else if (!clobber && use_recipe_ >= 0 && fl_ == Fl::dirty) {
+    // The flags are the last producer's, recomputable on the slow path.
+    clobber = true;
+    s.recipe = use_recipe_;
+    // Until F (emitted right after this access) defines them again, the
+    // guest flags exist only as the recipe; nothing in between reads fl_.
+    fl_ = Fl::parked;
+    s.parked = false;
+  } else {
+    if (clobber) fl_ = Fl::parked;
+    s.parked = fl_ == Fl::parked;
+  }
+  s.site->seg = u8(seg);
+  s.site->size = u8(size);
+  s.site->write = write;
+  s.site->addr = addr;
+  // A direct access to [base + disp] (disp >= 0) the caller re-encodes: the
+  // access itself addresses [r13 + base + disp - kR13Bias] (a sum past 4 GiB
+  // lands in the inaccessible rest of the reservation and faults: the slow
+  // path then wraps it as the CPU does).
+  // With the user window at host 0 the access is the guest's own
+  // addressing under 0x67 (it wraps at 4 GiB as the guest's does).
+  const bool zero = !nopg && bt_.user_window_zero();
+  if (direct && zero && direct_fold_ok_ && addr == Site::A_EA && i.asize == 4 && !bt_index_) {
+    direct_form_ = 3;
+    s.direct_from = here();
+    return s;
+  }
+  if (direct && direct_fold_ok_ && addr == Site::A_EA && i.asize == 4 && i.index == kNoReg &&
+      i.base != kNoReg && i32(i.disp) >= 0) {
+    direct_form_ = 2;
+    s.direct_from = here();
+    return s;
+  }
+  switch (addr) {
+    case Site::A_EA:
+      ea_to_r8(i);
+      if (bt_index_) lea(r8d, ptr[r8 + r10 * 4]);
+      break;
+    case Site::A_PUSH: lea(r8d, ptr[r12 - 4]); break;
+    case Site::A_POP: mov(r8d, r12d); break;
+    case Site::A_EBP: mov(r8d, ebp); break;
+    case Site::A_MOFFS: mov(r8d, i.imm); break;
+    case Site::A_ESI: mov(r8d, esi); break;
+    case Site::A_EDI: mov(r8d, edi); break;
+  }
+  if (direct) {
+    // The access addresses RAM's base + the address. One that may not go
+    // straight to RAM (not RAM; for a write, a code page: write-protected
+    // in the host mapping) faults, and the SIGSEGV handler resumes at this
+    // slow path.
+    if (direct_fold_ok_) direct_form_ = 1;  // the access addresses [r13 + r8 - kR13Bias]
+    else if (!zero) lea(r8, ptr[r13 + r8 - kR13Bias]);  // (at host 0: r8 is the address)
+    s.direct_from = here();
+    return s;
+  }
+  bool wrap = add_seg_base(seg, size, clobber, s);
+  if (seg == GS) {
+    // Not flat now: the slow path (folded into the flag-free check's r11).
+    constexpr int kGsSlow = int(offsetof(Rt, gs_slow));
+    if (clobber) {
+      cmp(dword[r14 + kGsSlow], 0);
+      s.entry_fix3 = jcc32(5);  // jne
+    } else if (wrap) {
+      mov(r9d, dword[r14 + kGsSlow]);
+      lea(r11d, ptr[r11 + r9]);
+    } else {
+      mov(r11d, dword[r14 + kGsSlow]);
+      wrap = true;
+    }
+  }
+  if (memo_ && clobber && !wrap && !in_rep_ && seg != GS && (b_->mode & m_base0(seg)) &&
+      !bt_.is_no_memo(pa)) {
+    memo_hit(s, size, write);
+    return s;
+  }
+  s.entry_fix = lookup(size, write, clobber, wrap);
+  return s;
+}
+
+// The memo check (flags free): r8 - memo page in [0, 4096 - size], else
+// the miss (which adds the page back); the hit adds the page's host
+// address. Memos are handed out round-robin per kind (any memo of the
+// kind is right for any site).
+void Emitter::memo_hit(Slow& s, unsigned size, bool write) {
+  constexpr unsigned kPool = mem::Mmu::kMemos / 4;
+  const unsigned pool = mem::Mmu::memo_pool(user_, write);
+  const unsigned id = pool + (memo_next_[pool / kPool]++ & (kPool - 1));
+  const int moff = tlb_off_ + int(mem::Mmu::memo_off(id));
+  s.site->has_memo = true;
+  s.site->memo = u16(id);
+  bt_.mmu().memo_misses(id) = Bt::kMemoBatch;
+  bt_.memo_batch_start(id) = 0;
+  // r8 - page (the 64-bit difference: a page above the address, or the
+  // empty marks, leave it huge), then + the page's host address.
+  sub(r8, qword[r14 + moff]);
+  cmp(r8, int(4096 - size));
+  s.memo_fix = jcc32(7);  // ja
+  add(r8, qword[r14 + moff + 8]);
+  s.memo_resume = here();
+  bt_.bstats().memo_accesses++;
+}
+
+// A memo's miss: the TLB check; on a hit the memo is listed (if it is
+// not yet), its entry marked, and it is filled (mem::Mmu::Memo).
+void Emitter::memo_miss(Slow& s) {
+  bind(s.memo_fix);
+  const Site& site = *s.site;
+  const int moff = tlb_off_ + int(mem::Mmu::memo_off(site.memo));
+  add(r8, qword[r14 + moff]);  // the address again
+  // The policy's count-down (Bt::kMemoBatch): at zero, the slow path.
+  sub(dword[r14 + (tlb_off_ + int(mem::Mmu::memo_miss_off(site.memo)))], 1);
+  s.entry_fix2 = jcc32(4);  // jz
+  const int addend = tlb_off_ + int(mem::Mmu::addend_array_off(user_));
+  const int count = tlb_off_ + int(mem::Mmu::kMemoCountOff);
+  s.entry_fix = tag_check(site.size, site.write);  // a TLB miss: the slow path
+  static_assert(mem::Mmu::kMemoEmpty == u64(1) << 40);
+  bt(qword[r14 + moff], 40);
+  const u32 listed = jcc32(3);  // jnc (jae)
+  mov(r10d, dword[r14 + count]);
+  cmp(r10d, mem::Mmu::kMemoListCap);
+  const u32 full = jcc32(3);  // jae
+  mov(dword[r14 + r10 * 4 + (tlb_off_ + int(mem::Mmu::kMemoListOff))], u32(site.memo));
+  inc(r10d);
+  mov(dword[r14 + count], r10d);
+  bind(listed);
+  mov(byte[r14 + r9 + (tlb_off_ + int(mem::Mmu::memo_mark_off(user_)))], 1);
+  lea(r10d, ptr[r8 + int(site.size - 1)]);
+  and_(r10d, ~0xFFFu);
+  mov(qword[r14 + moff], r10);
+  mov(r11, qword[r14 + r9 * 8 + addend]);
+  add(r10, r11);  // the page's host address
+  mov(qword[r14 + moff + 8], r10);
+  add(r8, r11);
+  jmp_back(s.memo_resume);
+  bind(full);
+  add(r8, qword[r14 + r9 * 8 + addend]);
+  jmp_back(s.memo_resume);
+}
+
+// out = elements of `size` bytes from linear address (reg + seg base) to
+// the end of its page. Clobbers the flags.
+void Emitter::room(const Reg32& out, const Reg32& reg, unsigned seg, unsigned size) {
+  mov(out, reg);
+  if (!(b_->mode & m_base0(seg))) add(out, seg_field(seg, kBaseOff, 4));
+  and_(out, 0xFFF);
+  neg(out);
+  add(out, 4096);
+  if (size > 1) shr(out, size == 4 ? 2 : 1);
+}
+
+// PUSH/CALL through memory: the 32-bit operand (read before ESP moves) to
+// [rsp-8] in the red zone, then r8 = the new stack slot. A slow path runs
+// the whole instruction: the fast read before it was RAM, so reading again
+// is harmless. Returns both slow records (the caller sets where they resume).
+std::pair<Emitter::Slow*, Emitter::Slow*> Emitter::operand_then_push_slot(const Insn& i, u32 eip, u64 pa) {
+  Slow& s1 = mem_access(i, eip, pa, i.seg, 4, false, Site::A_EA);
+  mov(r9d, dword[r8]);
+  mov(dword[rsp - 8], r9d);
+  Slow& s2 = mem_access(i, eip, pa, SS, 4, true, Site::A_PUSH);
+  return {&s1, &s2};
+}
+
+}  // namespace popek::engine::bt

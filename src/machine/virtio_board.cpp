@@ -159,7 +159,7 @@ VirtioBoard::VirtioBoard(const VirtioConfig& cfg, mem::PhysMem& pm, dev::PciBus&
     if (s.mac.empty()) default_mac(unsigned(i), mac);
     else net::parse_mac(s.mac, mac);
     add(std::make_unique<dev::virtio::VirtioNet>("virtio-net" + std::to_string(i), *ram_,
-                                                 net::open_netdev(s), mac));
+                                                 net::open_netdev(s, cfg.defer_host_ports), mac));
   }
   if (cfg.rng) add(std::make_unique<dev::virtio::VirtioRng>("virtio-rng0", *ram_));
 
@@ -275,18 +275,67 @@ void VirtioBoard::quiesce() {
   for (auto& d : devices_) d->quiesce();
 }
 
+namespace {
+constexpr u32 kBackendVersion = 1;
+}  // namespace
+
 void VirtioBoard::save(snap::StreamWriter& w) const {
   for (auto& f : fns_) {
     snap::SectionWriter s;
     f->save_state(s);
-    w.section(f->device().name(), 1, s);
+    w.section(f->device().name(), f->device().state_version(), s);
+    if (auto* n = dynamic_cast<dev::virtio::VirtioNet*>(&f->device())) {
+      // "virtio-net0.backend": libslirp's state, in its own format and version.
+      const net::NetBackend::State st = n->backend().save_state();
+      snap::SectionWriter b;
+      b.str("kind", st.kind);
+      b.u64v("format_version", st.version);
+      b.bytes("state", st.bytes);
+      w.section(n->name() + ".backend", kBackendVersion, b);
+    }
   }
 }
 
 void VirtioBoard::add_loaders(snap::Loader& l) {
   for (auto& f : fns_) {
     VirtioPciFunction* fn = f.get();
-    l.on(fn->device().name(), 1, [fn](const snap::Section& s) { fn->load_state(s); });
+    l.on(fn->device().name(), fn->device().state_version(), [fn](const snap::Section& s) { fn->load_state(s); });
+    if (auto* n = dynamic_cast<dev::virtio::VirtioNet*>(&fn->device())) {
+      l.on(n->name() + ".backend", kBackendVersion, [n](const snap::Section& s) {
+        net::NetBackend::State st;
+        st.kind = s.str("kind");
+        st.version = u32(s.u64v("format_version"));
+        auto b = s.bytes("state");
+        st.bytes.assign(b.begin(), b.end());
+        s.check_all_read();
+        try {
+          n->backend().load_state(st);
+        } catch (const snap::FormatError&) {
+          throw;
+        } catch (const Error& e) {
+          s.fail(e.what());
+        }
+      });
+    }
+  }
+}
+
+void VirtioBoard::release_host_ports() {
+  for (auto& d : devices_)
+    if (auto* n = dynamic_cast<dev::virtio::VirtioNet*>(d.get())) n->backend().release_host_ports();
+}
+
+void VirtioBoard::claim_host_ports() {
+  std::vector<net::NetBackend*> done;
+  try {
+    for (auto& d : devices_)
+      if (auto* n = dynamic_cast<dev::virtio::VirtioNet*>(d.get())) {
+        n->backend().claim_host_ports();
+        done.push_back(&n->backend());
+      }
+  } catch (...) {
+    for (auto* b : done) b->release_host_ports();  // all or none
+    throw;
   }
 }
 

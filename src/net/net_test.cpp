@@ -313,3 +313,97 @@ TEST(Tap, ArpThroughTheHostKernel) {
   if (WEXITSTATUS(st) == 77) GTEST_SKIP() << "cannot make a network namespace here";
   EXPECT_EQ(WEXITSTATUS(st), 0);
 }
+
+// Suspend/resume: libslirp's saved state carries the DHCP leases. The
+// restored stack remembers that 10.0.2.15 is taken: a second card asking
+// gets 10.0.2.16, where a fresh stack would hand out .15 again.
+TEST(Slirp, SavedStateKeepsTheDhcpLeases) {
+  auto offered = [](SlirpBackend& b, u8 last_mac_byte) {
+    std::vector<std::vector<u8>> got;
+    b.set_receiver([&](const u8* f, usize n) { got.emplace_back(f, f + n); });
+    auto d = dhcp_discover();
+    d[6 + 5] = last_mac_byte;                  // Ethernet source
+    d[14 + 20 + 8 + 28 + 5] = last_mac_byte;   // chaddr
+    b.send(d.data(), d.size());
+    EXPECT_TRUE(pump(b, [&] { return !got.empty(); }));
+    char yi[INET_ADDRSTRLEN] = "";
+    if (!got.empty() && got[0].size() >= 14u + 20 + 8 + 240)
+      inet_ntop(AF_INET, got[0].data() + 14 + 20 + 8 + 16, yi, sizeof yi);
+    b.set_receiver(nullptr);
+    return std::string(yi);
+  };
+  SlirpBackend a({});
+  EXPECT_EQ(offered(a, 0x4B), "10.0.2.15");
+  std::string why;
+  EXPECT_TRUE(a.can_save(&why));
+  const NetBackend::State st = a.save_state();
+  EXPECT_EQ(st.kind, "user");
+  EXPECT_GT(st.version, 0u);
+  EXPECT_FALSE(st.bytes.empty());
+
+  SlirpBackend fresh({});
+  EXPECT_EQ(offered(fresh, 0x4C), "10.0.2.15");
+  SlirpBackend b({});
+  b.load_state(st);
+  EXPECT_EQ(offered(b, 0x4C), "10.0.2.16");
+  EXPECT_EQ(offered(b, 0x4B), "10.0.2.15");  // the first card keeps its address
+}
+
+TEST(Slirp, SavedStateFromANewerLibslirpOrOtherBackendIsRefused) {
+  SlirpBackend a({});
+  NetBackend::State st = a.save_state();
+  st.version += 1;
+  SlirpBackend b({});
+  try {
+    b.load_state(st);
+    ADD_FAILURE() << "a newer state version should be refused";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("reads up to version"), std::string::npos) << e.what();
+  }
+  st = a.save_state();
+  st.kind = "tap";
+  EXPECT_THROW(b.load_state(st), Error);
+  st = a.save_state();
+  st.bytes.resize(st.bytes.size() / 2);
+  EXPECT_THROW(b.load_state(st), Error);
+}
+
+// A migration's switch-over on one host: the source lets its forwarded port
+// go, the destination (built with the ports deferred) binds it; a port still
+// held is refused with a message naming it, and nothing stays half-bound.
+TEST(Slirp, HostPortsMoveBetweenBackends) {
+  HostFwd f1, f2;
+  f1.host_addr = f2.host_addr = "127.0.0.1";
+  f1.host_port = free_port();
+  f2.host_port = free_port();
+  f1.guest_port = 80;
+  f2.guest_port = 81;
+  SlirpBackend src({f1, f2});
+  EXPECT_TRUE(src.host_ports_held());
+  SlirpBackend dst({f1, f2}, /*defer_host_ports=*/true);
+  EXPECT_FALSE(dst.host_ports_held());
+  try {
+    dst.claim_host_ports();
+    ADD_FAILURE() << "the source still holds the ports";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("port " + std::to_string(f1.host_port)), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(dst.host_ports_held());
+  src.release_host_ports();
+  EXPECT_FALSE(src.host_ports_held());
+  dst.claim_host_ports();
+  EXPECT_TRUE(dst.host_ports_held());
+  // The destination's listener answers.
+  int s = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(f2.host_port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  EXPECT_EQ(::connect(s, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  ::close(s);
+  // A failed migration: the source takes them back once the destination is gone.
+  EXPECT_THROW(src.claim_host_ports(), Error);
+  dst.release_host_ports();
+  src.claim_host_ports();
+  EXPECT_TRUE(src.host_ports_held());
+}

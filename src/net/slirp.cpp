@@ -103,7 +103,7 @@ in_addr ip(const char* s) {
 
 }  // namespace
 
-SlirpBackend::SlirpBackend(const std::vector<HostFwd>& fwds) {
+SlirpBackend::SlirpBackend(const std::vector<HostFwd>& fwds, bool defer_host_ports) : fwds_(fwds) {
   SlirpConfig cfg{};
   cfg.version = 3;
   cfg.restricted = 0;
@@ -119,18 +119,92 @@ SlirpBackend::SlirpBackend(const std::vector<HostFwd>& fwds) {
   cfg.enable_emu = false;
   slirp_ = slirp_new(&cfg, &kCallbacks, this);
   if (!slirp_) throw Error("--netdev user: libslirp could not start");
-  for (const HostFwd& f : fwds) {
+  tx_frames_ = &counters_.get("tx_frames");
+  rx_frames_ = &counters_.get("rx_frames");
+  if (defer_host_ports) return;
+  try {
+    claim_host_ports();
+  } catch (...) {
+    slirp_cleanup(slirp_);
+    slirp_ = nullptr;
+    throw;
+  }
+}
+
+void SlirpBackend::claim_host_ports() {
+  if (ports_held_) return;
+  for (usize i = 0; i < fwds_.size(); i++) {
+    const HostFwd& f = fwds_[i];
     in_addr host = f.host_addr.empty() ? in_addr{INADDR_ANY} : ip(f.host_addr.c_str());
     in_addr guest = f.guest_addr.empty() ? ip(kSlirpGuest) : ip(f.guest_addr.c_str());
     if (slirp_add_hostfwd(slirp_, f.udp, host, f.host_port, guest, f.guest_port) < 0) {
-      slirp_cleanup(slirp_);
-      slirp_ = nullptr;
+      remove_forwards(i);
       throw Error("--netdev user: cannot forward host " + std::string(f.udp ? "UDP" : "TCP") + " port " +
                   std::to_string(f.host_port) + " (in use, or not allowed?)");
     }
   }
-  tx_frames_ = &counters_.get("tx_frames");
-  rx_frames_ = &counters_.get("rx_frames");
+  ports_held_ = true;
+}
+
+void SlirpBackend::release_host_ports() {
+  if (!ports_held_) return;
+  remove_forwards(fwds_.size());
+  ports_held_ = false;
+}
+
+// Closes the listening sockets; connections already accepted through them
+// stay (slirp_remove_hostfwd only removes listeners).
+void SlirpBackend::remove_forwards(usize n) {
+  for (usize i = 0; i < n; i++) {
+    const HostFwd& f = fwds_[i];
+    in_addr host = f.host_addr.empty() ? in_addr{INADDR_ANY} : ip(f.host_addr.c_str());
+    slirp_remove_hostfwd(slirp_, f.udp, host, f.host_port);
+  }
+}
+
+NetBackend::State SlirpBackend::save_state() const {
+  State st;
+  st.kind = "user";
+  st.version = u32(slirp_state_version());
+  slirp_state_save(
+      slirp_,
+      [](const void* buf, size_t len, void* opaque) -> ssize_t {
+        auto* out = static_cast<std::vector<u8>*>(opaque);
+        out->insert(out->end(), static_cast<const u8*>(buf), static_cast<const u8*>(buf) + len);
+        return ssize_t(len);
+      },
+      &st.bytes);
+  return st;
+}
+
+void SlirpBackend::load_state(const State& st) {
+  if (st.kind != "user")
+    throw Error("saved network backend is '" + st.kind + "', this command line has --netdev user");
+  if (st.version > u32(slirp_state_version()))
+    throw Error("saved libslirp state is version " + std::to_string(st.version) + "; this popek's libslirp (" +
+                slirp_version_string() + ") reads up to version " + std::to_string(slirp_state_version()));
+  struct Reader {
+    const std::vector<u8>* b;
+    usize at = 0;
+    bool short_read = false;  // (libslirp does not check what its reads return)
+  } r{&st.bytes};
+  const int rc = slirp_state_load(slirp_, int(st.version),
+                                  [](void* buf, size_t len, void* opaque) -> ssize_t {
+                                    auto* rd = static_cast<Reader*>(opaque);
+                                    const usize n = std::min<usize>(len, rd->b->size() - rd->at);
+                                    if (n < len) {
+                                      rd->short_read = true;
+                                      std::memset(buf, 0, len);
+                                    }
+                                    std::memcpy(buf, rd->b->data() + rd->at, n);
+                                    rd->at += n;
+                                    return ssize_t(n);
+                                  },
+                                  &r);
+  if (r.short_read) throw Error("libslirp's saved state is cut short (" + std::to_string(st.bytes.size()) + " bytes)");
+  if (rc < 0) throw Error("libslirp refused its saved state (error " + std::to_string(rc) + ")");
+  if (r.at != st.bytes.size())
+    throw Error("libslirp's saved state has " + std::to_string(st.bytes.size() - r.at) + " bytes it did not read");
 }
 
 SlirpBackend::~SlirpBackend() {

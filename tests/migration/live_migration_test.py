@@ -294,7 +294,7 @@ try:
     resumed = [s_ for s_ in httpd.starts if s_ > 0]
     print(f"  host file (12 MiB) in the guest: md5 {'right' if done and done.group(1) == BLOB_MD5 else 'WRONG'}; "
           f"{len(httpd.starts)} requests, {len(resumed)} resumed mid-file; stalls {len(re.findall(r'WSTALL', txt))}, "
-          f"early ends {max(0, len(re.findall(r'WEND', txt)) - 1)}", flush=True)
+          f"other early ends {max(0, len(re.findall(r'WEND', txt)) - len(re.findall(r'WSTALL', txt)) - 1)}", flush=True)
     check(len(resumed) >= 1 or len(runs) == 0, "the transfer was resumed at least once (it spanned a migration)")
     check(all(hostfwd_ok) and len(hostfwd_ok) == len(runs),
           f"hostfwd answered after {sum(hostfwd_ok)} of {len(runs)} migrations")

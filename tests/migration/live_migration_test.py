@@ -359,8 +359,14 @@ try:
     lsock.close()
     check(info["status"] == "failed", f"no acknowledgement: {info['status']}")
     check(vm.c.ok("query-status")["status"] == "running", "the source runs on without an acknowledgement")
-    print(f"  no acknowledgement: source {info['status']} ({info.get('error-desc')}), running; "
-          f"stream {len(got) / 1e6:.1f} MB", flush=True)
+    try:  # it had let its hostfwd port go at the switch-over, and bound it again
+        with urllib.request.urlopen(f"http://127.0.0.1:{FWD}/", timeout=10) as r:
+            fwd_back = b"served-by-the-guest" in r.read()
+    except OSError:
+        fwd_back = False
+    check(fwd_back, "after the failed switch-over the source serves its hostfwd port again")
+    print(f"  no acknowledgement: source {info['status']} ({info.get('error-desc')}), running, hostfwd "
+          f"{'answers' if fwd_back else 'DEAD'}; stream {len(got) / 1e6:.1f} MB", flush=True)
 
     # 3: that stream, damaged, to fresh destinations: refused, the guest never runs.
     def feed(blob, pattern, what, devs=None):

@@ -276,7 +276,8 @@ void VirtioBoard::quiesce() {
 }
 
 namespace {
-constexpr u32 kBackendVersion = 1;
+// 1: libslirp's state; 2: and the connections it drops, the guest's MAC.
+constexpr u32 kBackendVersion = 2;
 }  // namespace
 
 void VirtioBoard::save(snap::StreamWriter& w) const {
@@ -291,6 +292,17 @@ void VirtioBoard::save(snap::StreamWriter& w) const {
       b.str("kind", st.kind);
       b.u64v("format_version", st.version);
       b.bytes("state", st.bytes);
+      std::vector<u8> conns;  // 12 bytes each: guest addr, port, peer addr, port (network order)
+      for (const auto& c : st.dropped_tcp) {
+        conns.insert(conns.end(), c.guest_addr, c.guest_addr + 4);
+        conns.push_back(u8(c.guest_port >> 8));
+        conns.push_back(u8(c.guest_port));
+        conns.insert(conns.end(), c.peer_addr, c.peer_addr + 4);
+        conns.push_back(u8(c.peer_port >> 8));
+        conns.push_back(u8(c.peer_port));
+      }
+      b.bytes("dropped_tcp", conns);
+      b.bytes("guest_mac", st.guest_mac);
       w.section(n->name() + ".backend", kBackendVersion, b);
     }
   }
@@ -307,6 +319,20 @@ void VirtioBoard::add_loaders(snap::Loader& l) {
         st.version = u32(s.u64v("format_version"));
         auto b = s.bytes("state");
         st.bytes.assign(b.begin(), b.end());
+        if (s.version >= 2) {
+          auto conns = s.bytes("dropped_tcp");
+          if (conns.size() % 12) s.fail("dropped_tcp is not a list of 12-byte entries");
+          for (usize i = 0; i < conns.size(); i += 12) {
+            net::NetBackend::State::Conn c{};
+            std::memcpy(c.guest_addr, &conns[i], 4);
+            c.guest_port = u16(conns[i + 4] << 8 | conns[i + 5]);
+            std::memcpy(c.peer_addr, &conns[i + 6], 4);
+            c.peer_port = u16(conns[i + 10] << 8 | conns[i + 11]);
+            st.dropped_tcp.push_back(c);
+          }
+          auto mac = s.bytes("guest_mac");
+          st.guest_mac.assign(mac.begin(), mac.end());
+        }
         s.check_all_read();
         try {
           n->backend().load_state(st);

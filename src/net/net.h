@@ -73,6 +73,15 @@ class NetBackend {
     std::string kind;
     u32 version = 0;
     std::vector<u8> bytes;
+    // What the backend's own state does not carry but the destination must
+    // know (slirp: the guest's NAT'd TCP connections, which it resets after
+    // the restore, and the guest's MAC address to reach it): popek's fields.
+    struct Conn {
+      u8 guest_addr[4], peer_addr[4];  // network order
+      u16 guest_port, peer_port;       // host order
+    };
+    std::vector<Conn> dropped_tcp;
+    std::vector<u8> guest_mac;  // 6 bytes, or empty if the guest never sent a frame
   };
   // Whether the backend's state can be saved; else *why says why not.
   virtual bool can_save(std::string* why) const {

@@ -407,3 +407,89 @@ TEST(Slirp, HostPortsMoveBetweenBackends) {
   src.claim_host_ports();
   EXPECT_TRUE(src.host_ports_held());
 }
+
+// The guest's NAT'd connections are not in libslirp's saved state: the saved
+// state lists them, and the restored backend, once the card can take frames,
+// sends the guest two out-of-window ACKs for each (its TCP then answers, and
+// the restored slirp resets the connection).
+TEST(Slirp, RestoreNudgesTheGuestsDroppedConnections) {
+  int ls = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(ls, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  ASSERT_EQ(::listen(ls, 1), 0);
+  socklen_t l = sizeof a;
+  ::getsockname(ls, reinterpret_cast<sockaddr*>(&a), &l);
+  const u16 host_port = ntohs(a.sin_port);
+
+  SlirpBackend src({});
+  std::vector<std::vector<u8>> got;
+  src.set_receiver([&](const u8* f, usize n) { got.emplace_back(f, f + n); });
+  // A SYN from 10.0.2.15:40000 to the host (10.0.2.2:host_port).
+  const u8 gw[6] = {0x52, 0x55, 10, 0, 2, 2};
+  std::vector<u8> f = eth(gw, 0x0800);
+  std::vector<u8> ip(20, 0), tcp(20, 0);
+  ip[0] = 0x45;
+  put16(ip, 2, 40);
+  ip[8] = 64;
+  ip[9] = 6;
+  inet_pton(AF_INET, kSlirpGuest, &ip[12]);
+  inet_pton(AF_INET, kSlirpHost, &ip[16]);
+  put16(ip, 10, ip_checksum(ip.data(), 20));
+  put16(tcp, 0, 40000);
+  put16(tcp, 2, host_port);
+  tcp[7] = 1;  // seq 1
+  tcp[12] = 5 << 4;
+  tcp[13] = 0x02;  // SYN
+  put16(tcp, 14, 64240);
+  std::vector<u8> ps(12 + 20, 0);
+  std::memcpy(&ps[0], &ip[12], 8);
+  ps[9] = 6;
+  ps[11] = 20;
+  std::memcpy(&ps[12], tcp.data(), 20);
+  put16(tcp, 16, ip_checksum(ps.data(), ps.size()));
+  f.insert(f.end(), ip.begin(), ip.end());
+  f.insert(f.end(), tcp.begin(), tcp.end());
+  src.send(f.data(), f.size());
+  pump(src, [] { return false; }, 200);
+
+  const NetBackend::State st = src.save_state();
+  ASSERT_EQ(st.dropped_tcp.size(), 1u);
+  EXPECT_EQ(st.dropped_tcp[0].guest_port, 40000);
+  EXPECT_EQ(st.dropped_tcp[0].peer_port, host_port);
+  ASSERT_EQ(st.guest_mac.size(), 6u);
+  EXPECT_EQ(std::memcmp(st.guest_mac.data(), kGuestMac, 6), 0);
+
+  SlirpBackend dst({});
+  std::vector<std::vector<u8>> out;
+  bool room = false;
+  dst.set_receiver([&](const u8* fr, usize n) { out.emplace_back(fr, fr + n); });
+  dst.set_can_receive([&] { return room; });
+  dst.load_state(st);
+  pump(dst, [] { return false; }, 50);
+  EXPECT_TRUE(out.empty()) << "nothing before the card can take frames";
+  room = true;
+  ASSERT_TRUE(pump(dst, [&] { return out.size() >= 2; }));
+  u32 seqs[2];
+  for (int i = 0; i < 2; i++) {
+    const auto& fr = out[i];
+    ASSERT_EQ(fr.size(), 54u);
+    EXPECT_EQ(std::memcmp(fr.data(), kGuestMac, 6), 0);
+    EXPECT_EQ(std::memcmp(fr.data() + 6, gw, 6), 0);
+    EXPECT_EQ(ip_checksum(fr.data() + 14, 20), 0) << "IPv4 header checksum";
+    const u8* t = fr.data() + 34;
+    EXPECT_EQ(u16(t[0] << 8 | t[1]), host_port);
+    EXPECT_EQ(u16(t[2] << 8 | t[3]), 40000);
+    EXPECT_EQ(t[13], 0x10);  // ACK only
+    std::vector<u8> p(12 + 20, 0);
+    std::memcpy(&p[0], fr.data() + 14 + 12, 8);
+    p[9] = 6;
+    p[11] = 20;
+    std::memcpy(&p[12], t, 20);
+    EXPECT_EQ(ip_checksum(p.data(), p.size()), 0) << "TCP checksum";
+    seqs[i] = u32(t[4]) << 24 | u32(t[5]) << 16 | u32(t[6]) << 8 | t[7];
+  }
+  EXPECT_EQ(seqs[1] - seqs[0], 0x80000000u);
+  ::close(ls);
+}

@@ -8,8 +8,16 @@
 // guestfwd connections served by a callback (popek has none). NAT'd
 // connections (guest to host or Internet) and connections through hostfwd
 // are not in it: their host ends are this process's sockets, which another
-// process cannot take over. After a restore the guest's next segment on such
-// a connection is answered with a reset. hostfwd rules come from the command
+// process cannot take over. The saved state also lists the guest's NAT'd
+// connections (from slirp_connection_info); after a restore, once the card
+// can take frames, each gets a segment outside the guest's receive window,
+// which makes the guest's TCP answer with an ACK (a duplicate ACK, RFC 793);
+// the restored slirp knows no such connection and answers that with a reset
+// carrying the guest's own next sequence number, which the guest accepts: its
+// application sees ECONNRESET at once instead of waiting for data that will
+// never come. Connections the guest accepted through a hostfwd are not listed
+// by libslirp with their guest-side peer: those are reset only when the guest
+// next sends on them. hostfwd rules come from the command
 // line on both sides; their listening sockets move at the switch-over
 // (release_host_ports / claim_host_ports).
 #pragma once
@@ -49,6 +57,11 @@ class SlirpBackend final : public NetBackend {
  private:
   void run_timers();
   void remove_forwards(usize n);  // the first n of fwds_
+  void send_resets();             // the nudges for dropped_tcp_ (see above)
+  std::vector<State::Conn> dropped_tcp_;
+  u8 guest_mac_[6] = {};
+  bool guest_mac_known_ = false;
+  u64* resets_;
   Slirp* slirp_ = nullptr;
   std::vector<HostFwd> fwds_;
   bool ports_held_ = false;

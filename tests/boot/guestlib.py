@@ -221,17 +221,18 @@ def serve_blob(data, rate=0):
     return httpd
 
 
-def resumable_fetch(url, size, path="/tmp/blob", tag="W"):
+def resumable_fetch(url, size, path="/tmp/blob", tag="W", stall_s=3):
     """A guest shell line (run in the background) that fetches url into path
     with busybox `wget -c` until it holds `size` bytes, then prints
-    "<tag>DONE <md5>". A transfer that stops growing for a second (its TCP
-    connection gone with a migration: libslirp does not carry NAT'd
-    connections, and a guest that only waits for data is never told) is
-    killed ("<tag>STALL <bytes>") and resumed where it stopped; one that ends
-    early ("<tag>END <bytes>", e.g. reset) is resumed too."""
+    "<tag>DONE <md5>". Each time wget ends ("<tag>END <bytes>": done, or its
+    connection reset, as popek does to the guest's NAT'd connections after a
+    migration, libslirp not carrying them) it is resumed where it stopped. A
+    transfer that does not grow for stall_s seconds (a connection gone that the
+    guest was never told about) is killed ("<tag>STALL <bytes>") and resumed."""
     return (f'(rm -f {path}; touch {path}; while [ $(wc -c < {path}) -lt {size} ]; do rm -f /tmp/{tag}.done; '
             f'(wget -c -q -O {path} {url} 2>/dev/null; touch /tmp/{tag}.done) & last=-1; '
-            f'while [ ! -e /tmp/{tag}.done ]; do sleep 1; n=$(wc -c < {path}); '
-            f'if [ "$n" = "$last" ]; then killall -q wget; echo "{tag}STALL $n"; break; fi; last=$n; done; '
-            f'[ -e /tmp/{tag}.done ] && echo "{tag}END $(wc -c < {path})"; sleep 0.3; done; '
+            f's=; k=0; while [ ! -e /tmp/{tag}.done ]; do sleep 0.5; n=$(wc -c < {path}); '
+            f'if [ "$n" = "$last" ]; then k=$((k+1)); else k=0; fi; last=$n; '
+            f'if [ $k -ge {2 * stall_s} ]; then killall -q wget; echo "{tag}STALL $n"; s=1; break; fi; done; '
+            f'[ -z "$s" ] && echo "{tag}END $(wc -c < {path})"; sleep 0.3; done; '
             f'echo "{tag}DONE $(md5sum < {path} | cut -c1-32)") &\n')

@@ -287,7 +287,8 @@ int main(int argc, char** argv) {
                   "[GUESTADDR]:PORT]...[,mac=..]: guest 10.0.2.15, host 10.0.2.2, DNS 10.0.2.3) or a "
                   "TAP interface (tap,ifname=NAME). A VM on user networking can be saved and "
                   "migrated (DHCP lease and hostfwd rules go along; the guest's open TCP connections "
-                  "through it are reset, as libslirp does not carry them); one on TAP cannot")
+                  "through it do not, as libslirp does not carry them: they are reset after the switch); "
+                  "one on TAP cannot")
       ->expected(1)
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   run->add_flag("--rng", cfg.virtio.rng, "A virtio-rng entropy device fed from the host's getrandom");

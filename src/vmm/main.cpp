@@ -105,6 +105,10 @@ void finish_incoming(int fd, machine::Config& cfg, machine::Machine& m) {
     block::acquire_image_locks(10000);
     m.claim_host_ports();
   } catch (const Error& e) {
+    // Let go of what was taken before the source hears of the refusal: it
+    // takes its image locks back at once (and would otherwise stay stopped).
+    block::release_image_locks();
+    m.release_host_ports();
     reply(std::string("POPEK-ERR ") + e.what());
     ::close(fd);
     throw;

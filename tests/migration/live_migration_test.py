@@ -26,7 +26,9 @@ stream but never acknowledges (the source runs on); that stream, truncated
 and bit-flipped, given to a fresh destination (it refuses, exit 125, without
 running the guest); the complete stream while the source still holds the
 image's lock (refused: locked); the complete stream to a destination with
-other devices (no --netdev; refused, naming the difference); the migration
+other devices (no --netdev; refused, naming the difference); a destination
+whose hostfwd port another process holds (it refuses after the stream, naming
+the port; the source binds its own again and runs on); the migration
 connection cut (a proxy between the two popeks closes it) at random points
 (the source keeps running, status failed; the destination refuses, exit 125,
 without running the guest).
@@ -450,6 +452,33 @@ try:
         print(f"  connection cut after {passed[0]} of ~{len(got)} bytes: source {info['status']} "
               f"({info.get('error-desc')}), running; destination exit {code}: "
               f"{out.strip().splitlines()[-1]}", flush=True)
+
+    # 3c: a destination that cannot bind its hostfwd port (another process
+    # holds it): it refuses after the whole stream, naming the port; the
+    # source takes its own port back and runs on.
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    bport = busy.getsockname()[1]
+    dst = Node("bt", incoming=True, devs=[*disk_devices, "--netdev", f"user,hostfwd=tcp:127.0.0.1:{bport}-:8080"])
+    vm.c.ok("migrate", {"uri": dst.addr})
+    info = wait_migration(vm.c)
+    code = dst.end(60)
+    busy.close()
+    out = dst.text()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{FWD}/", timeout=10) as r:
+            fwd_back = b"served-by-the-guest" in r.read()
+    except OSError:
+        fwd_back = False
+    running = vm.c.ok("query-status")["status"] == "running"
+    check(info["status"] == "failed" and f"port {bport}" in info.get("error-desc", "") and running and fwd_back,
+          f"destination's hostfwd port busy: source {info['status']} ({info.get('error-desc')}), running {running}, "
+          f"hostfwd {fwd_back}")
+    check(code == 125 and f"port {bport}" in out and "the guest runs" not in out,
+          f"destination's hostfwd port busy: destination exit {code}: {out[-300:]!r}")
+    print(f"  destination's hostfwd port busy: source {info['status']} ({info.get('error-desc')}), running, "
+          f"hostfwd {'answers' if fwd_back else 'DEAD'}; destination exit {code}", flush=True)
 
     cut_at(rng.randrange(16, 4096))  # in the "machine" section or the first RAM
     for _ in range(3):

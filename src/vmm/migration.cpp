@@ -10,10 +10,10 @@
 //           the last pass measured, or max passes; then, on the vCPU thread:
 //           stop, drain in-flight disk requests and flush the images, the
 //           last dirty pages, the CPU and devices (with libslirp's state),
-//           release the image locks and the hostfwd ports, "end", and wait for the destination's "POPEK-OK" (it has checked
-//           the whole stream, taken the image locks and bound the hostfwd
-//           ports). Completed: the
-//           source stays stopped ("postmigrate") until quit.
+//           release the image locks and the hostfwd ports, "end", and wait
+//           for the destination's "POPEK-OK" (it has checked the whole
+//           stream, taken the image locks and bound the hostfwd ports).
+//           Completed: the source stays stopped ("postmigrate") until quit.
 // Any failure before the acknowledgement (the connection breaks, the
 // destination dies or refuses, migrate_cancel): the dirty log goes off, the
 // image locks and hostfwd ports are taken back and the guest runs on as if

@@ -117,9 +117,15 @@ class Machine final : public x86::Platform, public mem::MmioHandler {
   void end_run(Outcome outcome);
 
   // ---- suspend/resume (machine_snapshot.cpp); vCPU thread, while paused ----
-  // Whether the machine can be saved (false with a network card: its
-  // backend's connections are not saved yet); *why says why not.
+  // Whether the machine can be saved (false with a TAP network card: its
+  // host side is not popek's to move); *why says why not.
   bool can_save(std::string* why) const;
+  // The network backends' hostfwd listening ports: given up at a live
+  // migration's switch-over, taken back if it fails; the destination (built
+  // with Config::virtio.defer_host_ports) claims them once the stream is
+  // complete. claim throws popek::Error naming the port (then none is held).
+  void release_host_ports();
+  void claim_host_ports();
   // Completes in-flight disk requests into the guest's rings and flushes
   // every disk image.
   void quiesce();

@@ -42,6 +42,14 @@ bool Machine::can_save(std::string* why) const {
   return true;
 }
 
+void Machine::release_host_ports() {
+  if (virtio_) virtio_->release_host_ports();
+}
+
+void Machine::claim_host_ports() {
+  if (virtio_) virtio_->claim_host_ports();
+}
+
 void Machine::quiesce() {
   if (virtio_) virtio_->quiesce();
 }

@@ -159,7 +159,7 @@ VirtioBoard::VirtioBoard(const VirtioConfig& cfg, mem::PhysMem& pm, dev::PciBus&
     if (s.mac.empty()) default_mac(unsigned(i), mac);
     else net::parse_mac(s.mac, mac);
     add(std::make_unique<dev::virtio::VirtioNet>("virtio-net" + std::to_string(i), *ram_,
-                                                 net::open_netdev(s), mac));
+                                                 net::open_netdev(s, cfg.defer_host_ports), mac));
   }
   if (cfg.rng) add(std::make_unique<dev::virtio::VirtioRng>("virtio-rng0", *ram_));
 
@@ -275,18 +275,93 @@ void VirtioBoard::quiesce() {
   for (auto& d : devices_) d->quiesce();
 }
 
+namespace {
+// 1: libslirp's state; 2: and the connections it drops, the guest's MAC.
+constexpr u32 kBackendVersion = 2;
+}  // namespace
+
 void VirtioBoard::save(snap::StreamWriter& w) const {
   for (auto& f : fns_) {
     snap::SectionWriter s;
     f->save_state(s);
-    w.section(f->device().name(), 1, s);
+    w.section(f->device().name(), f->device().state_version(), s);
+    if (auto* n = dynamic_cast<dev::virtio::VirtioNet*>(&f->device())) {
+      // "virtio-net0.backend": libslirp's state, in its own format and version.
+      const net::NetBackend::State st = n->backend().save_state();
+      snap::SectionWriter b;
+      b.str("kind", st.kind);
+      b.u64v("format_version", st.version);
+      b.bytes("state", st.bytes);
+      std::vector<u8> conns;  // 12 bytes each: guest addr, port, peer addr, port (network order)
+      for (const auto& c : st.dropped_tcp) {
+        conns.insert(conns.end(), c.guest_addr, c.guest_addr + 4);
+        conns.push_back(u8(c.guest_port >> 8));
+        conns.push_back(u8(c.guest_port));
+        conns.insert(conns.end(), c.peer_addr, c.peer_addr + 4);
+        conns.push_back(u8(c.peer_port >> 8));
+        conns.push_back(u8(c.peer_port));
+      }
+      b.bytes("dropped_tcp", conns);
+      b.bytes("guest_mac", st.guest_mac);
+      w.section(n->name() + ".backend", kBackendVersion, b);
+    }
   }
 }
 
 void VirtioBoard::add_loaders(snap::Loader& l) {
   for (auto& f : fns_) {
     VirtioPciFunction* fn = f.get();
-    l.on(fn->device().name(), 1, [fn](const snap::Section& s) { fn->load_state(s); });
+    l.on(fn->device().name(), fn->device().state_version(), [fn](const snap::Section& s) { fn->load_state(s); });
+    if (auto* n = dynamic_cast<dev::virtio::VirtioNet*>(&fn->device())) {
+      l.on(n->name() + ".backend", kBackendVersion, [n](const snap::Section& s) {
+        net::NetBackend::State st;
+        st.kind = s.str("kind");
+        st.version = u32(s.u64v("format_version"));
+        auto b = s.bytes("state");
+        st.bytes.assign(b.begin(), b.end());
+        if (s.version >= 2) {
+          auto conns = s.bytes("dropped_tcp");
+          if (conns.size() % 12) s.fail("dropped_tcp is not a list of 12-byte entries");
+          for (usize i = 0; i < conns.size(); i += 12) {
+            net::NetBackend::State::Conn c{};
+            std::memcpy(c.guest_addr, &conns[i], 4);
+            c.guest_port = u16(conns[i + 4] << 8 | conns[i + 5]);
+            std::memcpy(c.peer_addr, &conns[i + 6], 4);
+            c.peer_port = u16(conns[i + 10] << 8 | conns[i + 11]);
+            st.dropped_tcp.push_back(c);
+          }
+          auto mac = s.bytes("guest_mac");
+          st.guest_mac.assign(mac.begin(), mac.end());
+        }
+        s.check_all_read();
+        try {
+          n->backend().load_state(st);
+        } catch (const snap::FormatError&) {
+          throw;
+        } catch (const Error& e) {
+          s.fail(e.what());
+        }
+      });
+    }
+  }
+}
+
+void VirtioBoard::release_host_ports() {
+  for (auto& d : devices_)
+    if (auto* n = dynamic_cast<dev::virtio::VirtioNet*>(d.get())) n->backend().release_host_ports();
+}
+
+void VirtioBoard::claim_host_ports() {
+  std::vector<net::NetBackend*> done;
+  try {
+    for (auto& d : devices_)
+      if (auto* n = dynamic_cast<dev::virtio::VirtioNet*>(d.get())) {
+        n->backend().claim_host_ports();
+        done.push_back(&n->backend());
+      }
+  } catch (...) {
+    for (auto* b : done) b->release_host_ports();  // all or none
+    throw;
   }
 }
 

@@ -54,6 +54,9 @@ struct VirtioConfig {
   std::vector<net::NetdevSpec> netdevs;
   bool rng = false;
   bool deterministic = false;  // disks complete requests synchronously
+  // A migration's destination: hostfwd ports are bound by claim_host_ports()
+  // once the stream is complete (the source holds them until then).
+  bool defer_host_ports = false;
 };
 
 class VirtioBoard {
@@ -76,14 +79,20 @@ class VirtioBoard {
   std::vector<std::pair<std::string, u64>> stats() const;
 
   // ---- suspend/resume (machine_snapshot.cpp) ----
-  // Whether every device can be saved (no network card yet); else why not.
+  // Whether every device can be saved (not with a TAP network card); else why not.
   bool can_save(std::string* why) const;
   // In-flight disk requests completed into their rings, images flushed.
   void quiesce();
   // One section per device, named as the device ("virtio-blk0", ...).
   void save(snap::StreamWriter& w) const;
-  // Registers a loader for each device's section.
+  // Registers a loader for each device's section. A network card's backend
+  // state is a section of its own ("virtio-net0.backend").
   void add_loaders(snap::Loader& l);
+  // The network backends' host ports (hostfwd listeners): let go at a
+  // migration's switch-over; taken by the destination (claim throws
+  // popek::Error naming the port; then none is held).
+  void release_host_ports();
+  void claim_host_ports();
   // What the devices are, for the check that a stream fits this machine:
   // e.g. "virtio-blk0 (8589934592 bytes)", "virtio-rng0".
   std::vector<std::string> describe() const;

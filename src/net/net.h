@@ -66,6 +66,39 @@ class NetBackend {
 
   const Counters& counters() const { return counters_; }
 
+  // ---- suspend/resume and live migration (event-loop thread, guest stopped) ----
+  // What a backend carries from one popek to another: `kind` (checked on
+  // load), a version of the bytes' format, the bytes (opaque here).
+  struct State {
+    std::string kind;
+    u32 version = 0;
+    std::vector<u8> bytes;
+    // What the backend's own state does not carry but the destination must
+    // know (slirp: the guest's NAT'd TCP connections, which it resets after
+    // the restore, and the guest's MAC address to reach it): popek's fields.
+    struct Conn {
+      u8 guest_addr[4], peer_addr[4];  // network order
+      u16 guest_port, peer_port;       // host order
+    };
+    std::vector<Conn> dropped_tcp;
+    std::vector<u8> guest_mac;  // 6 bytes, or empty if the guest never sent a frame
+  };
+  // Whether the backend's state can be saved; else *why says why not.
+  virtual bool can_save(std::string* why) const {
+    *why = describe() + ": this network backend cannot be saved or migrated";
+    return false;
+  }
+  virtual State save_state() const { return {}; }
+  // Throws popek::Error naming what does not fit.
+  virtual void load_state(const State& s) {}
+  // Host resources two processes cannot hold at once (slirp's hostfwd
+  // listening ports): given up at a migration's switch-over, taken by the
+  // destination once the stream is complete. claim throws popek::Error
+  // naming the port it cannot bind (nothing stays half-claimed).
+  virtual void release_host_ports() {}
+  virtual void claim_host_ports() {}
+  virtual bool host_ports_held() const { return true; }
+
  protected:
   void deliver(const u8* frame, usize len) {
     if (receiver_) receiver_(frame, len);
@@ -79,8 +112,10 @@ class NetBackend {
 };
 
 // Opens the backend a spec describes. Throws popek::Error (e.g. a port that
-// cannot be forwarded, a TAP device that cannot be opened).
-std::unique_ptr<NetBackend> open_netdev(const NetdevSpec& spec);
+// cannot be forwarded, a TAP device that cannot be opened). With
+// `defer_host_ports` (a migration's destination) hostfwd ports are not bound
+// until claim_host_ports().
+std::unique_ptr<NetBackend> open_netdev(const NetdevSpec& spec, bool defer_host_ports = false);
 
 // The user-mode network's addresses (as QEMU's defaults).
 inline constexpr const char* kSlirpNetwork = "10.0.2.0";

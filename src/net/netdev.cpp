@@ -103,9 +103,9 @@ NetdevSpec parse_netdev(const std::string& spec) {
   return n;
 }
 
-std::unique_ptr<NetBackend> open_netdev(const NetdevSpec& spec) {
+std::unique_ptr<NetBackend> open_netdev(const NetdevSpec& spec, bool defer_host_ports) {
   if (spec.kind == NetdevSpec::Kind::tap) return std::make_unique<TapBackend>(spec.ifname);
-  return std::make_unique<SlirpBackend>(spec.hostfwd);
+  return std::make_unique<SlirpBackend>(spec.hostfwd, defer_host_ports);
 }
 
 }  // namespace popek::net

@@ -17,6 +17,13 @@ class TapBackend final : public NetBackend {
   void io_fill(std::vector<pollfd>& fds, int* timeout_ms) override;
   void io_dispatch(const pollfd* fds, usize n) override;
   int fd() const { return fd_; }
+  // The host side (the interface, its bridge or routes) is not popek's to
+  // move: a VM on a TAP interface is not saved.
+  bool can_save(std::string* why) const override {
+    *why = "--netdev tap (" + ifname_ + "): a VM on a TAP interface cannot be saved or migrated (its host "
+           "side is outside popek); use --netdev user";
+    return false;
+  }
 
  private:
   std::string ifname_;

@@ -112,9 +112,11 @@ void Controller::register_commands() {
   qmp_.add_command({"cont", {}, [this](const json&) {
                       return call([this](Machine& m) {
                         if (postmigrate_) {
-                          // After a live migration the images' locks went to the destination.
+                          // After a live migration the images' locks and the
+                          // hostfwd ports went to the destination.
                           try {
                             block::acquire_image_locks(0);
+                            m.claim_host_ports();
                           } catch (const std::exception& e) {
                             throw QmpError("GenericError", std::string("cont: ") + e.what());
                           }

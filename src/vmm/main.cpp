@@ -88,25 +88,33 @@ int accept_incoming(const vmm::TcpAddress& a, machine::Config& cfg) {
   cfg.incoming_fd = fd;
   cfg.incoming_what = "--incoming tcp:" + bound;
   block::set_defer_image_locks(true);
+  cfg.virtio.defer_host_ports = true;
   return fd;
 }
 
 // The stream is complete and checked (the machine is built from it): take
-// the image locks the source released, then acknowledge. On failure the
-// source is told why (it runs on) and this popek exits.
-void finish_incoming(int fd, machine::Config& cfg) {
+// the image locks and bind the hostfwd ports the source released, then
+// acknowledge. On failure the source is told why (it runs on) and this popek
+// exits.
+void finish_incoming(int fd, machine::Config& cfg, machine::Machine& m) {
   auto reply = [&](const std::string& line) {
     const std::string l = line + "\n";
     (void)!::send(fd, l.data(), l.size(), MSG_NOSIGNAL);
   };
   try {
     block::acquire_image_locks(10000);
+    m.claim_host_ports();
   } catch (const Error& e) {
+    // Let go of what was taken before the source hears of the refusal: it
+    // takes its image locks back at once (and would otherwise stay stopped).
+    block::release_image_locks();
+    m.release_host_ports();
     reply(std::string("POPEK-ERR ") + e.what());
     ::close(fd);
     throw;
   }
   block::set_defer_image_locks(false);
+  cfg.virtio.defer_host_ports = false;
   reply("POPEK-OK");
   ::close(fd);
   cfg.incoming_fd = -1;
@@ -147,12 +155,13 @@ int cmd_run(machine::Config cfg, bool stats, const std::vector<std::string>& qmp
     }
     if (in_fd >= 0) {
       const auto tm = std::chrono::steady_clock::now();
-      finish_incoming(in_fd, cfg);
+      finish_incoming(in_fd, cfg, *m);
       migrated = true;
       const auto ms = [](auto a, auto b) { return std::chrono::duration<double, std::milli>(b - a).count(); };
       std::fprintf(stderr,
                    "popek: migration stream received and checked in %.0f ms (loaded at %.1f ms, machine "
-                   "ready at %.1f ms, image locks taken and acknowledged at %.1f ms); the guest runs\n",
+                   "ready at %.1f ms, image locks and host ports taken and acknowledged at %.1f ms); the guest "
+                   "runs\n",
                    ms(tb, std::chrono::steady_clock::now()), ms(tb, m->stream_loaded()), ms(tb, tm),
                    ms(tb, std::chrono::steady_clock::now()));
     }
@@ -280,7 +289,10 @@ int main(int argc, char** argv) {
   run->add_option("--netdev", netdevs,
                   "A virtio-net card (repeatable) on user-mode NAT (user[,hostfwd=tcp:[HOSTADDR]:PORT-"
                   "[GUESTADDR]:PORT]...[,mac=..]: guest 10.0.2.15, host 10.0.2.2, DNS 10.0.2.3) or a "
-                  "TAP interface (tap,ifname=NAME)")
+                  "TAP interface (tap,ifname=NAME). A VM on user networking can be saved and "
+                  "migrated (DHCP lease and hostfwd rules go along; the guest's open TCP connections "
+                  "through it do not, as libslirp does not carry them: they are reset after the switch); "
+                  "one on TAP cannot")
       ->expected(1)
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   run->add_flag("--rng", cfg.virtio.rng, "A virtio-rng entropy device fed from the host's getrandom");

@@ -9,13 +9,16 @@
 //   until   the pages left would go within downtime-limit at the bandwidth
 //           the last pass measured, or max passes; then, on the vCPU thread:
 //           stop, drain in-flight disk requests and flush the images, the
-//           last dirty pages, the CPU and devices, release the image locks,
-//           "end", and wait for the destination's "POPEK-OK" (it has checked
-//           the whole stream and taken the image locks). Completed: the
-//           source stays stopped ("postmigrate") until quit.
+//           last dirty pages, the CPU and devices (with libslirp's state),
+//           release the image locks and the hostfwd ports, "end", and wait
+//           for the destination's "POPEK-OK" (it has checked the whole
+//           stream, taken the image locks and bound the hostfwd ports).
+//           Completed: the source stays stopped ("postmigrate") until quit.
 // Any failure before the acknowledgement (the connection breaks, the
 // destination dies or refuses, migrate_cancel): the dirty log goes off, the
-// image locks are taken back and the guest runs on as if nothing happened.
+// image locks and hostfwd ports are taken back and the guest runs on as if
+// nothing happened (a port someone else took meanwhile is reported in the
+// error; the guest runs on without that forward).
 // If the locks cannot be taken back (the destination took them: it runs the
 // guest), the source stays stopped: two VMs must never write one image.
 #include <poll.h>
@@ -280,6 +283,7 @@ void Controller::run_migration(Machine* m, TcpAddress to, u64 downtime_limit_ms,
             mm.save_ram_pages(w, dirty, &rs);
             mm.save_devices(w);
             block::release_image_locks();
+            mm.release_host_ports();  // the destination binds them (same host: same ports)
             released = true;
             w.end();
             sink->flush();
@@ -306,6 +310,12 @@ void Controller::run_migration(Machine* m, TcpAddress to, u64 downtime_limit_ms,
                 relocked = false;
                 error += "; the image locks cannot be taken back (" + std::string(le.what()) +
                          "): the VM stays stopped";
+              }
+              try {
+                mm.claim_host_ports();
+              } catch (const std::exception& pe) {
+                error += "; the host ports cannot be taken back: " + std::string(pe.what());
+                std::fprintf(stderr, "popek: after the failed migration: %s\n", pe.what());
               }
             }
             if (logging) {

@@ -162,3 +162,77 @@ def serve_directory(path):
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     return httpd
+
+
+def serve_blob(data, rate=0):
+    """Serves `data` at /blob over HTTP on the host's loopback from threads,
+    with Range requests (bytes=N-, answered 206), so that `wget -c` resumes;
+    `rate` (bytes/s per connection, 0: no limit) paces the answer. Returns the
+    server; .server_address[1] is its port, .starts the offsets asked for (one
+    per request), .shutdown() stops it."""
+    import http.server
+    import re as re_
+    import threading
+
+    starts = []
+
+    class Blob(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            if self.path != "/blob":
+                self.send_error(404)
+                return
+            start = 0
+            m = re_.match(r"bytes=(\d+)-$", self.headers.get("Range", ""))
+            if m:
+                start = int(m.group(1))
+            starts.append(start)
+            if start >= len(data):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(data)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(206 if m else 200)
+            if m:
+                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            self.send_header("Content-Length", str(len(data) - start))
+            self.end_headers()
+            chunk = 16384
+            t0 = time.time()
+            sent = 0
+            try:
+                for off in range(start, len(data), chunk):
+                    self.wfile.write(data[off:off + chunk])
+                    sent += min(chunk, len(data) - off)
+                    if rate:
+                        ahead = sent / rate - (time.time() - t0)
+                        if ahead > 0:
+                            time.sleep(ahead)
+            except OSError:
+                pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Blob)
+    httpd.daemon_threads = True
+    httpd.starts = starts
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd
+
+
+def resumable_fetch(url, size, path="/tmp/blob", tag="W", stall_s=3):
+    """A guest shell line (run in the background) that fetches url into path
+    with busybox `wget -c` until it holds `size` bytes, then prints
+    "<tag>DONE <md5>". Each time wget ends ("<tag>END <bytes>": done, or its
+    connection reset, as popek does to the guest's NAT'd connections after a
+    migration, libslirp not carrying them) it is resumed where it stopped. A
+    transfer that does not grow for stall_s seconds (a connection gone that the
+    guest was never told about) is killed ("<tag>STALL <bytes>") and resumed."""
+    return (f'(rm -f {path}; touch {path}; while [ $(wc -c < {path}) -lt {size} ]; do rm -f /tmp/{tag}.done; '
+            f'(wget -c -q -O {path} {url} 2>/dev/null; touch /tmp/{tag}.done) & last=-1; '
+            f's=; k=0; while [ ! -e /tmp/{tag}.done ]; do sleep 0.5; n=$(wc -c < {path}); '
+            f'if [ "$n" = "$last" ]; then k=$((k+1)); else k=0; fi; last=$n; '
+            f'if [ $k -ge {2 * stall_s} ]; then killall -q wget; echo "{tag}STALL $n"; s=1; break; fi; done; '
+            f'[ -z "$s" ] && echo "{tag}END $(wc -c < {path})"; sleep 0.3; done; '
+            f'echo "{tag}DONE $(md5sum < {path} | cut -c1-32)") &\n')

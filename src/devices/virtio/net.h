@@ -38,13 +38,21 @@ class VirtioNet final : public VirtioDevice {
   void io_dispatch(const pollfd* fds, usize n) override;
   // A frame from the backend (public for tests).
   void receive(const u8* frame, usize len);
-  // The network backend's state (libslirp's connections) is not saved yet.
+  // Saved: the common virtio state, and (version 2) the frames waiting for
+  // receive buffers. Nothing is in flight on transmit: a notification sends
+  // every frame the driver queued before it returns. The backend's state is
+  // a section of its own (machine/virtio_board.cpp); a backend that cannot
+  // be saved (TAP) makes the device refuse.
   bool can_save(std::string* why) const override {
-    *why = name() + ": saving a VM with a network card (--netdev) is not supported yet";
+    if (backend_->can_save(why)) return true;
+    *why = name() + ": " + *why;
     return false;
   }
+  u32 state_version() const override { return 2; }
 
  protected:
+  void save_extra(snap::SectionWriter& w) const override;
+  void load_extra(const snap::Section& r) override;
   u64 device_features() const override;
   void on_notify(unsigned q) override;
   void on_reset() override { backlog_.clear(); }

@@ -3,6 +3,7 @@
 #include "base/error.h"
 #include "devices/pc/state_io.h"
 #include "devices/virtio/blk.h"
+#include "devices/virtio/net.h"
 #include "devices/virtio/virtio_device.h"
 #include "devices/virtio/virtio_pci.h"
 #include "devices/virtio/virtqueue.h"
@@ -80,6 +81,7 @@ void VirtioDevice::save_state(snap::SectionWriter& w) const {
     w.u64v(p + "signalled_used", q.signalled_used);
     w.str(p + "error", q.error);
   }
+  save_extra(w);
 }
 
 void VirtioDevice::load_state(const snap::Section& r) {
@@ -126,6 +128,7 @@ void VirtioDevice::load_state(const snap::Section& r) {
     if (!err.empty()) r.fail(name_ + " queue " + std::to_string(i) + ": " + err);
   }
   isr_ = isr;
+  load_extra(r);
   if (irq_sink_) irq_sink_(isr_ != 0);
 }
 
@@ -150,6 +153,38 @@ void VirtioPciFunction::load_state(const snap::Section& r) {
   queue_select_ = qsel;
   level_ = dev_.isr() != 0;
   update_irq();
+}
+
+// Frames from the backend that the driver had no buffers for yet: each a
+// little-endian u32 length and the frame.
+void VirtioNet::save_extra(snap::SectionWriter& w) const {
+  std::vector<u8> b;
+  for (const auto& f : backlog_) {
+    const u32 n = u32(f.size());
+    for (int i = 0; i < 4; i++) b.push_back(u8(n >> (8 * i)));
+    b.insert(b.end(), f.begin(), f.end());
+  }
+  w.u64v("rx_backlog_frames", backlog_.size());
+  w.bytes("rx_backlog", b);
+}
+
+void VirtioNet::load_extra(const snap::Section& r) {
+  backlog_.clear();
+  if (r.version < 2) return;
+  const u64 frames = r.u64v("rx_backlog_frames");
+  auto b = r.bytes("rx_backlog");
+  if (frames > kBacklog) r.fail(name() + ": " + std::to_string(frames) + " frames waiting, more than the backlog holds");
+  usize at = 0;
+  for (u64 i = 0; i < frames; i++) {
+    if (b.size() - at < 4) r.fail(name() + ": receive backlog cut short");
+    u32 n = 0;
+    for (int k = 0; k < 4; k++) n |= u32(b[at + k]) << (8 * k);
+    at += 4;
+    if (n > kMaxFrame || b.size() - at < n) r.fail(name() + ": receive backlog frame of " + std::to_string(n) + " bytes");
+    backlog_.emplace_back(b.begin() + at, b.begin() + at + n);
+    at += n;
+  }
+  if (at != b.size()) r.fail(name() + ": receive backlog has bytes past its last frame");
 }
 
 void VirtioBlk::quiesce() {

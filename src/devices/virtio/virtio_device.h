@@ -102,6 +102,17 @@ class VirtioDevice {
   // space, queues) as fields of a section; load throws snap::FormatError.
   void save_state(snap::SectionWriter& w) const;
   void load_state(const snap::Section& r);
+  // The version of this device type's section (the common fields are
+  // version 1; a device type with fields of its own counts up from there).
+  virtual u32 state_version() const { return 1; }
+
+ protected:
+  // A device type's own fields, after the common ones (load: r.version is
+  // the saved section's version; throws snap::FormatError).
+  virtual void save_extra(snap::SectionWriter& w) const {}
+  virtual void load_extra(const snap::Section& r) {}
+
+ public:
 
   // Marks the device broken (DEVICE_NEEDS_RESET), stops it, and tells the
   // driver with a configuration-change interrupt. The first reason is kept and

@@ -15,6 +15,7 @@
 
 #include "base/error.h"
 #include "engine/interp/interp.h"
+#include "engine/kvm/kvm.h"
 #include "machine/boot/linux_boot.h"
 
 #include "machine/debug_ports.h"
@@ -69,8 +70,19 @@ Machine::Machine(const Config& cfg) : cfg_(cfg), clock_(cfg.deterministic, &cpu_
       engine_ = std::make_unique<engine::Interp>(cpu_, *pm_, *this);
     } else if (cfg.engine == "bt") {
       engine_ = std::make_unique<engine::Bt>(cpu_, *pm_, *this, cfg.bt);
+    } else if (cfg.engine == "kvm") {
+      if (cfg.deterministic)
+        throw Error("--deterministic needs an engine that counts instructions (interp, bt), not kvm");
+      engine::KvmOptions ko;
+      ko.ns_to_next_event = [this] {
+        const u64 d = next_deadline(), now = clock_.now_ns();
+        return d == Timed::kNever ? d : d > now ? d - now : 0;
+      };
+      engine_ = std::make_unique<engine::Kvm>(cpu_, *pm_, *this, std::move(ko));
+      if (cfg.max_insns)
+        std::fprintf(stderr, "popek: --max-insns has no effect on kvm (KVM does not count guest instructions)\n");
     } else {
-      throw Error("unknown engine '" + cfg.engine + "' (available: interp, bt)");
+      throw Error("unknown engine '" + cfg.engine + "' (available: interp, bt, kvm)");
     }
   };
   // Resumed: the state comes from the file, before the engine exists (so

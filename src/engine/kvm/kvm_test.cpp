@@ -1,0 +1,381 @@
+// The kvm engine: CpuState <-> KVM conversions (everywhere), the same round
+// trip through a real vCPU, CPUID as the guest sees it, and small programs run
+// on kvm and on interp to the same state (where /dev/kvm works; skipped with
+// the reason otherwise).
+#include <fcntl.h>
+#include <linux/kvm.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <algorithm>
+#include <random>
+
+#include <gtest/gtest.h>
+
+#include "engine/interp/interp.h"
+#include "engine/kvm/kvm.h"
+#include "engine/kvm/kvm_state.h"
+#include "x86/cpuid.h"
+
+namespace popek::engine {
+namespace {
+
+using namespace popek::x86;
+
+// Fields KVM holds, compared one by one so a failure names the field.
+void expect_same(const CpuState& a, const CpuState& b, bool x87_pointers = true) {
+  for (int i = 0; i < 8; i++) EXPECT_EQ(a.gpr[i], b.gpr[i]) << "gpr " << i;
+  EXPECT_EQ(a.eip, b.eip);
+  EXPECT_EQ(a.eflags, b.eflags);
+  auto seg = [](const Segment& x, const Segment& y, const char* name) {
+    EXPECT_EQ(x.sel, y.sel) << name;
+    EXPECT_EQ(x.base, y.base) << name;
+    EXPECT_EQ(x.limit, y.limit) << name;
+    EXPECT_EQ(x.attr, y.attr) << name;
+  };
+  const char* names[6] = {"es", "cs", "ss", "ds", "fs", "gs"};
+  for (int i = 0; i < 6; i++) seg(a.seg[i], b.seg[i], names[i]);
+  seg(a.ldtr, b.ldtr, "ldtr");
+  seg(a.tr, b.tr, "tr");
+  EXPECT_EQ(a.gdtr.base, b.gdtr.base);
+  EXPECT_EQ(a.gdtr.limit, b.gdtr.limit);
+  EXPECT_EQ(a.idtr.base, b.idtr.base);
+  EXPECT_EQ(a.idtr.limit, b.idtr.limit);
+  EXPECT_EQ(a.cr0, b.cr0);
+  EXPECT_EQ(a.cr2, b.cr2);
+  EXPECT_EQ(a.cr3, b.cr3);
+  EXPECT_EQ(a.cr4, b.cr4);
+  EXPECT_EQ(a.cpl, b.cpl);
+  EXPECT_EQ(a.fpu.fcw, b.fpu.fcw);
+  EXPECT_EQ(a.fpu.fsw, b.fpu.fsw);
+  EXPECT_EQ(a.fpu.ftw, b.fpu.ftw);
+  if (x87_pointers) {
+    EXPECT_EQ(a.fpu.fop, b.fpu.fop);
+    EXPECT_EQ(a.fpu.fip, b.fpu.fip);
+    EXPECT_EQ(a.fpu.fdp, b.fpu.fdp);
+    EXPECT_EQ(a.fpu.fcs, b.fpu.fcs);
+    EXPECT_EQ(a.fpu.fds, b.fpu.fds);
+  }
+  for (int i = 0; i < 8; i++)
+    EXPECT_EQ(0, std::memcmp(&a.fpu.regs[i], &b.fpu.regs[i], 10)) << "st physical " << i;
+  EXPECT_EQ(a.intr_shadow, b.intr_shadow);
+  EXPECT_EQ(a.nmi_pending, b.nmi_pending);
+  EXPECT_EQ(a.nmi_blocked, b.nmi_blocked);
+  EXPECT_EQ(a.msr.sysenter_cs, b.msr.sysenter_cs);
+  EXPECT_EQ(a.msr.sysenter_esp, b.msr.sysenter_esp);
+  EXPECT_EQ(a.msr.sysenter_eip, b.msr.sysenter_eip);
+}
+
+Segment flat(u16 sel, u16 attr) { return Segment{sel, 0, 0xFFFFFFFF, attr}; }
+
+// A few states a guest can be in: reset, flat protected mode at CPL 0 and 3,
+// 16-bit protected mode, with an x87 stack in use.
+std::vector<CpuState> sample_states() {
+  std::vector<CpuState> v;
+  CpuState r;
+  r.reset();
+  v.push_back(r);
+
+  CpuState p;
+  p.reset();
+  p.cr0 = CR0_PE | CR0_ET | CR0_PG | CR0_WP | CR0_NE;
+  p.cr3 = 0x12000;
+  p.cr4 = CR4_PSE | CR4_PGE;
+  p.cr2 = 0xDEADB000;
+  p.seg[CS] = flat(0x08, 0xC09B);
+  for (int s : {ES, SS, DS, FS, GS}) p.seg[s] = flat(0x10, 0xC093);
+  p.seg[FS] = Segment{0, 0, 0, 0};  // null: unusable
+  p.tr = Segment{0x28, 0x3000, 0x67, 0x8B};
+  p.ldtr = Segment{0x30, 0x5000, 0xFF, 0x82};
+  p.gdtr = {0x1000, 0xFF};
+  p.idtr = {0x2000, 0x7FF};
+  u32 g[8] = {1, 0x80000001, 0xFFFFFFFF, 0x12345678, 0x8FFF0, 0x9ABC, 0x55AA55AA, 7};
+  std::memcpy(p.gpr, g, sizeof g);
+  p.eip = 0xC0101234;
+  p.eflags = FLAGS_FIXED1 | IF | CF | ZF | OF | DF;
+  p.msr.sysenter_cs = 0x60;
+  p.msr.sysenter_esp = 0xC1000000;
+  p.msr.sysenter_eip = 0xC0100000;
+  p.fpu.fcw = 0x037F;
+  p.fpu.set_top(6);
+  p.fpu.regs[6] = 1.5L;
+  p.fpu.regs[7] = 0.0L;
+  p.fpu.ftw = 0xFFFF & ~(3u << 12) & ~(3u << 14);
+  p.fpu.ftw |= 1u << 14;  // physical 7 holds zero: tag 01
+  p.fpu.fop = 0x1D9;
+  p.fpu.fip = 0xC0105555;
+  p.fpu.fdp = 0xC0206666;
+  v.push_back(p);
+
+  CpuState u = p;  // ring 3
+  u.seg[CS] = flat(0x1B, 0xC0FB);
+  u.seg[SS] = flat(0x23, 0xC0F3);
+  u.seg[DS] = u.seg[ES] = u.seg[SS];
+  u.cpl = 3;
+  u.intr_shadow = SHADOW_STI;
+  v.push_back(u);
+
+  CpuState w;  // 16-bit protected mode, paging off, MOV SS shadow
+  w.reset();
+  w.cr0 = CR0_PE | CR0_ET;
+  w.seg[CS] = Segment{0x08, 0x10000, 0xFFFF, 0x9B};
+  w.seg[SS] = Segment{0x10, 0x20000, 0xFFFF, 0x93};
+  w.seg[DS] = Segment{0x10, 0x20000, 0xFFFF, 0x93};
+  w.seg[ES] = Segment{0, 0, 0, 0};
+  w.seg[FS] = Segment{0, 0, 0, 0};
+  w.seg[GS] = Segment{0, 0, 0, 0};
+  w.tr = Segment{0x18, 0x3000, 0x67, 0x8B};
+  w.eip = 0x1234;
+  w.intr_shadow = SHADOW_MOV_SS;
+  w.nmi_blocked = true;
+  v.push_back(w);
+  // The paged states again with paging off (for KVMs that refuse 32-bit
+  // paging without PAE).
+  for (CpuState x : {p, u}) {
+    x.cr0 &= ~CR0_PG;
+    v.push_back(x);
+  }
+  return v;
+}
+
+TEST(KvmState, ConversionRoundTrip) {
+  for (const CpuState& s : sample_states()) {
+    kvm::KvmState k = kvm::to_kvm(s);
+    CpuState t;
+    t.reset();
+    t.cpl = 99;
+    kvm::from_kvm(k, t);
+    expect_same(s, t);
+  }
+}
+
+TEST(KvmState, TagsFollowContents) {
+  EXPECT_EQ(kvm::fpu_tag_of(1.0L), 0u);
+  EXPECT_EQ(kvm::fpu_tag_of(0.0L), 1u);
+  EXPECT_EQ(kvm::fpu_tag_of(-0.0L), 1u);
+  EXPECT_EQ(kvm::fpu_tag_of(__builtin_infl()), 2u);
+  EXPECT_EQ(kvm::fpu_tag_of(__builtin_nanl("")), 2u);
+  EXPECT_EQ(kvm::fpu_tag_of(__LDBL_DENORM_MIN__), 2u);
+}
+
+// ---- with /dev/kvm ----
+
+#define REQUIRE_KVM()                                                          \
+  do {                                                                         \
+    KvmProbe p_ = kvm_available();                                             \
+    if (!p_.usable) GTEST_SKIP() << "kvm not usable here: " << p_.why;         \
+  } while (0)
+
+// The same states set into a real vCPU and read back.
+TEST(KvmVcpu, StateRoundTrip) {
+  REQUIRE_KVM();
+  int sys = ::open("/dev/kvm", O_RDWR | O_CLOEXEC);
+  ASSERT_GE(sys, 0);
+  int vm = ::ioctl(sys, KVM_CREATE_VM, 0);
+  ASSERT_GE(vm, 0);
+  ::ioctl(vm, KVM_SET_TSS_ADDR, 0xFFFBD000ul);
+  // Memory for the page tables the states point at (zero: nothing mapped).
+  void* mem = ::mmap(nullptr, 1 << 20, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  ASSERT_NE(mem, MAP_FAILED);
+  kvm_userspace_memory_region region{0, 0, 0, 1 << 20, reinterpret_cast<u64>(mem)};
+  ASSERT_EQ(::ioctl(vm, KVM_SET_USER_MEMORY_REGION, &region), 0);
+  int vcpu = ::ioctl(vm, KVM_CREATE_VCPU, 0);
+  ASSERT_GE(vcpu, 0);
+  for (const CpuState& s : sample_states()) {
+    kvm::KvmState k = kvm::to_kvm(s);
+    ASSERT_EQ(::ioctl(vcpu, KVM_SET_SREGS, &k.sregs), 0) << std::strerror(errno);
+    ASSERT_EQ(::ioctl(vcpu, KVM_SET_REGS, &k.regs), 0);
+    ASSERT_EQ(::ioctl(vcpu, KVM_SET_FPU, &k.fpu), 0);
+    ASSERT_EQ(::ioctl(vcpu, KVM_SET_VCPU_EVENTS, &k.events), 0);
+    alignas(kvm_msrs) u8 mbuf[sizeof(kvm_msrs) + 3 * sizeof(kvm_msr_entry)] = {};
+    auto* mh = reinterpret_cast<kvm_msrs*>(mbuf);
+    kvm_msr_entry* me = mh->entries;
+    mh->nmsrs = 3;
+    me[0] = {kvm::kMsrSysenterCs, 0, k.sysenter_cs};
+    me[1] = {kvm::kMsrSysenterEsp, 0, k.sysenter_esp};
+    me[2] = {kvm::kMsrSysenterEip, 0, k.sysenter_eip};
+    const bool msrs = ::ioctl(vcpu, KVM_SET_MSRS, mh) == 3;
+    if (!msrs) std::printf("note: KVM_SET_MSRS fails here (%s): SYSENTER MSRs not compared\n", std::strerror(errno));
+    kvm::KvmState b;
+    ASSERT_EQ(::ioctl(vcpu, KVM_GET_SREGS, &b.sregs), 0);
+    ASSERT_EQ(::ioctl(vcpu, KVM_GET_REGS, &b.regs), 0);
+    ASSERT_EQ(::ioctl(vcpu, KVM_GET_FPU, &b.fpu), 0);
+    ASSERT_EQ(::ioctl(vcpu, KVM_GET_VCPU_EVENTS, &b.events), 0);
+    if (msrs) {
+      ASSERT_EQ(::ioctl(vcpu, KVM_GET_MSRS, mh), 3);
+      b.sysenter_cs = u32(me[0].data);
+      b.sysenter_esp = u32(me[1].data);
+      b.sysenter_eip = u32(me[2].data);
+    } else {
+      b.sysenter_cs = k.sysenter_cs;
+      b.sysenter_esp = k.sysenter_esp;
+      b.sysenter_eip = k.sysenter_eip;
+    }
+    EXPECT_TRUE(kvm::event_in_flight(b.events).empty());
+    CpuState t;
+    t.reset();
+    kvm::from_kvm(b, t);
+    if ((s.cr0 & CR0_PG) && !(t.cr0 & CR0_PG)) {
+      // kvm_pvm refuses 32-bit paging without PAE (a guest's MOV CR0 gets
+      // #GP) and drops the bit here: a limit of that KVM, said, not hidden.
+      std::printf("note: this KVM (%s) does not keep CR0.PG without PAE: state with paging skipped\n",
+                  kvm_available().flavour.c_str());
+      continue;
+    }
+    SCOPED_TRACE("state with cr0 " + std::to_string(s.cr0) + ", cpl " + std::to_string(s.cpl));
+    expect_same(s, t);
+  }
+  ::close(vcpu);
+  ::close(vm);
+  ::close(sys);
+  ::munmap(mem, 1 << 20);
+}
+
+// A board for small programs: records port writes, reads 0xFF..
+struct TestPlatform : Platform {
+  std::vector<std::pair<u16, u32>> outs;
+  u32 io_in(u16, unsigned size) override { return size == 4 ? ~0u : (1u << (8 * size)) - 1; }
+  void io_out(u16 port, unsigned, u32 v) override { outs.push_back({port, v}); }
+  u64 tsc() override { return 0; }
+  bool* line = nullptr;  // the INTR line, dropped by the acknowledge
+  u8 intr_ack() override {
+    if (line) *line = false;
+    return 0x20;
+  }
+};
+
+// Runs real-mode `code` (at 0x1000, CS base 0, SS:SP 0:0x8000) to HLT on an
+// engine; returns the final state.
+template <typename MakeEngine>
+CpuState run_program(const std::vector<u8>& code, MakeEngine make, TestPlatform& plat,
+                     std::vector<u8>* ram_out = nullptr) {
+  mem::PhysMem pm(1 << 20);
+  std::memcpy(pm.ram() + 0x1000, code.data(), code.size());
+  CpuState s;
+  s.reset();
+  s.seg[CS] = Segment{0, 0, 0xFFFF, 0x9B};
+  s.eip = 0x1000;
+  s.gpr[ESP] = 0x8000;
+  auto e = make(s, pm, plat);
+  for (int i = 0; i < 1000 && !s.halted; i++) e->run(100000);
+  EXPECT_TRUE(s.halted);
+  if (ram_out) ram_out->assign(pm.ram(), pm.ram() + 0x10000);
+  return s;
+}
+
+std::unique_ptr<Engine> make_kvm(CpuState& s, mem::PhysMem& pm, Platform& plat) {
+  KvmOptions o;
+  o.calibrate = false;
+  return std::make_unique<Kvm>(s, pm, plat, o);
+}
+std::unique_ptr<Engine> make_interp(CpuState& s, mem::PhysMem& pm, Platform& plat) {
+  return std::make_unique<Interp>(s, pm, plat);
+}
+
+// CPUID as the guest sees it on kvm is popek's model.
+TEST(KvmEngine, CpuidIsPopeksModel) {
+  REQUIRE_KVM();
+  const u32 leaves[] = {0, 1, 2, 3, 0x40000000, 0x80000000, 0x80000001, 0x80000008, 0xC0000000};
+  // For each leaf: mov eax, leaf; xor ecx, ecx; cpuid; out 0xE0..0xE3 with eax, ebx, ecx, edx.
+  std::vector<u8> code;
+  for (u32 l : leaves) {
+    code.insert(code.end(), {0x66, 0xB8});
+    for (int i = 0; i < 4; i++) code.push_back(u8(l >> (8 * i)));
+    code.insert(code.end(), {0x66, 0x31, 0xC9, 0x0F, 0xA2,  // xor ecx, ecx; cpuid
+                             0x66, 0xE7, 0xE0,              // out 0xE0, eax
+                             0x66, 0x89, 0xD8, 0x66, 0xE7, 0xE1,  // mov eax, ebx; out
+                             0x66, 0x89, 0xC8, 0x66, 0xE7, 0xE2,  // mov eax, ecx; out
+                             0x66, 0x89, 0xD0, 0x66, 0xE7, 0xE3});  // mov eax, edx; out
+  }
+  code.push_back(0xF4);
+  {
+    mem::PhysMem pm(1 << 20);
+    CpuState s;
+    TestPlatform plat;
+    KvmOptions o;
+    o.calibrate = false;
+    Kvm k(s, pm, plat, o);
+    if (!k.cpuid_model_set()) GTEST_SKIP() << "this KVM refuses KVM_SET_CPUID2: the guest sees its CPUID";
+  }
+  TestPlatform plat;
+  run_program(code, make_kvm, plat);
+  ASSERT_EQ(plat.outs.size(), 4 * std::size(leaves));
+  for (usize i = 0; i < std::size(leaves); i++) {
+    CpuidResult r = cpuid(leaves[i], 0);
+    SCOPED_TRACE("leaf " + std::to_string(leaves[i]));
+    EXPECT_EQ(plat.outs[4 * i + 0].second, r.eax);
+    EXPECT_EQ(plat.outs[4 * i + 1].second, r.ebx);
+    EXPECT_EQ(plat.outs[4 * i + 2].second, r.ecx);
+    EXPECT_EQ(plat.outs[4 * i + 3].second, r.edx);
+  }
+}
+
+// The same program on kvm and interp: same registers, memory and port writes.
+TEST(KvmEngine, SameStateAsInterp) {
+  REQUIRE_KVM();
+  // Arithmetic, a loop, the stack, string stores and RDMSR of an MSR popek's
+  // model has (MISC_ENABLE), then HLT.
+  std::vector<u8> code = {
+      0x66, 0xB8, 0x78, 0x56, 0x34, 0x12,  // mov eax, 0x12345678
+      0x66, 0xBB, 0x01, 0x00, 0x00, 0x80,  // mov ebx, 0x80000001
+      0x66, 0x01, 0xD8,                    // add eax, ebx
+      0x66, 0xB9, 0x10, 0x00, 0x00, 0x00,  // mov ecx, 16
+      0x66, 0x50,                          // l: push eax
+      0x66, 0xD1, 0xC0,                    // rol eax, 1
+      0xE2, 0xF9,                          // loop l
+      0xBF, 0x00, 0x20,                    // mov di, 0x2000
+      0xB9, 0x08, 0x00,                    // mov cx, 8
+      0xFC, 0xF3, 0xAB,                    // cld; rep stosw
+      0x66, 0xB9, 0xA0, 0x01, 0x00, 0x00,  // mov ecx, 0x1A0
+      0x0F, 0x32,                          // rdmsr
+      0xE6, 0x80,                          // out 0x80, al
+      0xF4};
+  TestPlatform pk, pi;
+  std::vector<u8> mk, mi;
+  CpuState k = run_program(code, make_kvm, pk, &mk);
+  CpuState i = run_program(code, make_interp, pi, &mi);
+  expect_same(k, i, false);
+  EXPECT_EQ(pk.outs, pi.outs);
+  EXPECT_TRUE(mk == mi);
+}
+
+// A pending interrupt is injected when the guest enables interrupts.
+TEST(KvmEngine, InjectsInterrupts) {
+  REQUIRE_KVM();
+  // IVT entry 0x20 -> 0:0x1100, whose handler writes port 0xE5 and IRETs;
+  // the main code: sti; nop; out 0xE4; hlt.
+  std::vector<u8> code(0x200, 0x90);
+  const u8 main[] = {0xC7, 0x06, 0x80, 0x00, 0x00, 0x11,  // mov word [0x80], 0x1100
+                     0xC7, 0x06, 0x82, 0x00, 0x00, 0x00,  // mov word [0x82], 0
+                     0xFB, 0x90, 0xE6, 0xE4, 0xF4};
+  std::memcpy(code.data(), main, sizeof main);
+  const u8 handler[] = {0xE6, 0xE5, 0xCF};
+  std::memcpy(code.data() + 0x100, handler, sizeof handler);
+  TestPlatform plat;
+  mem::PhysMem pm(1 << 20);
+  std::memcpy(pm.ram() + 0x1000, code.data(), code.size());
+  CpuState s;
+  s.reset();
+  s.seg[CS] = Segment{0, 0, 0xFFFF, 0x9B};
+  s.eip = 0x1000;
+  s.gpr[ESP] = 0x8000;
+  s.intr_line = true;
+  plat.line = &s.intr_line;
+  auto e = make_kvm(s, pm, plat);
+  for (int i = 0; i < 100 && !s.halted; i++) e->run(1000);
+  ASSERT_EQ(plat.outs.size(), 2u);
+  // The handler ran once (the acknowledge dropped the line). With an exact
+  // interrupt window it runs as soon as STI's shadow ends, before the OUT to
+  // 0xE4; kvm_pvm opens the window only at its next exit (the OUT), which
+  // is late but allowed for an asynchronous event.
+  EXPECT_EQ(1, std::count_if(plat.outs.begin(), plat.outs.end(), [](auto& o) { return o.first == 0xE5; }));
+  if (kvm_available().flavour != "kvm_pvm") {
+    EXPECT_EQ(plat.outs[0].first, 0xE5);
+    EXPECT_EQ(plat.outs[1].first, 0xE4);
+  }
+}
+
+}  // namespace
+}  // namespace popek::engine

@@ -17,6 +17,7 @@
 #include "base/error.h"
 #include "engine/kvm/kvm_state.h"
 #include "x86/cpuid.h"
+#include "x86/disasm.h"
 
 namespace popek::engine {
 
@@ -584,6 +585,47 @@ void Kvm::fail(const std::string& what) {
   throw Error(msg);
 }
 
+bool Kvm::emulate_one(std::optional<Exit>* want) {
+  kvm_vcpu_events ev{};
+  if (xioctl(vcpu_fd_, KVM_GET_VCPU_EVENTS, &ev) < 0 || !kvm::event_in_flight(ev).empty()) return false;
+  pull_state();
+  if (!step_) {
+    mmu_ = std::make_unique<mem::Mmu>(s_, pm_);
+    cpu_ = std::make_unique<Cpu>(s_, *mmu_, plat_);
+    step_ = std::make_unique<Stepper>(s_, pm_, *mmu_, *cpu_);
+    if (trace_) step_->set_trace(trace_);
+  }
+  // The guest changed memory and page tables behind popek's back: no TLB
+  // entry and no decoded instruction of before may be trusted.
+  mmu_->flush_tlb(true);
+  const u32 la = s_.seg[CS].base + s_.eip;
+  const bool code32 = s_.seg[CS].db();
+  u8 bytes[16] = {};
+  try {
+    u64 pa;
+    if (mmu_->fetch(la, s_.cpl == 3, &pa)) step_->code_page_written(pa >> mem::kPageShift);
+    for (unsigned k = 0; k < 15; k++)
+      if (mmu_->probe(la + k, &pa)) pm_.read_bytes(pa, &bytes[k], 1);
+    const Stepper::Entry& e = step_->fetch();
+    cpu_->stop = StopReason::none;
+    step_->execute(e.insn, e.fn);
+  } catch (const Fault& f) {
+    step_->take_fault(f);
+  } catch (const Unimplemented& u) {
+    step_->take_unimplemented(u);
+  }
+  emulated_++;
+  const std::string text = disassemble(bytes, 15, code32, 0);
+  exits_["kvm.popek_emulated." + text.substr(0, text.find(' '))]++;
+  if (cpu_->stop == StopReason::halt || s_.halted) {
+    s_.halted = true;
+    if (!*want) *want = Exit::halt;
+  }
+  if (cpu_->stop == StopReason::shutdown) s_.shutdown = true;
+  push_state();
+  return true;
+}
+
 Exit Kvm::run(u64) {
   vcpu_tid_ = int(::syscall(SYS_gettid));
   t_run = run_;
@@ -690,6 +732,13 @@ Exit Kvm::run(u64) {
         fail(b);
       }
       case KVM_EXIT_INTERNAL_ERROR: {
+        if (run_->internal.suberror == KVM_INTERNAL_ERROR_EMULATION && emulate_one(&want)) {
+          if (s_.shutdown) {
+            host_ns_ += ns_since(t_start);
+            return Exit::shutdown;
+          }
+          break;
+        }
         std::string w = "KVM internal error, suberror " + std::to_string(run_->internal.suberror);
         if (run_->internal.suberror == KVM_INTERNAL_ERROR_EMULATION) w += " (instruction emulation failed)";
         char b[32];
@@ -731,6 +780,7 @@ std::vector<std::pair<std::string, u64>> Kvm::stats() const {
       {"kvm.interrupts_injected", injected_},
       {"kvm.interrupt_windows", windows_},
       {"kvm.settles", settles_},
+      {"kvm.popek_emulated", emulated_},
       {"kvm.time_in_guest_us", guest_ns_ / 1000},
       {"kvm.time_in_popek_us", (life > guest_ns_ ? life - guest_ns_ : 0) / 1000},
   };

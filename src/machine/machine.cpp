@@ -79,6 +79,7 @@ Machine::Machine(const Config& cfg) : cfg_(cfg), clock_(cfg.deterministic, &cpu_
         return d == Timed::kNever ? d : d > now ? d - now : 0;
       };
       engine_ = std::make_unique<engine::Kvm>(cpu_, *pm_, *this, std::move(ko));
+      kvm_slices_ = true;
       if (cfg.max_insns)
         std::fprintf(stderr, "popek: --max-insns has no effect on kvm (KVM does not count guest instructions)\n");
     } else {
@@ -439,7 +440,10 @@ RunResult Machine::run_loop() {
     }
     fire_timers();
     poll_io_if_due();
-    if ((++slices & 15) == 0 || cpu_.halted || !console_pending_.empty()) pump_console(&quit_requested_);
+    // kvm's slices last up to milliseconds of host time (its slice timer
+    // kicks the vCPU out): poll the console after each, not every 16th.
+    if ((++slices & 15) == 0 || cpu_.halted || !console_pending_.empty() || kvm_slices_)
+      pump_console(&quit_requested_);
     if (quit_requested_) return {Outcome::console_quit, 10, "quit from the console (Ctrl-A X)"};
     u64 budget = kSlice;
     if (clock_.deterministic()) {

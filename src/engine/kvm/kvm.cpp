@@ -416,6 +416,18 @@ void Kvm::push_state() {
          std::to_string(s_.seg[SS].dpl()) + ", which KVM cannot represent");
   kvm::KvmState k = kvm::to_kvm(s_);
   if (s_.pe() && !s_.vm86() && !s_.seg[SS].usable()) k.sregs.ss.dpl = s_.cpl;
+  // Unchanged since it was read back (the usual case between two slices):
+  // the vCPU holds it already. KVM_SET_SREGS would also reset KVM's MMU
+  // context for nothing.
+  if (have_pulled_ && std::memcmp(&k.regs, &pulled_.regs, sizeof k.regs) == 0 &&
+      std::memcmp(&k.sregs, &pulled_.sregs, sizeof k.sregs) == 0 &&
+      std::memcmp(&k.fpu, &pulled_.fpu, sizeof k.fpu) == 0 &&
+      std::memcmp(&k.events, &pulled_.events, sizeof k.events) == 0 &&
+      k.sysenter_cs == pulled_.sysenter_cs && k.sysenter_esp == pulled_.sysenter_esp &&
+      k.sysenter_eip == pulled_.sysenter_eip && s_.msr.tsc_offset == tsc_offset_seen_) {
+    pushes_skipped_++;
+    return;
+  }
   if (xioctl(vcpu_fd_, KVM_SET_SREGS, &k.sregs) < 0) fail(errstr("KVM_SET_SREGS"));
   if (xioctl(vcpu_fd_, KVM_SET_REGS, &k.regs) < 0) fail(errstr("KVM_SET_REGS"));
   if (xioctl(vcpu_fd_, KVM_SET_FPU, &k.fpu) < 0) fail(errstr("KVM_SET_FPU"));
@@ -447,6 +459,7 @@ void Kvm::pull_state() {
   if (xioctl(vcpu_fd_, KVM_GET_VCPU_EVENTS, &k.events) < 0) fail(errstr("KVM_GET_VCPU_EVENTS"));
   if (!msr_ioctls_) {
     kvm::from_kvm(k, s_);  // (SYSENTER_* as they were: KVM does not say)
+    remember_pulled();
     return;
   }
   MsrBuf mb;
@@ -463,6 +476,15 @@ void Kvm::pull_state() {
   kvm::from_kvm(k, s_);
   s_.msr.tsc_offset = e[3].data - plat_.tsc();
   tsc_offset_seen_ = s_.msr.tsc_offset;
+  remember_pulled();
+}
+
+void Kvm::remember_pulled() {
+  // What push_state would make of the state just read: equal means the vCPU
+  // holds it.
+  pulled_ = kvm::to_kvm(s_);
+  if (s_.pe() && !s_.vm86() && !s_.seg[SS].usable()) pulled_.sregs.ss.dpl = s_.cpl;
+  have_pulled_ = true;
 }
 
 // ---------------------------------------------------------------------------
@@ -632,7 +654,7 @@ bool Kvm::emulate_one(std::optional<Exit>* want) {
 }
 
 Exit Kvm::run(u64) {
-  vcpu_tid_ = int(::syscall(SYS_gettid));
+  __atomic_store_n(&vcpu_tid_, int(::syscall(SYS_gettid)), __ATOMIC_RELAXED);
   t_run = run_;
   if (!timer_) {
     sigevent sev{};
@@ -785,6 +807,7 @@ std::vector<std::pair<std::string, u64>> Kvm::stats() const {
       {"kvm.interrupts_injected", injected_},
       {"kvm.interrupt_windows", windows_},
       {"kvm.settles", settles_},
+      {"kvm.state_loads_skipped", pushes_skipped_},
       {"kvm.popek_emulated", emulated_},
       {"kvm.time_in_guest_us", guest_ns_ / 1000},
       {"kvm.time_in_popek_us", (life > guest_ns_ ? life - guest_ns_ : 0) / 1000},

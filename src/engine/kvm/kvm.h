@@ -20,12 +20,12 @@
 #include <vector>
 
 #include "engine/engine.h"
+#include "engine/kvm/kvm_state.h"
 #include "engine/stepper.h"
 #include "memory/mmu.h"
 #include "memory/phys_mem.h"
 #include "x86/cpu.h"
 
-struct kvm_run;
 
 namespace popek::engine {
 
@@ -85,6 +85,7 @@ class Kvm final : public Engine {
   void set_msr_filter();
   void push_state();
   void pull_state();
+  void remember_pulled();
   // Completes an I/O, MMIO or MSR exit's instruction without running guest
   // code further (KVM_RUN with immediate_exit).
   void complete_pending();
@@ -121,6 +122,11 @@ class Kvm final : public Engine {
   int vcpu_tid_ = 0;
   u64 tsc_offset_seen_ = 0;     // CpuState::msr.tsc_offset as last read back
   bool tsc_set_ = false;
+  // The state as last read back, in KVM's form (push_state skips loading
+  // an unchanged state).
+  kvm::KvmState pulled_;
+  bool have_pulled_ = false;
+  u64 pushes_skipped_ = 0;
 
   // popek's own semantics, for instructions KVM cannot emulate (made when
   // first needed).

@@ -713,8 +713,10 @@ Exit Kvm::run(u64) {
       run_->request_interrupt_window = 0;
     }
     if (!enter()) {
+      // Kicked, perhaps before the guest ran: an interrupt injected just
+      // now may still wait in KVM; take no other until an exit says so.
       count_exit("kvm.exits.intr");
-      can_inject = run_->ready_for_interrupt_injection && run_->if_flag;
+      can_inject = false;
       continue;
     }
     can_inject = run_->ready_for_interrupt_injection && run_->if_flag;

@@ -421,7 +421,10 @@ RunResult Machine::run() {
 }
 
 RunResult Machine::run_loop() {
-  if (cfg_.console && !cfg_.kernel.empty()) console_ = std::make_unique<Console>();
+  if (cfg_.console && !cfg_.kernel.empty()) {
+    console_ = std::make_unique<Console>();
+    if (auto* k = dynamic_cast<engine::Kvm*>(engine_.get())) k->watch_input(0);
+  }
   constexpr u64 kSlice = 20000;
   u64 slices = 0;
   for (;;) {

@@ -32,8 +32,12 @@ namespace {
 // is not lost (KVM returns at once with EINTR).
 int kick_signal() { return SIGRTMIN + 4; }
 thread_local kvm_run* t_run = nullptr;
+// Set by the handler when the kick is signal-driven I/O (Kvm::watch_input):
+// si_code > 0 (POLL_IN ...) there, SI_TKILL or SI_TIMER for the others.
+thread_local volatile sig_atomic_t t_input_ready = 0;
 
-void on_kick(int) {
+void on_kick(int, siginfo_t* si, void*) {
+  if (si && si->si_code > 0) t_input_ready = 1;
   if (kvm_run* r = t_run) r->immediate_exit = 1;
 }
 
@@ -41,9 +45,9 @@ void install_kick_handler() {
   static bool done = false;
   if (done) return;
   struct sigaction sa {};
-  sa.sa_handler = on_kick;
+  sa.sa_sigaction = on_kick;
   sigemptyset(&sa.sa_mask);
-  sa.sa_flags = 0;
+  sa.sa_flags = SA_SIGINFO;
   if (sigaction(kick_signal(), &sa, nullptr) != 0)
     throw Error(std::string("kvm: sigaction: ") + std::strerror(errno));
   done = true;
@@ -243,7 +247,31 @@ Kvm::Kvm(CpuState& s, mem::PhysMem& pm, Platform& plat, KvmOptions opt)
 
 Kvm::~Kvm() { release(); }
 
+void Kvm::watch_input(int fd) {
+  input_fd_ = fd;
+  input_armed_ = false;
+}
+
+void Kvm::arm_input() {
+  // Signal-driven I/O: the kernel sends the kick signal to the vCPU thread
+  // when input arrives, so KVM_RUN ends then (not at the end of the slice).
+  // Fds that cannot (regular files, /dev/null) are polled between slices.
+  input_armed_ = true;
+  f_owner_ex owner{F_OWNER_TID, vcpu_tid_};
+  if (::fcntl(input_fd_, F_SETOWN_EX, &owner) != 0 || ::fcntl(input_fd_, F_SETSIG, kick_signal()) != 0)
+    return;
+  const int fl = ::fcntl(input_fd_, F_GETFL);
+  if (fl < 0 || (fl & O_ASYNC)) return;
+  if (::fcntl(input_fd_, F_SETFL, fl | O_ASYNC) == 0) input_async_ = true;
+}
+
 void Kvm::release() {
+  if (input_async_) {  // stdin is shared with whoever started popek
+    const int fl = ::fcntl(input_fd_, F_GETFL);
+    if (fl >= 0) ::fcntl(input_fd_, F_SETFL, fl & ~O_ASYNC);
+    ::fcntl(input_fd_, F_SETSIG, 0);
+    input_async_ = false;
+  }
   if (timer_) {
     ::timer_delete(static_cast<timer_t>(timer_));
     timer_ = nullptr;
@@ -665,6 +693,8 @@ Exit Kvm::run(u64) {
     if (::timer_create(CLOCK_MONOTONIC, &sev, &t) != 0) throw Error("kvm: " + errstr("timer_create"));
     timer_ = t;
   }
+  if (input_fd_ >= 0 && !input_armed_) arm_input();
+  t_input_ready = 0;  // the board reads the input after every slice
   if (s_.shutdown) return Exit::shutdown;
   if (take_stop()) return Exit::stopped;
   // A halted CPU wakes for an NMI or an interrupt it can take.
@@ -688,8 +718,14 @@ Exit Kvm::run(u64) {
   for (;;) {
     run_->immediate_exit = 0;
     if (!want) {
-      if (take_stop()) want = Exit::stopped;
-      else if (ns_since(t_start) >= end) want = Exit::budget;
+      if (take_stop()) {
+        want = Exit::stopped;
+      } else if (t_input_ready) {
+        input_kicks_++;
+        want = Exit::budget;
+      } else if (ns_since(t_start) >= end) {
+        want = Exit::budget;
+      }
     }
     if (want) {
       complete_pending();
@@ -806,6 +842,8 @@ std::vector<std::pair<std::string, u64>> Kvm::stats() const {
       {"kvm.msr_ioctls", msr_ioctls_},
       {"kvm.runs", runs_},
       {"kvm.kicks", kicks_},
+      {"kvm.input_kicks", input_kicks_},
+      {"kvm.input_signal_driven", input_async_},
       {"kvm.interrupts_injected", injected_},
       {"kvm.interrupt_windows", windows_},
       {"kvm.settles", settles_},

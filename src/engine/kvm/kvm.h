@@ -70,6 +70,10 @@ class Kvm final : public Engine {
   Exit run(u64 budget) override;
   std::vector<std::pair<std::string, u64>> stats() const override;
   const KvmProbe& probe() const { return probe_; }
+  // Input the board reads between slices (the console's stdin): where the
+  // fd supports signal-driven I/O, input arriving kicks the vCPU out of
+  // KVM_RUN at once instead of at the end of its slice.
+  void watch_input(int fd);
   // Whether KVM took popek's CPU model (KVM_SET_CPUID2) and carries MSRs.
   bool cpuid_model_set() const { return cpuid_set_; }
   bool msr_ioctls() const { return msr_ioctls_; }
@@ -86,6 +90,7 @@ class Kvm final : public Engine {
   void push_state();
   void pull_state();
   void remember_pulled();
+  void arm_input();
   // Completes an I/O, MMIO or MSR exit's instruction without running guest
   // code further (KVM_RUN with immediate_exit).
   void complete_pending();
@@ -127,6 +132,9 @@ class Kvm final : public Engine {
   kvm::KvmState pulled_;
   bool have_pulled_ = false;
   u64 pushes_skipped_ = 0;
+  int input_fd_ = -1;
+  bool input_armed_ = false, input_async_ = false;
+  u64 input_kicks_ = 0;
 
   // popek's own semantics, for instructions KVM cannot emulate (made when
   // first needed).

@@ -312,11 +312,13 @@ TEST(KvmEngine, CpuidIsPopeksModel) {
   }
 }
 
-// The same program on kvm and interp: same registers, memory and port writes.
+// The same program on kvm and interp: same registers, memory, port writes
+// and x87 state (where KVM's emulator lacks an x87 instruction, popek
+// executes it: the state still goes through KVM both ways).
 TEST(KvmEngine, SameStateAsInterp) {
   REQUIRE_KVM();
-  // Arithmetic, a loop, the stack, string stores and RDMSR of an MSR popek's
-  // model has (MISC_ENABLE), then HLT.
+  // Arithmetic, a loop, the stack, string stores, RDMSR of an MSR popek's
+  // model has (MISC_ENABLE), an MMIO write and read, x87, then HLT.
   std::vector<u8> code = {
       0x66, 0xB8, 0x78, 0x56, 0x34, 0x12,  // mov eax, 0x12345678
       0x66, 0xBB, 0x01, 0x00, 0x00, 0x80,  // mov ebx, 0x80000001
@@ -331,6 +333,15 @@ TEST(KvmEngine, SameStateAsInterp) {
       0x66, 0xB9, 0xA0, 0x01, 0x00, 0x00,  // mov ecx, 0x1A0
       0x0F, 0x32,                          // rdmsr
       0xE6, 0x80,                          // out 0x80, al
+      0xBA, 0x00, 0xA0,                    // mov dx, 0xA000
+      0x8E, 0xC2,                          // mov es, dx
+      0x26, 0xC6, 0x06, 0x10, 0x00, 0x55,  // mov byte [es:0x10], 0x55 (MMIO: the VGA hole)
+      0x26, 0x8A, 0x16, 0x10, 0x00,        // mov dl, [es:0x10] (reads all ones)
+      0xDB, 0xE3,                          // fninit
+      0xD9, 0xE8,                          // fld1
+      0xD9, 0xEB,                          // fldpi
+      0xDE, 0xC1,                          // faddp
+      0xD9, 0xEE,                          // fldz
       0xF4};
   TestPlatform pk, pi;
   std::vector<u8> mk, mi;

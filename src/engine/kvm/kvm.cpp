@@ -541,6 +541,7 @@ Exit Kvm::run(u64) {
   // reports it (kvm_run's ready_for_interrupt_injection and if_flag).
   bool can_inject = (s_.eflags & IF) && !s_.intr_shadow;
   std::optional<Exit> want;
+  u32 settles_in_run = 0;
   for (;;) {
     run_->immediate_exit = 0;
     if (!want) {
@@ -559,6 +560,7 @@ Exit Kvm::run(u64) {
       if (xioctl(vcpu_fd_, KVM_GET_VCPU_EVENTS, &ev) < 0) fail(errstr("KVM_GET_VCPU_EVENTS"));
       if (kvm::event_in_flight(ev).empty()) break;
       // An event is half delivered: let the vCPU deliver it (briefly).
+      if (++settles_in_run > 10000) fail("KVM keeps an event half delivered: " + kvm::event_in_flight(ev));
       settles_++;
       arm_timer(20000);
       run_->request_interrupt_window = 0;

@@ -352,6 +352,116 @@ TEST(KvmEngine, SameStateAsInterp) {
   EXPECT_TRUE(mk == mi);
 }
 
+// Arithmetic on kvm (KVM's execution: the host CPU, or KVM's emulator, whose
+// ALU operations run on the host CPU) against popek's semantics on interp:
+// results and EFLAGS of each operation for fixed pseudo-random operands and
+// incoming flags. Flags the SDM leaves undefined are masked per operation.
+TEST(KvmEngine, AluAgreesWithInterp) {
+  REQUIRE_KVM();
+  struct AluOp {
+    const char* name;
+    std::vector<u8> bytes;  // operands: EAX, EBX, CL (the count); result EAX (EDX)
+    u32 undefined;          // EFLAGS bits the SDM leaves undefined (not compared)
+  };
+  const u32 kShiftUndef = OF | AF;  // OF for counts > 1, AF always
+  const std::vector<AluOp> ops = {
+      {"add", {0x66, 0x01, 0xD8}, 0},         {"adc", {0x66, 0x11, 0xD8}, 0},
+      {"sub", {0x66, 0x29, 0xD8}, 0},         {"sbb", {0x66, 0x19, 0xD8}, 0},
+      {"and", {0x66, 0x21, 0xD8}, AF},        {"or", {0x66, 0x09, 0xD8}, AF},
+      {"xor", {0x66, 0x31, 0xD8}, AF},        {"cmp", {0x66, 0x39, 0xD8}, 0},
+      {"add16", {0x01, 0xD8}, 0},             {"sub8", {0x28, 0xD8}, 0},
+      {"neg", {0x66, 0xF7, 0xD8}, 0},         {"inc", {0x66, 0x40}, 0},
+      {"dec", {0x66, 0x48}, 0},               {"shl", {0x66, 0xD3, 0xE0}, kShiftUndef},
+      {"shr", {0x66, 0xD3, 0xE8}, kShiftUndef}, {"sar", {0x66, 0xD3, 0xF8}, kShiftUndef},
+      {"rol", {0x66, 0xD3, 0xC0}, OF},        {"ror", {0x66, 0xD3, 0xC8}, OF},
+      {"rcl", {0x66, 0xD3, 0xD0}, OF},        {"rcr", {0x66, 0xD3, 0xD8}, OF},
+      {"shl16", {0xD3, 0xE0}, kShiftUndef},   {"rcr8", {0xD2, 0xD8}, OF},
+      {"shld", {0x66, 0x0F, 0xA5, 0xD8}, kShiftUndef | CF},
+      {"shrd", {0x66, 0x0F, 0xAD, 0xD8}, kShiftUndef | CF},
+      {"shld16", {0x0F, 0xA5, 0xD8}, kShiftUndef | CF},
+      {"imul", {0x66, 0x0F, 0xAF, 0xC3}, SF | ZF | AF | PF},
+      {"mul", {0x66, 0xF7, 0xE3}, SF | ZF | AF | PF},
+      {"bsf", {0x66, 0x0F, 0xBC, 0xC3}, CF | OF | SF | AF | PF},
+      {"bsr", {0x66, 0x0F, 0xBD, 0xC3}, CF | OF | SF | AF | PF},
+      {"bt", {0x66, 0x0F, 0xA3, 0xD8}, OF | SF | ZF | AF | PF},
+      {"daa", {0x27}, OF},                    {"das", {0x2F}, OF},
+      {"aaa", {0x37}, OF | SF | ZF | PF},     {"aas", {0x3F}, OF | SF | ZF | PF},
+      {"aam", {0xD4, 0x0A}, OF | AF | CF},    {"aad", {0xD5, 0x0A}, OF | AF | CF},
+  };
+  std::mt19937 rng(21);
+  const u32 specials[] = {0, 1, 0x7F, 0x80, 0xFF, 0x7FFF, 0x8000, 0xFFFF, 0x7FFFFFFF, 0x80000000, 0xFFFFFFFF};
+  struct Case { unsigned op; u32 a, b, c, f; };
+  std::vector<Case> cases;
+  for (unsigned o = 0; o < ops.size(); o++)
+    for (int k = 0; k < 24; k++) {
+      auto pick = [&] { return k < 8 ? specials[rng() % std::size(specials)] : u32(rng()); };
+      cases.push_back({o, pick(), pick(), u32(rng() % 40), u32(rng()) & (CF | PF | AF | ZF | SF | OF)});
+    }
+  // Real mode, results at 0x2000:DI (EAX, EDX, EFLAGS per case).
+  std::vector<u8> code = {0xB8, 0x00, 0x20, 0x8E, 0xC0, 0x31, 0xFF};  // mov ax,0x2000; mov es,ax; xor di,di
+  auto imm32 = [&](u8 op, u32 v) {
+    code.insert(code.end(), {0x66, op});
+    for (int i = 0; i < 4; i++) code.push_back(u8(v >> (8 * i)));
+  };
+  for (const Case& c : cases) {
+    imm32(0x68, c.f | FLAGS_FIXED1);          // push dword flags
+    code.insert(code.end(), {0x66, 0x9D});    // popfd
+    imm32(0xB8, c.a);                         // mov eax, a
+    imm32(0xBB, c.b);                         // mov ebx, b
+    imm32(0xB9, c.c);                         // mov ecx, count
+    imm32(0xBA, 0x5A5A5A5A);                  // mov edx, marker
+    code.insert(code.end(), ops[c.op].bytes.begin(), ops[c.op].bytes.end());
+    code.insert(code.end(), {0x66, 0x9C, 0x66, 0x59,     // pushfd; pop ecx
+                             0x66, 0x26, 0x89, 0x05,     // mov [es:di], eax
+                             0x66, 0x26, 0x89, 0x55, 0x04,  // mov [es:di+4], edx
+                             0x66, 0x26, 0x89, 0x4D, 0x08,  // mov [es:di+8], ecx
+                             0x83, 0xC7, 0x0C});            // add di, 12
+  }
+  code.push_back(0xF4);
+  ASSERT_LT(code.size(), 0xEF00u);
+  TestPlatform pk, pi;
+  mem::PhysMem pmk(1 << 20), pmi(1 << 20);
+  auto run_on = [&](mem::PhysMem& pm, TestPlatform& plat, auto make) {
+    std::memcpy(pm.ram() + 0x1000, code.data(), code.size());
+    CpuState s;
+    s.reset();
+    s.seg[CS] = Segment{0, 0, 0xFFFF, 0x9B};
+    s.eip = 0x1000;
+    s.gpr[ESP] = 0xFFF0;  // above the code
+    auto e = make(s, pm, plat);
+    for (int i = 0; i < 10000 && !s.halted; i++) e->run(1000000);
+    EXPECT_TRUE(s.halted);
+  };
+  run_on(pmk, pk, make_kvm);
+  run_on(pmi, pi, make_interp);
+  // KVM's instruction emulator (what executes here on kvm_pvm) sets AAM's
+  // and AAD's SF, ZF and PF from AX, not from AL as the SDM says (e.g. AAD
+  // with AX = 0x00FF: AL = 0xFF, SF must be 1; it leaves 0): known, counted.
+  const bool emulated = kvm_available().flavour == "kvm_pvm";
+  int bad = 0, known = 0;
+  for (usize i = 0; i < cases.size(); i++) {
+    const Case& c = cases[i];
+    u32 k[3], v[3];
+    std::memcpy(k, pmk.ram() + 0x20000 + 12 * i, 12);
+    std::memcpy(v, pmi.ram() + 0x20000 + 12 * i, 12);
+    u32 mask = ~ops[c.op].undefined;
+    if (emulated && std::strncmp(ops[c.op].name, "aa", 2) == 0 && ops[c.op].bytes[0] >= 0xD4) {
+      if ((k[2] ^ v[2]) & mask & (SF | ZF | PF)) known++;
+      mask &= ~(SF | ZF | PF);
+    }
+    // BSF/BSR with a zero source leave the destination undefined.
+    const bool dest_undef = (ops[c.op].name[0] == 'b' && ops[c.op].name[1] == 's' && c.b == 0);
+    if ((!dest_undef && k[0] != v[0]) || k[1] != v[1] || ((k[2] ^ v[2]) & mask & 0x8D5)) {
+      if (++bad <= 20)
+        ADD_FAILURE() << ops[c.op].name << " eax=" << std::hex << c.a << " ebx=" << c.b << " cl=" << c.c
+                      << " flags=" << c.f << ": kvm eax=" << k[0] << " edx=" << k[1] << " fl=" << k[2]
+                      << ", interp eax=" << v[0] << " edx=" << v[1] << " fl=" << v[2];
+    }
+  }
+  std::printf("%zu operations compared, %d disagree (defined results and flags), %d known (AAM/AAD flags in "
+              "KVM's emulator)\n", cases.size(), bad, known);
+}
+
 // A pending interrupt is injected when the guest enables interrupts.
 TEST(KvmEngine, InjectsInterrupts) {
   REQUIRE_KVM();

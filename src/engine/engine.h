@@ -28,7 +28,10 @@ class Engine {
   // Runs guest code for at most `budget` instructions.
   virtual Exit run(u64 budget) = 0;
   // Asks run() to return at the next instruction boundary (thread- and signal-safe).
-  void request_stop() { stop_.store(true, std::memory_order_relaxed); }
+  void request_stop() {
+    stop_.store(true, std::memory_order_relaxed);
+    kick();
+  }
   // Statistics of what the engine did, as (name, value) pairs.
   virtual std::vector<std::pair<std::string, u64>> stats() const = 0;
   // Instruction trace with disassembly to `out` (null: off).
@@ -36,6 +39,10 @@ class Engine {
 
  protected:
   bool take_stop() { return stop_.exchange(false, std::memory_order_relaxed); }
+  // Gets a run() that does not poll stop_ (kvm: the vCPU inside KVM_RUN) to
+  // look at it soon. Called from any thread and from signal handlers: must be
+  // async-signal-safe.
+  virtual void kick() {}
   std::atomic<bool> stop_{false};
   std::FILE* trace_ = nullptr;
 };

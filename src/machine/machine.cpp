@@ -15,6 +15,7 @@
 
 #include "base/error.h"
 #include "engine/interp/interp.h"
+#include "engine/kvm/kvm.h"
 #include "machine/boot/linux_boot.h"
 
 #include "machine/debug_ports.h"
@@ -69,8 +70,20 @@ Machine::Machine(const Config& cfg) : cfg_(cfg), clock_(cfg.deterministic, &cpu_
       engine_ = std::make_unique<engine::Interp>(cpu_, *pm_, *this);
     } else if (cfg.engine == "bt") {
       engine_ = std::make_unique<engine::Bt>(cpu_, *pm_, *this, cfg.bt);
+    } else if (cfg.engine == "kvm") {
+      if (cfg.deterministic)
+        throw Error("--deterministic needs an engine that counts instructions (interp, bt), not kvm");
+      engine::KvmOptions ko;
+      ko.ns_to_next_event = [this] {
+        const u64 d = next_deadline(), now = clock_.now_ns();
+        return d == Timed::kNever ? d : d > now ? d - now : 0;
+      };
+      engine_ = std::make_unique<engine::Kvm>(cpu_, *pm_, *this, std::move(ko));
+      kvm_slices_ = true;
+      if (cfg.max_insns)
+        std::fprintf(stderr, "popek: --max-insns has no effect on kvm (KVM does not count guest instructions)\n");
     } else {
-      throw Error("unknown engine '" + cfg.engine + "' (available: interp, bt)");
+      throw Error("unknown engine '" + cfg.engine + "' (available: interp, bt, kvm)");
     }
   };
   // Resumed: the state comes from the file, before the engine exists (so
@@ -408,7 +421,10 @@ RunResult Machine::run() {
 }
 
 RunResult Machine::run_loop() {
-  if (cfg_.console && !cfg_.kernel.empty()) console_ = std::make_unique<Console>();
+  if (cfg_.console && !cfg_.kernel.empty()) {
+    console_ = std::make_unique<Console>();
+    if (auto* k = dynamic_cast<engine::Kvm*>(engine_.get())) k->watch_input(0);
+  }
   constexpr u64 kSlice = 20000;
   u64 slices = 0;
   for (;;) {
@@ -427,7 +443,10 @@ RunResult Machine::run_loop() {
     }
     fire_timers();
     poll_io_if_due();
-    if ((++slices & 15) == 0 || cpu_.halted || !console_pending_.empty()) pump_console(&quit_requested_);
+    // kvm's slices last up to milliseconds of host time (its slice timer
+    // kicks the vCPU out): poll the console after each, not every 16th.
+    if ((++slices & 15) == 0 || cpu_.halted || !console_pending_.empty() || kvm_slices_)
+      pump_console(&quit_requested_);
     if (quit_requested_) return {Outcome::console_quit, 10, "quit from the console (Ctrl-A X)"};
     u64 budget = kSlice;
     if (clock_.deterministic()) {

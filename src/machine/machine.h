@@ -218,6 +218,7 @@ class Machine final : public x86::Platform, public mem::MmioHandler {
   std::unique_ptr<engine::Engine> engine_;
   std::FILE* trace_ = nullptr;
   bool exit_requested_ = false;
+  bool kvm_slices_ = false;  // the engine runs time slices, not instruction budgets (kvm)
   int exit_value_ = 0;
   std::unique_ptr<VirtioBoard> virtio_;
   u64 last_io_poll_ns_ = 0;

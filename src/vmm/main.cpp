@@ -12,6 +12,7 @@
 
 #include "base/error.h"
 #include "block/tool/img.h"
+#include "engine/kvm/kvm.h"
 #include "machine/machine.h"
 #include "block/file.h"
 #include "vmm/control.h"
@@ -223,7 +224,8 @@ int main(int argc, char** argv) {
   run->add_option("--append", cfg.append, "Kernel command line")->capture_default_str();
   run->add_option("-m,--memory", mem, "Guest RAM size, e.g. 256M, 1G (default unit MiB)")
       ->capture_default_str();
-  run->add_option("--engine", cfg.engine, "Execution engine: bt (binary translation) or interp (reference interpreter)")
+  run->add_option("--engine", cfg.engine, "Execution engine: bt (binary translation), interp (reference interpreter) or kvm "
+                  "(hardware-assisted, through /dev/kvm)")
       ->capture_default_str();
   run->add_flag("--lockstep", cfg.bt.lockstep,
                 "bt: run the interpreter beside the translator and stop at the first divergence");
@@ -328,12 +330,27 @@ int main(int argc, char** argv) {
       "or Ctrl-A X, 125 bad input or error; the isa-debug-exit port 0xF4 ends the run with\n"
       "(value << 1) | 1.");
 
+  CLI::App* kvm_info = app.add_subcommand(
+      "kvm-info", "Whether the kvm engine can run here and how fast (a short calibration); exit "
+                  "status 0 usable, 77 not usable (the reason is printed)");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : 125;
   }
   try {
+    if (*kvm_info) {
+      engine::KvmProbe p = engine::kvm_probe();
+      if (!p.usable) {
+        std::printf("kvm: not usable: %s\n", p.why.c_str());
+        return 77;
+      }
+      std::printf("kvm: usable (%s); %.1f MIPS (dec/jnz loop, 32-bit protected mode), %.1f us per port "
+                  "I/O exit, TSC scaling %s\n",
+                  p.flavour.c_str(), p.mips, p.exit_us, p.tsc_control ? "yes" : "no");
+      return 0;
+    }
     if (*run) {
       cfg.memory = parse_size(mem);
       if (!incoming.empty()) {

@@ -14,22 +14,138 @@ constexpr u32 kRsdp = 0x000, kFacs = 0x040, kRsdt = 0x080, kFadt = 0x0C0, kDsdt 
 constexpr u32 kHeaderLen = 36;  // the common description header
 constexpr u32 kRsdpLen = 20, kFacsLen = 64, kRsdtLen = kHeaderLen + 4, kFadtLen = 116;
 
-// The DSDT's definition block body, hand-assembled AML (ACPI 1.0b §16):
+// --- AML (ACPI 1.0b chapter 16), assembled by hand ----------------------------
+using Bytes = std::vector<u8>;
+
+void add(Bytes& out, std::initializer_list<u8> b) { out.insert(out.end(), b); }
+void add(Bytes& out, const Bytes& b) { out.insert(out.end(), b.begin(), b.end()); }
+
+// PkgLength: the length of what follows the opcode, this encoding included.
+// One byte up to 63; else the first byte's bits 7-6 say how many bytes
+// follow, its bits 3-0 are the low nibble, the next bytes the rest.
+Bytes pkg_length(usize body) {
+  if (body + 1 <= 0x3F) return {u8(body + 1)};
+  if (body + 2 <= 0xFFF) {
+    const usize n = body + 2;
+    return {u8(0x40 | (n & 0xF)), u8(n >> 4)};
+  }
+  const usize n = body + 3;  // up to 2^20: far more than these tables need
+  if (n > 0xFFFFF) throw Error("ACPI tables: AML package too long");
+  return {u8(0x80 | (n & 0xF)), u8(n >> 4), u8(n >> 12)};
+}
+
+// `op` (one or two opcode bytes), PkgLength, then `body`.
+Bytes with_length(std::initializer_list<u8> op, const Bytes& body) {
+  Bytes out(op);
+  add(out, pkg_length(body.size()));
+  add(out, body);
+  return out;
+}
+
+Bytes dword(u32 v) { return {0x0C, u8(v), u8(v >> 8), u8(v >> 16), u8(v >> 24)}; }  // DWordPrefix
+Bytes byte(u8 v) { return {0x0A, v}; }                                               // BytePrefix
+
+// Name (SEG, value): NameOp, a 4-character NameSeg, the value's bytes.
+Bytes name(const char seg[5], const Bytes& value) {
+  Bytes out{0x08, u8(seg[0]), u8(seg[1]), u8(seg[2]), u8(seg[3])};
+  add(out, value);
+  return out;
+}
+
+// Package (n) { elements }: PackageOp, PkgLength, NumElements, elements.
+Bytes package(u8 count, const Bytes& elements) {
+  Bytes body{count};
+  add(body, elements);
+  return with_length({0x12}, body);
+}
+
+// Buffer () { bytes }: BufferOp, PkgLength, BufferSize (WordPrefix), bytes.
+Bytes buffer(const Bytes& bytes) {
+  Bytes body{0x0B, u8(bytes.size()), u8(bytes.size() >> 8)};
+  add(body, bytes);
+  return with_length({0x11}, body);
+}
+
+// Resource descriptors (ACPI 1.0b §6.4), little-endian fields.
+void le16(Bytes& b, u32 v) { add(b, {u8(v), u8(v >> 8)}); }
+void le32(Bytes& b, u32 v) { add(b, {u8(v), u8(v >> 8), u8(v >> 16), u8(v >> 24)}); }
+
+// Word Address Space Descriptor (large item 0x88, 13 bytes of data):
+// resource type (1 I/O, 2 bus number), general flags 0x0C (producer,
+// positive decode, min and max fixed), type-specific flags, then
+// granularity, min, max, translation offset, length.
+Bytes word_space(u8 type, u8 type_flags, u16 min, u16 max) {
+  Bytes b{0x88, 0x0D, 0x00, type, 0x0C, type_flags};
+  le16(b, 0);
+  le16(b, min);
+  le16(b, max);
+  le16(b, 0);
+  le16(b, u16(max - min + 1));
+  return b;
+}
+
+// DWord Address Space Descriptor (large item 0x87, 23 bytes of data), memory
+// (type 0), producer with fixed min and max, read/write non-cacheable
+// (type-specific flags 0x01).
+Bytes dword_memory(u32 min, u32 max) {
+  Bytes b{0x87, 0x17, 0x00, 0x00, 0x0C, 0x01};
+  le32(b, 0);
+  le32(b, min);
+  le32(b, max);
+  le32(b, 0);
+  le32(b, max - min + 1);
+  return b;
+}
+
+// The DSDT's definition block body:
 //   Name (\_S5, Package (4) { typ, typ, 0, 0 })
-// Bytes 10 and 12 (the SLP_TYP values) are filled in from the configuration.
-constexpr u8 kDsdtAml[] = {
-    0x08,                    // NameOp
-    0x5C,                    // RootChar '\'
-    '_', 'S', '5', '_',      // NameSeg "_S5_"
-    0x12,                    // PackageOp
-    0x08,                    // PkgLength: 8 bytes, this one included
-    0x04,                    // NumElements: 4
-    0x0A, 0x00,              // BytePrefix, SLP_TYPa (patched)
-    0x0A, 0x00,              // BytePrefix, SLP_TYPb (patched)
-    0x00,                    // ZeroOp: reserved
-    0x00,                    // ZeroOp: reserved
-};
-constexpr usize kSlpTypA = 10, kSlpTypB = 12;
+//   Scope (\_SB) { Device (PCI0) { _HID, _UID, _CRS, _PRT } }
+Bytes dsdt_aml(const AcpiConfig& cfg) {
+  Bytes aml;
+  add(aml, {0x08,                     // NameOp
+            0x5C, '_', 'S', '5', '_'});  // "\_S5_" (RootChar, NameSeg)
+  {
+    Bytes e;
+    add(e, byte(cfg.s5_slp_typ));  // SLP_TYPa
+    add(e, byte(cfg.s5_slp_typ));  // SLP_TYPb
+    add(e, {0x00, 0x00});          // ZeroOp, ZeroOp: reserved
+    add(aml, package(4, e));
+  }
+
+  Bytes crs;
+  add(crs, word_space(2, 0x00, 0x00, 0xFF));        // bus numbers 0-255
+  add(crs, {0x47, 0x01,                             // I/O port descriptor, 16-bit decode
+            0xF8, 0x0C, 0xF8, 0x0C,                 // min 0xCF8, max 0xCF8
+            0x01, 0x08});                           // alignment 1, length 8: the config ports
+  add(crs, word_space(1, 0x03, 0x0000, 0x0CF7));    // I/O below them (entire range)
+  add(crs, word_space(1, 0x03, 0x0D00, 0xFFFF));    // I/O above them
+  add(crs, dword_memory(cfg.pci_mmio_base, cfg.pci_mmio_end - 1));  // BARs
+  add(crs, {0x79, 0x00});                           // End Tag, checksum 0 (none)
+
+  Bytes prt;
+  u8 entries = 0;
+  for (unsigned slot = 0; slot < 32; slot++) {
+    if (!cfg.pci_inta_irq[slot]) continue;
+    Bytes e;
+    add(e, dword((slot << 16) | 0xFFFF));  // Address: device `slot`, any function
+    add(e, {0x00,                          // Pin: ZeroOp (INTA#)
+            0x00});                        // Source: ZeroOp (a GSI, not a link device)
+    add(e, byte(cfg.pci_inta_irq[slot]));  // Source Index: the GSI (= ISA IRQ with the PIC)
+    add(prt, package(4, e));
+    entries++;
+  }
+
+  Bytes dev;
+  add(dev, {'P', 'C', 'I', '0'});           // NameSeg
+  add(dev, name("_HID", dword(0x030AD041)));  // EisaId ("PNP0A03"): PCI root bridge
+  add(dev, name("_UID", {0x00}));           // ZeroOp
+  add(dev, name("_CRS", buffer(crs)));
+  add(dev, name("_PRT", package(entries, prt)));
+  Bytes scope{0x5C, '_', 'S', 'B', '_'};    // "\_SB_"
+  add(scope, with_length({0x5B, 0x82}, dev));  // ExtOpPrefix DeviceOp
+  add(aml, with_length({0x10}, scope));        // ScopeOp
+  return aml;
+}
 
 void put8(std::vector<u8>& b, u32 at, u8 v) { b[at] = v; }
 void put16(std::vector<u8>& b, u32 at, u16 v) {
@@ -70,7 +186,9 @@ u8 acpi_sum(const u8* p, usize n) {
 AcpiImage build_acpi_tables(const AcpiConfig& cfg) {
   if (cfg.base & 15) throw Error("ACPI tables: base address must be 16-byte aligned");
   if (cfg.s5_slp_typ > 7) throw Error("ACPI tables: SLP_TYP is 3 bits");
-  const u32 dsdt_len = kHeaderLen + u32(sizeof kDsdtAml);
+  if (cfg.pci_mmio_end <= cfg.pci_mmio_base) throw Error("ACPI tables: empty PCI MMIO window");
+  const Bytes aml = dsdt_aml(cfg);
+  const u32 dsdt_len = kHeaderLen + u32(aml.size());
   AcpiImage img;
   std::vector<u8>& b = img.bytes;
   b.assign(kDsdt + dsdt_len, 0);
@@ -121,11 +239,9 @@ AcpiImage build_acpi_tables(const AcpiConfig& cfg) {
   put_str(b, kFacs, "FACS", 4);
   put32(b, kFacs + 4, kFacsLen);
 
-  // DSDT: the header and the AML above.
+  // DSDT: the header and the AML.
   header(b, kDsdt, "DSDT", dsdt_len, 1, "POPEKDST");
-  std::memcpy(&b[kDsdt + kHeaderLen], kDsdtAml, sizeof kDsdtAml);
-  put8(b, kDsdt + kHeaderLen + kSlpTypA, cfg.s5_slp_typ);
-  put8(b, kDsdt + kHeaderLen + kSlpTypB, cfg.s5_slp_typ);
+  std::memcpy(&b[kDsdt + kHeaderLen], aml.data(), aml.size());
   checksum(b, kDsdt, dsdt_len, kDsdt + 9);
   return img;
 }

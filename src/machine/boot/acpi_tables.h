@@ -11,8 +11,12 @@
 //         button, the CMOS century byte
 //   FACS  64 bytes, 64-byte aligned (no waking vector: the OS cannot resume
 //         from S2-S4 here)
-//   DSDT  revision 1; its AML defines only \_S5 (soft-off) with the SLP_TYP
-//         the board's PM1_CNT decodes as power off
+//   DSDT  revision 1; its AML defines \_S5 (soft-off) with the SLP_TYP the
+//         board's PM1_CNT decodes as power off, and the PCI root bridge
+//         \_SB.PCI0 (PNP0A03): with ACPI, Linux finds PCI bus 0 only through
+//         it. Its _CRS gives bus 0-255, config ports 0xCF8-0xCFF, the I/O
+//         ranges around them and the MMIO window for BARs; its _PRT says
+//         which ISA IRQ each slot's INTA# drives (PIC mode: GSI = IRQ)
 //
 // Nothing here knows the board: the caller gives the addresses and numbers,
 // and writes the image at `base` in guest memory.
@@ -30,6 +34,8 @@ struct AcpiConfig {
   u16 sci_irq = 9;       // ISA IRQ of the SCI
   u8 century = 0;        // CMOS index of the century byte (0: none)
   u8 s5_slp_typ = 0;     // SLP_TYPa/b for \_S5 (3 bits)
+  u32 pci_mmio_base = 0, pci_mmio_end = 0;  // BAR window [base, end)
+  u8 pci_inta_irq[32] = {};  // ISA IRQ of slot s's INTA# (0: no _PRT entry)
 };
 
 // Where each table sits, as offsets into the image.

@@ -29,6 +29,10 @@ AcpiConfig config() {
   c.sci_irq = 9;
   c.century = 0x32;
   c.s5_slp_typ = 5;
+  c.pci_mmio_base = 0xE0000000;
+  c.pci_mmio_end = 0xFEC00000;
+  c.pci_inta_irq[1] = 10;
+  c.pci_inta_irq[2] = 9;
   return c;
 }
 
@@ -103,8 +107,13 @@ TEST(AcpiTables, DsdtDefinesS5WithTheBoardsSleepType) {
   const AcpiImage img = build_acpi_tables(config());
   const auto& b = img.bytes;
   const u8 aml[] = {0x08, '\\', '_', 'S', '5', '_', 0x12, 0x08, 0x04, 0x0A, 5, 0x0A, 5, 0x00, 0x00};
-  ASSERT_EQ(get32(b, img.dsdt + 4), 36 + sizeof aml);
+  ASSERT_GT(get32(b, img.dsdt + 4), 36 + sizeof aml);
   EXPECT_EQ(std::memcmp(&b[img.dsdt + 36], aml, sizeof aml), 0);
+  // Then Scope (\_SB) { Device (PCI0) ... } up to the end of the table.
+  const u32 scope = img.dsdt + 36 + sizeof aml;
+  EXPECT_EQ(b[scope], 0x10);
+  const u32 plen = (b[scope + 1] >> 6) == 1 ? u32(b[scope + 1] & 0xF) | u32(b[scope + 2]) << 4 : b[scope + 1];
+  EXPECT_EQ(scope + 1 + plen, get32(b, img.dsdt + 4) + img.dsdt);
 }
 
 TEST(AcpiTables, RefusesMisalignedBaseAndWideSleepType) {
@@ -127,6 +136,10 @@ TEST(AcpiTables, IaslDisassemblesEveryTable) {
     u32 at;
     const char* expect;
   } tables[] = {{"dsdt", img.dsdt, "Name (\\_S5, Package (0x04)"},
+                {"dsdt", img.dsdt, "Name (_HID, EisaId (\"PNP0A03\")"},
+                {"dsdt", img.dsdt, "WordBusNumber (ResourceProducer, MinFixed, MaxFixed, PosDecode,"},
+                {"dsdt", img.dsdt, "0xFEBFFFFF, // Range Maximum"},
+                {"dsdt", img.dsdt, "Name (_PRT, Package (0x02)"},
                 {"facp", img.fadt, "PM1A Event Block Address : 00000600"},
                 {"rsdt", img.rsdt, "ACPI Table Address   0 : 000E00C0"},
                 {"facs", img.facs, "Signature : \"FACS\""}};

@@ -10,6 +10,9 @@
    popek says "ACPI S5".
 3. (bt only) --no-acpi: system_powerdown is an error, the guest runs on and
    powers off by halting, exit 0.
+4. The button pressed while the VM is stopped, the VM saved (migrate to
+   file:) and resumed from the file on the other engine: the pending press
+   (PM1 status and enable, the SCI) comes through, the guest powers off.
 Exit 77 (skip) when the guest has not been fetched.
 
 Usage: powerdown_test.py POPEK [ENGINE]"""
@@ -99,6 +102,30 @@ if engine == "bt":
         check(code == 0 and "halted with interrupts disabled" in log, f"--no-acpi poweroff: {code} {log[-200:]!r}")
     finally:
         g.kill()
+
+# --- 4. a press pending across suspend/resume ------------------------------------
+g, c = boot([])
+try:
+    c.ok("stop")
+    c.wait_event("STOP")
+    check(c.ok("system_powerdown") == {}, "system_powerdown while stopped")
+    c.wait_event("POWERDOWN")
+    saved = os.path.join(tmp, "pressed.popek")
+    check(c.cmd("migrate", {"uri": f"file:{saved}"}) == {"return": {}}, "migrate to file")
+    c.ok("quit")
+    g.p.communicate(timeout=60)
+finally:
+    g.kill()
+other = "interp" if engine == "bt" else "bt"
+sock = os.path.join(tmp, "qmp-resumed")
+g = guestlib.Guest(guestlib.popek_argv(popek, other, kernel, initrd,
+                                       ["--qmp", f"unix:{sock}", "--incoming", f"file:{saved}"]))
+try:
+    code, log = finish(g)
+    check(code == 0 and "popek: power button pressed, powering off" in log and "ACPI S5" in log,
+          f"resumed on {other}, the pending press powers off: {code} {log[-300:]!r}")
+finally:
+    g.kill()
 
 print(f"{'FAILED' if failures else 'passed'}: {len(failures)} failures, {time.time() - T0:.1f} s")
 sys.exit(1 if failures else 0)

@@ -152,7 +152,6 @@ class Machine final : public x86::Platform, public mem::MmioHandler {
   // and the SCI if the guest enabled the button. False (nothing done) on a
   // board without ACPI. vCPU thread.
   bool press_power_button();
-  bool has_acpi() const { return acpi_pm_ != nullptr; }
 
   // Statistics of everything: engine, buses, devices.
   std::vector<std::pair<std::string, u64>> stats() const;

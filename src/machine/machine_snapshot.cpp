@@ -8,8 +8,8 @@
 // "ram" sections, then the CPU, the clock and the chips (the PICs last, so
 // that their input pins agree with the lines the other chips restored), then
 // "end" ("acpi-pm", the PM1 registers, only on a board with ACPI: the
-// "machine" section says whether it has it). RAM first and device state last is the order a live migration
-// would send them in.
+// "machine" section says whether it has it). RAM first and device state
+// last is the order a live migration would send them in.
 #include <algorithm>
 
 #include "base/error.h"

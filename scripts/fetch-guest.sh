@@ -263,7 +263,7 @@ if [ -d /sys/bus/acpi/devices/LNXPWRBN:00 ] && [ -f /lib/modules/$KVER/load-orde
   while read -r m; do
     insmod /lib/modules/$KVER/$m >/dev/null 2>&1
   done </lib/modules/$KVER/load-order-acpi
-  acpid -l /var/log/acpid.log
+  acpid -l /var/log/acpid.log -p /run/acpid.pid
 fi
 
 # Virtio drivers, only when a virtio PCI device (vendor 0x1af4) exists.

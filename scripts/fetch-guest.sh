@@ -2,7 +2,9 @@
 # Fetch popek's default guest: Debian 12's stock i686 kernel and busybox-static
 # (i386), downloaded with `apt-get download` (never installed), plus an
 # initramfs built here whose /init mounts proc/sys/devtmpfs, prints POPEK-READY
-# and gives a shell on the console.
+# and gives a shell on the console. With ACPI (a power button in
+# /sys/bus/acpi) it runs busybox's acpid, which powers off when the button is
+# pressed (QMP system_powerdown, on popek or QEMU).
 #
 # Output (in $POPEK_CACHE, default <repo>/cache/guest, which git ignores):
 #   vmlinuz      the kernel (bzImage)
@@ -27,6 +29,10 @@ VIRTIO_MODULES="virtio virtio_ring virtio_pci virtio_pci_modern_dev virtio_pci_l
 # Debian builds ext4 (which also mounts ext2/ext3) as a module; loaded only when
 # a virtio-blk disk exists, so that /dev/vda can be mounted at /mnt.
 DISK_MODULES="crc32c_generic ext4"
+# The ACPI power button driver (reports KEY_POWER on an input device) and the
+# input event interface busybox acpid reads it from; loaded only when ACPI
+# shows a power button.
+ACPI_MODULES="evdev button"
 
 force=0
 [[ "${1:-}" == "--force" ]] && force=1
@@ -232,6 +238,8 @@ visit() {  # depth-first: dependencies before the module
 add_group load-order $VIRTIO_MODULES
 # shellcheck disable=SC2086
 add_group load-order-disk $DISK_MODULES
+# shellcheck disable=SC2086
+add_group load-order-acpi $ACPI_MODULES
 
 cat >"$root/init" <<EOF
 #!/bin/sh
@@ -248,6 +256,15 @@ mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev 2>/dev/null || mount -t tmpfs -o mode=755 dev /dev
 mkdir -p /dev/pts && mount -t devpts -o gid=5,mode=620 devpts /dev/pts 2>/dev/null
 hostname popek
+
+# The ACPI power button (Linux's fixed-feature LNXPWRBN device): its driver
+# turns a press into KEY_POWER, busybox acpid runs /etc/acpi/power-button.
+if [ -d /sys/bus/acpi/devices/LNXPWRBN:00 ] && [ -f /lib/modules/$KVER/load-order-acpi ]; then
+  while read -r m; do
+    insmod /lib/modules/$KVER/$m >/dev/null 2>&1
+  done </lib/modules/$KVER/load-order-acpi
+  acpid -l /var/log/acpid.log -p /run/acpid.pid
+fi
 
 # Virtio drivers, only when a virtio PCI device (vendor 0x1af4) exists.
 for v in /sys/bus/pci/devices/*/vendor; do
@@ -371,6 +388,23 @@ esac
 exit 0
 EOF
 chmod 755 "$root/etc/udhcpc/default.script"
+# busybox acpid: KEY_POWER maps to the event "PWRF" (its built-in map); this
+# action file says what runs for it (a path relative to /etc/acpi).
+echo "PWRF power-button" >"$root/etc/acpid.conf"
+mkdir -p "$root/etc/acpi"
+cat >"$root/etc/acpi/power-button" <<'EOF'
+#!/bin/sh
+# Run by acpid when the ACPI power button is pressed (QMP system_powerdown).
+# PID 1 is /init, a shell that handles no poweroff signal: power off here,
+# after writing back what a mounted disk holds.
+echo "popek: power button pressed, powering off" >/dev/console
+sync
+if grep -q ' /mnt ' /proc/mounts; then
+  umount /mnt 2>/dev/null || mount -o remount,ro /mnt 2>/dev/null
+fi
+poweroff -f
+EOF
+chmod 755 "$root/etc/acpi/power-button"
 echo "root:x:0:0:root:/root:/bin/sh" >"$root/etc/passwd"
 echo "root:x:0:" >"$root/etc/group"
 

@@ -15,6 +15,7 @@ PKGS=(
   gcc-multilib nasm
   # peers and tools used by tests only (never part of popek)
   qemu-user qemu-system-x86 qemu-utils
+  acpica-tools  # iasl -d checks the ACPI tables (acpi_tables_test; skipped without it)
   # guest fetching and initramfs building
   cpio xz-utils zstd dpkg-dev ca-certificates
   # the Debian system guest (scripts/fetch-debian.sh; tests/debian: ssh)

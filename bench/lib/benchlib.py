@@ -6,7 +6,9 @@ running one guest under popek or QEMU while timestamping its serial console
 lines on the host, and the statistics and table printing.
 
 Conventions: an "engine" is a popek engine name (`interp`, `bt`, ...) or
-`qemu` (qemu-system-i386 -accel tcg). The guest runs the program named by
+`qemu` (qemu-system-i386 -accel tcg); a popek engine name with `-noacpi`
+(`bt-noacpi`) is that engine on the board without ACPI (`--no-acpi`), to
+measure what ACPI costs. The guest runs the program named by
 `popek.run=PATH` on its kernel command line after printing POPEK-READY, then
 powers off (scripts/fetch-guest.sh, /init).
 """
@@ -42,6 +44,11 @@ POWEROFF_GRACE = 30  # seconds from that line to the power-off before giving up
 QEMU_MACHINE = ["-M", "isapc"]
 QEMU_CPU = "qemu32,-apic,-pae,-mce,-fxsr,-sse,-sse2,-pni,-hypervisor"
 ALL_ENGINES = ["bt", "interp", "qemu"]
+NOACPI = "-noacpi"  # suffix: the engine with --no-acpi
+
+
+def base_engine(engine):
+    return engine[: -len(NOACPI)] if engine.endswith(NOACPI) else engine
 
 
 def log(msg):
@@ -92,8 +99,8 @@ def select_engines(args):
     """Parses --engines; returns (engines available, popek path or None)."""
     want = [e.strip() for e in args.engines.split(",") if e.strip()]
     for e in want:
-        if e not in ALL_ENGINES:
-            die(f"unknown engine '{e}' (known: {', '.join(ALL_ENGINES)})")
+        if base_engine(e) not in ALL_ENGINES or e == "qemu" + NOACPI:
+            die(f"unknown engine '{e}' (known: {', '.join(ALL_ENGINES)}, and popek's with {NOACPI})")
     popek = None
     known = set()
     have = []
@@ -101,7 +108,7 @@ def select_engines(args):
         popek = find_popek(args.popek)
         known = popek_engines(popek)
         for e in want:
-            if e != "qemu" and e not in known:
+            if e != "qemu" and base_engine(e) not in known:
                 log(f"{popek} has no --engine {e} (its help lists: {', '.join(sorted(known))}); skipped")
     for e in want:
         if e == "qemu":
@@ -109,7 +116,7 @@ def select_engines(args):
                 have.append(e)
             else:
                 log("qemu-system-i386 is not installed; qemu skipped")
-        elif e in known:
+        elif base_engine(e) in known:
             have.append(e)
     if not have:
         die("no engine left to measure")
@@ -161,8 +168,8 @@ def guest_cmd(engine, popek, kernel, initrd, append, memory, qemu_cpu):
         return (["qemu-system-i386", "-accel", "tcg"] + QEMU_MACHINE +
                 ["-cpu", qemu_cpu, "-m", memory, "-nographic", "-no-reboot",
                  "-kernel", kernel, "-initrd", initrd, "-append", append])
-    return [popek, "run", "--engine", engine, "--kernel", kernel, "--initrd", initrd,
-            "--append", append, "--memory", memory, "--stats"]
+    return [popek, "run", "--engine", base_engine(engine), "--kernel", kernel, "--initrd", initrd,
+            "--append", append, "--memory", memory, "--stats"] + (["--no-acpi"] if engine.endswith(NOACPI) else [])
 
 
 class GuestRun:

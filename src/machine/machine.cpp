@@ -217,7 +217,7 @@ void Machine::build_pc() {
 
   dev::Mc146818Rtc::Options ropt;
   ropt.base_unix_sec = cfg_.deterministic ? 1767225600 /* 2026-01-01 */ : i64(::time(nullptr));
-  ropt.century_index = 0x32;
+  ropt.century_index = kRtcCentury;
   rtc_ = std::make_unique<dev::Mc146818Rtc>(clock_, irq_[kIrqRtc], ropt);
   pio_.map(kRtc, 2, rtc_.get());
   // CMOS memory size fields (KiB above 1 MiB up to 64 MiB; 64 KiB units above 16 MiB).
@@ -250,6 +250,8 @@ void Machine::build_pc() {
   pci_host_ = std::make_unique<dev::PciHostBridge>(*pci_bus_);
   pio_.map(kPciConfig, 8, pci_host_.get());
 
+  build_acpi();
+
   timed_ = {pit_.get(), com1_.get(), rtc_.get()};
   if (cfg_.console) {
     com1_->set_tx_sink([this](u8 b) {
@@ -279,9 +281,12 @@ void Machine::load_kernel() {
   big_vector<u8> initrd;
   if (!cfg_.initrd.empty()) initrd = boot::read_boot_file(cfg_.initrd, "initrd");
   boot::LoadOptions opt;
+  // With ACPI its tables sit below the BIOS area, reserved with it.
+  const u64 reserved = acpi_pm_ ? kAcpiTables : kBiosStart;
+  if (acpi_pm_) write_acpi_tables();
   opt.e820 = {{0, kBaseMemEnd, boot::E820Type::kRam},
               {kBaseMemEnd, 0xA0000 - kBaseMemEnd, boot::E820Type::kReserved},
-              {kBiosStart, kHighMem - kBiosStart, boot::E820Type::kReserved},
+              {reserved, kHighMem - reserved, boot::E820Type::kReserved},
               {kHighMem, cfg_.memory - kHighMem, boot::E820Type::kRam}};
   std::span<u8> ram(pm_->ram(), pm_->ram_size());
   boot::BootResult r = boot::load_linux(ram, bz, initrd, cfg_.append, opt);
@@ -463,14 +468,16 @@ RunResult Machine::run_loop() {
       return {Outcome::debug_exit, exit_value_,
               "guest wrote to the exit port: status " + std::to_string(exit_value_)};
     if (reset_requested_) return {Outcome::reset, 2, "the guest reset the machine"};
+    if (poweroff_requested_) return {Outcome::poweroff, 0, "guest powered off (ACPI S5)"};
     switch (e) {
       case engine::Exit::budget: continue;
       case engine::Exit::shutdown:
         return {Outcome::triple_fault, 4, "triple fault: the CPU shut down"};
       case engine::Exit::halt: {
         if (!(cpu_.eflags & x86::IF)) {
-          // A PC without ACPI powers off this way: Linux's poweroff halts the
-          // CPU with interrupts disabled.
+          // A PC without ACPI (--no-acpi) powers off this way: Linux's
+          // poweroff halts the CPU with interrupts disabled. (With ACPI it
+          // writes S5 to PM1_CNT; if that fails it halts the same way.)
           if (!cfg_.kernel.empty())
             return {Outcome::poweroff, 0, "guest powered off (halted with interrupts disabled)"};
           return {Outcome::halted, 6, "guest halted with interrupts disabled"};
@@ -507,6 +514,11 @@ std::vector<std::pair<std::string, u64>> Machine::stats() const {
   out.emplace_back("mem.code_invalidations", pm_->code_invalidations());
   for (unsigned i = 0; i < 16; i++)
     if (irq_counts_[i]) out.emplace_back("irq." + std::to_string(i), irq_counts_[i]);
+  if (acpi_pm_) {
+    out.emplace_back("acpi.power_button_presses", acpi_pm_->button_presses());
+    out.emplace_back("acpi.sleep_requests", acpi_pm_->sleep_requests());
+    out.emplace_back("acpi.sleep_requests_ignored", sleep_ignored_);
+  }
   if (virtio_)
     for (auto& kv : virtio_->stats()) out.push_back(kv);
   return out;

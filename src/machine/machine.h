@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "devices/bus/bus.h"
+#include "devices/pc/acpi_pm.h"
 #include "devices/pc/debug_ports.h"
 #include "devices/pc/i8042.h"
 #include "devices/pc/i8254_pit.h"
@@ -54,6 +55,10 @@ struct Config {
   std::vector<DebugPortSpec> debug_ports;
   u16 exit_port = 0xF4;  // isa-debug-exit
   bool deterministic = false;
+  // ACPI (--no-acpi turns it off): the PM1 registers and, with --kernel, the
+  // tables in the BIOS area; system_powerdown presses its power button and
+  // the guest's S5 request powers the machine off.
+  bool acpi = true;
   std::string trace_file;  // "-" for stderr
   u64 max_insns = 0;       // stop after this many instructions (0: no limit)
   VirtioConfig virtio;     // --drive, --netdev, --rng (see virtio_board.h)
@@ -149,6 +154,11 @@ class Machine final : public x86::Platform, public mem::MmioHandler {
   // engine was made), for the destination's timing of a switch-over.
   std::chrono::steady_clock::time_point stream_loaded() const { return stream_loaded_; }
 
+  // The ACPI power button is pressed (QMP system_powerdown): PWRBTN_STS,
+  // and the SCI if the guest enabled the button. False (nothing done) on a
+  // board without ACPI. vCPU thread.
+  bool press_power_button();
+
   // Statistics of everything: engine, buses, devices.
   std::vector<std::pair<std::string, u64>> stats() const;
 
@@ -172,6 +182,10 @@ class Machine final : public x86::Platform, public mem::MmioHandler {
   void load_firmware();
   void load_kernel();
   void build_pc();
+  void build_acpi();
+  void write_acpi_tables();
+  // Drives PIC input `irq` from its sources: PCI INTx (virtio) and the SCI.
+  void drive_irq(unsigned irq);
   u64 next_deadline() const;
   void fire_timers();
   void pump_console(bool* quit, bool deliver = true);
@@ -209,6 +223,12 @@ class Machine final : public x86::Platform, public mem::MmioHandler {
   std::unique_ptr<dev::PostCodePort> post_;
   std::unique_ptr<dev::PciBus> pci_bus_;
   std::unique_ptr<dev::PciHostBridge> pci_host_;
+  std::unique_ptr<dev::AcpiPm> acpi_pm_;  // null with --no-acpi
+  dev::IrqLine sci_;
+  bool sci_level_ = false;
+  bool pci_level_[16] = {};
+  bool poweroff_requested_ = false;  // the guest entered S5
+  u64 sleep_ignored_ = 0;            // SLP_EN with a type other than S5
   std::vector<Timed*> timed_;
   std::unique_ptr<Console> console_;
   std::string console_pending_;

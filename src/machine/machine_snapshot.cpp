@@ -7,8 +7,9 @@
 // Order: "machine" (the configuration, checked before anything is loaded),
 // "ram" sections, then the CPU, the clock and the chips (the PICs last, so
 // that their input pins agree with the lines the other chips restored), then
-// "end". RAM first and device state last is the order a live migration
-// would send them in.
+// "end" ("acpi-pm", the PM1 registers, only on a board with ACPI: the
+// "machine" section says whether it has it). RAM first and device state
+// last is the order a live migration would send them in.
 #include <algorithm>
 
 #include "base/error.h"
@@ -19,7 +20,8 @@
 namespace popek::machine {
 
 namespace {
-constexpr u32 kMachineVersion = 1;
+// 2: "acpi" (a version-1 machine had no ACPI).
+constexpr u32 kMachineVersion = 2;
 constexpr u32 kClockVersion = 1;
 
 std::string join(const std::vector<std::string>& v) {
@@ -64,6 +66,7 @@ void Machine::save_config(snap::StreamWriter& w) {
   s.u64v("rng", cfg_.virtio.rng);
   s.str("devices", join(describe()));
   s.str("boot", cfg_.firmware.empty() ? "kernel" : "firmware");
+  s.u64v("acpi", acpi_pm_ != nullptr);
   w.section("machine", kMachineVersion, s);
 }
 
@@ -101,6 +104,7 @@ void Machine::save_devices(snap::StreamWriter& w) {
   dev::save_chip(w, "rtc", *rtc_);
   dev::save_chip(w, "i8042", *i8042_);
   dev::save_chip(w, "post", *post_);
+  if (acpi_pm_) dev::save_chip(w, "acpi-pm", *acpi_pm_);
   dev::save_chip(w, "pci-host", *pci_host_);
   {
     snap::SectionWriter s;
@@ -166,6 +170,10 @@ void Machine::load_stream(snap::Source& src, const std::string& what) {
     const std::string boot = s.str("boot"), boot_here = cfg_.firmware.empty() ? "kernel" : "firmware";
     if (boot != boot_here)
       s.fail("saved VM was started with --" + boot + ", this command line uses --" + boot_here);
+    const bool acpi = s.version >= 2 && s.u64v("acpi");
+    if (acpi != (acpi_pm_ != nullptr))
+      s.fail(std::string("saved VM has ") + (acpi ? "ACPI" : "no ACPI") + ", this command line " +
+             (acpi_pm_ ? "has it (add --no-acpi)" : "has --no-acpi"));
     s.check_all_read();
   });
   l.on("ram", snap::kRamVersion, [&](const snap::Section& s) {
@@ -193,6 +201,8 @@ void Machine::load_stream(snap::Source& src, const std::string& what) {
   l.on("rtc", dev::Mc146818Rtc::State::kVersion, [&](const snap::Section& s) { dev::load_chip(s, *rtc_); });
   l.on("i8042", dev::I8042::State::kVersion, [&](const snap::Section& s) { dev::load_chip(s, *i8042_); });
   l.on("post", dev::PostCodePort::State::kVersion, [&](const snap::Section& s) { dev::load_chip(s, *post_); });
+  if (acpi_pm_)
+    l.on("acpi-pm", dev::AcpiPm::State::kVersion, [&](const snap::Section& s) { dev::load_chip(s, *acpi_pm_); });
   l.on("pci-host", dev::PciHostBridge::State::kVersion,
        [&](const snap::Section& s) { dev::load_chip(s, *pci_host_); });
   l.on("pci-host-function", dev::PciFunction::State::kVersion, [&](const snap::Section& s) {

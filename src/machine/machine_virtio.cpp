@@ -23,7 +23,10 @@ void Machine::build_virtio() {
   VirtioConfig vc = cfg_.virtio;
   vc.deterministic = cfg_.deterministic;
   virtio_ = std::make_unique<VirtioBoard>(vc, *pm_, *pci_bus_, mmio_,
-                                          [this](unsigned irq, bool level) { irq_[irq].set(level); });
+                                          [this](unsigned irq, bool level) {
+                                            pci_level_[irq] = level;
+                                            drive_irq(irq);
+                                          });
   if (virtio_->empty()) {
     virtio_.reset();
     return;

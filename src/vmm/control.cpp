@@ -144,15 +144,21 @@ void Controller::register_commands() {
                         return json::object();
                       });
                     }});
-  // The PC board has no ACPI, no APM BIOS and no other power button a guest
-  // could see; Linux on it powers off only on its own (poweroff halts the CPU
-  // with interrupts off). Saying so beats pretending.
-  qmp_.add_command({"system_powerdown", {}, [](const json&) -> json {
-                      throw QmpError("GenericError",
-                                     "system_powerdown is not supported: popek's PC board has no ACPI (nor "
-                                     "any other power button the guest could see), so the guest cannot be "
-                                     "asked to power off; power it off from inside (poweroff), or use "
-                                     "'quit' to end the VM at once");
+  // system_powerdown presses the ACPI power button (PWRBTN_STS; the SCI if
+  // the guest enabled it), as QEMU does: the guest decides what to do (Linux's
+  // button driver reports KEY_POWER; acpid or logind power off). POWERDOWN
+  // says the button was pressed; SHUTDOWN follows if the guest powers off.
+  // A paused guest sees the press when it runs again.
+  qmp_.add_command({"system_powerdown", {}, [this](const json&) {
+                      return call([this](Machine& m) {
+                        if (!m.press_power_button())
+                          throw QmpError("GenericError",
+                                         "system_powerdown: this machine runs with --no-acpi, so it has no "
+                                         "power button the guest could see; power it off from inside "
+                                         "(poweroff), or use 'quit' to end the VM at once");
+                        qmp_.emit("POWERDOWN");
+                        return json::object();
+                      });
                     }});
   qmp_.add_command({"query-popek-stats", {}, [this](const json&) {
                       return call([](Machine& m) {

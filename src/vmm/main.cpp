@@ -281,6 +281,11 @@ int main(int argc, char** argv) {
                   "Write an instruction trace with disassembly to FILE ('-' for stderr)");
   run->add_option("--max-insns", cfg.max_insns, "Stop after this many guest instructions");
   run->add_flag("--stats", stats, "Print statistics of what the VMM did at exit");
+  run->add_flag("!--no-acpi", cfg.acpi,
+                "A PC without ACPI: no PM1 registers, no ACPI tables (with --kernel), no power button "
+                "for system_powerdown; the guest powers off by halting with interrupts off. By "
+                "default the board has ACPI 1.0: PM1 at ports 0x600-0x605, SCI on IRQ 9, tables at "
+                "0xE0000");
   // Paravirtual devices (virtio over PCI); see src/machine/virtio_board.h.
   std::vector<std::string> drives, netdevs;
   run->add_option("--drive", drives,
@@ -319,8 +324,8 @@ int main(int argc, char** argv) {
                   "file:PATH: saves the VM, which stays stopped; to tcp:HOST:PORT: live migration to a "
                   "popek run --incoming tcp:...), query-migrate, migrate_cancel, migrate-set-parameters "
                   "(downtime-limit, max-bandwidth), query-migrate-parameters; "
-                  "system_powerdown answers an error (no ACPI). Events: STOP, RESUME, RESET, "
-                  "SHUTDOWN, MIGRATION. Try: socat - UNIX-CONNECT:PATH")
+                  "system_powerdown (presses the ACPI power button; an error with --no-acpi). "
+                  "Events: STOP, RESUME, RESET, SHUTDOWN, POWERDOWN, MIGRATION. Try: socat - UNIX-CONNECT:PATH")
       ->expected(1)
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   run->footer(

@@ -1,8 +1,7 @@
 #!/usr/bin/env python3
 """The control socket with the default Debian guest: stop/cont leave no jump
 in the guest's clock (its uptime advances by the running time only), the
-statistics while Linux runs, system_powerdown refused with the guest
-unharmed, system_reset reboots the guest (RESET event, POPEK-READY again),
+statistics while Linux runs, system_reset reboots the guest (RESET event, POPEK-READY again),
 and `poweroff -f` in the guest ends with SHUTDOWN {"guest": true}.
 Exit 77 (skip) when the guest has not been fetched.
 
@@ -55,10 +54,7 @@ try:
     check(stats.get("cpu.instructions", 0) > 10**7 and stats.get("irq.0", 0) > 0,
           f"stats while Linux runs: {dict(list(stats.items())[:8])}")
 
-    r = c.cmd("system_powerdown")
-    check(r.get("error", {}).get("class") == "GenericError", f"system_powerdown: {r}")
-    status, out = g.run("echo still-here")
-    check(status == 0 and "still-here" in out, "the guest runs after system_powerdown")
+    # (system_powerdown: tests/qmp/powerdown_test.py.)
 
     # system_reset: the machine is rebuilt and Linux boots again.
     c.ok("system_reset")

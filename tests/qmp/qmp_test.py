@@ -194,9 +194,12 @@ try:
     c.ok("cont")
     c.wait_event("RESUME")
 
-    # --- system_powerdown and the migration placeholders: plain errors -----------
-    r = c.cmd("system_powerdown")
-    check(error_class(r) == "GenericError" and "ACPI" in r["error"]["desc"], f"system_powerdown: {r}")
+    # --- system_powerdown: the ACPI power button is pressed (POWERDOWN); this ROM
+    # never looks at it and runs on. (With a guest: tests/qmp/powerdown_test.py.)
+    check(c.ok("system_powerdown") == {}, "system_powerdown answers {}")
+    c.wait_event("POWERDOWN")
+    check(c.ok("query-popek-stats").get("acpi.power_button_presses") == 1, "one press counted")
+    check(c.ok("query-status")["status"] == "running", "running after system_powerdown")
     # (migrate to file: works: tests/snapshot; live migration over tcp: does not yet.)
     check(c.ok("query-migrate") == {}, "query-migrate before any migration")
     # Live migration to a port nothing listens on: the command returns at once,
@@ -259,9 +262,10 @@ try:
             return [rand_json(depth + 1) for _ in range(rng.randrange(4))]
         return {str(rand_json(3)): rand_json(depth + 1) for _ in range(rng.randrange(4))}
 
-    safe = ["query-status", "query-version", "query-commands", "query-popek-stats", "system_powerdown",
+    safe = ["query-status", "query-version", "query-commands", "query-popek-stats",
             "migrate", "query-migrate", "no-such", "qmp_capabilities", ""]
-    changing = ["stop", "cont", "quit", "system_reset"]
+    # (system_powerdown emits POWERDOWN: run validly, it is an event the fuzz would see.)
+    changing = ["stop", "cont", "quit", "system_reset", "system_powerdown"]
 
     def balanced_case():
         """A text that ends by itself (the connection stays usable)."""
@@ -310,7 +314,7 @@ try:
         return bytes(rng.choice(b'{}[]":,\\ \n\tabc01') for _ in range(rng.randrange(1, 200)))
 
     def harmless(data):
-        """False for a text that would validly run stop, cont, quit or system_reset."""
+        """False for a text that would validly run stop, cont, quit, system_reset or system_powerdown."""
         try:
             v = json.loads(data)
         except (ValueError, RecursionError):
@@ -461,6 +465,20 @@ try:
         # The guest may finish before the client connects; the exit status still counts.
         print(f"(guest exit before the client saw it: {ex!r})")
     check(proc.wait(timeout=10) == 1, f"exit status of the debug-exit ROM: {proc.returncode}")
+finally:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+# --- --no-acpi: no power button, so system_powerdown is an error --------------
+proc, addrs = qmplib.start_popek(base + ["--no-acpi", "--qmp", f"unix:{sock}"], 1)
+try:
+    c = Client(addrs[0])
+    r = c.cmd("system_powerdown")
+    check(error_class(r) == "GenericError" and "--no-acpi" in r["error"]["desc"], f"system_powerdown --no-acpi: {r}")
+    check("acpi.power_button_presses" not in c.ok("query-popek-stats"), "no ACPI counters with --no-acpi")
+    c.ok("quit")
+    check(proc.wait(timeout=10) == 0, f"exit status after quit: {proc.returncode}")
 finally:
     if proc.poll() is None:
         proc.kill()

@@ -205,6 +205,7 @@ try:
     refused([], r"saved VM has 1 virtio-blk disk, this command line has 0", "no --drive")
     refused(devices, r"256 MiB of RAM, this command line has 128 MiB", "other RAM size", memory="128M")
     refused([*devices, "--rng"], r"virtio-rng", "an extra device")
+    refused([*devices, "--no-acpi"], r"saved VM has ACPI, this command line has --no-acpi", "--no-acpi")
     with open(path, "rb") as f:
         blob = f.read()
     cut = os.path.join(work, "cut.popek")

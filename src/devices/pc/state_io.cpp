@@ -155,6 +155,17 @@ void load_state(const snap::Section& r, I8042::State& s) {
 void save_state(snap::SectionWriter& w, const PostCodePort::State& s) { PUT(last); }
 void load_state(const snap::Section& r, PostCodePort::State& s) { GET(last); }
 
+void save_state(snap::SectionWriter& w, const AcpiPm::State& s) {
+  PUT(sts);
+  PUT(en);
+  PUT(cnt);
+}
+void load_state(const snap::Section& r, AcpiPm::State& s) {
+  GET(sts);
+  GET(en);
+  GET(cnt);
+}
+
 void save_state(snap::SectionWriter& w, const PciHostBridge::State& s) { PUT(config_address); }
 void load_state(const snap::Section& r, PciHostBridge::State& s) { GET(config_address); }
 

@@ -3,6 +3,7 @@
 // section version. `save_*` fills a section's fields; `load_*` reads them
 // back into a State (throws snap::FormatError naming a missing or bad field).
 #pragma once
+#include "devices/pc/acpi_pm.h"
 #include "devices/pc/debug_ports.h"
 #include "devices/pc/i8042.h"
 #include "devices/pc/i8254_pit.h"
@@ -29,6 +30,8 @@ void save_state(snap::SectionWriter& w, const I8042::State& s);
 void load_state(const snap::Section& r, I8042::State& s);
 void save_state(snap::SectionWriter& w, const PostCodePort::State& s);
 void load_state(const snap::Section& r, PostCodePort::State& s);
+void save_state(snap::SectionWriter& w, const AcpiPm::State& s);
+void load_state(const snap::Section& r, AcpiPm::State& s);
 void save_state(snap::SectionWriter& w, const PciHostBridge::State& s);
 void load_state(const snap::Section& r, PciHostBridge::State& s);
 // PCI configuration space, as fields prefixed with `prefix` (a function's

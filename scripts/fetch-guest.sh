@@ -263,7 +263,12 @@ if [ -d /sys/bus/acpi/devices/LNXPWRBN:00 ] && [ -f /lib/modules/$KVER/load-orde
   while read -r m; do
     insmod /lib/modules/$KVER/$m >/dev/null 2>&1
   done </lib/modules/$KVER/load-order-acpi
-  acpid -l /var/log/acpid.log -p /run/acpid.pid
+  # Not when handing over to a root file system (root=): its own init (systemd's
+  # logind) answers the button there, and acpid would outlive switch_root.
+  case " $(cat /proc/cmdline) " in
+    *" root="*) ;;
+    *) acpid -l /var/log/acpid.log -p /run/acpid.pid ;;
+  esac
 fi
 
 # Virtio drivers, only when a virtio PCI device (vendor 0x1af4) exists.

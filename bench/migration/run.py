@@ -366,6 +366,7 @@ def live_phase(kind, ctx, res, downtime_limit=None):
     start = len(vm.out)
     vm.send(workload_line(res["seed"]))
     vm.wait(rb"\bS 0 ", 60, start)
+    res["work_t0"] = time.monotonic()
     res["lineage"].append((vm, start))
     B.log(f"{kind}: booted in {res['boot']:.1f} s, workload running; parameters "
           f"{json.dumps(res['params'], sort_keys=True)}")
@@ -465,6 +466,7 @@ def finish(kind, vm, res):
         vm.send("touch /tmp/stop\n")
         last, start = res["lineage"][-1]
         vm.wait(rb"\bR \d+ [0-9a-f]{64}", 120, start)
+        res["work_s"] = time.monotonic() - res["work_t0"]
         text = "".join(v.text()[s:] for v, s in res["lineage"])
         res["steps"], res["check"] = verify(text, res["seed"])
     except Exception as e:  # noqa: BLE001
@@ -584,6 +586,10 @@ def report(args, note, results):
             rows.append([f"workload checked ({kind})",
                          "FAIL" if r.get("check") or r.get("check") is None else f"right, {r['steps']} steps",
                          "", ""])
+    rate = {k: (r["steps"] / r["work_s"] if not r.get("check") and r.get("work_s") else None)
+            for k, r in results.items()}
+    rows.append(["workload steps/s (guest speed)", B.fmt(rate.get("popek"), ".1f"), B.fmt(rate.get("qemu"), ".1f"),
+                 B.fmt_ratio(B.ratio(rate.get("popek"), rate.get("qemu")))])
     B.table(rows, ["", "popek bt", "QEMU tcg", "popek/QEMU"], ["<", ">", ">", ">"])
     print()
     if P and not P["fail"] and Q and not Q["fail"]:
@@ -594,6 +600,7 @@ def report(args, note, results):
         "NOT met (a run failed)" if P else "not measured")
     print(f"goal: popek's median downtime <= QEMU's median: {g1}")
     print(f"goal: popek's median downtime <= {GOAL_DOWNTIME_MS} ms: {g2}")
+    print("(the workload's steps/s: how fast the guest ran, and so dirtied memory, on each over the whole run)")
     print("(downtime: popek from stopping the guest to the destination's acknowledgement; QEMU from stopping "
           "it to the source having sent the last data, before any answer)")
     for kind in ("popek", "qemu"):

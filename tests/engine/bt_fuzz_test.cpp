@@ -232,6 +232,7 @@ struct Gen {
       walk();
       return;
     }
+    const size_t start = out.size();
     if (r(8) == 0) b(0x66);          // 16-bit operands
     if (r(10) == 0) b(r(3) ? 0x64 : 0x65);  // FS: (base 0x100), GS: (base 0x200)
     switch (r(26)) {
@@ -262,6 +263,30 @@ struct Gen {
       case 5: {                      // group 3: test/not/neg/mul/imul/div/idiv
         const u8 op = r(2) ? 0xF7 : 0xF6;
         const unsigned ext = r(8);
+        if (ext >= 6 && r(2)) {
+          // DIV/IDIV on a dividend whose quotient mostly fits (bt runs those
+          // inline): a divisor from the usual values, 0 and -1 among them,
+          // INT_MIN-like dividends, a high half from CDQ/CWD/CBW or zeroed.
+          const std::vector<u8> px(out.begin() + std::ptrdiff_t(start), out.end());
+          out.resize(start);
+          const bool o16 = std::find(px.begin(), px.end(), u8(0x66)) != px.end();
+          static const u8 dregs[] = {ECX, EBX, EBP, ESI, EDI};  // (CL BL CH DH BH as bytes)
+          const unsigned dreg = dregs[r(sizeof dregs)];
+          static const u32 vals[] = {0, 0xFFFFFFFFu, 1, 2, 3, 7, 10, 0x80000000u, 0xFFFFFF80u, 0xFFFF8000u};
+          b(u8(0xB8 + dreg)); d(r(3) ? vals[r(sizeof vals / sizeof vals[0])] : rng());
+          if (r(4) == 0) { b(0xB8); d(r(3) ? vals[7 + r(3)] : rng()); }  // mov eax, INT_MIN-like
+          switch (r(4)) {
+            case 0: if (op == 0xF6 || o16) b(0x66); b(op == 0xF6 ? 0x98 : 0x99); break;  // cbw/cwd/cdq
+            case 1: if (op == 0xF6) { b(0xB4); b(0); } else { b(0x31); b(0xD2); } break;  // mov ah, 0 / xor edx, edx
+            case 2: if (op == 0xF6) { b(0x66); b(0x98); } else { b(0x99); } break;
+            default: break;
+          }
+          for (u8 x : px) b(x);
+          b(op);
+          if (r(2)) b(u8(0xC0 | (ext << 3) | dreg));
+          else modrm(ext);
+          break;
+        }
         b(op);
         modrm(ext);
         if (ext < 2) { if (op == 0xF7) d(rng()); else b(u8(r(256))); }
@@ -800,7 +825,9 @@ TEST(BtFuzz, RandomSequencesAgreeWithTheInterpreter) {
   auto add_window_stats = [&](const std::unique_ptr<FuzzVm>& v) {
     if (v && v->vm.eng)
       for (auto& [k, n] : v->vm.eng->stats())
-        if (k.rfind("mmu.window", 0) == 0 || k == "bt.direct_faults" || k == "bt.window_strikes") sum[k] += n;
+        if (k.rfind("mmu.window", 0) == 0 || k == "bt.direct_faults" || k == "bt.window_strikes" ||
+            k == "bt.inline_divs")
+          sum[k] += n;
   };
   const auto t0 = std::chrono::steady_clock::now();
   u64 sequences = 0, insns = 0, divergences = 0, outside = 0;
@@ -849,7 +876,7 @@ TEST(BtFuzz, RandomSequencesAgreeWithTheInterpreter) {
   for (auto& v : vms) add_window_stats(v);
   std::string ws;
   for (auto& [k, n] : sum) ws += " " + k + "=" + std::to_string(n);
-  std::printf("bt fuzz: user window:%s\n", ws.c_str());
+  std::printf("bt fuzz: user window, inline DIV:%s\n", ws.c_str());
   std::printf("bt fuzz: %llu sequences, %llu instructions compared in lockstep, %llu divergences "
               "(%llu sequences ended jumping outside RAM)\n",
               (unsigned long long)sequences, (unsigned long long)insns,

@@ -1139,6 +1139,7 @@ std::vector<std::pair<std::string, u64>> Bt::stats() const {
       {"bt.translated_native", st_.native_insns},
       {"bt.flag_restores_skipped", st_.flag_restores_skipped},
       {"bt.flag_recipes", st_.flag_recipes},
+      {"bt.inline_divs", st_.inline_divs},
       {"bt.flag_parks", st_.flag_parks},
       {"bt.flag_free_checks", st_.flag_free_checks},
       {"bt.loop_flags", st_.loop_flags},

@@ -67,6 +67,9 @@ struct BtOptions {
   // An access after a register-only definer of all flags keeps them as that
   // instruction's recipe (run again where they are needed) instead of saving them.
   bool flag_recipes = true;
+  // DIV/IDIV run as the host's instruction, the cases that would fault (and
+  // IDIV's unusual dividends) checked first and left to the semantics.
+  bool inline_div = true;
 };
 
 // Instruction groups `interp_groups` may name (also used by stats).
@@ -151,6 +154,7 @@ struct BtStats {
   u64 callout_insns = 0;     // translated into a call of the semantics
   u64 flag_restores_skipped = 0;  // partial flag writers whose other flags are dead
   u64 flag_recipes = 0;      // memory accesses whose slow path recomputes the flags
+  u64 inline_divs = 0;       // DIV/IDIV translated inline
   u64 flag_lazy_recipes = 0;  // accesses that left the flags as their producer's recipe
   u64 flag_parks = 0;        // flags saved early so that the accesses after take the short TLB check
   u64 flag_free_checks = 0;  // TLB checks translated in the flag-free form (the guest flags in the host's)

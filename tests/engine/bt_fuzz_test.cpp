@@ -350,7 +350,26 @@ struct Gen {
         break;
       }
       case 20: b(u8(0x70 + r(16))); b(2); b(0xB0); b(u8(r(256))); break;  // jcc over mov al, imm
-      case 21: b(0xE8); d(2); b(0xEB); b(1); b(0xC3); break;  // call L; jmp over; L: ret
+      case 21:
+        if (r(2)) { b(0xE8); d(2); b(0xEB); b(1); b(0xC3); break; }  // call L; jmp over; L: ret
+        {
+          // A recursion EBX deep: push ebx ; mov ebx, n ; call F ; jmp over ;
+          // F: dec ebx ; jz B ; call F ; R: ret ; B: [pop eax ; jmp eax] ;
+          // over: pop ebx. B is R itself, or (the innermost level returning
+          // by an indirect jump) leaves bt's return stack a frame no RET pops.
+          const bool jmp_back = r(3) == 0;
+          b(0x53);
+          b(0xBB); d(1 + r(r(4) ? 8 : 64));
+          b(0xE8); d(2);
+          b(0xEB); b(jmp_back ? 12 : 9);
+          b(0x4B);                                  // F: dec ebx
+          b(0x74); b(jmp_back ? 6 : 5);             // jz B
+          b(0xE8); d(u32(-8));                      // call F
+          b(0xC3);                                  // R: ret
+          if (jmp_back) { b(0x58); b(0xFF); b(0xE0); }  // B: pop eax ; jmp eax
+          b(0x5B);                                  // over: pop ebx
+        }
+        break;
       case 22: b(u8(0xA0 + r(4))); d(addr()); break;           // moffs
       case 23: b(0xC6); b(0x05); d(kCode + r(0x200)); b(u8(r(256))); break;  // store into code
       case 24:
@@ -826,7 +845,7 @@ TEST(BtFuzz, RandomSequencesAgreeWithTheInterpreter) {
     if (v && v->vm.eng)
       for (auto& [k, n] : v->vm.eng->stats())
         if (k.rfind("mmu.window", 0) == 0 || k == "bt.direct_faults" || k == "bt.window_strikes" ||
-            k == "bt.inline_divs")
+            k == "bt.inline_divs" || k == "bt.ras_calls" || k == "bt.ras_rets")
           sum[k] += n;
   };
   const auto t0 = std::chrono::steady_clock::now();
@@ -876,7 +895,7 @@ TEST(BtFuzz, RandomSequencesAgreeWithTheInterpreter) {
   for (auto& v : vms) add_window_stats(v);
   std::string ws;
   for (auto& [k, n] : sum) ws += " " + k + "=" + std::to_string(n);
-  std::printf("bt fuzz: user window, inline DIV:%s\n", ws.c_str());
+  std::printf("bt fuzz: user window, inline DIV, return stack:%s\n", ws.c_str());
   std::printf("bt fuzz: %llu sequences, %llu instructions compared in lockstep, %llu divergences "
               "(%llu sequences ended jumping outside RAM)\n",
               (unsigned long long)sequences, (unsigned long long)insns,

@@ -272,9 +272,15 @@ void Bt::emit_stubs() {
   // enter(CpuState*, Rt*, code)
   const u8* enter = g.getCurr();
   g.push(rbx); g.push(rbp); g.push(r12); g.push(r13); g.push(r14); g.push(r15);
-  g.sub(rsp, 8);
+  // The slot above the entry RSP holds a value no return-stack frame's
+  // (mode << 32 | EIP) can equal: a RET compares its target with it.
+  g.sub(rsp, 24);
+  g.mov(qword[rsp + 8], -1);
   g.mov(r15, rdi);
   g.mov(r14, rsi);
+  g.mov(qword[r14 + int(offsetof(Rt, entry_rsp))], rsp);
+  g.lea(r11, ptr[rsp - kRasBytes]);
+  g.mov(qword[r14 + int(offsetof(Rt, ras_floor))], r11);
   g.mov(r13, qword[r14 + int(offsetof(Rt, direct_base))]);
   g.mov(r11, rdx);
   g.load_regs();
@@ -298,7 +304,8 @@ void Bt::emit_stubs() {
   g.L(nostore);
   const u8* exit_nostore = g.getCurr();
   g.mov(rax, qword[r14 + int(offsetof(Rt, reason))]);
-  g.add(rsp, 8);
+  g.mov(rsp, qword[r14 + int(offsetof(Rt, entry_rsp))]);  // (return-stack frames dropped)
+  g.add(rsp, 24);
   g.pop(r15); g.pop(r14); g.pop(r13); g.pop(r12); g.pop(rbp); g.pop(rbx);
   g.ret();
   // callout: r8 = Site*, called from a block (return address on the stack).
@@ -1140,6 +1147,8 @@ std::vector<std::pair<std::string, u64>> Bt::stats() const {
       {"bt.flag_restores_skipped", st_.flag_restores_skipped},
       {"bt.flag_recipes", st_.flag_recipes},
       {"bt.inline_divs", st_.inline_divs},
+      {"bt.ras_calls", st_.ras_calls},
+      {"bt.ras_rets", st_.ras_rets},
       {"bt.flag_parks", st_.flag_parks},
       {"bt.flag_free_checks", st_.flag_free_checks},
       {"bt.loop_flags", st_.loop_flags},

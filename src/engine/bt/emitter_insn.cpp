@@ -602,6 +602,34 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
         mov(dword[r8], next);
         lea(r12d, ptr[r12 - 4]);
         s.done = here();
+        if (bt_.options().ras && bt_.options().chain && b_->cs_base == 0 &&
+            b_->nlinks + 2u <= Block::kMaxLinks) {
+          // The return stack: a host call to the exit to the callee, with
+          // (mode << 32 | return EIP) beside the host return address. A RET
+          // that pops that EIP in the same mode returns to the code after
+          // the call (the host predicts it), which looks the return address
+          // up in the jump cache (it follows the TLB and code writes; that
+          // indirect jump always goes to the same place). Far below the
+          // entry RSP (calls never returned from), no frame.
+          st.ras_calls++;
+          flags_out();
+          fl_ = Fl::parked;
+          cmp(rsp, qword[r14 + kRasFloorOff]);
+          const u32 plain = jcc32(6);  // jbe
+          mov(r11, (u64(b_->mode) << 32) | next);
+          push(r11);
+          db(0xE8);  // call rel32: to the callee's exit below
+          dd(0);
+          const u32 callee = here() - 4;
+          lea(rsp, ptr[rsp + 8]);  // back from the callee: the frame's key
+          mov(r9d, next);
+          jc_lookup();
+          bind(callee);
+          exit_direct(next + i.imm);
+          bind(plain);
+          exit_direct(next + i.imm);
+          return Done::ended;
+        }
         exit_direct(next + i.imm);
         return Done::ended;
       }
@@ -611,7 +639,10 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
         Slow& s = mem_access(i, eip, pa, SS, 4, false, Site::A_POP);
         mov(r9d, dword[r8]);
         lea(r12d, ptr[r12 + 4 + int(i.op == Op::RET_Iw ? (i.imm & 0xFFFF) : 0)]);
+        ras_ret_ = bt_.options().ras && bt_.options().chain && b_->cs_base == 0;
+        if (ras_ret_) st.ras_rets++;
         exit_indirect_after(s);
+        ras_ret_ = false;
         return Done::ended;
       }
       case Op::JMP_Ev: {

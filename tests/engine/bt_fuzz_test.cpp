@@ -859,6 +859,7 @@ TEST(BtFuzz, RandomSequencesAgreeWithTheInterpreter) {
     k.opt.lockstep = true;
     if (std::getenv("POPEK_FUZZ_NO_ADAPTIVE")) k.opt.adaptive = false;
     if (std::getenv("POPEK_FUZZ_NO_FLAG_RECIPES")) k.opt.flag_recipes = false;
+    k.opt.ras = ki % 2 == 0 || std::getenv("POPEK_FUZZ_RAS");  // the return stack (off by default)
     // The user window from the first user-mode block on (POPEK_FUZZ_NO_USER_WINDOW: none).
     k.opt.user_window_claim = 0;
     if (std::getenv("POPEK_FUZZ_NO_USER_WINDOW")) k.opt.user_window = false;

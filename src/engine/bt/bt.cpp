@@ -318,6 +318,8 @@ void Bt::emit_stubs() {
   g.mov(rax, r11);
   // callout_nosave: the same where the host flags are not the guest's (Rt::hf is).
   const u8* callout_nosave = g.getCurr();
+  g.lea(r11, ptr[rsp + 8]);
+  g.mov(qword[r14 + int(offsetof(Rt, block_rsp))], r11);
   g.store_regs();
   g.mov(rdi, r14);
   g.mov(rsi, r8);
@@ -852,7 +854,10 @@ u64 Bt::callout(Site* site) {
   // during the next instruction, and the semantics clear the shadow first.
   if (s_.intr_shadow && !s_.intr_line && site->idx + 1u < b->n) s_.intr_shadow = 0;
   // (A slow path is an ordinary instruction: it changes no segment, CPL or DF.)
+  // (Not with return-stack frames: a frame's code after its call chains to
+  // the block at the return address as it was mapped then.)
   if (inv_page != 1 && !exit && mmu_.epoch() != entry_epoch_ && inv_page != ((b->cs_base + b->eip) & ~0xFFFu) &&
+      rt_->block_rsp == rt_->entry_rsp &&
       !(b->crosses && inv_page == b->second_page_la())) {
     entry_epoch_ = mmu_.epoch();
     st_.invlpg_continues++;

@@ -603,14 +603,16 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
         lea(r12d, ptr[r12 - 4]);
         s.done = here();
         if (bt_.options().ras && bt_.options().chain && b_->cs_base == 0 &&
-            b_->nlinks + 2u <= Block::kMaxLinks) {
+            b_->nlinks + 3u <= Block::kMaxLinks) {
           // The return stack: a host call to the exit to the callee, with
           // (mode << 32 | return EIP) beside the host return address. A RET
           // that pops that EIP in the same mode returns to the code after
-          // the call (the host predicts it), which looks the return address
-          // up in the jump cache (it follows the TLB and code writes; that
-          // indirect jump always goes to the same place). Far below the
-          // entry RSP (calls never returned from), no frame.
+          // the call (the host predicts it), which chains to the block at
+          // the return address. (Valid while the frame is: a CR3 load or
+          // anything else that changes the TLB leaves generated code, and
+          // with it the frames, but INVLPG, which then ends the block;
+          // code writes unpatch the chain.) Far below the entry RSP (calls
+          // never returned from), no frame.
           st.ras_calls++;
           flags_out();
           fl_ = Fl::parked;
@@ -622,8 +624,7 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
           dd(0);
           const u32 callee = here() - 4;
           lea(rsp, ptr[rsp + 8]);  // back from the callee: the frame's key
-          mov(r9d, next);
-          jc_lookup();
+          exit_direct(next);
           bind(callee);
           exit_direct(next + i.imm);
           bind(plain);

@@ -44,14 +44,15 @@ GOAL_OF_NATIVE = 0.5   # ... and >= 50 % of native speed
 CLOCK_TOLERANCE = 0.05
 
 
-def build(native_cflags):
+def build(native_cflags, source=SOURCE):
     """Builds the i386 (guest) and x86-64 (native) binaries into BENCH_CACHE."""
     os.makedirs(B.BENCH_CACHE, exist_ok=True)
     out = {}
+    name = os.path.splitext(os.path.basename(source))[0]
     for arch, flags in (("i386", ["-m32", "-O2", "-static"]),
                         ("x86_64", ["-m64", "-O2"] + native_cflags.split())):
-        exe = os.path.join(B.BENCH_CACHE, f"cpubench-{arch}")
-        cmd = ["gcc", *flags, "-Wall", "-o", exe, SOURCE]
+        exe = os.path.join(B.BENCH_CACHE, f"{name}-{arch}")
+        cmd = ["gcc", *flags, "-Wall", "-o", exe, source]
         p = subprocess.run(cmd, capture_output=True, text=True)
         if p.returncode != 0:
             hint = (" (static i386 libc missing? install gcc-multilib: scripts/setup.sh)"
@@ -126,6 +127,9 @@ def main():
                     help="figures from the guest's CLOCK_MONOTONIC (default), or from the host's "
                          "arrival times of the result lines (a guest clock losing timer ticks on "
                          "a loaded host runs slow)")
+    # bench/calls/run.sh: the same harness on another program and issue's goals.
+    ap.add_argument("--source", default=SOURCE, help=argparse.SUPPRESS)
+    ap.add_argument("--goals", choices=["issue4", "issue19"], default="issue4", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if not args.scale > 0 or args.runs < 1:
         B.die("--scale must be > 0 and --runs >= 1")
@@ -137,13 +141,14 @@ def main():
     for line in note.splitlines():
         B.log(line)
 
-    exes = build(args.native_cflags)
+    exes = build(args.native_cflags, args.source)
+    name = os.path.splitext(os.path.basename(args.source))[0]
     known = [line.split()[0] for line in
              subprocess.run([exes["x86_64"], "--list"], capture_output=True, text=True).stdout.splitlines()]
     for k in filter(None, args.parts.split(",")):
         if k not in known:
             B.die(f"unknown part '{k}' (parts: {', '.join(known)})")
-    initrd = B.extend_initrd(base_initrd, os.path.join(B.BENCH_CACHE, "initrd-cpubench.img"), [
+    initrd = B.extend_initrd(base_initrd, os.path.join(B.BENCH_CACHE, f"initrd-{name}.img"), [
         ("bench", 0o755, None),
         ("bench/cpubench", 0o755, open(exes["i386"], "rb").read()),
         ("bench/run", 0o755, run_script(args, args.runs if args.runs_per_boot else 1)),
@@ -285,6 +290,8 @@ def report(args, engines, results, fails, clock, note, warns=()):
           ", ".join(f"{label[e]} {clock[e][0]:.2f}/{clock[e][1]:.2f} s" for e in engines))
 
     print()
+    if args.goals == "issue19":
+        return report_issue19(args, engines, names, med, fails)
     if "bt" in engines and has_q:
         vs_q = overall.get(("bt", "qemu"))
         of_native = overall.get(("native", "bt"))
@@ -310,6 +317,23 @@ def report(args, engines, results, fails, clock, note, warns=()):
         print("goals (issue 4: bt <= 0.40x QEMU overall, >= 50% of native, no part slower than QEMU): "
               "not measured (needs engines bt and qemu)")
     return 1 if any(fails.values()) or warns else 0
+
+
+def report_issue19(args, engines, names, med, fails):
+    """Issue 19's goals for bench/calls: each part <= 0.5x QEMU's time; the
+    call-heavy parts (fib, callret) within 3x native."""
+    if "bt" not in engines or "qemu" not in engines:
+        print("goals (issue 19): not measured (needs engines bt and qemu)")
+        return 1 if any(fails.values()) else 0
+    grows = []
+    for k in names:
+        q = None if fails["bt"] else B.ratio(med["bt", k], med["qemu", k])
+        grows.append([f"{k}: bt / QEMU time", B.fmt_ratio(q), "<= 0.50x", B.goal(q, "<=", 0.5)])
+        if k in ("fib", "callret"):
+            n = None if fails["bt"] else B.ratio(med["bt", k], med["native", k])
+            grows.append([f"{k}: bt / native time", B.fmt_ratio(n), "<= 3.00x", B.goal(n, "<=", 3.0)])
+    B.table(grows, ["goal (issue 19)", "measured", "goal", "result"], ["<", ">", ">", "<"])
+    return 1 if any(fails.values()) else 0
 
 
 if __name__ == "__main__":

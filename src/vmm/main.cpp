@@ -247,6 +247,12 @@ int main(int argc, char** argv) {
   run->add_flag("!--bt-no-flag-recipes", cfg.bt.flag_recipes,
                 "bt: save the flags before a memory access instead of keeping them as the "
                 "recipe of the register instruction that set them");
+  run->add_flag("--bt-ras", cfg.bt.ras,
+                "bt: translate a direct CALL/RET as host call/ret pairs (a return stack; measured "
+                "slower than the jump cache's lookup on the hosts tried)");
+  run->add_flag("!--bt-no-inline-div", cfg.bt.inline_div,
+                "bt: run DIV/IDIV through the semantics (a callout) instead of the host's "
+                "instruction after inline checks for divide errors");
   run->add_flag("!--bt-no-fastmem", cfg.bt.fastmem,
                 "bt: with paging off, look memory operands up in the soft TLB instead of "
                 "addressing guest RAM directly");

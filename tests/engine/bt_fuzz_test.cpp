@@ -232,6 +232,7 @@ struct Gen {
       walk();
       return;
     }
+    const size_t start = out.size();
     if (r(8) == 0) b(0x66);          // 16-bit operands
     if (r(10) == 0) b(r(3) ? 0x64 : 0x65);  // FS: (base 0x100), GS: (base 0x200)
     switch (r(26)) {
@@ -262,6 +263,30 @@ struct Gen {
       case 5: {                      // group 3: test/not/neg/mul/imul/div/idiv
         const u8 op = r(2) ? 0xF7 : 0xF6;
         const unsigned ext = r(8);
+        if (ext >= 6 && r(2)) {
+          // DIV/IDIV on a dividend whose quotient mostly fits (bt runs those
+          // inline): a divisor from the usual values, 0 and -1 among them,
+          // INT_MIN-like dividends, a high half from CDQ/CWD/CBW or zeroed.
+          const std::vector<u8> px(out.begin() + std::ptrdiff_t(start), out.end());
+          out.resize(start);
+          const bool o16 = std::find(px.begin(), px.end(), u8(0x66)) != px.end();
+          static const u8 dregs[] = {ECX, EBX, EBP, ESI, EDI};  // (CL BL CH DH BH as bytes)
+          const unsigned dreg = dregs[r(sizeof dregs)];
+          static const u32 vals[] = {0, 0xFFFFFFFFu, 1, 2, 3, 7, 10, 0x80000000u, 0xFFFFFF80u, 0xFFFF8000u};
+          b(u8(0xB8 + dreg)); d(r(3) ? vals[r(sizeof vals / sizeof vals[0])] : rng());
+          if (r(4) == 0) { b(0xB8); d(r(3) ? vals[7 + r(3)] : rng()); }  // mov eax, INT_MIN-like
+          switch (r(4)) {
+            case 0: if (op == 0xF6 || o16) b(0x66); b(op == 0xF6 ? 0x98 : 0x99); break;  // cbw/cwd/cdq
+            case 1: if (op == 0xF6) { b(0xB4); b(0); } else { b(0x31); b(0xD2); } break;  // mov ah, 0 / xor edx, edx
+            case 2: if (op == 0xF6) { b(0x66); b(0x98); } else { b(0x99); } break;
+            default: break;
+          }
+          for (u8 x : px) b(x);
+          b(op);
+          if (r(2)) b(u8(0xC0 | (ext << 3) | dreg));
+          else modrm(ext);
+          break;
+        }
         b(op);
         modrm(ext);
         if (ext < 2) { if (op == 0xF7) d(rng()); else b(u8(r(256))); }
@@ -325,7 +350,26 @@ struct Gen {
         break;
       }
       case 20: b(u8(0x70 + r(16))); b(2); b(0xB0); b(u8(r(256))); break;  // jcc over mov al, imm
-      case 21: b(0xE8); d(2); b(0xEB); b(1); b(0xC3); break;  // call L; jmp over; L: ret
+      case 21:
+        if (r(2)) { b(0xE8); d(2); b(0xEB); b(1); b(0xC3); break; }  // call L; jmp over; L: ret
+        {
+          // A recursion EBX deep: push ebx ; mov ebx, n ; call F ; jmp over ;
+          // F: dec ebx ; jz B ; call F ; R: ret ; B: [pop eax ; jmp eax] ;
+          // over: pop ebx. B is R itself, or (the innermost level returning
+          // by an indirect jump) leaves bt's return stack a frame no RET pops.
+          const bool jmp_back = r(3) == 0;
+          b(0x53);
+          b(0xBB); d(1 + r(r(4) ? 8 : 64));
+          b(0xE8); d(2);
+          b(0xEB); b(jmp_back ? 12 : 9);
+          b(0x4B);                                  // F: dec ebx
+          b(0x74); b(jmp_back ? 6 : 5);             // jz B
+          b(0xE8); d(u32(-8));                      // call F
+          b(0xC3);                                  // R: ret
+          if (jmp_back) { b(0x58); b(0xFF); b(0xE0); }  // B: pop eax ; jmp eax
+          b(0x5B);                                  // over: pop ebx
+        }
+        break;
       case 22: b(u8(0xA0 + r(4))); d(addr()); break;           // moffs
       case 23: b(0xC6); b(0x05); d(kCode + r(0x200)); b(u8(r(256))); break;  // store into code
       case 24:
@@ -800,7 +844,9 @@ TEST(BtFuzz, RandomSequencesAgreeWithTheInterpreter) {
   auto add_window_stats = [&](const std::unique_ptr<FuzzVm>& v) {
     if (v && v->vm.eng)
       for (auto& [k, n] : v->vm.eng->stats())
-        if (k.rfind("mmu.window", 0) == 0 || k == "bt.direct_faults" || k == "bt.window_strikes") sum[k] += n;
+        if (k.rfind("mmu.window", 0) == 0 || k == "bt.direct_faults" || k == "bt.window_strikes" ||
+            k == "bt.inline_divs" || k == "bt.ras_calls" || k == "bt.ras_rets")
+          sum[k] += n;
   };
   const auto t0 = std::chrono::steady_clock::now();
   u64 sequences = 0, insns = 0, divergences = 0, outside = 0;
@@ -813,6 +859,7 @@ TEST(BtFuzz, RandomSequencesAgreeWithTheInterpreter) {
     k.opt.lockstep = true;
     if (std::getenv("POPEK_FUZZ_NO_ADAPTIVE")) k.opt.adaptive = false;
     if (std::getenv("POPEK_FUZZ_NO_FLAG_RECIPES")) k.opt.flag_recipes = false;
+    k.opt.ras = ki % 2 == 0 || std::getenv("POPEK_FUZZ_RAS");  // the return stack (off by default)
     // The user window from the first user-mode block on (POPEK_FUZZ_NO_USER_WINDOW: none).
     k.opt.user_window_claim = 0;
     if (std::getenv("POPEK_FUZZ_NO_USER_WINDOW")) k.opt.user_window = false;
@@ -849,7 +896,7 @@ TEST(BtFuzz, RandomSequencesAgreeWithTheInterpreter) {
   for (auto& v : vms) add_window_stats(v);
   std::string ws;
   for (auto& [k, n] : sum) ws += " " + k + "=" + std::to_string(n);
-  std::printf("bt fuzz: user window:%s\n", ws.c_str());
+  std::printf("bt fuzz: user window, inline DIV, return stack:%s\n", ws.c_str());
   std::printf("bt fuzz: %llu sequences, %llu instructions compared in lockstep, %llu divergences "
               "(%llu sequences ended jumping outside RAM)\n",
               (unsigned long long)sequences, (unsigned long long)insns,

@@ -272,9 +272,15 @@ void Bt::emit_stubs() {
   // enter(CpuState*, Rt*, code)
   const u8* enter = g.getCurr();
   g.push(rbx); g.push(rbp); g.push(r12); g.push(r13); g.push(r14); g.push(r15);
-  g.sub(rsp, 8);
+  // The slot above the entry RSP holds a value no return-stack frame's
+  // (mode << 32 | EIP) can equal: a RET compares its target with it.
+  g.sub(rsp, 24);
+  g.mov(qword[rsp + 8], -1);
   g.mov(r15, rdi);
   g.mov(r14, rsi);
+  g.mov(qword[r14 + int(offsetof(Rt, entry_rsp))], rsp);
+  g.lea(r11, ptr[rsp - kRasBytes]);
+  g.mov(qword[r14 + int(offsetof(Rt, ras_floor))], r11);
   g.mov(r13, qword[r14 + int(offsetof(Rt, direct_base))]);
   g.mov(r11, rdx);
   g.load_regs();
@@ -298,7 +304,8 @@ void Bt::emit_stubs() {
   g.L(nostore);
   const u8* exit_nostore = g.getCurr();
   g.mov(rax, qword[r14 + int(offsetof(Rt, reason))]);
-  g.add(rsp, 8);
+  g.mov(rsp, qword[r14 + int(offsetof(Rt, entry_rsp))]);  // (return-stack frames dropped)
+  g.add(rsp, 24);
   g.pop(r15); g.pop(r14); g.pop(r13); g.pop(r12); g.pop(rbp); g.pop(rbx);
   g.ret();
   // callout: r8 = Site*, called from a block (return address on the stack).
@@ -311,6 +318,8 @@ void Bt::emit_stubs() {
   g.mov(rax, r11);
   // callout_nosave: the same where the host flags are not the guest's (Rt::hf is).
   const u8* callout_nosave = g.getCurr();
+  g.lea(r11, ptr[rsp + 8]);
+  g.mov(qword[r14 + int(offsetof(Rt, block_rsp))], r11);
   g.store_regs();
   g.mov(rdi, r14);
   g.mov(rsi, r8);
@@ -845,7 +854,10 @@ u64 Bt::callout(Site* site) {
   // during the next instruction, and the semantics clear the shadow first.
   if (s_.intr_shadow && !s_.intr_line && site->idx + 1u < b->n) s_.intr_shadow = 0;
   // (A slow path is an ordinary instruction: it changes no segment, CPL or DF.)
+  // (Not with return-stack frames: a frame's code after its call chains to
+  // the block at the return address as it was mapped then.)
   if (inv_page != 1 && !exit && mmu_.epoch() != entry_epoch_ && inv_page != ((b->cs_base + b->eip) & ~0xFFFu) &&
+      rt_->block_rsp == rt_->entry_rsp &&
       !(b->crosses && inv_page == b->second_page_la())) {
     entry_epoch_ = mmu_.epoch();
     st_.invlpg_continues++;
@@ -1139,6 +1151,9 @@ std::vector<std::pair<std::string, u64>> Bt::stats() const {
       {"bt.translated_native", st_.native_insns},
       {"bt.flag_restores_skipped", st_.flag_restores_skipped},
       {"bt.flag_recipes", st_.flag_recipes},
+      {"bt.inline_divs", st_.inline_divs},
+      {"bt.ras_calls", st_.ras_calls},
+      {"bt.ras_rets", st_.ras_rets},
       {"bt.flag_parks", st_.flag_parks},
       {"bt.flag_free_checks", st_.flag_free_checks},
       {"bt.loop_flags", st_.loop_flags},

@@ -67,6 +67,16 @@ struct BtOptions {
   // An access after a register-only definer of all flags keeps them as that
   // instruction's recipe (run again where they are needed) instead of saving them.
   bool flag_recipes = true;
+  // DIV/IDIV run as the host's instruction, the cases that would fault (and
+  // IDIV's unusual dividends) checked first and left to the semantics.
+  bool inline_div = true;
+  // A direct CALL is also a host call (the guest return address and mode
+  // beside it) and a RET that pops that address a host ret, which the host
+  // predicts, instead of a jump-cache lookup and an indirect jump. Off by
+  // default: measured slower on this host (fib +10-20 %, a call/ret chain
+  // +40 %; the jump cache's indirect jump was already predicted, and the
+  // frame costs instructions); the fuzzer turns it on in half its variants.
+  bool ras = false;
 };
 
 // Instruction groups `interp_groups` may name (also used by stats).
@@ -132,6 +142,13 @@ struct Rt {
   u32 rcp_stash = 0;
   u32 pad2 = 0;
   u8* direct_base = nullptr;  // guest RAM + kR13Bias: r13 (see kR13Bias)
+  // Guest CALL/RET as host call/ret pairs (Translator: "the return stack"):
+  // the host RSP generated code was entered with (every way out goes back
+  // to it, dropping the frames of calls not returned from), and the lowest
+  // RSP a translated CALL may push another frame at.
+  u64 entry_rsp = 0;
+  u64 ras_floor = 0;
+  u64 block_rsp = 0;  // the RSP of the block that made the last callout (frames above it)
   SegLoad seg_loads[kSegLoads];
 };
 enum Reason : u64 { kExitNormal = 0, kExitChain = 1 };
@@ -141,6 +158,9 @@ enum Reason : u64 { kExitNormal = 0, kExitChain = 1 };
 // count to a page number; bits 0-15 = 0x100C, the BEXTR control taking the
 // 16 bits from bit 12, a soft-TLB index, in one instruction.
 inline constexpr i32 kR13Bias = 0x100C;
+// Host stack the return stack (BtOptions::ras) may use below the entry RSP:
+// 4,096 frames of 16 bytes; deeper calls go without a host frame.
+inline constexpr i32 kRasBytes = 64 * 1024;
 
 struct BtStats {
   u64 blocks_translated = 0;
@@ -151,6 +171,9 @@ struct BtStats {
   u64 callout_insns = 0;     // translated into a call of the semantics
   u64 flag_restores_skipped = 0;  // partial flag writers whose other flags are dead
   u64 flag_recipes = 0;      // memory accesses whose slow path recomputes the flags
+  u64 inline_divs = 0;       // DIV/IDIV translated inline
+  u64 ras_calls = 0;         // direct CALLs translated as host calls
+  u64 ras_rets = 0;          // RETs translated to try a host ret first
   u64 flag_lazy_recipes = 0;  // accesses that left the flags as their producer's recipe
   u64 flag_parks = 0;        // flags saved early so that the accesses after take the short TLB check
   u64 flag_free_checks = 0;  // TLB checks translated in the flag-free form (the guest flags in the host's)

@@ -58,6 +58,7 @@ constexpr int kRcpStashOff = int(offsetof(Rt, rcp_stash));
 constexpr int kReasonOff = int(offsetof(Rt, reason));
 constexpr int kArgOff = int(offsetof(Rt, arg));
 constexpr int kJcOff = int(offsetof(Rt, jc));
+constexpr int kRasFloorOff = int(offsetof(Rt, ras_floor));
 
 // Host register number of a guest 16/32-bit register.
 inline int hreg(unsigned r) { return r == ESP ? 12 : int(r); }
@@ -386,6 +387,7 @@ class Emitter : public CodeGenerator {
   // The instruction being emitted writes only some flags, reads none, and
   // every flag it leaves is dead: it may run on any host flags.
   bool out_dead_ = false;
+  bool ras_ret_ = false;  // exit_indirect: a RET, which tries the return stack first
   bool in_rep_ = false;  // rep_string: host string instructions move guest registers first
   // Direct accesses (paging off) the generic re-encoder emits: the caller
   // re-encodes the access right after mem_access (direct_fold_ok_), which

@@ -46,6 +46,18 @@ void Emitter::exit_direct(u32 target, u32 jcc) {
 void Emitter::exit_indirect() {
   flags_out();
   if (bt_.options().chain && (b_->mode & M_CS_FLAT) && b_->cs_base == 0) {
+    if (ras_ret_) {
+      // A RET: if the top return-stack frame is the call's that pushed this
+      // address in this mode, the host's ret (predicted) goes back to the
+      // code after that call. (At the entry RSP the slot holds -1.)
+      fl_ = Fl::parked;
+      mov(r11, u64(b_->mode) << 32);
+      or_(r11, r9);
+      cmp(r11, qword[rsp + 8]);
+      const u32 miss = jcc32(5);  // jne
+      ret();
+      bind(miss);
+    }
     jc_lookup();
   } else {
     mov(dword[r15 + kEipOff], r9d);

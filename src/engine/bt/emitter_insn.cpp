@@ -602,6 +602,35 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
         mov(dword[r8], next);
         lea(r12d, ptr[r12 - 4]);
         s.done = here();
+        if (bt_.options().ras && bt_.options().chain && b_->cs_base == 0 &&
+            b_->nlinks + 3u <= Block::kMaxLinks) {
+          // The return stack: a host call to the exit to the callee, with
+          // (mode << 32 | return EIP) beside the host return address. A RET
+          // that pops that EIP in the same mode returns to the code after
+          // the call (the host predicts it), which chains to the block at
+          // the return address. (Valid while the frame is: a CR3 load or
+          // anything else that changes the TLB leaves generated code, and
+          // with it the frames, but INVLPG, which then ends the block;
+          // code writes unpatch the chain.) Far below the entry RSP (calls
+          // never returned from), no frame.
+          st.ras_calls++;
+          flags_out();
+          fl_ = Fl::parked;
+          cmp(rsp, qword[r14 + kRasFloorOff]);
+          const u32 plain = jcc32(6);  // jbe
+          mov(r11, (u64(b_->mode) << 32) | next);
+          push(r11);
+          db(0xE8);  // call rel32: to the callee's exit below
+          dd(0);
+          const u32 callee = here() - 4;
+          lea(rsp, ptr[rsp + 8]);  // back from the callee: the frame's key
+          exit_direct(next);
+          bind(callee);
+          exit_direct(next + i.imm);
+          bind(plain);
+          exit_direct(next + i.imm);
+          return Done::ended;
+        }
         exit_direct(next + i.imm);
         return Done::ended;
       }
@@ -611,7 +640,10 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
         Slow& s = mem_access(i, eip, pa, SS, 4, false, Site::A_POP);
         mov(r9d, dword[r8]);
         lea(r12d, ptr[r12 + 4 + int(i.op == Op::RET_Iw ? (i.imm & 0xFFFF) : 0)]);
+        ras_ret_ = bt_.options().ras && bt_.options().chain && b_->cs_base == 0;
+        if (ras_ret_) st.ras_rets++;
         exit_indirect_after(s);
+        ras_ret_ = false;
         return Done::ended;
       }
       case Op::JMP_Ev: {
@@ -676,6 +708,107 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
     db(0x08);  // [r8], r9d
     fl_ = Fl::dirty;
     s.done = here();
+    return Done::next;
+  }
+
+  // DIV/IDIV: the host's instruction on the guest's own EAX/EDX, the
+  // divisor in r10 (zero- or sign-extended). The cases the host would trap
+  // on (#DE: a zero divisor, a quotient that does not fit) are checked first
+  // and go out of line to the semantics, which raise the fault with the
+  // flags and registers as they were. IDIV takes the inline path only when
+  // the dividend's high half is the sign of its low half (CDQ; IDIV) and
+  // the divisor is neither 0 nor -1: the quotient then fits. The rest (also
+  // a slow path's TLB miss) runs through the semantics, correct for all
+  // inputs. The flags the host leaves are the guest's, as in the semantics,
+  // which run the same host instruction on the guest's flags (x86/arith.h).
+  if ((i.op == Op::DIV_Eb || i.op == Op::DIV_Ev || i.op == Op::IDIV_Eb || i.op == Op::IDIV_Ev) &&
+      bt_.options().inline_div && mem_native && !i.rep() && !(i.prefixes & P_LOCK)) {
+    st.native_insns++;
+    st.inline_divs++;
+    const bool sign = i.op == Op::IDIV_Eb || i.op == Op::IDIV_Ev;
+    const unsigned size = (info.attrs & B) ? 1 : i.osize;
+    // The flags to Rt::hf: the checks clobber the host's, and the slow path
+    // (a fault among them) finds them there.
+    if (rcp_ >= 0) rcp_run();
+    save_flags();
+    const bool restore = fl_ != Fl::parked || !out_dead_;
+    fl_ = Fl::parked;
+    Slow* s = nullptr;  // the memory operand's slow path
+    Site* site;
+    if (i.mem) {
+      direct_fold_ok_ = true;
+      s = &mem_access(i, eip, pa, i.seg, size, false, Site::A_EA);
+      site = s->site;
+      direct_fold_ok_ = false;
+      Insn m = i;
+      Native nm;
+      nm.ok = true;
+      nm.rm = RM_R;
+      nm.rm_size = u8(size);
+      nm.reg_is_reg = true;
+      m.osize = 4;
+      if (size == 4) {
+        m.op = Op::MOV_GvEv; m.map = 0; m.opcode = 0x8B;
+      } else {
+        m.op = size == 1 ? Op::MOVZX_GvEb : Op::MOVZX_GvEw; m.map = 1; m.opcode = size == 1 ? 0xB6 : 0xB7;
+      }
+      reencode(m, nm, bytes, 10);  // r10d = the divisor (no immediate read from bytes)
+    } else {
+      site = new_site(i, eip, pa, false, false);
+      if (size == 1 && i.rm >= 4) {  // AH..BH
+        mov(r10d, Reg32(i.rm - 4));
+        shr(r10d, 8);
+        movzx(r10d, r10b);
+      } else if (size == 1) {
+        movzx(r10d, Reg8(i.rm));
+      } else if (size == 2) {
+        movzx(r10d, Reg16(hreg(i.rm)));
+      } else {
+        mov(r10d, Reg32(hreg(i.rm)));
+      }
+    }
+    // Another way into the same slow path (the flags parked).
+    Slow& de = also_slow(site, kNone);
+    if (!sign) {
+      // #DE exactly when the high half >= the divisor (0 included).
+      if (size == 1) {
+        movzx(r11d, ax);
+        shr(r11d, 8);
+        cmp(r11d, r10d);
+      } else if (size == 2) {
+        cmp(dx, r10w);
+      } else {
+        cmp(edx, r10d);
+      }
+      de.entry_fix = jcc32(3);  // jae
+    } else {
+      if (size == 1) movsx(r10d, r10b);
+      else if (size == 2) movsx(r10d, r10w);
+      lea(r11d, ptr[r10 + 1]);
+      cmp(r11d, 1);
+      de.entry_fix = jcc32(6);  // jbe: the divisor is 0 or -1
+      if (size == 1) {
+        movsx(r11d, al);
+        cmp(r11w, ax);
+      } else if (size == 2) {
+        movsx(r11d, ax);
+        sar(r11d, 16);
+        cmp(r11w, dx);
+      } else {
+        mov(r11d, eax);
+        sar(r11d, 31);
+        cmp(r11d, edx);
+      }
+      de.entry_fix2 = jcc32(5);  // jne: the high half is not the low half's sign
+    }
+    if (restore) restore_flags();
+    if (size == 2) db(0x66);
+    db(0x41);  // REX.B: r10
+    db(size == 1 ? 0xF6 : 0xF7);
+    db(u8(0xC0 | ((sign ? 7 : 6) << 3) | 2));  // div/idiv r10b/r10w/r10d
+    fl_ = Fl::dirty;
+    de.done = here();
+    if (s) s->done = de.done;
     return Done::next;
   }
 

@@ -51,7 +51,7 @@ def measure(popek, engine, parts, stress_time, python_mods):
         if "python" in parts:
             t0 = time.time()
             status, out = vm.run("cd /tmp && python3 -m test -q -j3 " + " ".join(python_mods) + " 2>&1 | tail -3", 10800)
-            res["python"] = time.time() - t0 if status == 0 and "Result: SUCCESS" in out else None
+            res["python"] = time.time() - t0 if status == 0 and "Tests result: SUCCESS" in out else None
             print(f"  {engine}: python {res['python']}", flush=True)
         if "stress" in parts:
             rates = []

@@ -7,7 +7,8 @@ With it (the default): the guest's dmesg says "Hypervisor detected: KVM" and
 "clocksource: Switched to clocksource kvm-clock", its TSC frequency came from
 kvm-clock (no "Unable to calibrate against PIT", no "Marking TSC unstable"),
 and the current clocksource is kvm-clock. With --no-paravirt: none of that, no
-hypervisor. Exit 77 (skip) when the guest has not been fetched."""
+hypervisor (whether the PIT calibration failed is printed, not judged: it
+depends on the host's load). Exit 77 (skip) when the guest has not been fetched."""
 import re, sys
 
 import guestlib
@@ -39,8 +40,14 @@ if pv:
     check("TSC frequency from kvm-clock", "tsc: Detected 1000.000 MHz processor" in dmesg, dmesg)
 else:
     check("no hypervisor", "Hypervisor detected" not in dmesg and "kvm-clock" not in dmesg, dmesg)
-check("no failed PIT calibration", "Unable to calibrate against PIT" not in dmesg, dmesg)
-check("TSC not marked unstable", "Marking TSC unstable" not in dmesg, dmesg)
+if pv:
+    check("no failed PIT calibration", "Unable to calibrate against PIT" not in dmesg, dmesg)
+    check("TSC not marked unstable", "Marking TSC unstable" not in dmesg, dmesg)
+else:
+    # Without kvm-clock the guest calibrates its TSC against the PIT, which a
+    # loaded host makes fail (the reason for the interface): shown, not judged.
+    for what in ("Unable to calibrate against PIT", "Marking TSC unstable"):
+        print(f"note {what}: {'yes' if what in dmesg else 'no'}")
 st, cs = g.run("cat /sys/devices/system/clocksource/clocksource0/current_clocksource")
 check("current clocksource " + cs.strip(), st == 0 and (cs.strip() == "kvm-clock") == pv, cs)
 st, cpu = g.run("grep -c hypervisor /proc/cpuinfo")

@@ -10,6 +10,7 @@
 #include "x86/cpuid.h"
 #include "x86/insn.h"
 #include "x86/paravirt.h"
+#include "snapshot/stream.h"
 
 namespace popek::x86 {
 namespace {
@@ -241,6 +242,27 @@ TEST(Paravirt, Hypercalls) {
     vm.plat.pv = false;
     EXPECT_TRUE(faults(vm, insn, UD));
   }
+}
+
+TEST(Paravirt, MsrsSavedWithTheCpu) {
+  CpuState s;
+  s.reset();
+  s.msr.kvm_system_time = 0x12345001;
+  s.msr.kvm_wall_clock = 0x6000;
+  snap::MemorySink sink;
+  snap::StreamWriter w(sink);
+  snap::SectionWriter sec;
+  save_cpu_state(s, sec);
+  w.section("cpu", kCpuStateVersion, sec);
+  w.end();
+  snap::MemorySource src(sink.bytes);
+  snap::StreamReader r(src, "t");
+  snap::Loader ld;
+  CpuState back;
+  ld.on("cpu", kCpuStateVersion, [&](const snap::Section& sct) { load_cpu_state(back, sct); });
+  ld.run(r);
+  EXPECT_EQ(back.msr.kvm_system_time, 0x12345001u);
+  EXPECT_EQ(back.msr.kvm_wall_clock, 0x6000u);
 }
 
 }  // namespace

@@ -10,6 +10,11 @@ marker). Engines take turns within each run, so slow drifts of the host's load
 hit all of them alike. Prints medians, ratios against QEMU, and the goal of
 issue 4 (bt boots to the marker in <= 0.5x QEMU's wall time) as met or not.
 
+Engine names may carry suffixes for popek flags: -nopv (--no-paravirt: no
+kvm-clock, the guest calibrates its TSC against the PIT), -noacpi (--no-acpi);
+e.g. --engines bt,bt-nopv,interp,interp-nopv compares boots with and without
+the paravirtual interface in one run.
+
 Usage: bench/boot/run.sh [--engines bt,interp,qemu] [--runs N] [--popek PATH]
                          [--timeout S] [--memory M] [--qemu-cpu MODEL] [--keep-logs DIR]
 Exit status 1 if some run did not reach the marker and power off.

@@ -45,10 +45,30 @@ QEMU_MACHINE = ["-M", "isapc"]
 QEMU_CPU = "qemu32,-apic,-pae,-mce,-fxsr,-sse,-sse2,-pni,-hypervisor"
 ALL_ENGINES = ["bt", "interp", "qemu"]
 NOACPI = "-noacpi"  # suffix: the engine with --no-acpi
+NOPV = "-nopv"      # suffix: the engine with --no-paravirt (no kvm-clock)
+SUFFIX_FLAGS = {NOACPI: "--no-acpi", NOPV: "--no-paravirt"}
+
+
+def _split_engine(engine):
+    """(base engine, popek flags its suffixes ask for), e.g. bt-nopv-noacpi."""
+    flags = []
+    changed = True
+    while changed:
+        changed = False
+        for suf, flag in SUFFIX_FLAGS.items():
+            if engine.endswith(suf):
+                engine = engine[: -len(suf)]
+                flags.insert(0, flag)
+                changed = True
+    return engine, flags
 
 
 def base_engine(engine):
-    return engine[: -len(NOACPI)] if engine.endswith(NOACPI) else engine
+    return _split_engine(engine)[0]
+
+
+def engine_flags(engine):
+    return _split_engine(engine)[1]
 
 
 def log(msg):
@@ -64,7 +84,8 @@ def die(msg, status=2):
 def add_common_args(ap, runs=3, engines=ALL_ENGINES, timeout="900"):
     ap.add_argument("--engines", default=",".join(engines),
                     help="comma-separated engines to measure: popek engines (bt, interp) "
-                         "and qemu (default: %(default)s; engines popek lacks are skipped)")
+                         "and qemu, popek's with suffixes -nopv (--no-paravirt) and -noacpi "
+                         "(default: %(default)s; engines popek lacks are skipped)")
     ap.add_argument("--runs", type=int, default=runs, help="runs per engine (default: %(default)s)")
     ap.add_argument("--popek", help="popek binary (default: $POPEK, else the newest build*/popek)")
     ap.add_argument("--timeout", type=float, help=f"seconds per guest run (default: {timeout})")
@@ -99,8 +120,9 @@ def select_engines(args):
     """Parses --engines; returns (engines available, popek path or None)."""
     want = [e.strip() for e in args.engines.split(",") if e.strip()]
     for e in want:
-        if base_engine(e) not in ALL_ENGINES or e == "qemu" + NOACPI:
-            die(f"unknown engine '{e}' (known: {', '.join(ALL_ENGINES)}, and popek's with {NOACPI})")
+        if base_engine(e) not in ALL_ENGINES or (base_engine(e) == "qemu" and e != "qemu"):
+            die(f"unknown engine '{e}' (known: {', '.join(ALL_ENGINES)}, and popek's with the "
+                f"suffixes {' '.join(SUFFIX_FLAGS)})")
     popek = None
     known = set()
     have = []
@@ -169,7 +191,7 @@ def guest_cmd(engine, popek, kernel, initrd, append, memory, qemu_cpu):
                 ["-cpu", qemu_cpu, "-m", memory, "-nographic", "-no-reboot",
                  "-kernel", kernel, "-initrd", initrd, "-append", append])
     return [popek, "run", "--engine", base_engine(engine), "--kernel", kernel, "--initrd", initrd,
-            "--append", append, "--memory", memory, "--stats"] + (["--no-acpi"] if engine.endswith(NOACPI) else [])
+            "--append", append, "--memory", memory, "--stats"] + engine_flags(engine)
 
 
 class GuestRun:

@@ -23,12 +23,22 @@
 
 namespace popek::machine {
 
+namespace {
+u64 host_realtime_ns() {
+  timespec ts;
+  ::clock_gettime(CLOCK_REALTIME, &ts);
+  return u64(ts.tv_sec) * 1000000000 + u64(ts.tv_nsec);
+}
+}  // namespace
+
 Machine::Machine(const Config& cfg) : cfg_(cfg), clock_(cfg.deterministic, &cpu_.icount) {
   wake_fd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
   if (wake_fd_ < 0) throw Error(std::string("eventfd: ") + std::strerror(errno));
   pm_ = std::make_unique<mem::PhysMem>(cfg.memory);
   pm_->set_mmio(this);
   cpu_.reset();
+  wall_epoch_ns_ = cfg.deterministic ? 1767225600ull * 1000000000 /* 2026-01-01 */
+                                     : host_realtime_ns() - clock_.now_ns();
 
   if (!cfg.trace_file.empty()) {
     if (cfg.trace_file == "-") {
@@ -216,7 +226,7 @@ void Machine::build_pc() {
   pio_.map(kCom1, 8, com1_.get());
 
   dev::Mc146818Rtc::Options ropt;
-  ropt.base_unix_sec = cfg_.deterministic ? 1767225600 /* 2026-01-01 */ : i64(::time(nullptr));
+  ropt.base_unix_sec = i64((wall_epoch_ns_ + clock_.now_ns()) / 1000000000);
   ropt.century_index = kRtcCentury;
   rtc_ = std::make_unique<dev::Mc146818Rtc>(clock_, irq_[kIrqRtc], ropt);
   pio_.map(kRtc, 2, rtc_.get());
@@ -315,6 +325,18 @@ u32 Machine::io_in(u16 port, unsigned size) { return u32(pio_.read(port, size));
 void Machine::io_out(u16 port, unsigned size, u32 v) { pio_.write(port, size, v); }
 
 u8 Machine::intr_ack() { return pic_master_->acknowledge(); }
+
+bool Machine::read_phys(u64 pa, void* dst, unsigned len) {
+  for (u64 p = pa; p < pa + len; p = (p | (mem::kPageSize - 1)) + 1)
+    if (!pm_->is_ram(p) || !pm_->page(p).host || pm_->page(p).rom) return false;
+  return pm_->read_bytes(pa, dst, len);
+}
+bool Machine::write_phys(u64 pa, const void* src, unsigned len) {
+  // Check first: write_bytes may have written part of it when it refuses.
+  for (u64 p = pa; p < pa + len; p = (p | (mem::kPageSize - 1)) + 1)
+    if (!pm_->is_ram(p) || !pm_->page(p).host || pm_->page(p).rom) return false;
+  return pm_->write_bytes(pa, src, len);
+}
 
 u64 Machine::next_deadline() const {
   u64 d = Timed::kNever;

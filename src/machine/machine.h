@@ -59,6 +59,9 @@ struct Config {
   // tables in the BIOS area; system_powerdown presses its power button and
   // the guest's S5 request powers the machine off.
   bool acpi = true;
+  // KVM's paravirtual interface on interp and bt (x86/paravirt.h: CPUID
+  // 0x40000000, kvm-clock, hypercalls); --no-paravirt turns it off.
+  bool paravirt = true;
   std::string trace_file;  // "-" for stderr
   u64 max_insns = 0;       // stop after this many instructions (0: no limit)
   VirtioConfig virtio;     // --drive, --netdev, --rng (see virtio_board.h)
@@ -171,6 +174,10 @@ class Machine final : public x86::Platform, public mem::MmioHandler {
   void io_out(u16 port, unsigned size, u32 value) override;
   u64 tsc() override { return clock_.tsc(); }
   u8 intr_ack() override;
+  bool paravirt() override { return cfg_.paravirt; }
+  bool read_phys(u64 pa, void* dst, unsigned len) override;
+  bool write_phys(u64 pa, const void* src, unsigned len) override;
+  u64 wall_clock_epoch_ns() override { return wall_epoch_ns_; }
   // mem::MmioHandler
   u64 mmio_read(u64 pa, unsigned size) override { return mmio_.read(pa, size); }
   void mmio_write(u64 pa, unsigned size, u64 v) override { mmio_.write(pa, size, v); }
@@ -207,6 +214,9 @@ class Machine final : public x86::Platform, public mem::MmioHandler {
   x86::CpuState cpu_;
   std::unique_ptr<mem::PhysMem> pm_;
   VirtualClock clock_;
+  // Wall-clock time (ns since 1970) at clock time 0: the RTC's starting
+  // point and kvm-clock's wall clock (fixed in deterministic mode).
+  u64 wall_epoch_ns_ = 0;
   dev::Bus pio_{"pio"};
   dev::Bus mmio_{"mmio"};
   std::vector<std::unique_ptr<dev::Device>> devices_;

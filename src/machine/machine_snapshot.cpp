@@ -11,6 +11,7 @@
 // "machine" section says whether it has it). RAM first and device state
 // last is the order a live migration would send them in.
 #include <algorithm>
+#include <ctime>
 
 #include "base/error.h"
 #include "devices/pc/state_io.h"
@@ -20,8 +21,8 @@
 namespace popek::machine {
 
 namespace {
-// 2: "acpi" (a version-1 machine had no ACPI).
-constexpr u32 kMachineVersion = 2;
+// 2: "acpi" (a version-1 machine had no ACPI). 3: "paravirt" (older ones had none).
+constexpr u32 kMachineVersion = 3;
 constexpr u32 kClockVersion = 1;
 
 std::string join(const std::vector<std::string>& v) {
@@ -67,6 +68,7 @@ void Machine::save_config(snap::StreamWriter& w) {
   s.str("devices", join(describe()));
   s.str("boot", cfg_.firmware.empty() ? "kernel" : "firmware");
   s.u64v("acpi", acpi_pm_ != nullptr);
+  s.u64v("paravirt", cfg_.paravirt);
   w.section("machine", kMachineVersion, s);
 }
 
@@ -174,6 +176,10 @@ void Machine::load_stream(snap::Source& src, const std::string& what) {
     if (acpi != (acpi_pm_ != nullptr))
       s.fail(std::string("saved VM has ") + (acpi ? "ACPI" : "no ACPI") + ", this command line " +
              (acpi_pm_ ? "has it (add --no-acpi)" : "has --no-acpi"));
+    const bool pv = s.version >= 3 && s.u64v("paravirt");
+    if (pv != cfg_.paravirt)
+      s.fail(std::string("saved VM has ") + (pv ? "the paravirtual interface" : "no paravirtual interface") +
+             ", this command line " + (cfg_.paravirt ? "has it (add --no-paravirt)" : "has --no-paravirt"));
     s.check_all_read();
   });
   l.on("ram", snap::kRamVersion, [&](const snap::Section& s) {
@@ -192,6 +198,13 @@ void Machine::load_stream(snap::Source& src, const std::string& what) {
     const u64 now = s.u64v("now_ns");
     s.check_all_read();
     clock_.set_now(now);  // after the CPU: deterministic time counts its instructions
+    // kvm-clock's wall clock follows the host's real time here, as KVM's
+    // does after a restore (the guest reads it again when it asks).
+    if (!cfg_.deterministic) {
+      timespec ts;
+      ::clock_gettime(CLOCK_REALTIME, &ts);
+      wall_epoch_ns_ = u64(ts.tv_sec) * 1000000000 + u64(ts.tv_nsec) - now;
+    }
   });
   l.on("cpu", x86::kCpuStateVersion, [&](const snap::Section& s) { x86::load_cpu_state(cpu_, s); });
   l.on("pit", dev::I8254Pit::State::kVersion, [&](const snap::Section& s) { dev::load_chip(s, *pit_); });

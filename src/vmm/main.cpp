@@ -292,6 +292,14 @@ int main(int argc, char** argv) {
                 "for system_powerdown; the guest powers off by halting with interrupts off. By "
                 "default the board has ACPI 1.0: PM1 at ports 0x600-0x605, SCI on IRQ 9, tables at "
                 "0xE0000");
+  run->add_flag("!--no-paravirt", cfg.paravirt,
+                "No paravirtual interface: the guest sees a plain Pentium II. By default, on "
+                "interp and bt, popek speaks KVM's guest ABI: CPUID 0x40000000 says "
+                "\"KVMKVMKVM\", kvm-clock (MSRs 0x4b564d00/01 and 0x11/0x12, stable TSC: no "
+                "calibration against the PIT), no-op port-0x80 delays, and VMCALL/VMMCALL "
+                "hypercalls (KVM_HC_VAPIC_POLL_IRQ, KVM_HC_CLOCK_PAIRING; others -KVM_ENOSYS). "
+                "Not provided: steal time, PV EOI, async page faults, PV spinlocks. The kvm "
+                "engine does not offer it");
   // Paravirtual devices (virtio over PCI); see src/machine/virtio_board.h.
   std::vector<std::string> drives, netdevs;
   run->add_option("--drive", drives,

@@ -52,6 +52,15 @@ class Platform {
   virtual u8 intr_ack() = 0;
   // FERR#/IGNNE# path for x87 errors with CR0.NE = 0 (raises IRQ 13 on a PC).
   virtual void fpu_error() {}
+  // KVM's paravirtual interface (x86/paravirt.h) is on for this machine.
+  virtual bool paravirt() { return false; }
+  // Guest-physical RAM the VMM reads and writes on its own account (the
+  // pvclock structures): like a device's DMA, translated code there is
+  // dropped. False if any byte is not RAM.
+  virtual bool read_phys(u64 pa, void* dst, unsigned len) { return false; }
+  virtual bool write_phys(u64 pa, const void* src, unsigned len) { return false; }
+  // Wall-clock time (ns since 1970, UTC) at which the virtual clock read 0.
+  virtual u64 wall_clock_epoch_ns() { return 0; }
 };
 
 // Why a handler asks the engine to leave its loop after the instruction.

@@ -6,7 +6,7 @@ namespace popek::x86 {
 
 // A field added to CpuState must be saved and loaded here too (with a bump of
 // kCpuStateVersion and a default for older streams): this fails until then.
-static_assert(sizeof(CpuState) == 512, "CpuState changed: update save_cpu_state/load_cpu_state");
+static_assert(sizeof(CpuState) == 528, "CpuState changed: update save_cpu_state/load_cpu_state");
 
 namespace {
 
@@ -62,6 +62,8 @@ void save_cpu_state(const CpuState& s, snap::SectionWriter& w) {
   w.u64v("msr.bios_sign_id", s.msr.bios_sign_id);
   w.array("msr.perfctr", s.msr.perfctr);
   w.array("msr.evntsel", s.msr.evntsel);
+  w.u64v("msr.kvm_system_time", s.msr.kvm_system_time);  // version 2
+  w.u64v("msr.kvm_wall_clock", s.msr.kvm_wall_clock);
   // x87
   w.u64v("fpu.fcw", s.fpu.fcw);
   w.u64v("fpu.fsw", s.fpu.fsw);
@@ -115,6 +117,10 @@ void load_cpu_state(CpuState& out, const snap::Section& r) {
   s.msr.bios_sign_id = r.u64v("msr.bios_sign_id");
   r.array("msr.perfctr", s.msr.perfctr);
   r.array("msr.evntsel", s.msr.evntsel);
+  if (r.version >= 2) {  // version 1 had no kvm-clock: off
+    s.msr.kvm_system_time = r.u64v("msr.kvm_system_time");
+    s.msr.kvm_wall_clock = r.u64v("msr.kvm_wall_clock");
+  }
   s.fpu.fcw = u16(r.u64v("fpu.fcw"));
   s.fpu.fsw = u16(r.u64v("fpu.fsw"));
   s.fpu.ftw = u16(r.u64v("fpu.ftw"));

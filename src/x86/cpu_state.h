@@ -90,6 +90,10 @@ struct Msrs {
   u64 bios_sign_id = 0;
   u64 perfctr[2] = {};
   u32 evntsel[2] = {};
+  // kvm-clock (x86/paravirt.h): MSR_KVM_SYSTEM_TIME(_NEW), bit 0 = on, and
+  // MSR_KVM_WALL_CLOCK(_NEW), guest-physical addresses of the structures.
+  u64 kvm_system_time = 0;
+  u64 kvm_wall_clock = 0;
 };
 
 struct CpuState {
@@ -150,7 +154,8 @@ class SectionWriter;
 class Section;
 }  // namespace popek::snap
 namespace popek::x86 {
-inline constexpr u32 kCpuStateVersion = 1;
+// 2: the kvm-clock MSRs.
+inline constexpr u32 kCpuStateVersion = 2;
 void save_cpu_state(const CpuState& s, snap::SectionWriter& w);
 void load_cpu_state(CpuState& s, const snap::Section& r);
 }  // namespace popek::x86

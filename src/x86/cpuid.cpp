@@ -1,8 +1,17 @@
 #include "x86/cpuid.h"
 
+#include "x86/paravirt.h"
+
 namespace popek::x86 {
 
-CpuidResult cpuid(u32 leaf, u32) {
+CpuidResult cpuid(u32 leaf, u32, bool paravirt) {
+  if (paravirt) {
+    if (leaf == 1) return {0x00000652, 0, pv::kHypervisorBit, kFeaturesEdx};
+    CpuidResult r;
+    if (pv::cpuid(leaf, &r)) return r;
+    // Every other leaf, 0x40000002.. and the 0x40000100 steps Linux probes
+    // for other hypervisors included, answers as without paravirt.
+  }
   switch (leaf) {
     case 0:  // max leaf 2, "GenuineIntel"
       return {2, 0x756E6547, 0x6C65746E, 0x49656E69};

@@ -8,7 +8,9 @@ namespace popek::x86 {
 struct CpuidResult {
   u32 eax, ebx, ecx, edx;
 };
-CpuidResult cpuid(u32 leaf, u32 subleaf);
+// `paravirt`: KVM's paravirtual interface is on (x86/paravirt.h): CPUID.1
+// says "hypervisor present" and 0x40000000/0x40000001 hold KVM's leaves.
+CpuidResult cpuid(u32 leaf, u32 subleaf, bool paravirt = false);
 
 // CPUID.1:EDX bits popek sets.
 enum : u32 {

@@ -61,7 +61,15 @@ void Lockstep::Recorder::mmio_write(u64 pa, unsigned size, u64 value) {
   if (mmio) mmio->mmio_write(pa, size, value);
 }
 
+bool Lockstep::Recorder::write_phys(u64 pa, const void* src, unsigned len) {
+  ls->vmm_writing_ = true;
+  const bool ok = plat->write_phys(pa, src, len);
+  ls->vmm_writing_ = false;
+  return ok;
+}
+
 void Lockstep::bulk_written(u64 pa, const void* src, u64 len) {
+  if (vmm_writing_) return;  // the shadow makes this write itself (write_phys)
   // Devices write between instructions: the shadow has caught up by then.
   spm_.write_bytes(pa, src, len);
 }
@@ -114,6 +122,17 @@ void Lockstep::mmio_write(u64 pa, unsigned size, u64 value) {
   const Rec& r = next(Rec::mmio_w, pa, size);
   if (r.value != value) diverged("MMIO write value differs");
   log_.pop_front();
+}
+
+bool Lockstep::read_phys(u64 pa, void* dst, unsigned len) {
+  for (u64 p = pa; p < pa + len; p = (p | (mem::kPageSize - 1)) + 1)
+    if (!spm_.is_ram(p)) return false;
+  return spm_.read_bytes(pa, dst, len);
+}
+bool Lockstep::write_phys(u64 pa, const void* src, unsigned len) {
+  for (u64 p = pa; p < pa + len; p = (p | (mem::kPageSize - 1)) + 1)
+    if (!spm_.is_ram(p)) return false;
+  return spm_.write_bytes(pa, src, len);
 }
 
 void Lockstep::resync() {
@@ -211,6 +230,8 @@ void Lockstep::sync_and_compare(const char* where) {
   cmp("fpu.cw", real_.fpu.fcw, sh_.fpu.fcw);
   cmp("fpu.sw", real_.fpu.fsw, sh_.fpu.fsw);
   cmp("fpu.tw", real_.fpu.ftw, sh_.fpu.ftw);
+  cmp("msr.kvm_system_time", real_.msr.kvm_system_time, sh_.msr.kvm_system_time);
+  cmp("msr.kvm_wall_clock", real_.msr.kvm_wall_clock, sh_.msr.kvm_wall_clock);
   // The x87 registers by physical index, the MMX registers' home: the 80
   // bits each holds (significand, then sign/exponent).
   static const char* const fr[] = {"fpu.r0", "fpu.r1", "fpu.r2", "fpu.r3",

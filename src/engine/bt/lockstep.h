@@ -52,6 +52,13 @@ class Lockstep final : public x86::Platform, public mem::MmioHandler,
   void io_out(u16 port, unsigned size, u32 value) override;
   u64 tsc() override;
   u8 intr_ack() override;
+  // The paravirtual interface: the shadow's VMM writes (pvclock) go to its
+  // own memory when the shadow executes the instruction that asks for them,
+  // as the real side's did (which are kept out of bulk_written for that).
+  bool paravirt() override { return rec_.plat->paravirt(); }
+  bool read_phys(u64 pa, void* dst, unsigned len) override;
+  bool write_phys(u64 pa, const void* src, unsigned len) override;
+  u64 wall_clock_epoch_ns() override { return rec_.plat->wall_clock_epoch_ns(); }
   // MmioHandler (the shadow's side: replays reads, checks writes).
   u64 mmio_read(u64 pa, unsigned size) override;
   void mmio_write(u64 pa, unsigned size, u64 value) override;
@@ -76,6 +83,10 @@ class Lockstep final : public x86::Platform, public mem::MmioHandler,
     u64 tsc() override;
     u8 intr_ack() override;
     void fpu_error() override { plat->fpu_error(); }
+    bool paravirt() override { return plat->paravirt(); }
+    bool read_phys(u64 pa, void* dst, unsigned len) override { return plat->read_phys(pa, dst, len); }
+    bool write_phys(u64 pa, const void* src, unsigned len) override;
+    u64 wall_clock_epoch_ns() override { return plat->wall_clock_epoch_ns(); }
     u64 mmio_read(u64 pa, unsigned size) override;
     void mmio_write(u64 pa, unsigned size, u64 value) override;
   };
@@ -119,6 +130,7 @@ class Lockstep final : public x86::Platform, public mem::MmioHandler,
   u64 real_exc() const { return real_stats_ ? real_stats_->exceptions - exc_base_real_ : 0; }
   u64 sh_exc() const { return sstep_.stats().exceptions - exc_base_sh_; }
   u32 block_eip_ = 0;
+  bool vmm_writing_ = false;  // the real side's write_phys: not for bulk_written
   u64 blocks_ = 0;
   u64 compares_ = 0;
   u64 bytes_compared_ = 0;

@@ -3,6 +3,7 @@
 // register loads, LAR/LSL/VERR/VERW/ARPL, HLT.
 #include "base/error.h"
 #include "x86/cpuid.h"
+#include "x86/paravirt.h"
 #include "x86/sem/sem.h"
 
 namespace popek::x86 {
@@ -223,13 +224,30 @@ void h_mov_to_dr(Cpu& c, const Insn& i) {
 // ---- MSRs, TSC, CPUID ----
 void h_rdmsr(Cpu& c, const Insn&) {
   u64 v;
-  if (!read_msr(c.s, c.s.gpr[ECX], c.plat.tsc(), &v)) raise_fault(GP, 0);
+  const u32 index = c.s.gpr[ECX];
+  if (pv::is_msr(index) && c.plat.paravirt()) v = pv::read_msr(c, index);
+  else if (!read_msr(c.s, index, c.plat.tsc(), &v)) raise_fault(GP, 0);
   c.s.gpr[EAX] = u32(v);
   c.s.gpr[EDX] = u32(v >> 32);
 }
 void h_wrmsr(Cpu& c, const Insn&) {
   u64 v = u64(c.s.gpr[EDX]) << 32 | c.s.gpr[EAX];
-  if (!write_msr(c.s, c.s.gpr[ECX], v, c.plat.tsc())) raise_fault(GP, 0);
+  const u32 index = c.s.gpr[ECX];
+  if (pv::is_msr(index) && c.plat.paravirt()) {
+    pv::write_msr(c, index, v);
+    return;
+  }
+  if (!write_msr(c.s, index, v, c.plat.tsc())) raise_fault(GP, 0);
+  // A new TSC offset moves the guest TSC against the clock: kvm-clock's
+  // structure must follow (KVM updates it on a TSC write too).
+  if (index == 0x10 && (c.s.msr.kvm_system_time & 1) && c.plat.paravirt()) pv::update_clock(c);
+}
+// VMCALL / VMMCALL: KVM's hypercall when the paravirtual interface is on
+// (either one on any vendor: the guest patches in VMCALL for GenuineIntel);
+// otherwise what a CPU outside VMX/SVM does, #UD.
+void h_hypercall(Cpu& c, const Insn&) {
+  if (!c.plat.paravirt()) raise_fault(UD);
+  pv::hypercall(c);
 }
 void h_rdtsc(Cpu& c, const Insn&) {
   if ((c.s.cr4 & CR4_TSD) && c.s.cpl != 0 && c.s.pe()) raise_fault(GP, 0);
@@ -243,7 +261,7 @@ void h_rdpmc(Cpu& c, const Insn&) {
   c.s.gpr[EAX] = c.s.gpr[EDX] = 0;  // no performance counters are counting
 }
 void h_cpuid(Cpu& c, const Insn&) {
-  CpuidResult r = cpuid(c.s.gpr[EAX], c.s.gpr[ECX]);
+  CpuidResult r = cpuid(c.s.gpr[EAX], c.s.gpr[ECX], c.plat.paravirt());
   c.s.gpr[EAX] = r.eax;
   c.s.gpr[EBX] = r.ebx;
   c.s.gpr[ECX] = r.ecx;
@@ -386,6 +404,8 @@ void register_system(HandlerTable& t) {
   t.set1(Op::RDTSC, h_rdtsc);
   t.set1(Op::RDPMC, h_rdpmc);
   t.set1(Op::CPUID, h_cpuid);
+  t.set1(Op::VMCALL, h_hypercall);
+  t.set1(Op::VMMCALL, h_hypercall);
   t.set1(Op::SYSENTER, h_sysenter);
   t.set1(Op::SYSEXIT, h_sysexit);
   t.set1(Op::MOV_EwSw, h_mov_EwSw);

@@ -9,6 +9,7 @@
 #include "x86/cpu.h"
 #include "x86/cpuid.h"
 #include "x86/insn.h"
+#include "x86/sem/test_rig.h"
 
 namespace popek::x86 {
 namespace {
@@ -16,47 +17,8 @@ namespace {
 constexpr u32 kMemSize = 1u << 16;
 constexpr u32 kBadPage = 0x8000;  // accesses to this page raise #PF
 
-class FlatMem : public LinearMem {
- public:
-  std::vector<u8> b = std::vector<u8>(kMemSize);
-  void check(u32 la, unsigned n) {
-    for (u32 a = la; a < la + n; ++a)
-      if ((a & ~0xFFFu) == kBadPage || a >= kMemSize) raise_fault(PF_V, 0);
-  }
-  u32 read(u32 la, unsigned size, bool) override {
-    check(la, size);
-    u32 v = 0;
-    std::memcpy(&v, &b[la], size);
-    return v;
-  }
-  void write(u32 la, unsigned size, u32 value, bool) override {
-    check(la, size);
-    std::memcpy(&b[la], &value, size);
-  }
-  u64 read64(u32 la, bool) override {
-    check(la, 8);
-    u64 v;
-    std::memcpy(&v, &b[la], 8);
-    return v;
-  }
-  void write64(u32 la, u64 value, bool) override {
-    check(la, 8);
-    std::memcpy(&b[la], &value, 8);
-  }
-  void probe_write(u32 la, unsigned size, bool) override { check(la, size); }
-  void flush_tlb(bool) override {}
-  void invlpg(u32) override {}
-};
-
-class FakePlatform : public Platform {
- public:
-  int fpu_errors = 0;
-  u32 io_in(u16, unsigned) override { return 0; }
-  void io_out(u16, unsigned, u32) override {}
-  u64 tsc() override { return 0; }
-  u8 intr_ack() override { return 0; }
-  void fpu_error() override { ++fpu_errors; }
-};
+using FlatMem = test::FlatMem<kMemSize, kBadPage>;
+using test::FakePlatform;
 
 struct Machine {
   CpuState s;
@@ -79,7 +41,7 @@ struct Machine {
   }
   void expect_fault(std::initializer_list<u8> bytes, u8 vector) {
     const CpuState before = s;
-    const std::vector<u8> mem_before = mem.b;
+    const std::vector<u8> mem_before = mem.b.copy();
     try {
       exec(bytes);
       ADD_FAILURE() << "no fault";
@@ -88,7 +50,7 @@ struct Machine {
     }
     EXPECT_EQ(0, std::memcmp(&before.fpu, &s.fpu, sizeof before.fpu));
     EXPECT_EQ(0, std::memcmp(before.gpr, s.gpr, sizeof s.gpr));
-    EXPECT_TRUE(mem_before == mem.b);
+    EXPECT_TRUE(mem_before == mem.b.copy());
   }
   // Physical register p: significand and sign/exponent.
   u64 mant(unsigned p) const {

@@ -9,7 +9,6 @@
 // FNSTENV/FLDENV images, instruction/data pointers, unmasked OE/UE) is checked
 // against hand-derived SDM expectations.
 #include <gtest/gtest.h>
-#include <sys/mman.h>
 
 #include <cstring>
 #include <random>
@@ -17,6 +16,7 @@
 
 #include "x86/cpu.h"
 #include "x86/insn.h"
+#include "x86/sem/test_rig.h"
 
 namespace popek::x86 {
 namespace {
@@ -24,55 +24,8 @@ namespace {
 constexpr u32 kMemSize = 1u << 20;
 constexpr u32 kBadPage = 0x80000;  // accesses to this page raise #PF
 
-class FlatMem : public LinearMem {
- public:
-  // Guest memory straight from mmap: zero pages on demand, so the thousands of
-  // machines these tests create stay cheap (also under ASan, whose allocator
-  // would clear a fresh 1 MiB heap block each time).
-  struct Pages {
-    u8* p = static_cast<u8*>(
-        mmap(nullptr, kMemSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0));
-    ~Pages() { munmap(p, kMemSize); }
-    u8& operator[](usize i) { return p[i]; }
-  } b;
-  void check(u32 la, unsigned n) {
-    for (u32 a = la; a < la + n; ++a)
-      if ((a & ~0xFFFu) == kBadPage || a >= kMemSize) raise_fault(PF_V, 0);
-  }
-  u32 read(u32 la, unsigned size, bool) override {
-    check(la, size);
-    u32 v = 0;
-    std::memcpy(&v, &b[la], size);
-    return v;
-  }
-  void write(u32 la, unsigned size, u32 value, bool) override {
-    check(la, size);
-    std::memcpy(&b[la], &value, size);
-  }
-  u64 read64(u32 la, bool) override {
-    check(la, 8);
-    u64 v;
-    std::memcpy(&v, &b[la], 8);
-    return v;
-  }
-  void write64(u32 la, u64 value, bool) override {
-    check(la, 8);
-    std::memcpy(&b[la], &value, 8);
-  }
-  void probe_write(u32 la, unsigned size, bool) override { check(la, size); }
-  void flush_tlb(bool) override {}
-  void invlpg(u32) override {}
-};
-
-class FakePlatform : public Platform {
- public:
-  int fpu_errors = 0;
-  u32 io_in(u16, unsigned) override { return 0; }
-  void io_out(u16, unsigned, u32) override {}
-  u64 tsc() override { return 0; }
-  u8 intr_ack() override { return 0; }
-  void fpu_error() override { ++fpu_errors; }
-};
+using FlatMem = test::FlatMem<kMemSize, kBadPage>;
+using test::FakePlatform;
 
 struct Machine {
   CpuState s;

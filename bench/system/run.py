@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.join(HERE, "../../tests/debian"))
 import debianlib  # noqa: E402
 
 STRESSORS = ["cpu --cpu-method int32", "cpu --cpu-method fft", "matrix --matrix-method prod",
-             "qsort", "hash", "str", "memcpy", "crc16", "zlib", "fork"]
+             "qsort", "hash", "str", "memcpy", "bsearch", "zlib", "fork"]
 
 
 def measure(popek, engine, parts, stress_time, python_mods):

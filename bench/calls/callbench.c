@@ -12,33 +12,11 @@
  * Usage: callbench [--scale S] [--parts a,b,...] [--list]
  */
 #define _GNU_SOURCE
-#include <stdarg.h>
 #include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
+
+#include "../lib/partbench.h"
 
 #define NOINLINE __attribute__((noinline, noclone))
-
-static double now(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
-
-static const char* g_part;
-static void fail(const char* fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
-static void fail(const char* fmt, ...) {
-  va_list ap;
-  printf("cpubench-FAIL %s: ", g_part ? g_part : "?");
-  va_start(ap, fmt);
-  vprintf(fmt, ap);
-  va_end(ap);
-  printf("\n");
-  fflush(stdout);
-  exit(1);
-}
 
 /* Divisors and dividends the compiler cannot see: read through a volatile. */
 static volatile uint32_t g_vol = 7;
@@ -88,60 +66,13 @@ static void part_callret(uint32_t iters) {
   printf("cpubench-check callret %08x\n", s);
 }
 
-struct part {
-  const char* name;
-  void (*run)(uint32_t iters);
-  uint32_t base_iters; /* at --scale 1: about 0.2-0.5 s natively */
-};
 static const struct part parts[] = {
-    {"div", part_div, 10000},
-    {"fib", part_fib, 120},
-    {"callret", part_callret, 6000},
+    {"div", NULL, part_div, 10000},
+    {"fib", NULL, part_fib, 120},
+    {"callret", NULL, part_callret, 6000},
 };
 enum { NPARTS = sizeof parts / sizeof parts[0] };
 
 int main(int argc, char** argv) {
-  double scale = 1.0;
-  const char* only = NULL;
-  for (int i = 1; i < argc; i++) {
-    if (!strcmp(argv[i], "--scale") && i + 1 < argc) {
-      scale = strtod(argv[++i], NULL);
-    } else if (!strcmp(argv[i], "--parts") && i + 1 < argc) {
-      only = argv[++i];
-    } else if (!strcmp(argv[i], "--list")) {
-      for (int p = 0; p < NPARTS; p++) printf("%s %u\n", parts[p].name, parts[p].base_iters);
-      return 0;
-    } else {
-      fprintf(stderr, "usage: callbench [--scale S] [--parts a,b,...] [--list]\n");
-      return 2;
-    }
-  }
-  if (!(scale > 0)) { fprintf(stderr, "callbench: bad --scale\n"); return 2; }
-  setvbuf(stdout, NULL, _IOLBF, 0);
-  printf("cpubench-begin scale=%g\n", scale);
-  for (int p = 0; p < NPARTS; p++) {
-    const struct part* pt = &parts[p];
-    if (only) {
-      size_t len = strlen(pt->name);
-      const char* s = only;
-      int hit = 0;
-      while (*s) {
-        const char* e = strchr(s, ',');
-        size_t l = e ? (size_t)(e - s) : strlen(s);
-        if (l == len && !strncmp(s, pt->name, len)) hit = 1;
-        s += l + (e ? 1 : 0);
-      }
-      if (!hit) continue;
-    }
-    g_part = pt->name;
-    printf("cpubench-start %s\n", pt->name);
-    double d = pt->base_iters * scale + 0.5;
-    uint32_t iters = d < 1 ? 1 : d > 4e9 ? 4000000000u : (uint32_t)d;
-    double t0 = now();
-    pt->run(iters);
-    double t1 = now();
-    printf("cpubench-part %s %u %.6f\n", pt->name, iters, t1 - t0);
-  }
-  printf("cpubench-end ok\n");
-  return 0;
+  return partbench_main(argc, argv, "callbench", "[--scale S] [--parts a,b,...] [--list]", parts, NPARTS);
 }

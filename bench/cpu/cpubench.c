@@ -27,31 +27,13 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../lib/partbench.h"
+
 /* The compiler must assume memory changed: keeps loop bodies from being
  * hoisted or merged across iterations. */
 #define BARRIER() __asm__ volatile("" ::: "memory")
 
-static double now(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
-
 static const char* g_self; /* path for exec */
-static const char* g_part; /* part being checked, for fail() */
-
-static void fail(const char* fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
-#include <stdarg.h>
-static void fail(const char* fmt, ...) {
-  va_list ap;
-  printf("cpubench-FAIL %s: ", g_part ? g_part : "?");
-  va_start(ap, fmt);
-  vprintf(fmt, ap);
-  va_end(ap);
-  printf("\n");
-  fflush(stdout);
-  exit(1);
-}
 
 /* A small LCG (Numerical Recipes constants) for reproducible data. */
 static uint32_t g_seed;
@@ -297,12 +279,6 @@ static void part_forkexec(uint32_t iters) {
   }
 }
 
-struct part {
-  const char* name;
-  void (*setup)(void);
-  void (*run)(uint32_t iters);
-  uint32_t base_iters; /* at --scale 1: about 0.2-0.5 s natively on a 2020s x86-64 */
-};
 static const struct part parts[] = {
     {"sieve", NULL, part_sieve, 80},
     {"crc32", setup_crc, part_crc32, 120},
@@ -315,55 +291,12 @@ static const struct part parts[] = {
 enum { NPARTS = sizeof parts / sizeof parts[0] };
 
 int main(int argc, char** argv) {
-  double scale = 1.0;
-  const char* only = NULL;
-  for (int i = 1; i < argc; i++) {
+  for (int i = 1; i < argc; i++)
     if (!strcmp(argv[i], "--child")) return 7;
-    if (!strcmp(argv[i], "--scale") && i + 1 < argc) {
-      scale = strtod(argv[++i], NULL);
-    } else if (!strcmp(argv[i], "--parts") && i + 1 < argc) {
-      only = argv[++i];
-    } else if (!strcmp(argv[i], "--list")) {
-      for (int p = 0; p < NPARTS; p++) printf("%s %u\n", parts[p].name, parts[p].base_iters);
-      return 0;
-    } else {
-      fprintf(stderr, "usage: cpubench [--scale S] [--parts a,b,...] [--list] | --child\n");
-      return 2;
-    }
-  }
-  if (!(scale > 0)) { fprintf(stderr, "cpubench: bad --scale\n"); return 2; }
   /* The fork+exec part runs this program again: find its own path. */
   static char self[4096];
   ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
   if (n > 0) { self[n] = 0; g_self = self; }
   else g_self = argv[0];
-
-  setvbuf(stdout, NULL, _IOLBF, 0);
-  printf("cpubench-begin scale=%g\n", scale);
-  for (int p = 0; p < NPARTS; p++) {
-    const struct part* pt = &parts[p];
-    if (only) {
-      size_t len = strlen(pt->name);
-      const char* s = only;
-      int hit = 0;
-      while (*s) {
-        const char* e = strchr(s, ',');
-        size_t l = e ? (size_t)(e - s) : strlen(s);
-        if (l == len && !strncmp(s, pt->name, len)) hit = 1;
-        s += l + (e ? 1 : 0);
-      }
-      if (!hit) continue;
-    }
-    g_part = pt->name;
-    if (pt->setup) pt->setup();
-    printf("cpubench-start %s\n", pt->name); /* lets the host time the part too */
-    double d = pt->base_iters * scale + 0.5;
-    uint32_t iters = d < 1 ? 1 : d > 4e9 ? 4000000000u : (uint32_t)d;
-    double t0 = now();
-    pt->run(iters);
-    double t1 = now();
-    printf("cpubench-part %s %u %.6f\n", pt->name, iters, t1 - t0);
-  }
-  printf("cpubench-end ok\n");
-  return 0;
+  return partbench_main(argc, argv, "cpubench", "[--scale S] [--parts a,b,...] [--list] | --child", parts, NPARTS);
 }

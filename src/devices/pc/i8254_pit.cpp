@@ -182,28 +182,25 @@ u16 I8254Pit::count(unsigned i) const {
 }
 
 void I8254Pit::update_irq(u64 t) {
+  Counter c = ctr_[0];
+  settle(c, t);
   if (t > last_irq_tick_) {
     const u64 edges = rising_edges(ctr_[0], last_irq_tick_, t);
-    Counter c = ctr_[0];
-    settle(c, t);
-    const unsigned m = mode(c);
     const u64 period = c.initial ? c.initial : modulus(c);
+    const u64 catchup_step = std::max<u64>(period / 4, 1);
     if (edges > 0) {
       pulse();
-      if (edges > 1 && (m == 2 || m == 3) && c.armed && !c.paused) {
-        const u64 cap = kMaxBacklogSec * kHz / period;
-        backlog_ = std::min(backlog_ + edges - 1, cap);
-      }
-      catchup_tick_ = t + std::max<u64>(period / 4, 1);
+      const unsigned m = mode(c);
+      if (edges > 1 && (m == 2 || m == 3) && c.armed && !c.paused)
+        backlog_ = std::min(backlog_ + edges - 1, kMaxBacklogSec * kHz / period);
+      catchup_tick_ = t + catchup_step;
     } else if (backlog_ > 0 && t >= catchup_tick_) {
       pulse();
       backlog_--;
-      catchup_tick_ = t + std::max<u64>(period / 4, 1);
+      catchup_tick_ = t + catchup_step;
     }
     last_irq_tick_ = t;
   }
-  Counter c = ctr_[0];
-  settle(c, t);
   out0_.set(out_at(c, t));
 }
 

@@ -109,15 +109,16 @@ class Guest:
         # Drop the prompt before the output.
         return status, re.sub(r"^[\r\n]*[^\r\n]*?[#$] ", "", text, count=1)
 
-    def poweroff(self, timeout=120):
-        """`poweroff -f` in the guest; returns (popek's exit status, the last of the output)."""
-        self.send("poweroff -f\n")
+    def poweroff(self, timeout=120, command="poweroff -f"):
+        """`command` (default `poweroff -f`) in the guest; returns (popek's exit
+        status, the last of the output)."""
+        self.send(command + "\n")
         try:
             rest, _ = self.p.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.p.kill()
             self.p.communicate()
-            raise SystemExit("poweroff -f did not end popek")
+            raise SystemExit(f"{command} did not end popek")
         self.log += rest
         return self.p.returncode, (self.buf + rest).decode(errors="replace")
 

@@ -85,15 +85,7 @@ class Debian(guestlib.Guest):
 
     def poweroff(self, timeout=600):
         """systemd's poweroff; returns (popek's exit status, the last of the output)."""
-        self.send("systemctl poweroff\n")
-        try:
-            rest, _ = self.p.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.p.kill()
-            self.p.communicate()
-            raise SystemExit("systemctl poweroff did not end popek")
-        self.log += rest
-        return self.p.returncode, (self.buf + rest).decode(errors="replace")
+        return super().poweroff(timeout, "systemctl poweroff")
 
     def ssh(self, cmd, timeout=300):
         """Runs cmd in the guest over ssh through the host forward; (status, output)."""

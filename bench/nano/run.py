@@ -12,7 +12,9 @@ Two sets, every figure from a run this script makes:
    (where /dev/kvm is usable) and with `qemu-system-i386 -accel tcg -bios` on
    QEMU; each operation timed in a loop with the guest's RDTSC. The TSC rate
    is measured by the guest itself against PIT counter 2 (50 ms, read back
-   through port 0x61 as Linux's pit_calibrate_tsc does) and printed; popek's
+   through port 0x61 as Linux's pit_calibrate_tsc does; five times, the
+   shortest counts: a guest stalled by a loaded host sees the end late, which
+   only lengthens the interval) and printed; popek's
    guest TSC runs at 1 GHz on interp and bt (the virtual clock in ns), so the
    calibration there checks the method; on kvm the TSC is the host's
    (kvm_pvm does not let popek set it) and on QEMU the host's too. The native
@@ -42,6 +44,7 @@ Usage: bench/nano/run.py [--runs N] [--scale S] [--kvm-scale S]
                          [--png PATH] [--popek PATH] [--timeout S] [--keep-logs DIR]
 """
 import argparse
+import json
 import os
 import re
 import shutil
@@ -110,16 +113,32 @@ def fw_cmd(engine, popek, rom):
             "--engine", engine]
 
 
+VECTORS = {0: "#DE", 1: "#DB", 3: "#BP", 5: "#BR", 6: "#UD", 7: "#NM", 8: "#DF", 10: "#TS",
+           11: "#NP", 12: "#SS", 13: "#GP", 14: "#PF", 16: "#MF", 17: "#AC"}
+
+
+def fault_text(line):
+    """'nano-fault V A B C' as words: the vector's name and the frame's words."""
+    f = line.split()
+    if len(f) < 5:
+        return line
+    v = int(f[1], 16)
+    name = VECTORS.get(v, f"vector {v}")
+    if v in (8, 10, 11, 12, 13, 14, 17):
+        return f"unexpected {name} (error code {int(f[2], 16):#x}) at {int(f[4], 16):#x}:{int(f[3], 16):#x}"
+    return f"unexpected {name} at {int(f[3], 16):#x}:{int(f[2], 16):#x}"
+
+
 def parse_fw(text):
-    """{'cal': (pit, tsc) or None, 'res': {op: (ops, ticks)}, 'na': {op: reason},
+    """{'cal': [TSC MHz of each calibration], 'res': {op: (ops, ticks)}, 'na': {op: reason},
     'started': [ops], 'fault': line or None, 'end': bool, 'errors': [lines]}"""
-    r = {"cal": None, "res": {}, "na": {}, "started": [], "fault": None, "end": False, "errors": []}
+    r = {"cal": [], "res": {}, "na": {}, "started": [], "fault": None, "end": False, "errors": []}
     for line in text.splitlines():
         f = line.strip().split(None, 3)
         if not f:
             continue
-        if f[0] == "nano-cal" and len(f) >= 3:
-            r["cal"] = (int(f[1], 16), int(f[2], 16))
+        if f[0] == "nano-cal" and len(f) >= 3 and int(f[1], 16) > 0 and int(f[2], 16) > 0:
+            r["cal"].append(int(f[2], 16) / (int(f[1], 16) / PIT_HZ) / 1e6)
         elif f[0] == "nano-start" and len(f) >= 2:
             r["started"].append(f[1])
         elif f[0] == "nano-result" and len(f) >= 4:
@@ -127,9 +146,8 @@ def parse_fw(text):
         elif f[0] == "nano-na" and len(f) >= 2:
             r["na"][f[1]] = line.strip().split(None, 2)[2] if len(f) > 2 else "?"
         elif f[0] == "nano-fault":
-            r["fault"] = line.strip()
-        elif f[0] in ("nano-error", "nano-cal-fail") or line.startswith("check failed") or \
-                line.startswith("FAIL"):
+            r["fault"] = fault_text(line.strip())
+        elif f[0] in ("nano-error", "nano-cal-fail") or line.startswith("check failed"):
             r["errors"].append(line.strip())
         elif f[0] == "nano-end":
             r["end"] = True
@@ -156,8 +174,10 @@ def run_fw_once(engine, popek, scale_pm, timeout, kvm_flavour, keep):
             with open(f"{keep}-{attempt}.log", "w") as f:
                 f.write(" ".join(cmd) + f"\nexit status {status}\n--- stdout\n{out}\n--- stderr\n{err}\n")
         r = parse_fw(out)
-        if r["cal"] and r["cal"][1] > 0:
-            mhz = r["cal"][1] / (r["cal"][0] / PIT_HZ) / 1e6
+        if r["cal"]:
+            # The shortest: a stalled guest (loaded host) sees the PIT's end
+            # late and only ever lengthens the interval.
+            mhz = min(r["cal"])
         for op, reason in r["na"].items():
             why[op] = f"n/a ({reason})"
         ok_exit = status == 1 and "PASS" in out
@@ -219,6 +239,13 @@ def run_host(scale, runs):
     return res
 
 
+def host_is_vm():
+    try:
+        return any(line.startswith("flags") and " hypervisor" in line for line in open("/proc/cpuinfo"))
+    except OSError:
+        return False
+
+
 # ---------------------------------------------------------------- report
 def fmt_ns(x):
     if x is None:
@@ -234,17 +261,32 @@ def fmt_ns(x):
 
 def cell(vals, why):
     if why:
-        return why if why.startswith("n/a") else "FAIL"
+        return "n/a" if why.startswith("n/a") else "FAIL"
     return fmt_ns(B.median(vals)) if vals else "-"
 
 
+SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's, where python3-matplotlib installs
+
+
 def chart(path, groups):
-    """groups: [(title, ops, cols, {(col, op): ns})]: one log-scale bar chart."""
+    """groups: [(title, ops, cols, {(col, op): ns})]: one log-scale bar chart.
+    Drawn by Debian's python3 when this interpreter has no matplotlib (e.g. a
+    python3 of pyenv's first on PATH)."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        if os.path.exists(SYSTEM_PYTHON) and os.path.realpath(sys.executable) != os.path.realpath(SYSTEM_PYTHON):
+            with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+                json.dump([[t, ops, cols, [[c, op, v] for (c, op), v in val.items()]]
+                           for t, ops, cols, val in groups], f)
+            p = subprocess.run([SYSTEM_PYTHON, "-B", os.path.abspath(__file__), "--draw", f.name,
+                                "--png", path], capture_output=True, text=True)
+            os.unlink(f.name)
+            if p.returncode == 0:
+                return True
+            B.log(f"{SYSTEM_PYTHON} could not draw the chart: {p.stderr.strip()[-300:]}")
         B.log("matplotlib missing (install python3-matplotlib: scripts/setup.sh); no chart written")
         return False
     fig, axes = plt.subplots(len(groups), 1, figsize=(13, 4.8 * len(groups)), squeeze=False)
@@ -291,8 +333,15 @@ def main():
                     help="bar chart (default: %(default)s)")
     ap.add_argument("--popek", help="popek binary (default: $POPEK, else the newest build*/popek)")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per guest run (default: %(default)s)")
+    ap.add_argument("--fw-timeout", type=float, default=600,
+                    help="seconds per firmware run (default: %(default)s)")
     ap.add_argument("--keep-logs", metavar="DIR", help="keep every guest's output in DIR")
+    ap.add_argument("--draw", metavar="JSON", help=argparse.SUPPRESS)  # chart() through Debian's python3
     args = ap.parse_args()
+    if args.draw:
+        groups = [(t, ops, cols, {(c, op): v for c, op, v in vals})
+                  for t, ops, cols, vals in json.load(open(args.draw))]
+        return 0 if chart(args.png, groups) else 1
     if args.runs < 1 or not args.scale > 0 or not args.kvm_scale > 0 or not args.linux_scale > 0:
         B.die("--runs must be >= 1 and the scales > 0")
     popek = B.find_popek(args.popek)
@@ -338,7 +387,7 @@ def main():
                 scale = args.kvm_scale if e == "kvm" else args.scale
                 scale_pm = max(1, round(1000 * scale))
                 keep = B.keep_path(args, f"nano-{e}-{rnd + 1}")
-                ns, why, m = run_fw_once(e, popek, scale_pm, args.timeout, kvm_flavour, keep)
+                ns, why, m = run_fw_once(e, popek, scale_pm, args.fw_timeout, kvm_flavour, keep)
                 if m:
                     mhz[e].append(m)
                 for op, v in ns.items():
@@ -454,6 +503,10 @@ def main():
     print(f"Virtualization nanobenchmarks (issue 22; layout of Adams & Agesen, ASPLOS 2006): "
           f"median of {args.runs} run(s), ns per operation")
     print(note)
+    if host_is_vm():
+        print("native: this host is itself a virtual machine (CPUID's hypervisor bit is set in "
+              "/proc/cpuinfo): its CPUID (and here RDTSC) exit to its own hypervisor, and its system "
+              "calls, faults and forks pay for its virtualization too; native is not bare metal")
     if fw_rows is not None:
         print()
         print(f"Firmware set: bench/nano/nano.asm, scale {args.scale:g} (kvm {args.kvm_scale:g}); "

@@ -265,6 +265,8 @@ def cell(vals, why):
     return fmt_ns(B.median(vals)) if vals else "-"
 
 
+LABEL = {"interp": "popek interp", "bt": "popek bt", "kvm": "popek kvm (kvm_pvm)", "qemu": "QEMU TCG",
+         "native": "native (host user mode)"}
 SYSTEM_PYTHON = "/usr/bin/python3"  # Debian's, where python3-matplotlib installs
 
 
@@ -295,7 +297,7 @@ def chart(path, groups):
         for i, c in enumerate(cols):
             xs = [j + (i - (len(cols) - 1) / 2) * width for j in range(len(ops))]
             ys = [val.get((c, op)) or 0 for op in ops]
-            bars = ax.bar(xs, [y if y > 0 else float("nan") for y in ys], width, label=c)
+            bars = ax.bar(xs, [y if y > 0 else float("nan") for y in ys], width, label=LABEL.get(c, c))
             for x, y in zip(xs, ys):
                 if not y:
                     ax.text(x, 1.2, "n/a", rotation=90, ha="center", va="bottom", fontsize=6,
@@ -493,7 +495,8 @@ def main():
             if "bt" in cols and "qemu" in cols:
                 row.append(B.fmt_ratio(B.ratio(val.get(("bt", op)), val.get(("qemu", op)))))
             p = PAPER.get(("linux", op))
-            row.append(" / ".join(p) + " (40,000 pairs)" if p else PAPER_MISSING)
+            row.append(f"{' / '.join(p)} per 40,000 (= {' / '.join(fmt_ns(float(x.split()[0]) / 40000 * 1e9) for x in p)} each)"
+                       if p else PAPER_MISSING)
             lin_rows.append(row)
         groups.append(("Linux user space in the guest (bench/nano/linuxnano.c), median ns per operation",
                        LINUX_OPS, cols, val))

@@ -42,7 +42,9 @@ def main():
     else:
         mhz = min(r["cal"])  # as run.py: a stall only lengthens the interval
         print(f"guest TSC: {mhz:.1f} MHz (calibrations: {' '.join(f'{m:.1f}' for m in r['cal'])})")
-        if not 900 <= mhz <= 1100:  # popek's TSC is the virtual clock in ns
+        # popek's TSC is the virtual clock in ns; all five calibrations can
+        # come out long on a very loaded host, never much short
+        if not 950 <= mhz <= 1500:
             bad.append(f"guest TSC calibrated at {mhz:.1f} MHz, popek's runs at 1000")
     want_na = {"hypercall"} if "--no-paravirt" in extra else set()
     for op in nano.FW_OPS:

@@ -42,7 +42,8 @@ bar chart (log scale) as PNG, and exits 1 if a figure failed. Medians of
 Usage: bench/nano/run.py [--runs N] [--scale S] [--kvm-scale S]
                          [--fw-engines interp,bt,kvm,qemu] [--linux-engines bt,qemu]
                          [--linux-scale S] [--no-linux] [--no-firmware]
-                         [--png PATH] [--popek PATH] [--timeout S] [--keep-logs DIR]
+                         [--png PATH] [--popek PATH] [--timeout S] [--fw-timeout S]
+                         [--keep-logs DIR]
 """
 import argparse
 import json

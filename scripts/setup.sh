@@ -13,6 +13,7 @@ PKGS=(
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev clang libclang-rt-14-dev
   gcc-multilib nasm
+  python3-matplotlib  # bench/nano: the bar chart (PNG)
   # peers and tools used by tests only (never part of popek)
   qemu-user qemu-system-x86 qemu-utils
   acpica-tools  # iasl -d checks the ACPI tables (acpi_tables_test; skipped without it)

@@ -12,10 +12,11 @@ issue 4 (bt boots to the marker in <= 0.5x QEMU's wall time) as met or not.
 
 Engine names may carry suffixes for popek flags: -nopv (--no-paravirt: no
 kvm-clock, the guest calibrates its TSC against the PIT), -noacpi (--no-acpi);
-e.g. --engines bt,bt-nopv,interp,interp-nopv compares boots with and without
-the paravirtual interface in one run.
+e.g. --engines bt,bt-nopv,interp,interp-nopv (or --engines bt,interp
+--paravirt) compares boots with and without the paravirtual interface in one
+run and prints the ratios.
 
-Usage: bench/boot/run.sh [--engines bt,interp,qemu] [--runs N] [--popek PATH]
+Usage: bench/boot/run.sh [--engines bt,interp,qemu] [--paravirt] [--runs N] [--popek PATH]
                          [--timeout S] [--memory M] [--qemu-cpu MODEL] [--keep-logs DIR]
 Exit status 1 if some run did not reach the marker and power off.
 """
@@ -41,8 +42,19 @@ def main():
     ap = argparse.ArgumentParser(prog="bench/boot/run.sh", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     B.add_common_args(ap)
+    ap.add_argument("--paravirt", action="store_true",
+                    help="boot each popek engine also with --no-paravirt (adds ENGINE-nopv after each) "
+                         "and print the ratios with/without")
     args = ap.parse_args()
     args.timeout = args.timeout or 900
+    if args.paravirt:
+        want = [e.strip() for e in args.engines.split(",") if e.strip()]
+        both = []
+        for e in want:
+            both.append(e)
+            if e != "qemu" and not e.endswith(B.NOPV) and e + B.NOPV not in want:
+                both.append(e + B.NOPV)
+        args.engines = ",".join(both)
     kernel, initrd = B.check_guest()
     engines, popek = B.select_engines(args)
     note = B.machine_note(args, popek)
@@ -86,6 +98,12 @@ def main():
 
     for t in trouble:
         print(f"FAILED: {t}")
+    pairs = [e for e in engines if e + B.NOPV in engines]
+    if pairs:
+        print()
+        B.table([[f"popek {e} / popek {e}{B.NOPV}", B.fmt_ratio(B.ratio(med[e][0], med[e + B.NOPV][0])),
+                  B.fmt_ratio(B.ratio(med[e][1], med[e + B.NOPV][1]))] for e in pairs],
+                ["with / without the paravirtual interface", "to READY", "to power-off"], ["<", ">", ">"])
     if "qemu" in engines:
         print()
         rows = []

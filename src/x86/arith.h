@@ -8,6 +8,8 @@
 // the binary translator (which runs guest arithmetic on host flags) agrees with
 // it by construction.
 #pragma once
+#include <utility>
+
 #include "base/types.h"
 #include "x86/cpu_state.h"
 
@@ -99,6 +101,40 @@ POPEK_SHIFT(ror, "ror")
 POPEK_SHIFT(rcl, "rcl")
 POPEK_SHIFT(rcr, "rcr")
 #undef POPEK_SHIFT
+
+// ROL/ROR of a register by an immediate count. OF is undefined for counts
+// above 1, and a CPU may leave a different OF for each form: measured on an
+// Intel Xeon, ROL/ROR reg, imm8 keeps the incoming OF while the memory form
+// with imm8 and both CL forms compute one (all the same function); the other
+// shifts and rotates agree across their forms, and on the AMD hosts every form
+// agreed. The semantics run each guest form as the host's own form would (a
+// register with an immediate count here, the rest through the CL form), so
+// interp matches the silicon and bt, which runs the guest's form natively.
+template <int N, bool Left, typename T>
+inline T rotate_imm_n(T a, u32& fl) {
+  u16 ax;
+  u64 t = pre_in(fl);
+  if constexpr (Left)
+    asm(POPEK_PRE "rol %[n], %[a]" POPEK_POST : [a] "+r"(a), "=&a"(ax), [t] "+&r"(t) : [n] "i"(N) : "cc");
+  else
+    asm(POPEK_PRE "ror %[n], %[a]" POPEK_POST : [a] "+r"(a), "=&a"(ax), [t] "+&r"(t) : [n] "i"(N) : "cc");
+  merge(fl, ax);
+  return a;
+}
+template <bool Left, typename T, int... N>
+inline T rotate_imm_table(T a, u8 count, u32& fl, std::integer_sequence<int, N...>) {
+  using Fn = T (*)(T, u32&);
+  static constexpr Fn kFns[] = {&rotate_imm_n<N, Left, T>...};
+  return kFns[count & 31](a, fl);
+}
+template <typename T>
+inline T rol_imm(T a, u8 count, u32& fl) {
+  return rotate_imm_table<true, T>(a, count, fl, std::make_integer_sequence<int, 32>{});
+}
+template <typename T>
+inline T ror_imm(T a, u8 count, u32& fl) {
+  return rotate_imm_table<false, T>(a, count, fl, std::make_integer_sequence<int, 32>{});
+}
 
 // SHLD/SHRD (16/32-bit).
 #define POPEK_DSHIFT(fn, insn)                                                  \

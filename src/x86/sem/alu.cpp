@@ -99,10 +99,10 @@ template <typename T> void h_dec_r(Cpu& c, const Insn& i) {
 // Group 2 shifts/rotates. Count source: 0 = imm8, 1 = constant 1, 2 = CL.
 enum ShK { S_ROL, S_ROR, S_RCL, S_RCR, S_SHL, S_SHR, S_SAL, S_SAR };
 template <typename T>
-inline T do_shift(unsigned k, T a, u8 n, u32& fl) {  // count 0 changes nothing (host preload)
+inline T do_shift(unsigned k, T a, u8 n, u32& fl, bool imm_reg) {  // count 0 changes nothing (host preload)
   switch (k) {
-    case S_ROL: return rol(a, n, fl);
-    case S_ROR: return ror(a, n, fl);
+    case S_ROL: return imm_reg ? rol_imm(a, n, fl) : rol(a, n, fl);  // (arith.h: OF differs by form)
+    case S_ROR: return imm_reg ? ror_imm(a, n, fl) : ror(a, n, fl);
     case S_RCL: return rcl(a, n, fl);
     case S_RCR: return rcr(a, n, fl);
     case S_SHL: case S_SAL: return shl(a, n, fl);
@@ -118,7 +118,7 @@ template <int Src, typename T> void h_shift(Cpu& c, const Insn& i) {
     if (i.mem) c.read<T>(i.seg, c.ea(i));
     return;
   }
-  rmw<T>(c, i, [&](T a, u32& f) { return do_shift<T>(k, a, n, f); });
+  rmw<T>(c, i, [&](T a, u32& f) { return do_shift<T>(k, a, n, f, Src == 0 && !i.mem); });
 }
 
 template <bool Left, bool Cl, typename T> void h_dshift(Cpu& c, const Insn& i) {

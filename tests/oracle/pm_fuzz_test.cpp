@@ -251,7 +251,15 @@ struct Gen {
       case 14: {  // far JMP / CALL to the next instruction (LDT code, conforming, or a bad selector)
         const bool call = r(2);
         u16 sel = bits == 32 ? (r(3) ? kCs32 : kCodeNp) : kCs16;
-        if (r(4) == 0) sel = selector();
+        // (Or any selector but a code segment of the other size: the rest
+        // of the sequence would be decoded as garbage, which reaches
+        // instructions past popek's Pentium II, e.g. FISTTP, where the
+        // silicon and the model differ by design.)
+        if (r(4) == 0) {
+          sel = selector();
+          const u16 other = bits == 32 ? kCs16 : kCs32;
+          if ((sel | 3) == (other | 3) || (bits == 16 && (sel | 3) == 0x3F)) sel = bits == 32 ? kCs32 : kCs16;
+        }
         const u32 next = here() + 1 + (bits == 16 ? 2 : 4) + 2;
         b(call ? 0x9A : 0xEA);
         imm(bits, next);
@@ -478,7 +486,7 @@ std::string compare(const Sequence& q, const Outcome& ref, const Outcome& x, boo
   u32 undef = 0;
   auto it = q.undef_at.find(a.eip);
   if (it != q.undef_at.end()) undef = it->second;
-  const u32 mask = (CF | PF | AF | ZF | SF | OF | DF | TF) & ~undef;
+  const u32 mask = (CF | PF | AF | ZF | SF | OF | DF | TF | RF) & ~undef;
   if ((a.eflags ^ b.eflags) & mask) { std::snprintf(buf, sizeof buf, " eflags %x/%x (undefined %x)", a.eflags, b.eflags, undef); d += buf; }
   const u16 sa[6] = {a.cs, a.ss, a.ds, a.es, a.fs, a.gs}, sb[6] = {b.cs, b.ss, b.ds, b.es, b.fs, b.gs};
   static const char* sn[6] = {"cs", "ss", "ds", "es", "fs", "gs"};

@@ -161,6 +161,27 @@ TEST_P(EngineTest, FlagsAfterAMultiplyReachAFaultAfterIt) {
   EXPECT_EQ(run(GetParam()), run(test::all_engines()[0]));
 }
 
+// The EFLAGS image of a fault-class exception has RF = 1 (SDM Vol. 3
+// 17.3.1.1; the silicon does it: pm_fuzz_test); a trap's (INT3) has it as
+// EFLAGS holds it, 0; IRET does not leave it set in EFLAGS.
+TEST_P(EngineTest, FaultsPushRfTrapsDoNot) {
+  TestVm vm(GetParam());
+  // #UD handler at 0x4000: copy the pushed EFLAGS to [0x7100], skip the
+  // UD2, IRET. Then INT3 (the default handler logs and halts).
+  vm.set_gate(UD, 0x4000);
+  vm.code(0x4000, {0x50, 0x8B, 0x44, 0x24, 0x0C, 0xA3, 0x00, 0x71, 0, 0,  // push eax ; mov eax, [esp+12] ; mov [0x7100], eax
+                   0x83, 0x44, 0x24, 0x04, 0x02, 0x58, 0xCF});          // add dword [esp+4], 2 ; pop eax ; iret
+  // gate 3 with DPL 0 is fine at CPL 0
+  vm.code(0x1000, {0x0F, 0x0B, 0x9C, 0x8F, 0x05, 0x04, 0x71, 0, 0, 0xCC});  // ud2 ; pushf ; pop dword [0x7104] ; int3
+  vm.s.eip = 0x1000;
+  vm.run(100);
+  EXPECT_EQ(vm.vector_taken(), u32(BP));
+  EXPECT_EQ(vm.rd32(0x7100) & RF, u32(RF)) << "the #UD frame's EFLAGS";
+  EXPECT_EQ(vm.rd32(0x7104) & RF, 0u) << "PUSHF after the IRET";
+  EXPECT_EQ(vm.rd32(test::kStackTop - 4) & RF, 0u) << "the INT3 frame's EFLAGS";
+  EXPECT_EQ(vm.s.eflags & RF, 0u);
+}
+
 TEST_P(EngineTest, SingleStepTrapsAfterEachInstruction) {
   TestVm vm(GetParam());
   // #DB handler: count in [0x7100], iret.

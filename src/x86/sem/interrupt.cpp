@@ -47,6 +47,19 @@ void deliver_real(Cpu& c, u8 vec, u32 ret_eip) {
 
 }  // namespace
 
+// Exceptions of the fault class (the saved EIP is that of the faulting
+// instruction): #DE #BR #UD #NM #TS #NP #SS #GP #PF #MF #AC #XM. (#DB is a
+// fault only for instruction breakpoints, which popek does not raise; #DF
+// and #MC are aborts.)
+static bool fault_class(u8 vec) {
+  switch (vec) {
+    case DE: case BR: case UD: case NM: case TS: case NP: case SS_V: case GP: case PF_V: case MF: case AC_V: case XM:
+      return true;
+    default:
+      return false;
+  }
+}
+
 void deliver_event(Cpu& c, u8 vec, EventKind kind, bool has_err, u32 err, u32 ret_eip) {
   CpuState& s = c.s;
   if (!s.pe()) return deliver_real(c, vec, ret_eip);
@@ -97,7 +110,11 @@ void deliver_event(Cpu& c, u8 vec, EventKind kind, bool has_err, u32 err, u32 re
   if (!gate32) target &= 0xFFFF;
   if (target > d.limit()) raise_fault(GP, ext);
 
-  const u32 old_flags = s.eflags;
+  // The EFLAGS image a fault-class exception pushes has RF = 1 (SDM Vol. 3
+  // 17.3.1.1: every fault but an instruction-breakpoint #DB, which popek
+  // does not raise; traps, INT n, INT3, INTO, interrupts and aborts push it
+  // as it is). Checked against the silicon by pm_fuzz_test.
+  const u32 old_flags = s.eflags | (kind == EventKind::exception && fault_class(vec) ? u32(RF) : 0u);
   const u16 old_cs = s.seg[CS].sel;
   u8 ncpl = s.cpl;
   if (!d.conforming() && d.dpl() < s.cpl) {
@@ -268,7 +285,13 @@ void do_iret(Cpu& c, unsigned osize) {
   }
   // EFLAGS: IOPL only at CPL 0, IF only if CPL <= IOPL (evaluated at the old CPL).
   u32 mask = CF | PF | AF | ZF | SF | TF | DF | OF | NT;
-  if (osize == 4) mask |= RF | AC | ID;
+  // RF is not loaded: it only holds back instruction breakpoints (which
+  // popek does not raise) for the one instruction after IRET, and the CPU
+  // clears it when that instruction completes. Loading it would leave it set
+  // (popek does not clear it after the next instruction), and a fault's
+  // frame now carries RF = 1. (So an interrupt taken right after such an
+  // IRET pushes RF = 0 where the CPU pushes 1: the one difference.)
+  if (osize == 4) mask |= AC | ID;
   if (old_cpl <= s.iopl()) mask |= IF;
   if (old_cpl == 0) mask |= IOPL | (osize == 4 ? (VIF | VIP) : 0);
   c.set_flags(mask, fl);

@@ -39,8 +39,8 @@ struct HybridCosts {
 };
 
 struct HybridOptions {
-  double to_bt = 0.5;
-  double to_kvm = 0.2;
+  double to_bt = 0.3;
+  double to_kvm = 0.1;
   u64 kvm_window_ns = 4000000;
   u64 bt_window_insns = 200000;
   unsigned confirm = 2;

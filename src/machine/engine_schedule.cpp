@@ -53,8 +53,8 @@ const char* engine_schedule_help() {
          "(e.g. random:7:interp,bt:20k-200k). LEN is guest instructions (N, Nk, NM) or guest "
          "clock time (Nns, Nus, Nms, Ns: host time, or with --deterministic time derived from "
          "retired instructions, so repeatable); kvm slices must be times (KVM does not count "
-         "instructions). Every engine named is made at start and kept; --engine is the first "
-         "slice's only if the schedule starts with it. --stats counts switches per pair";
+         "instructions). Every engine named is made at start and kept; the schedule, not "
+         "--engine, chooses the first. --stats counts switches per pair";
 }
 
 namespace {

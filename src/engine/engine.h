@@ -37,6 +37,21 @@ class Engine {
   // Instruction trace with disassembly to `out` (null: off).
   virtual void set_trace(std::FILE* out) { trace_ = out; }
 
+  // Switching engines while the guest runs (Machine: --engine-schedule, the
+  // control socket's x-popek-set-engine, --engine hybrid). Every engine
+  // keeps the architectural state in the one CpuState between run() calls;
+  // what it caches beside it must be given up or checked at a handover.
+  // switch_out(): this engine stops running the guest for now: whatever it
+  // did to memory behind PhysMem's back (kvm: the guest's own stores) is
+  // told to PhysMem (notify_write), so other engines' decoded and
+  // translated code of those pages goes. switch_in(): it runs the guest
+  // again after another engine did: the CpuState (CR0/CR3/CR4, segments,
+  // events), the page tables and memory may all have changed, so its TLB,
+  // jump cache and user window start empty (translated code keyed by
+  // physical page stays: writes to it reached PhysMem, which invalidated it).
+  virtual void switch_out() {}
+  virtual void switch_in() {}
+
  protected:
   bool take_stop() { return stop_.exchange(false, std::memory_order_relaxed); }
   // Gets a run() that does not poll stop_ (kvm: the vCPU inside KVM_RUN) to

@@ -65,7 +65,7 @@ Machine::Machine(const Config& cfg) : cfg_(cfg), clock_(cfg.deterministic, &cpu_
     devices_.push_back(std::make_unique<dev::DebugExit>([this](u32 status) {
       exit_requested_ = true;
       exit_value_ = int(status);
-      engine_->request_stop();
+      stop_engine();
     }));
     pio_.map(cfg.exit_port, 1, devices_.back().get());
   }
@@ -75,26 +75,31 @@ Machine::Machine(const Config& cfg) : cfg_(cfg), clock_(cfg.deterministic, &cpu_
   if (!cfg.firmware.empty() && !cfg.kernel.empty())
     throw Error("give either --firmware or --kernel, not both");
   if (!cfg.firmware.empty()) load_firmware();
-  auto make_engine = [&] {
-    if (cfg.engine == "interp") {
-      engine_ = std::make_unique<engine::Interp>(cpu_, *pm_, *this);
-    } else if (cfg.engine == "bt") {
-      engine_ = std::make_unique<engine::Bt>(cpu_, *pm_, *this, cfg.bt);
-    } else if (cfg.engine == "kvm") {
-      if (cfg.deterministic)
-        throw Error("--deterministic needs an engine that counts instructions (interp, bt), not kvm");
-      engine::KvmOptions ko;
-      ko.ns_to_next_event = [this] {
-        const u64 d = next_deadline(), now = clock_.now_ns();
-        return d == Timed::kNever ? d : d > now ? d - now : 0;
-      };
-      engine_ = std::make_unique<engine::Kvm>(cpu_, *pm_, *this, std::move(ko));
-      kvm_slices_ = true;
-      if (cfg.max_insns)
-        std::fprintf(stderr, "popek: --max-insns has no effect on kvm (KVM does not count guest instructions)\n");
-    } else {
-      throw Error("unknown engine '" + cfg.engine + "' (available: interp, bt, kvm)");
-    }
+  // The engines: one (--engine), those a schedule names, or kvm and bt
+  // (--engine hybrid). All are made now and kept.
+  std::vector<EngineKind> kinds;
+  EngineKind first = EngineKind::bt;
+  if (!cfg.engine_schedule.empty() && cfg.engine == "hybrid")
+    throw Error("--engine hybrid and --engine-schedule both choose the engine: give one");
+  if (!cfg.engine_schedule.empty()) {
+    sched_ = parse_engine_schedule(cfg.engine_schedule);
+    slices_ = std::make_unique<SliceSource>(sched_);
+    kinds = sched_.uses();
+  } else if (cfg.engine == "hybrid") {
+    kinds = {EngineKind::kvm, EngineKind::bt};
+    first = EngineKind::kvm;
+  } else {
+    if (!parse_engine_kind(cfg.engine, &first))
+      throw Error("unknown engine '" + cfg.engine + "' (available: interp, bt, kvm, hybrid)");
+    kinds = {first};
+  }
+  for (EngineKind k : kinds)
+    if (k == EngineKind::kvm && cfg.deterministic)
+      throw Error("--deterministic needs engines that count instructions (interp, bt), not kvm" +
+                  std::string(cfg.engine_schedule.empty() ? "" : " (in --engine-schedule)") +
+                  (cfg.engine == "hybrid" ? " (--engine hybrid runs on kvm)" : ""));
+  auto make_engines = [&] {
+    for (EngineKind k : kinds) make_engine(k);
   };
   // Resumed: the state comes from the file, before the engine exists (so
   // every engine starts cold: no TLB, no decoded or translated code).
@@ -103,7 +108,7 @@ Machine::Machine(const Config& cfg) : cfg_(cfg), clock_(cfg.deterministic, &cpu_
   // downtime); it has not run, so it is as cold (not with --lockstep, whose
   // shadow copies the machine when made).
   const bool engine_first = cfg.incoming_fd >= 0 && !cfg.bt.lockstep;
-  if (engine_first) make_engine();
+  if (engine_first) make_engines();
   if (!cfg.incoming.empty()) {
     load_state(cfg.incoming);
   } else if (cfg.incoming_fd >= 0) {
@@ -113,8 +118,144 @@ Machine::Machine(const Config& cfg) : cfg_(cfg), clock_(cfg.deterministic, &cpu_
   } else if (!cfg.kernel.empty()) {
     load_kernel();
   }
-  if (!engine_first) make_engine();
-  if (trace_) engine_->set_trace(trace_);
+  if (!engine_first) make_engines();
+  if (slices_) {
+    start_slice();  // the first slice's engine runs first
+    first = cur_kind_;
+  }
+  cur_kind_ = first;
+  engine_.store(engines_[unsigned(first)].get());
+  kvm_slices_ = first == EngineKind::kvm;
+  if (cfg.engine == "hybrid") {
+    const engine::KvmProbe& p = static_cast<engine::Kvm&>(*engines_[unsigned(EngineKind::kvm)]).probe();
+    HybridCosts c;
+    c.exit_ns = p.exit_us * 1000;
+    c.kvm_ips = p.mips * 1e6;
+    // Until the first round trip is measured: a handover is a few ioctls
+    // each way, about two exits' worth.
+    c.switch_ns = 2 * c.exit_ns;
+    hybrid_ = std::make_unique<HybridPolicy>(c);
+  }
+}
+
+engine::Engine* Machine::make_engine(EngineKind k) {
+  auto& slot = engines_[unsigned(k)];
+  if (slot) return slot.get();
+  switch (k) {
+    case EngineKind::interp:
+      slot = std::make_unique<engine::Interp>(cpu_, *pm_, *this);
+      break;
+    case EngineKind::bt:
+      slot = std::make_unique<engine::Bt>(cpu_, *pm_, *this, cfg_.bt);
+      break;
+    case EngineKind::kvm: {
+      if (cfg_.deterministic)
+        throw Error("--deterministic needs an engine that counts instructions (interp, bt), not kvm");
+      engine::KvmOptions ko;
+      ko.ns_to_next_event = [this] { return kvm_ns_to_next_event(); };
+      // Other engines may run the guest too (a schedule, the hybrid policy,
+      // the control socket): the guest's writes are logged for them.
+      ko.track_writes = true;
+      auto kvm = std::make_unique<engine::Kvm>(cpu_, *pm_, *this, std::move(ko));
+      if (console_) kvm->watch_input(0);
+      slot = std::move(kvm);
+      if (cfg_.max_insns)
+        std::fprintf(stderr, "popek: --max-insns has no effect on kvm (KVM does not count guest instructions)\n");
+      break;
+    }
+  }
+  if (trace_) slot->set_trace(trace_);
+  return slot.get();
+}
+
+u64 Machine::kvm_ns_to_next_event() const {
+  const u64 d = next_deadline(), now = clock_.now_ns();
+  u64 n = d == Timed::kNever ? d : d > now ? d - now : 0;
+  if (slices_ && slice_len_.time) n = std::min(n, slice_end_ > now ? slice_end_ - now : 0);
+  return n;
+}
+
+std::vector<EngineKind> Machine::engines() const {
+  std::vector<EngineKind> out;
+  for (unsigned i = 0; i < kEngineKinds; i++)
+    if (engines_[i]) out.push_back(EngineKind(i));
+  return out;
+}
+
+void Machine::start_slice() {
+  auto [k, len] = slices_->next();
+  if (engine_.load(std::memory_order_relaxed) == nullptr) {
+    cur_kind_ = k;  // the first slice: nothing to hand over
+  } else if (k != cur_kind_) {
+    switch_to(k);
+  }
+  // (The slice starts once the handover is done: a --switch-check takes time.)
+  slice_len_ = len;
+  slice_end_ = (len.time ? clock_.now_ns() : cpu_.icount) + len.n;
+  slices_on_[unsigned(k)]++;
+}
+
+bool Machine::slice_over() const {
+  return slice_len_.time ? clock_.now_ns() >= slice_end_ : cpu_.icount >= slice_end_;
+}
+
+void Machine::set_engine(EngineKind k) {
+  make_engine(k);
+  slices_.reset();
+  hybrid_.reset();
+  if (k != cur_kind_) switch_to(k);
+}
+
+namespace {
+// FNV-1a over guest RAM, 8 bytes at a time (--switch-check).
+u64 ram_hash(mem::PhysMem& pm) {
+  u64 h = 0xCBF29CE484222325ull;
+  pm.for_each_range([&](u64 at, u64 len) {
+    const u8* p = pm.ram() + at;
+    for (u64 i = 0; i + 8 <= len; i += 8) {
+      u64 v;
+      std::memcpy(&v, p + i, 8);
+      h = (h ^ v) * 0x100000001B3ull;
+    }
+  });
+  return h;
+}
+}  // namespace
+
+void Machine::switch_to(EngineKind k) {
+  const auto t0 = std::chrono::steady_clock::now();
+  engine::Engine* from = engine_.load(std::memory_order_relaxed);
+  engine::Engine* to = make_engine(k);
+  const EngineKind was = cur_kind_;
+  x86::CpuState before;
+  u64 hash = 0;
+  if (cfg_.switch_check) {
+    before = cpu_;
+    hash = ram_hash(*pm_);
+  }
+  from->switch_out();
+  to->switch_in();
+  if (cfg_.switch_check) {
+    switch_checks_++;
+    std::string d = compare_states(before, cpu_);
+    if (d.empty() && k == EngineKind::kvm) d = compare_states(before, static_cast<engine::Kvm*>(to)->vcpu_state());
+    if (d.empty() && ram_hash(*pm_) != hash) d = "guest RAM changed";
+    if (!d.empty())
+      throw Error(std::string("--switch-check: the handover from ") + engine_kind_name(was) + " to " +
+                  engine_kind_name(k) + " after " + std::to_string(cpu_.icount) +
+                  " instructions changed the state: " + d);
+  }
+  cur_kind_ = k;
+  engine_.store(to, std::memory_order_relaxed);
+  kvm_slices_ = k == EngineKind::kvm;
+  switch_counts_[unsigned(was)][unsigned(k)]++;
+  switch_total_++;
+  last_handover_ns_ = double(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                 std::chrono::steady_clock::now() - t0).count());
+  // A stop asked of the old engine just before the switch must not be lost:
+  // the loop's top sees the machine's flags; the new engine checks too.
+  if (stop_requested_.load(std::memory_order_relaxed) || control_pending_.load(std::memory_order_relaxed))
+    to->request_stop();
 }
 
 Machine::~Machine() {
@@ -129,7 +270,7 @@ Machine::~Machine() {
 void Machine::request_stop() {
   const int saved = errno;  // also called from signal handlers
   stop_requested_.store(true, std::memory_order_relaxed);
-  if (engine_) engine_->request_stop();
+  stop_engine();
   const u64 one = 1;
   if (wake_fd_ >= 0) (void)!::write(wake_fd_, &one, sizeof one);
   errno = saved;
@@ -148,7 +289,7 @@ void Machine::post(ControlFn fn) {
     fn(nullptr);
     return;
   }
-  if (engine_) engine_->request_stop();  // out of the engine at the next boundary
+  stop_engine();  // out of the engine at the next boundary
   const u64 one = 1;
   (void)!::write(wake_fd_, &one, sizeof one);  // out of a wait
 }
@@ -245,7 +386,7 @@ void Machine::build_pc() {
   dev::I8042::Hooks hooks;
   hooks.reset = [this] {
     reset_requested_ = true;
-    if (engine_) engine_->request_stop();
+    stop_engine();
   };
   hooks.a20 = [this](bool on) { cpu_.a20 = on; };
   i8042_ = std::make_unique<dev::I8042>(irq_[kIrqKbd], irq_[kIrqAux], hooks);
@@ -321,8 +462,14 @@ void Machine::load_kernel() {
   cpu_.cpl = 0;
 }
 
-u32 Machine::io_in(u16 port, unsigned size) { return u32(pio_.read(port, size)); }
-void Machine::io_out(u16 port, unsigned size, u32 v) { pio_.write(port, size, v); }
+u32 Machine::io_in(u16 port, unsigned size) {
+  device_accesses_++;
+  return u32(pio_.read(port, size));
+}
+void Machine::io_out(u16 port, unsigned size, u32 v) {
+  device_accesses_++;
+  pio_.write(port, size, v);
+}
 
 u8 Machine::intr_ack() { return pic_master_->acknowledge(); }
 
@@ -450,7 +597,7 @@ RunResult Machine::run() {
 RunResult Machine::run_loop() {
   if (cfg_.console && !cfg_.kernel.empty()) {
     console_ = std::make_unique<Console>();
-    if (auto* k = dynamic_cast<engine::Kvm*>(engine_.get())) k->watch_input(0);
+    if (auto* k = static_cast<engine::Kvm*>(engines_[unsigned(EngineKind::kvm)].get())) k->watch_input(0);
   }
   constexpr u64 kSlice = 20000;
   u64 slices = 0;
@@ -468,6 +615,7 @@ RunResult Machine::run_loop() {
       wait_paused();
       continue;
     }
+    if (slices_ && slice_over()) start_slice();
     fire_timers();
     poll_io_if_due();
     // kvm's slices last up to milliseconds of host time (its slice timer
@@ -485,7 +633,23 @@ RunResult Machine::run_loop() {
         return {Outcome::insn_limit, 8, "instruction limit reached (" + std::to_string(cfg_.max_insns) + ")"};
       budget = std::min<u64>(budget, cfg_.max_insns - cpu_.icount);
     }
-    engine::Exit e = engine_->run(budget);
+    if (slices_) {  // not past the slice's end
+      if (!slice_len_.time) {
+        budget = std::min<u64>(budget, slice_end_ > cpu_.icount ? slice_end_ - cpu_.icount : 1);
+      } else if (clock_.deterministic()) {
+        const u64 now = clock_.now_ns();
+        budget = std::min<u64>(budget, (slice_end_ > now ? slice_end_ - now : 0) / clock_.ns_per_insn() + 1);
+      }
+    }
+    const u64 events0 = device_accesses_, insns0 = cpu_.icount;
+    const auto t_run = std::chrono::steady_clock::now();
+    const EngineKind ran = cur_kind_;
+    engine::Exit e = engine().run(budget);
+    const u64 run_ns = u64(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                               std::chrono::steady_clock::now() - t_run).count());
+    insns_on_[unsigned(ran)] += cpu_.icount - insns0;
+    ns_on_[unsigned(ran)] += run_ns;
+    if (hybrid_ && e != engine::Exit::halt) hybrid_after_run(device_accesses_ - events0, cpu_.icount - insns0, run_ns);
     if (exit_requested_)
       return {Outcome::debug_exit, exit_value_,
               "guest wrote to the exit port: status " + std::to_string(exit_value_)};
@@ -526,8 +690,61 @@ RunResult Machine::run_loop() {
   }
 }
 
+void Machine::hybrid_after_run(u64 events, u64 insns, u64 ns) {
+  if (cur_kind_ == EngineKind::kvm) {
+    if (!hybrid_->on_kvm(events, ns)) return;
+    switch_to(EngineKind::bt);
+    hybrid_to_bt_++;
+    switch_out_at_ = std::chrono::steady_clock::now();
+    hybrid_->switched();
+    hybrid_->note_switch_cost(last_handover_ns_);  // (the way back is added when it is made)
+  } else {
+    if (!hybrid_->on_bt(events, insns, ns)) return;
+    const double there = last_handover_ns_;
+    switch_to(EngineKind::kvm);
+    hybrid_to_kvm_++;
+    hybrid_->switched();
+    hybrid_->note_switch_cost(there + last_handover_ns_);
+  }
+}
+
 std::vector<std::pair<std::string, u64>> Machine::stats() const {
-  auto out = engine_->stats();
+  std::vector<std::pair<std::string, u64>> out;
+  unsigned made = 0;
+  for (auto& e : engines_) made += e != nullptr;
+  for (auto& e : engines_) {
+    if (!e) continue;
+    const std::string pre = std::string(e->name()) + ".";
+    for (auto& [k, v] : e->stats())
+      out.emplace_back(made > 1 && k.rfind(pre, 0) != 0 ? pre + k : k, v);
+  }
+  if (made > 1 || switch_total_) {
+    out.emplace_back("switch.total", switch_total_);
+    for (unsigned a = 0; a < kEngineKinds; a++)
+      for (unsigned b = 0; b < kEngineKinds; b++)
+        if (switch_counts_[a][b])
+          out.emplace_back(std::string("switch.") + engine_kind_name(EngineKind(a)) + "_to_" +
+                               engine_kind_name(EngineKind(b)),
+                           switch_counts_[a][b]);
+    for (unsigned a = 0; a < kEngineKinds; a++) {
+      if (!engines_[a]) continue;
+      const std::string n = std::string("switch.on_") + engine_kind_name(EngineKind(a));
+      out.emplace_back(n + ".insns", insns_on_[a]);
+      out.emplace_back(n + ".run_us", ns_on_[a] / 1000);
+      if (sched_.spec.size()) out.emplace_back(n + ".slices", slices_on_[a]);
+    }
+    out.emplace_back("switch.checks", switch_checks_);
+    out.emplace_back("switch.last_handover_ns", u64(last_handover_ns_));
+  }
+  if (hybrid_) {
+    out.emplace_back("hybrid.to_bt", hybrid_to_bt_);
+    out.emplace_back("hybrid.to_kvm", hybrid_to_kvm_);
+    out.emplace_back("hybrid.exit_ns", u64(hybrid_->costs().exit_ns));
+    out.emplace_back("hybrid.kvm_kips", u64(hybrid_->costs().kvm_ips / 1000));
+    out.emplace_back("hybrid.switch_round_trip_ns", u64(hybrid_->costs().switch_ns));
+    out.emplace_back("hybrid.last_exit_share_permille", hybrid_->last_share_permille());
+  }
+  out.emplace_back("device_accesses", device_accesses_);
   for (auto& kv : pio_.counters().snapshot()) out.push_back(kv);
   out.emplace_back("pio.unclaimed_reads", pio_.unclaimed_reads());
   out.emplace_back("pio.unclaimed_writes", pio_.unclaimed_writes());

@@ -24,6 +24,8 @@
 #include "devices/pc/pci_host.h"
 #include "devices/pc/uart_16550.h"
 #include "machine/console.h"
+#include "machine/engine_schedule.h"
+#include "machine/hybrid_policy.h"
 #include "engine/bt/bt.h"
 #include "engine/engine.h"
 #include "machine/clock.h"
@@ -47,7 +49,14 @@ struct DebugPortSpec {
 
 struct Config {
   u64 memory = 256ull << 20;
-  std::string engine = "bt";
+  std::string engine = "bt";   // interp, bt, kvm, or hybrid (kvm and bt by HybridPolicy)
+  // --engine-schedule (engine_schedule.h): switch engines while the guest
+  // runs; empty: the one engine of `engine` throughout.
+  std::string engine_schedule;
+  // --switch-check: at every switch, the state the next engine starts from
+  // must be the one the last left (kvm: as read back from the vCPU), and
+  // guest RAM's hash unchanged by the handover.
+  bool switch_check = false;
   engine::BtOptions bt;  // --engine bt switches
   std::string firmware;  // raw ROM image: mapped to end at 0xFFFFF and at 4 GiB
   std::string kernel, initrd, append;  // Linux boot protocol (bzImage)
@@ -167,7 +176,22 @@ class Machine final : public x86::Platform, public mem::MmioHandler {
 
   x86::CpuState& cpu() { return cpu_; }
   mem::PhysMem& mem() { return *pm_; }
-  engine::Engine& engine() { return *engine_; }
+  // The engine running the guest now.
+  engine::Engine& engine() { return *engine_.load(std::memory_order_relaxed); }
+  EngineKind engine_kind() const { return cur_kind_; }
+
+  // ---- switching engines (vCPU thread) ----
+  // The guest goes on on `k` from the next safe point (made if it does not
+  // exist: throws popek::Error if it cannot be). A schedule or the hybrid
+  // policy stops: the engine stays `k` until the next set_engine.
+  void set_engine(EngineKind k);
+  // The engines made so far (kept until the machine goes).
+  std::vector<EngineKind> engines() const;
+  bool uses_kvm() const { return engines_[unsigned(EngineKind::kvm)] != nullptr; }
+  // The schedule in force ("" if none) and whether the hybrid policy steers.
+  std::string schedule_spec() const { return slices_ ? sched_.spec : std::string(); }
+  bool hybrid() const { return hybrid_ != nullptr; }
+  u64 switches() const { return switch_total_; }
 
   // x86::Platform
   u32 io_in(u16 port, unsigned size) override;
@@ -245,7 +269,39 @@ class Machine final : public x86::Platform, public mem::MmioHandler {
   bool reset_requested_ = false;
   bool quit_requested_ = false;
   u64 irq_counts_[16] = {};
-  std::unique_ptr<engine::Engine> engine_;
+  // The engines made (by EngineKind) and the one running the guest (read
+  // by request_stop from other threads and signal handlers).
+  std::unique_ptr<engine::Engine> engines_[kEngineKinds];
+  std::atomic<engine::Engine*> engine_{nullptr};
+  EngineKind cur_kind_ = EngineKind::bt;
+  engine::Engine* make_engine(EngineKind k);
+  void stop_engine() {
+    if (engine::Engine* e = engine_.load(std::memory_order_relaxed)) e->request_stop();
+  }
+  // Hands the guest to engine k (made if need be): the last engine's
+  // switch_out, k's switch_in, --switch-check, the counts.
+  void switch_to(EngineKind k);
+  // The schedule: its slices, the current one's end (an instruction count
+  // or a clock time).
+  EngineSchedule sched_;
+  std::unique_ptr<SliceSource> slices_;
+  SliceLen slice_len_;
+  u64 slice_end_ = 0;
+  void start_slice();
+  bool slice_over() const;
+  // How far the kvm engine may run: the next timer deadline, and with a
+  // time slice its end.
+  u64 kvm_ns_to_next_event() const;
+  // --engine hybrid.
+  std::unique_ptr<HybridPolicy> hybrid_;
+  u64 device_accesses_ = 0;  // port I/O and MMIO accesses (the hybrid policy's events)
+  std::chrono::steady_clock::time_point switch_out_at_{};  // the hybrid's kvm -> bt handover ended
+  double last_handover_ns_ = 0;
+  void hybrid_after_run(u64 events, u64 insns, u64 ns);
+  // Statistics of switching.
+  u64 switch_counts_[kEngineKinds][kEngineKinds] = {};
+  u64 switch_total_ = 0, switch_checks_ = 0, hybrid_to_bt_ = 0, hybrid_to_kvm_ = 0;
+  u64 insns_on_[kEngineKinds] = {}, ns_on_[kEngineKinds] = {}, slices_on_[kEngineKinds] = {};
   std::FILE* trace_ = nullptr;
   bool exit_requested_ = false;
   bool kvm_slices_ = false;  // the engine runs time slices, not instruction budgets (kvm)

@@ -33,7 +33,7 @@ void Machine::build_acpi() {
       return;
     }
     poweroff_requested_ = true;
-    if (engine_) engine_->request_stop();
+    stop_engine();
   };
   acpi_pm_ = std::make_unique<dev::AcpiPm>(sci_, hooks);
   pio_.map(kAcpiPm, dev::AcpiPm::kWindow, acpi_pm_.get());

@@ -168,6 +168,39 @@ void Controller::register_commands() {
                         return out;
                       });
                     }});
+  // Engine switching: the guest goes on on another engine from the next
+  // safe point (a schedule or the hybrid policy stops steering); the query
+  // says which runs it, which exist, the schedule and the switches so far.
+  qmp_.add_command({"x-popek-set-engine",
+                    {{"engine", ArgType::string, true}},
+                    [this](const json& args) -> json {
+                      const std::string name = args.at("engine").get<std::string>();
+                      machine::EngineKind k;
+                      if (!machine::parse_engine_kind(name, &k))
+                        throw QmpError("GenericError", "x-popek-set-engine: unknown engine '" + name +
+                                                           "' (interp, bt, kvm)");
+                      return call([k](Machine& m) {
+                        try {
+                          m.set_engine(k);
+                        } catch (const Error& e) {
+                          throw QmpError("GenericError", std::string("x-popek-set-engine: ") + e.what());
+                        }
+                        return json::object();
+                      }, 30);
+                    }});
+  qmp_.add_command({"x-popek-query-engine", {}, [this](const json&) {
+                      return call([](Machine& m) {
+                        json engines = json::array();
+                        for (machine::EngineKind k : m.engines()) engines.push_back(machine::engine_kind_name(k));
+                        json out{{"engine", machine::engine_kind_name(m.engine_kind())},
+                                 {"engines", engines},
+                                 {"hybrid", m.hybrid()},
+                                 {"switches", m.switches()}};
+                        const std::string spec = m.schedule_spec();
+                        if (!spec.empty()) out["schedule"] = spec;
+                        return out;
+                      });
+                    }});
   // migrate: to "file:PATH" only (suspend to a file); see migrate_to_file.
   qmp_.add_command({"migrate",
                     {{"uri", ArgType::string, true},

@@ -224,9 +224,17 @@ int main(int argc, char** argv) {
   run->add_option("--append", cfg.append, "Kernel command line")->capture_default_str();
   run->add_option("-m,--memory", mem, "Guest RAM size, e.g. 256M, 1G (default unit MiB)")
       ->capture_default_str();
-  run->add_option("--engine", cfg.engine, "Execution engine: bt (binary translation), interp (reference interpreter) or kvm "
-                  "(hardware-assisted, through /dev/kvm)")
+  run->add_option("--engine", cfg.engine, "Execution engine: bt (binary translation), interp (reference interpreter), kvm "
+                  "(hardware-assisted, through /dev/kvm) or hybrid (kvm, with stretches of frequent exits "
+                  "moved to bt and back; see docs/kvm.md)")
       ->capture_default_str();
+  run->add_option("--engine-schedule", cfg.engine_schedule,
+                  std::string(machine::engine_schedule_help()) + " (overrides --engine; see docs/engines.md)")
+      ->type_name("SPEC");
+  run->add_flag("--switch-check", cfg.switch_check,
+                "At every engine switch check the handover: the state the next engine starts from (kvm: "
+                "as read back from the vCPU) must equal the one the last left, and guest RAM's hash must "
+                "not change; a difference ends the run with an error (costs a hash of RAM per switch)");
   run->add_flag("--lockstep", cfg.bt.lockstep,
                 "bt: run the interpreter beside the translator and stop at the first divergence");
   run->add_option("--bt-block-insns", cfg.bt.block_insns,
@@ -338,7 +346,9 @@ int main(int argc, char** argv) {
                   "file:PATH: saves the VM, which stays stopped; to tcp:HOST:PORT: live migration to a "
                   "popek run --incoming tcp:...), query-migrate, migrate_cancel, migrate-set-parameters "
                   "(downtime-limit, max-bandwidth), query-migrate-parameters; "
-                  "system_powerdown (presses the ACPI power button; an error with --no-acpi). "
+                  "system_powerdown (presses the ACPI power button; an error with --no-acpi); "
+                  "x-popek-set-engine {\"engine\": interp|bt|kvm} (the guest goes on on that engine; a "
+                  "schedule or the hybrid policy stops), x-popek-query-engine. "
                   "Events: STOP, RESUME, RESET, SHUTDOWN, POWERDOWN, MIGRATION. Try: socat - UNIX-CONNECT:PATH")
       ->expected(1)
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);

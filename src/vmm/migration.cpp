@@ -152,10 +152,13 @@ json Controller::start_live_migration(const std::string& uri) {
     // Live migration's dirty log sees writes that go through popek
     // (PhysMem); a guest on KVM writes RAM directly (KVM's own dirty log is
     // not read yet), so pre-copy would miss pages.
-    if (std::string(m.engine().name()) == "kvm")
+    // (Engine switching reads KVM's log at every handover, but not while
+    // the guest runs on kvm: a machine that has a kvm engine is refused.)
+    if (m.uses_kvm())
       throw QmpError("GenericError",
-                     "migrate: live migration from the kvm engine is not supported yet (its dirty log is "
-                     "not read); stop the VM and migrate to file: instead");
+                     "migrate: live migration of a machine with the kvm engine is not supported yet (its "
+                     "dirty log is not read while the guest runs on it); stop the VM and migrate to file: "
+                     "instead");
     target = &m;
     std::lock_guard<std::mutex> g(mu_);
     gen = generation_;

@@ -759,7 +759,7 @@ struct FuzzVm {
                " passes " + std::to_string(passes);
     const u64 before = s.icount;
     try {
-      if (vm.eng && vm.kind.bt) static_cast<engine::Bt&>(*vm.eng).lockstep_resync();
+      vm.state_set();
       const char* tr = std::getenv("POPEK_FUZZ_TRACE_SEED");
       if (tr && u32(std::atoi(tr)) == seed) {
         if (!vm.eng) vm.run(0);

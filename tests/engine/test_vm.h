@@ -2,6 +2,8 @@
 // flat code/data, an IDT whose every vector goes to a handler that records the
 // vector and halts, and any engine (interp, bt with options).
 #pragma once
+#include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <cstring>
 #include <memory>
@@ -75,14 +77,62 @@ struct TestVm {
   TestPlatform plat;
   std::unique_ptr<engine::Engine> eng;
   EngineKind kind;
+  // Engine switching (the switching fuzzer): `alts` run the guest too
+  // (made by the test on this VM's state, memory and platform); run() then
+  // hands the guest between them and `eng` at random points: chunks of 1 to
+  // max_chunk instructions, each on an engine drawn with switch_rng (kvm
+  // does not count instructions: a chunk there runs until KVM returns).
+  std::vector<std::unique_ptr<engine::Engine>> alts;
+  u64 switch_rng = 1;
+  u64 max_chunk = 64;
+  engine::Engine* cur = nullptr;
+  u64 switches = 0;
+  bool trace_switches = std::getenv("POPEK_FUZZ_TRACE_SWITCHES") != nullptr;
+  u64 rnd() {
+    u64 z = (switch_rng += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  }
   // The engine is made at the first run, after the test has set up memory
   // and registers (the lockstep shadow starts from a copy of them).
+  void make_engine() {
+    if (eng) return;
+    if (kind.bt) eng = std::make_unique<engine::Bt>(s, pm, plat, kind.opt);
+    else eng = std::make_unique<engine::Interp>(s, pm, plat);
+  }
   engine::Exit run(u64 budget) {
-    if (!eng) {
-      if (kind.bt) eng = std::make_unique<engine::Bt>(s, pm, plat, kind.opt);
-      else eng = std::make_unique<engine::Interp>(s, pm, plat);
+    make_engine();
+    if (alts.empty()) return eng->run(budget);
+    if (!cur) cur = eng.get();
+    engine::Exit e = engine::Exit::budget;
+    for (u64 left = budget; left && e == engine::Exit::budget;) {
+      const u64 k = rnd() % (alts.size() + 1);
+      engine::Engine* next = k == 0 ? eng.get() : alts[k - 1].get();
+      if (next != cur) {
+        cur->switch_out();
+        next->switch_in();
+        cur = next;
+        switches++;
+      }
+      const u64 chunk = std::min<u64>(left, 1 + rnd() % max_chunk);
+      const u64 before = s.icount;
+      e = cur->run(chunk);
+      if (trace_switches)
+        std::fprintf(stderr, "  %s ran to eip %#x icount %llu (%s)\n", cur->name(), s.eip,
+                     (unsigned long long)s.icount, engine::exit_name(e));
+      const u64 done = std::string(cur->name()) == "kvm" ? chunk : s.icount - before;
+      left -= std::min(left, std::max<u64>(done, e == engine::Exit::budget ? 1 : 0));
     }
-    return eng->run(budget);
+    return e;
+  }
+  // The state was set from outside (a new test case): no engine may keep
+  // what it cached of the old one.
+  void state_set() {
+    if (!eng) return;
+    if (auto* b = dynamic_cast<engine::Bt*>(eng.get())) b->lockstep_resync();
+    else eng->switch_in();
+    for (auto& a : alts) a->switch_in();
   }
   explicit TestVm(const EngineKind& k) : kind(k) {
     plat.icount = &s.icount;

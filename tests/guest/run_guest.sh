@@ -9,7 +9,7 @@ shift 3
 # here, saying why; a program listed in kvm_known_failures.txt for this
 # KVM that fails is skipped with the listed reason.
 kvm_flavour=
-if [[ " $* " == *" --engine kvm "* ]]; then
+if [[ " $* " == *" --engine kvm "* || " $* " == *" --engine hybrid "* || ( " $* " == *" --engine-schedule "* && " $* " == *kvm* ) ]]; then
   info=$("$popek" kvm-info 2>&1)
   if [ $? != 0 ]; then
     echo "SKIP: $info"
@@ -34,6 +34,13 @@ if [ "$got" != "$want" ]; then
   bad="exit status $got, expected $want"
 elif [ "$want" = 1 ] && ! grep -q '^PASS$' <<<"$out"; then
   bad="no PASS line"
+fi
+# An engine schedule (--stats): say how many switches were made; with
+# instruction slices (interp, bt: deterministic) some must have happened.
+if [[ " $* " == *" --engine-schedule "* && " $* " == *" --stats "* && -z "$bad" ]]; then
+  switches=$(sed -n 's/^ *switch.total *\([0-9]*\)$/\1/p' <<<"$out")
+  echo "run_guest: engine switches: ${switches:-none}"
+  [ "${switches:-0}" -gt 0 ] || [ -n "$kvm_flavour" ] || bad="no engine switch was made"
 fi
 if [ -n "$bad" ]; then
   if known_failure; then

@@ -261,6 +261,18 @@ void Bt::lockstep_resync() {
   if (lockstep_) lockstep_->resync();
 }
 
+void Bt::switch_in() {
+  mmu_.flush_tlb(true);
+  if (lockstep_) lockstep_->adopt();
+}
+
+void Bt::switch_out() {
+  if (pm_.code_write_protect()) {
+    pm_.set_code_write_protect(false);
+    st_.write_protect_switches++;
+  }
+}
+
 void Bt::set_trace(std::FILE* out) {
   Engine::set_trace(out);
   step_.set_trace(out);

@@ -228,6 +228,15 @@ class Bt final : public Engine, public mem::CodeWatcher, public mem::TlbListener
 
   // Lockstep: the CPU state was changed from outside; the shadow follows anew.
   void lockstep_resync();
+  // Another engine ran: the TLB (and with it the jump cache, the memos and
+  // the user window) starts empty; the lockstep shadow starts from the state
+  // as it is. Translations stay (keyed by physical page; writes by the
+  // other engines reached PhysMem, which invalidated the ones written).
+  void switch_in() override;
+  // Direct stores with paging off need code pages read-only in the host
+  // mapping; the next engine (kvm: the guest's stores through KVM's mapping
+  // of the same RAM would fail) writes RAM its own way.
+  void switch_out() override;
 
   // CodeWatcher: a page holding translated code was written.
   void code_page_written(u64 ppn) override;

@@ -1,5 +1,6 @@
 #include "engine/bt/lockstep.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "base/error.h"
@@ -137,6 +138,24 @@ bool Lockstep::write_phys(u64 pa, const void* src, unsigned len) {
 
 void Lockstep::resync() {
   compare_all_memory();  // what the last run left must agree before starting afresh
+  sh_ = real_;
+  log_.clear();
+  exc_base_real_ = real_stats_ ? real_stats_->exceptions : 0;
+  exc_base_sh_ = sstep_.stats().exceptions;
+  smmu_.flush_tlb(true);
+}
+
+void Lockstep::adopt() {
+  adoptions_++;
+  pm_.for_each_range([&](u64 at, u64 len) {
+    for (u64 off = at; off < at + len; off += mem::kPageSize) {
+      const u64 n = std::min<u64>(mem::kPageSize, at + len - off);
+      if (std::memcmp(pm_.ram() + off, spm_.ram() + off, n) == 0) continue;
+      spm_.notify_write(off, n);  // the shadow's decoded code of the page goes
+      std::memcpy(spm_.ram() + off, pm_.ram() + off, n);
+      adopted_pages_++;
+    }
+  });
   sh_ = real_;
   log_.clear();
   exc_base_real_ = real_stats_ ? real_stats_->exceptions : 0;
@@ -310,6 +329,8 @@ void Lockstep::append_stats(std::vector<std::pair<std::string, u64>>& out) const
   out.emplace_back("lockstep.bytes_compared", bytes_compared_);
   out.emplace_back("lockstep.full_memory_compares", full_compares_);
   out.emplace_back("lockstep.instructions", sh_.icount);
+  out.emplace_back("lockstep.adoptions", adoptions_);
+  out.emplace_back("lockstep.adopted_pages", adopted_pages_);
 }
 
 }  // namespace popek::engine::bt

@@ -44,6 +44,10 @@ class Lockstep final : public x86::Platform, public mem::MmioHandler,
   // debugger): start following it afresh. Guest memory changes made through
   // PhysMem::write_bytes reach the shadow by themselves.
   void resync();
+  // Another engine ran the guest (engine switching): the shadow takes the
+  // real memory and state as they are (pages that differ are copied), with
+  // nothing compared, and follows from there.
+  void adopt();
   // Compares all of guest RAM (periodically, and at resync).
   void compare_all_memory();
 
@@ -135,6 +139,7 @@ class Lockstep final : public x86::Platform, public mem::MmioHandler,
   u64 compares_ = 0;
   u64 bytes_compared_ = 0;
   u64 full_compares_ = 0;
+  u64 adoptions_ = 0, adopted_pages_ = 0;
 };
 
 }  // namespace popek::engine::bt

@@ -22,6 +22,10 @@ class Interp final : public Engine {
     step_.set_trace(out);
   }
 
+  // Another engine ran: its page-table and control-register changes never
+  // reached this TLB.
+  void switch_in() override { mmu_.flush_tlb(true); }
+
   mem::Mmu& mmu() { return mmu_; }
   x86::Cpu& cpu() { return cpu_; }
   const StepStats& istats() const { return step_.stats(); }

@@ -191,9 +191,84 @@ void Kvm::map_memory() {
       if (ro_ok) m.flags = KVM_MEM_READONLY;
     }
     m.userspace_addr = reinterpret_cast<u64>(host);
-    if (xioctl(vm_fd_, KVM_SET_USER_MEMORY_REGION, &m) < 0)
-      throw Error("--engine kvm: " + errstr("KVM_SET_USER_MEMORY_REGION"));
+    if (!r.rom && opt_.track_writes) m.flags |= KVM_MEM_LOG_DIRTY_PAGES;
+    if (xioctl(vm_fd_, KVM_SET_USER_MEMORY_REGION, &m) < 0) {
+      if (!(m.flags & KVM_MEM_LOG_DIRTY_PAGES)) throw Error("--engine kvm: " + errstr("KVM_SET_USER_MEMORY_REGION"));
+      // No dirty log here: switch_out() then drops every code page.
+      std::fprintf(stderr, "popek: kvm: %s with a dirty log; engine switches drop all decoded and translated code\n",
+                   errstr("KVM_SET_USER_MEMORY_REGION").c_str());
+      opt_.track_writes = false;
+      m.flags &= ~u32(KVM_MEM_LOG_DIRTY_PAGES);
+      if (xioctl(vm_fd_, KVM_SET_USER_MEMORY_REGION, &m) < 0)
+        throw Error("--engine kvm: " + errstr("KVM_SET_USER_MEMORY_REGION"));
+    }
+    if (!r.rom) ram_slots_.push_back({m.slot, r.pa, r.len});
   }
+  dirty_log_ = opt_.track_writes;
+}
+
+template <typename Fn>
+bool Kvm::read_dirty_log(Fn fn) {
+  for (const RamSlot& rs : ram_slots_) {
+    const u64 pages = rs.len >> mem::kPageShift;
+    std::vector<u64> bits((pages + 63) / 64, 0);
+    kvm_dirty_log d{};
+    d.slot = rs.slot;
+    d.dirty_bitmap = bits.data();
+    if (xioctl(vm_fd_, KVM_GET_DIRTY_LOG, &d) < 0) return false;
+    for (u64 w = 0; w < bits.size(); w++)
+      for (u64 b = bits[w]; b; b &= b - 1)
+        fn(rs.pa + ((w * 64 + u64(__builtin_ctzll(b))) << mem::kPageShift));
+  }
+  return true;
+}
+
+void Kvm::switch_out() {
+  // The guest's stores went to RAM through KVM's mapping, which PhysMem
+  // does not see: tell it now (code derived from those pages goes; a
+  // running dirty log of PhysMem's records them).
+  bool ok = dirty_log_ && read_dirty_log([&](u64 pa) {
+    written_pages_++;
+    pm_.notify_write(pa, mem::kPageSize);
+  });
+  if (!ok) {
+    if (dirty_log_) {
+      std::fprintf(stderr, "popek: kvm: %s; engine switches drop all decoded and translated code from now on\n",
+                   errstr("KVM_GET_DIRTY_LOG").c_str());
+      dirty_log_ = false;
+    }
+    // Without a log every page holding code counts as written.
+    for (u64 pa = 0; pa < pm_.ram_size(); pa += mem::kPageSize)
+      if (pm_.is_code(pa >> mem::kPageShift)) {
+        code_drops_++;
+        pm_.notify_write(pa, mem::kPageSize);
+      }
+  }
+}
+
+void Kvm::switch_in() {
+  switches_in_++;
+  have_pulled_ = false;  // the next run() loads everything (and resets KVM's MMU context)
+  tsc_set_ = false;      // and the TSC: the VirtualClock went on meanwhile
+  // bt's direct stores (paging off) keep code pages read-only in the host
+  // mapping, which KVM's mapping of the guest's RAM is.
+  pm_.set_code_write_protect(false);
+  if (dirty_log_ && !read_dirty_log([](u64) {})) dirty_log_ = false;  // a fresh log
+}
+
+CpuState Kvm::vcpu_state() {
+  push_state();
+  CpuState copy = s_;
+  kvm::KvmState k;
+  k.sysenter_cs = s_.msr.sysenter_cs;
+  k.sysenter_esp = s_.msr.sysenter_esp;
+  k.sysenter_eip = s_.msr.sysenter_eip;
+  if (xioctl(vcpu_fd_, KVM_GET_REGS, &k.regs) < 0) fail(errstr("KVM_GET_REGS"));
+  if (xioctl(vcpu_fd_, KVM_GET_SREGS, &k.sregs) < 0) fail(errstr("KVM_GET_SREGS"));
+  if (xioctl(vcpu_fd_, KVM_GET_FPU, &k.fpu) < 0) fail(errstr("KVM_GET_FPU"));
+  if (xioctl(vcpu_fd_, KVM_GET_VCPU_EVENTS, &k.events) < 0) fail(errstr("KVM_GET_VCPU_EVENTS"));
+  kvm::from_kvm(k, copy);
+  return copy;
 }
 
 void Kvm::set_cpuid() {
@@ -677,6 +752,10 @@ std::vector<std::pair<std::string, u64>> Kvm::stats() const {
       {"kvm.settles", settles_},
       {"kvm.state_loads_skipped", pushes_skipped_},
       {"kvm.popek_emulated", emulated_},
+      {"kvm.switches_in", switches_in_},
+      {"kvm.write_log", dirty_log_},
+      {"kvm.pages_written_reported", written_pages_},
+      {"kvm.code_pages_dropped_unlogged", code_drops_},
       {"kvm.time_in_guest_us", guest_ns_ / 1000},
       {"kvm.time_in_popek_us", (life > guest_ns_ ? life - guest_ns_ : 0) / 1000},
   };

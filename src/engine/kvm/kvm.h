@@ -55,6 +55,12 @@ struct KvmOptions {
   // between runs).
   u64 max_slice_ns = 2000000;
   bool calibrate = true;  // measure the speed at start (kvm.mips in --stats)
+  // Other engines run the guest too (engine switching): RAM slots log the
+  // pages the guest writes (KVM_MEM_LOG_DIRTY_PAGES), and switch_out()
+  // tells PhysMem about them, so the other engines' decoded and translated
+  // code of those pages goes. Where KVM cannot log, switch_out() treats
+  // every code page as written.
+  bool track_writes = false;
 };
 
 class Kvm final : public Engine {
@@ -70,6 +76,18 @@ class Kvm final : public Engine {
   Exit run(u64 budget) override;
   std::vector<std::pair<std::string, u64>> stats() const override;
   const KvmProbe& probe() const { return probe_; }
+  // Engine switching (see Engine): switch_out() reports the guest's writes
+  // to PhysMem; switch_in() loads the whole CpuState at the next run()
+  // (KVM_SET_SREGS also resets KVM's MMU context: page tables may have
+  // changed), the TSC again, and starts a fresh write log.
+  void switch_out() override;
+  void switch_in() override;
+  // Whether KVM logs the guest's writes (track_writes and KVM took it).
+  bool write_log() const { return dirty_log_; }
+  // The state as the vCPU holds it (KVM_GET_*), without changing the
+  // CpuState: for checking a handover (the state just loaded must read
+  // back as it was given). Loads the CpuState first if it is not loaded.
+  x86::CpuState vcpu_state();
   // Input the board reads between slices (the console's stdin): where the
   // fd supports signal-driven I/O, input arriving kicks the vCPU out of
   // KVM_RUN at once instead of at the end of its slice.
@@ -117,6 +135,16 @@ class Kvm final : public Engine {
   kvm_run* run_ = nullptr;
   usize run_size_ = 0;
   std::vector<std::pair<void*, usize>> rom_maps_;  // page-aligned ROM copies (read-only slots)
+  struct RamSlot {
+    u32 slot;
+    u64 pa, len;
+  };
+  std::vector<RamSlot> ram_slots_;
+  bool dirty_log_ = false;  // RAM slots log writes (track_writes)
+  // Reads (and clears) every RAM slot's dirty log; calls fn(pa) per dirty
+  // page. False if KVM refused.
+  template <typename Fn> bool read_dirty_log(Fn fn);
+  u64 written_pages_ = 0, code_drops_ = 0, switches_in_ = 0;
   bool msr_filter_ = false;
   bool cpuid_set_ = false;   // KVM took popek's CPUID (KVM_SET_CPUID2)
   int cpuid_error_ = 0;

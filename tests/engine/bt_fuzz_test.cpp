@@ -46,6 +46,7 @@
 
 #include "base/error.h"
 #include "test_vm.h"
+#include "x87_fuzz.h"
 
 using namespace popek;
 using namespace popek::x86;
@@ -105,6 +106,7 @@ struct Gen {
   bool user = false;
   u32 hot_base = 0, hot = 1;
   bool mmx = false;  // MMX instructions among the rest (draws nothing when off)
+  bool x87 = false;  // x87 instructions among the rest (likewise; x87_fuzz.h)
   explicit Gen(u32 seed) : rng(seed) {}
   u32 r(u32 n) { return std::uniform_int_distribution<u32>(0, n - 1)(rng); }
   void b(u8 v) { out.push_back(v); }
@@ -226,6 +228,10 @@ struct Gen {
   void insn() {
     if (mmx && r(3) == 0) {
       mmx_insn();
+      return;
+    }
+    if (x87 && r(2) == 0) {
+      test::x87fuzz::insn(*this);
       return;
     }
     if (user && r(24) == 0) {
@@ -643,9 +649,11 @@ struct FuzzVm {
     s.intr_shadow = 0;
   }
   bool mmx = false;  // sequences with MMX instructions
+  bool x87 = false;  // sequences with x87 instructions (and a random FPU state)
   FuzzResult run(u32 seed, const std::string& name) {
     Gen g(seed);
     g.mmx = mmx;
+    g.x87 = x87;
     const u64 cap = vm.kind.opt.user_window_cap;
     // Seeds 3 mod 4 end in a loop that is one block when the sequence has
     // no transfer (bt's loop flags: the back edge leaves the flags as the
@@ -744,6 +752,7 @@ struct FuzzVm {
     for (auto& c : junk) c = u8(g.r(256));
     vm.pm.write_bytes(kData, junk.data(), junk.size());
     vm.pm.write_bytes(kReadOnly, junk.data() + 0x1000, 0x1000);
+    if (x87) test::x87fuzz::write_tables([&](u32 at, const void* p, size_t n) { vm.pm.write_bytes(at, p, n); });
     vm.pm.write_bytes(kCode, std::vector<u8>(0x2000, 0xF4).data(), 0x2000);
     reset_tables(user, pd);
     std::vector<u8> stack(0x1000);
@@ -768,6 +777,14 @@ struct FuzzVm {
     s.gpr[ECX] = g.r(64);
     s.gpr[ESP] = test::kStackTop - 4 * g.r(64);
     s.eflags = FLAGS_FIXED1 | (g.rng() & (CF | PF | AF | ZF | SF | OF));
+    if (x87) {
+      // The FPU as some program left it; now and then #NM (TS, EM), #MF or FERR# (NE).
+      test::x87fuzz::random_state(g.rng, s.fpu);
+      if (g.r(12) == 0) s.cr0 |= CR0_TS;
+      if (g.r(24) == 0) s.cr0 |= CR0_EM;
+      if (g.r(2)) s.cr0 |= CR0_NE;
+      if (g.r(2)) s.cr0 |= CR0_MP;
+    }
     if (user) {
       // Pointers into the wide pages; the pool's contents (cheaply: 128 KiB).
       for (unsigned r : {EBX, ESI, EDI})
@@ -948,6 +965,65 @@ TEST(BtFuzz, MmxSequencesAgreeWithTheInterpreter) {
               (unsigned long long)divergences);
   EXPECT_GT(mmx_callouts, 10000u);
   EXPECT_EQ(divergences, 0u) << first;
+  EXPECT_GT(insns, 1000u);
+}
+
+// x87 instructions among the rest (x87_fuzz.h), from a random FPU state:
+// bt runs the frequent ones inline on the host's x87 and the rest through
+// the semantics; lockstep compares the FPU state (registers, TOP, tags, FSW,
+// FCW, FOP and the pointers) and the memory they write after every block.
+// POPEK_FUZZ_X87_SEQUENCES sequences (default 3000).
+TEST(BtFuzz, X87SequencesAgreeWithTheInterpreter) {
+  const char* count_env = std::getenv("POPEK_FUZZ_X87_SEQUENCES");
+  const u64 max_sequences = count_env ? std::strtoull(count_env, nullptr, 0) : 3000;
+  const char* seed_env = std::getenv("POPEK_FUZZ_SEED");
+  const u32 first_seed = seed_env ? u32(std::strtoul(seed_env, nullptr, 0)) : 1;
+  std::vector<test::EngineKind> kinds;
+  for (auto& k : test::all_engines())
+    if (k.bt && !k.opt.lockstep) kinds.push_back(k);
+  std::vector<std::unique_ptr<FuzzVm>> vms(kinds.size());
+  u64 insns = 0, divergences = 0, outside = 0;
+  std::map<std::string, u64> sum;
+  std::string first;
+  auto add_stats = [&](const std::unique_ptr<FuzzVm>& v) {
+    if (v && v->vm.eng)
+      for (auto& [name, n] : v->vm.eng->stats())
+        if (name.rfind("bt.x87_", 0) == 0 || name == "bt.exceptions") sum[name] += n;
+  };
+  for (u32 seed = first_seed; seed < first_seed + max_sequences; seed++) {
+    const unsigned ki = std::getenv("POPEK_FUZZ_KIND") ? unsigned(std::atoi(std::getenv("POPEK_FUZZ_KIND")))
+                                                       : seed % kinds.size();
+    test::EngineKind k = kinds[ki];
+    k.opt.lockstep = true;
+    k.opt.user_window_claim = 0;
+    k.opt.code_cache_mb = 8;
+    k.opt.ras = ki % 2 == 0;
+    if (!vms[ki]) {
+      vms[ki] = std::make_unique<FuzzVm>(k);
+      vms[ki]->x87 = true;
+    }
+    FuzzResult r = vms[ki]->run(seed, k.name);
+    if (std::getenv("POPEK_FUZZ_DEBUG"))
+      std::printf("seed %u insns %llu%s\n", seed, (unsigned long long)r.insns, r.what.c_str());
+    if (r.diverged || r.outside_ram) {
+      add_stats(vms[ki]);
+      vms[ki].reset();
+    }
+    outside += r.outside_ram;
+    insns += r.insns;
+    if (r.diverged && divergences++ == 0) first = r.message;
+  }
+  for (auto& v : vms) add_stats(v);
+  std::printf("bt fuzz (x87): %llu sequences, %llu instructions compared in lockstep, %llu divergences "
+              "(%llu ended outside RAM); x87 inline: %llu translated, %llu runs (%llu run again), "
+              "%llu x87 callouts, %llu exceptions\n",
+              (unsigned long long)max_sequences, (unsigned long long)insns, (unsigned long long)divergences,
+              (unsigned long long)outside, (unsigned long long)sum["bt.x87_inline_translated"],
+              (unsigned long long)sum["bt.x87_inline_runs"], (unsigned long long)sum["bt.x87_inline_reruns"],
+              (unsigned long long)sum["bt.x87_callouts"], (unsigned long long)sum["bt.exceptions"]);
+  EXPECT_EQ(divergences, 0u) << first;
+  EXPECT_GT(sum["bt.x87_inline_runs"], max_sequences * 10);
+  EXPECT_GT(sum["bt.x87_callouts"], max_sequences);
   EXPECT_GT(insns, 1000u);
 }
 

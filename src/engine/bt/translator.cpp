@@ -263,6 +263,7 @@ bool is_callout_only(const Insn& i) {
 void Emitter::begin(Block& b, const u8* page, const Stubs& stubs, const u8* page2, u32 max_insns) {
   max_insns_ = max_insns;
   slows_.clear();
+  x87_ools_.clear();
   // References into it are kept while a block is emitted: never reallocate
   // (at most three slow paths per instruction).
   if (slows_.capacity() < size_t(max_insns_) * 3 + 8) slows_.reserve(size_t(max_insns_) * 3 + 8);
@@ -514,6 +515,7 @@ void Emitter::run(u32 max_insns) {
     call_site(s.site, parked);  // the stub saves the flags unless parked
     jmp_back(s.done);
   }
+  x87_emit_ools();
   if (page2_) {
     bind(stale1);
     bind(stale2);

@@ -66,16 +66,16 @@ HostDefines probe_host_defines() {
     for (int sz = 0; sz < 3; sz++) {
       auto sh = [&](auto t) {
         using T = decltype(t);
-        return same([&](u32& f) { arith::shl<T>(T(a), c, f); }) &&
-               same([&](u32& f) { arith::shr<T>(T(a), c, f); }) &&
-               same([&](u32& f) { arith::sar<T>(T(a), c, f); });
+        return same([&](u32& f) { arith::shl_imm<T>(T(a), c, f); }) &&
+               same([&](u32& f) { arith::shr_imm<T>(T(a), c, f); }) &&
+               same([&](u32& f) { arith::sar_imm<T>(T(a), c, f); });
       };
       h.shift_imm &= sz == 0 ? sh(u8()) : sz == 1 ? sh(u16()) : sh(u32());
     }
-    h.dshift_imm &= same([&](u32& f) { arith::shld<u16>(u16(a), u16(b), c, f); }) &&
-              same([&](u32& f) { arith::shrd<u16>(u16(a), u16(b), c, f); }) &&
-              same([&](u32& f) { arith::shld<u32>(a, b, c, f); }) &&
-              same([&](u32& f) { arith::shrd<u32>(a, b, c, f); });
+    h.dshift_imm &= same([&](u32& f) { arith::shld_imm<u16>(u16(a), u16(b), c, f); }) &&
+              same([&](u32& f) { arith::shrd_imm<u16>(u16(a), u16(b), c, f); }) &&
+              same([&](u32& f) { arith::shld_imm<u32>(a, b, c, f); }) &&
+              same([&](u32& f) { arith::shrd_imm<u32>(a, b, c, f); });
     h.bsf &= same([&](u32& f) { arith::bsf<u32>(a, b, f); }) &&
            same([&](u32& f) { arith::bsr<u16>(u16(a), u16(b), f); });
     h.imul &= same([&](u32& f) { arith::imul2<u32>(a, b, f); }) &&

@@ -998,6 +998,7 @@ TEST(BtFuzz, X87SequencesAgreeWithTheInterpreter) {
     k.opt.user_window_claim = 0;
     k.opt.code_cache_mb = 8;
     k.opt.ras = ki % 2 == 0;
+    if (std::getenv("POPEK_FUZZ_NO_INLINE_X87")) k.opt.inline_x87 = false;
     if (!vms[ki]) {
       vms[ki] = std::make_unique<FuzzVm>(k);
       vms[ki]->x87 = true;

@@ -336,6 +336,9 @@ class Emitter : public CodeGenerator {
   void x87_run(const X87Plan& p);
   void x87_ea_r9(const Insn& i);
   void x87_emit_ools();
+  void x87_record(const Insn& i, const X87Plan& p);
+  void x87_move(const Insn& i, int kept, int value);
+  u32 x87_eip_ = 0;
   std::vector<X87Ool> x87_ools_;
 
   enum class Done { next, ended };

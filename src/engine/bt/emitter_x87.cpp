@@ -99,9 +99,15 @@ void put_v80(u8* p, const V80& v) {
 // -1 if one of them is neither always kept nor always independent of the
 // codes before it (then it is not run inline). `nin` registers are loaded
 // first (ST(0), ST(1)); ST(7) is empty.
-int measure_cc_kept(u8 b0, u8 b1, bool mem, unsigned nin) {
+struct CcKept {
+  int kept = -1;    // FSW condition-code bits kept, or -1
+  int value = -1;   // the others' value if the same for every operand, else -1
+};
+CcKept measure_cc_kept(u8 b0, u8 b1, bool mem, unsigned nin) {
   using x86::x87host::Ctx;
   unsigned kept = 0xF, set = 0xF;  // bit k: C0, C1, C2, C3
+  int first = -1;
+  bool same = true;
   const unsigned nreg = sizeof kRegSamples / sizeof kRegSamples[0];
   const unsigned nmem = sizeof kMemSamples / sizeof kMemSamples[0];
   const unsigned n0 = nin >= 1 ? nreg : 1, n1 = nin >= 2 ? nreg : 1, nm = mem ? nmem : 1;
@@ -143,22 +149,31 @@ int measure_cc_kept(u8 b0, u8 b1, bool mem, unsigned nin) {
           kept &= ~(out ^ cc);
           set &= ~(out ^ out0);
         }
+        if (first < 0) first = int(out0);
+        same &= int(out0) == first;
       }
-  if ((kept | set) != 0xF) return -1;
-  int r = 0;
+  CcKept r;
+  if ((kept | set) != 0xF) return r;
+  r.kept = 0;
   for (unsigned k = 0; k < 4; k++)
-    if (kept & (1u << k)) r |= bit[k];
+    if (kept & (1u << k)) r.kept |= bit[k];
+  if (same) {
+    // (Where a bit is kept, first holds it as it came in: 0.)
+    r.value = 0;
+    for (unsigned k = 0; k < 4; k++)
+      if ((unsigned(first) & ~kept) & (1u << k)) r.value |= bit[k];
+  }
   return r;
 }
 
-int cc_kept(u8 b0, u8 b1, bool mem, unsigned nin) {
+CcKept cc_kept(u8 b0, u8 b1, bool mem, unsigned nin) {
   static std::mutex mu;
-  static std::unordered_map<u32, int> memo;
+  static std::unordered_map<u32, CcKept> memo;
   const u32 key = u32(b0) | u32(b1) << 8 | u32(mem) << 16 | nin << 17;
   std::lock_guard<std::mutex> lock(mu);
   auto it = memo.find(key);
   if (it != memo.end()) return it->second;
-  const int r = measure_cc_kept(b0, b1, mem, nin);
+  const CcKept r = measure_cc_kept(b0, b1, mem, nin);
   memo.emplace(key, r);
   return r;
 }
@@ -309,14 +324,20 @@ void Emitter::x87_run(const X87Plan& p) {
 }
 
 bool Emitter::x87(const Insn& i, u32 eip, u64 pa) {
+  x87_eip_ = eip;
   if (!bt_.options().inline_x87 || i.asize != 4 || (i.prefixes & P_LOCK) || lazy_) return false;
   if (i.mem && (!seg_native(i.seg) || direct_slow(pa))) return false;
   if (i.op == Op::FNSTSW_AX || i.op == Op::FNSTCW || i.op == Op::FLDCW) return x87_control(i, eip, pa);
   static_assert(kDrop == kX87Drop);
   X87Plan p;
   if (!x87_plan(i, p)) return false;
-  const int kept = cc_kept(p.b0, p.b1, p.mem, p.nin);
+  const CcKept cc = cc_kept(p.b0, p.b1, p.mem, p.nin);
+  const int kept = cc.kept;
   if (kept < 0) return false;
+  // FXCH, FLD/FST/FSTP ST(i): copies; no exception, no rounding (extended
+  // format), the condition codes the host sets the same for every value.
+  const bool move = (i.op == Op::FXCH_STi || i.op == Op::FLD_STi || i.op == Op::FST_STi ||
+                     i.op == Op::FSTP_STi) && cc.value >= 0;
   auto& st = bt_.bstats();
   st.native_insns++;
   st.inline_x87++;
@@ -373,6 +394,12 @@ bool Emitter::x87(const Insn& i, u32 eip, u64 pa) {
     if (p.push) xor_(r10d, 1u << 14);
     test(r10d, need);
     g.entry_fix3 = jcc32(5);  // jnz
+  }
+  if (move) {
+    x87_move(i, kept, cc.value);
+    x87_record(i, p);
+    g.done = here();
+    return true;
   }
   x87_run(p);
   // Exception flags the host has set that the guest's FSW has not: raised
@@ -435,9 +462,16 @@ bool Emitter::x87(const Insn& i, u32 eip, u64 pa) {
   }
   or_(r10d, r9d);
   mov(word[r15 + kFswOff], r10w);
-  // FOP, FIP/FCS, FDP/FDS.
+  x87_record(i, p);
+  g.done = here();
+  if (ms) ms->done = g.done;
+  return true;
+}
+
+// FOP, FIP/FCS, FDP/FDS; the count of inline runs.
+void Emitter::x87_record(const Insn& i, const X87Plan& p) {
   mov(word[r15 + kFopOff], u16(((i.opcode & 7) << 8) | i.modrm));
-  mov(dword[r15 + kFipOff], eip);
+  mov(dword[r15 + kFipOff], x87_eip_);
   mov(r9w, seg_field(CS, kSelOff, 2));
   mov(word[r15 + kFcsOff], r9w);
   if (p.mem) {
@@ -447,9 +481,104 @@ bool Emitter::x87(const Insn& i, u32 eip, u64 pa) {
     mov(word[r15 + kFdsOff], r9w);
   }
   add(qword[r14 + kX87RunsOff], 1);
-  g.done = here();
-  if (ms) ms->done = g.done;
-  return true;
+}
+
+// A register copy (FXCH, FLD/FST/FSTP ST(i)) as 16-byte moves in FpuState
+// (the 6 bytes after each register are zero throughout), its tag copied
+// with it (the tags are the contents' class), pops, TOP, and the condition
+// codes: `kept` from before, the rest `value` (what the host sets for every
+// operand). r11d = 16 * TOP; Rt::x87_sw is scratch here.
+void Emitter::x87_move(const Insn& i, int kept, int value) {
+  const int rm = i.rm;
+  auto at = [&](const Reg32& r) { return xword[r15 + Reg64(r.getIdx()) + kRegsOff]; };
+  auto phys = [&](const Reg32& r, int k) {  // 16 * physical register of ST(k)
+    lea(r, ptr[r11 + 16 * k]);
+    and_(r, 0x70);
+  };
+  const Address tmp = dword[r14 + kX87SwOff];
+  movzx(r8d, word[r15 + kFtwOff]);
+  // The tag at bit r10d goes to bit r9d (clobbers r11d).
+  auto copy_tag = [&] {
+    shrx(r11d, r8d, r10d);
+    and_(r11d, 3);
+    xor_(r11d, 3);
+    bts(r8d, r9d);
+    inc(r9d);
+    bts(r8d, r9d);
+    dec(r9d);
+    shlx(r11d, r11d, r9d);
+    xor_(r8d, r11d);
+  };
+  auto copy = [&] {  // ST at r10d to r9d (offsets), then as shifts
+    movups(xmm0, at(r10d));
+    movups(at(r9d), xmm0);
+    shr(r9d, 3);
+    shr(r10d, 3);
+    copy_tag();
+  };
+  int delta = 0;
+  switch (i.op) {
+    case Op::FXCH_STi:
+      if (!rm) break;
+      phys(r9d, 0);
+      phys(r10d, rm);
+      movups(xmm0, at(r9d));
+      movups(xmm1, at(r10d));
+      movups(at(r9d), xmm1);
+      movups(at(r10d), xmm0);
+      shr(r9d, 3);
+      shr(r10d, 3);
+      // x = (t0 ^ ti) & 3; both tags ^= x.
+      shrx(r11d, r8d, r10d);
+      mov(tmp, r11d);
+      shrx(r11d, r8d, r9d);
+      xor_(r11d, tmp);
+      and_(r11d, 3);
+      mov(tmp, r11d);
+      shlx(r11d, r11d, r9d);
+      xor_(r8d, r11d);
+      mov(r11d, tmp);
+      shlx(r11d, r11d, r10d);
+      xor_(r8d, r11d);
+      break;
+    case Op::FLD_STi:
+      phys(r9d, -1);
+      phys(r10d, rm);
+      copy();
+      delta = -1;
+      break;
+    case Op::FST_STi:
+    case Op::FSTP_STi:
+      mov(tmp, r11d);
+      if (rm) {
+        phys(r9d, rm);
+        phys(r10d, 0);
+        copy();
+      }
+      if (i.op == Op::FSTP_STi) {  // then ST(0) is popped
+        mov(r9d, tmp);
+        shr(r9d, 3);
+        bts(r8d, r9d);
+        inc(r9d);
+        bts(r8d, r9d);
+        delta = 1;
+      }
+      break;
+    default:
+      throw Error("bt: internal error: x87_move of another instruction");
+  }
+  mov(word[r15 + kFtwOff], r8w);
+  movzx(r9d, word[r15 + kFswOff]);
+  if (delta) {
+    lea(r10d, ptr[r9 + 0x800 * delta]);
+    and_(r10d, 0x3800);
+    and_(r9d, ~0x3800 & (0xFFFF & ~(kCC & ~kept)));
+    or_(r9d, r10d);
+  } else {
+    and_(r9d, 0xFFFF & ~(kCC & ~kept));
+  }
+  if (value) or_(r9d, value);
+  mov(word[r15 + kFswOff], r9w);
 }
 
 // r9d = the memory operand's offset (32-bit addressing).

@@ -119,16 +119,18 @@ void write_tables(WriteBytes write) {
 // A random FPU state: TOP, registers (empty or a table value or random
 // bits, tagged by class as FNSAVE would), the control word, sticky flags
 // (ES/B as they follow from them), condition codes, pointers.
-inline void random_state(std::mt19937& rng, x86::FpuState& f) {
+// `friendly`: all exceptions masked and at most 4 registers in use, so
+// that most instructions take bt's inline path.
+inline void random_state(std::mt19937& rng, x86::FpuState& f, bool friendly = false) {
   auto r = [&](u32 n) { return std::uniform_int_distribution<u32>(0, n - 1)(rng); };
   const auto& cws = control_words();
-  f.fcw = u16((cws[r(u32(cws.size()))] & 0x1F3F) | 0x40);
+  f.fcw = u16((cws[r(friendly ? 14 : u32(cws.size()))] & 0x1F3F) | 0x40);  // (the first 14 mask all)
   if (r(3) == 0) f.fcw = 0x037F;
   f.fsw = u16(r(8) << 11);
   if (r(2)) f.fsw |= u16(r(64));              // sticky flags
   f.fsw |= u16(r(16) & 0x7) << 8 | u16(r(2)) << 14;  // C0-C3
   const unsigned top = f.top();
-  const unsigned used = r(9);  // registers from ST(0) on that hold something
+  const unsigned used = r(friendly ? 5 : 9);  // registers from ST(0) on that hold something
   u16 ftw = 0;
   for (unsigned k = 0; k < 8; k++) {
     const unsigned p = (top + k) & 7;
@@ -220,8 +222,9 @@ void insn(G& g) {
       break;
     }
     case 12: case 13: g.b(0xD9); g.b(u8(0xC0 + g.r(16))); break;  // fld st(i), fxch
-    case 14: {  // one-operand and constants
-      static const u8 ops[] = {0xE0, 0xE1, 0xE4, 0xE5, 0xE8, 0xE9, 0xEA, 0xEB, 0xEC, 0xED, 0xEE, 0xFA, 0xFC};
+    case 14: {  // one-operand, constants, transcendental (F2XM1 FYL2X FPATAN FPREM1 FPREM FYL2XP1 FSCALE FSIN FCOS)
+      static const u8 ops[] = {0xE0, 0xE1, 0xE4, 0xE5, 0xE8, 0xE9, 0xEA, 0xEB, 0xEC, 0xED, 0xEE, 0xFA, 0xFC,
+                               0xF0, 0xF1, 0xF3, 0xF5, 0xF8, 0xF9, 0xFD, 0xFE, 0xFF};
       g.b(0xD9);
       g.b(ops[g.r(sizeof ops)]);
       break;

@@ -273,6 +273,20 @@ bool Emitter::x87_plan(const Insn& i, X87Plan& p) {
       p.b1 = i.modrm;
       ins({0}); outs({kDrop});
       return true;
+    // The transcendental ones (libm's): as the arithmetic. (Not FPTAN or
+    // FSINCOS: whether they push depends on the operand; not FXTRACT: rare.)
+    case Op::F2XM1: case Op::FSIN: case Op::FCOS:
+      p.b1 = i.modrm;
+      ins({0}); outs({0});
+      return true;
+    case Op::FSCALE: case Op::FPREM: case Op::FPREM1:  // ST(0) from ST(0) and ST(1)
+      p.b1 = i.modrm;
+      ins({0, 1}); outs({0, kDrop});
+      return true;
+    case Op::FYL2X: case Op::FYL2XP1: case Op::FPATAN:  // ST(1) from both, then a pop
+      p.b1 = i.modrm;
+      ins({0, 1}); outs({1}); p.pops = 1;
+      return true;
     case Op::FLD1: case Op::FLDL2T: case Op::FLDL2E: case Op::FLDPI: case Op::FLDLG2:
     case Op::FLDLN2: case Op::FLDZ:
       p.b1 = i.modrm;
@@ -327,7 +341,8 @@ bool Emitter::x87(const Insn& i, u32 eip, u64 pa) {
   x87_eip_ = eip;
   if (!bt_.options().inline_x87 || i.asize != 4 || (i.prefixes & P_LOCK) || lazy_) return false;
   if (i.mem && (!seg_native(i.seg) || direct_slow(pa))) return false;
-  if (i.op == Op::FNSTSW_AX || i.op == Op::FNSTCW || i.op == Op::FLDCW) return x87_control(i, eip, pa);
+  if (i.op == Op::FNSTSW_AX || i.op == Op::FNSTCW || i.op == Op::FLDCW || i.op == Op::FWAIT)
+    return x87_control(i, eip, pa);
   static_assert(kDrop == kX87Drop);
   X87Plan p;
   if (!x87_plan(i, p)) return false;
@@ -616,7 +631,7 @@ void Emitter::x87_emit_ools() {
 }
 
 // FNSTSW AX, FNSTCW m16 (no wait: #NM only), FLDCW m16 (waits: #MF/FERR#
-// when FSW.ES is set). Control instructions: FOP and the pointers stay.
+// when FSW.ES is set), FWAIT. Control instructions: FOP and the pointers stay.
 bool Emitter::x87_control(const Insn& i, u32 eip, u64 pa) {
   auto& st = bt_.bstats();
   st.native_insns++;
@@ -639,6 +654,18 @@ bool Emitter::x87_control(const Insn& i, u32 eip, u64 pa) {
     site = new_site(i, eip, pa, false, false);
   }
   Slow& g = also_slow(site, kNone);
+  if (i.op == Op::FWAIT) {
+    // #NM only with both MP and TS; then a pending exception (FSW.ES).
+    movzx(r9d, byte[r15 + kCr0Off]);
+    and_(r9d, CR0_MP | CR0_TS);
+    cmp(r9d, CR0_MP | CR0_TS);
+    g.entry_fix = jcc32(4);  // je
+    test(byte[r15 + kFswOff], 0x80);
+    g.entry_fix2 = jcc32(5);  // jnz
+    add(qword[r14 + kX87RunsOff], 1);
+    g.done = here();
+    return true;
+  }
   test(byte[r15 + kCr0Off], u8(CR0_EM | CR0_TS));
   g.entry_fix = jcc32(5);
   switch (i.op) {

@@ -974,7 +974,8 @@ TEST(BtFuzz, MmxSequencesAgreeWithTheInterpreter) {
 // bt runs the frequent ones inline on the host's x87 and the rest through
 // the semantics; lockstep compares the FPU state (registers, TOP, tags, FSW,
 // FCW, FOP and the pointers) and the memory they write after every block.
-// POPEK_FUZZ_X87_SEQUENCES sequences (default 3000).
+// POPEK_FUZZ_X87_SEQUENCES sequences (default 3000); POPEK_FUZZ_X87_MMX mixes MMX
+// instructions in (they share the registers and the tag word).
 TEST(BtFuzz, X87SequencesAgreeWithTheInterpreter) {
   const char* count_env = std::getenv("POPEK_FUZZ_X87_SEQUENCES");
   const u64 max_sequences = count_env ? std::strtoull(count_env, nullptr, 0) : 3000;
@@ -1004,6 +1005,7 @@ TEST(BtFuzz, X87SequencesAgreeWithTheInterpreter) {
     if (!vms[ki]) {
       vms[ki] = std::make_unique<FuzzVm>(k);
       vms[ki]->x87 = true;
+      vms[ki]->mmx = std::getenv("POPEK_FUZZ_X87_MMX") != nullptr;
     }
     FuzzResult r = vms[ki]->run(seed, k.name);
     if (std::getenv("POPEK_FUZZ_DEBUG"))

@@ -52,7 +52,7 @@ def build(native_cflags, source=SOURCE):
     for arch, flags in (("i386", ["-m32", "-O2", "-static"]),
                         ("x86_64", ["-m64", "-O2"] + native_cflags.split())):
         exe = os.path.join(B.BENCH_CACHE, f"{name}-{arch}")
-        cmd = ["gcc", *flags, "-Wall", "-o", exe, source]
+        cmd = ["gcc", *flags, "-Wall", "-o", exe, source, "-lm"]
         p = subprocess.run(cmd, capture_output=True, text=True)
         if p.returncode != 0:
             hint = (" (static i386 libc missing? install gcc-multilib: scripts/setup.sh)"
@@ -129,7 +129,7 @@ def main():
                          "a loaded host runs slow)")
     # bench/calls/run.sh: the same harness on another program and issue's goals.
     ap.add_argument("--source", default=SOURCE, help=argparse.SUPPRESS)
-    ap.add_argument("--goals", choices=["issue4", "issue19"], default="issue4", help=argparse.SUPPRESS)
+    ap.add_argument("--goals", choices=["issue4", "issue19", "x87"], default="issue4", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if not args.scale > 0 or args.runs < 1:
         B.die("--scale must be > 0 and --runs >= 1")
@@ -292,6 +292,8 @@ def report(args, engines, results, fails, clock, note, warns=()):
     print()
     if args.goals == "issue19":
         return report_issue19(args, engines, names, med, fails)
+    if args.goals == "x87":
+        return report_x87(args, engines, names, med, fails)
     if "bt" in engines and has_q:
         vs_q = overall.get(("bt", "qemu"))
         of_native = overall.get(("native", "bt"))
@@ -333,6 +335,23 @@ def report_issue19(args, engines, names, med, fails):
             n = None if fails["bt"] else B.ratio(med["bt", k], med["native", k])
             grows.append([f"{k}: bt / native time", B.fmt_ratio(n), "<= 3.00x", B.goal(n, "<=", 3.0)])
     B.table(grows, ["goal (issue 19)", "measured", "goal", "result"], ["<", ">", ">", "<"])
+    return 1 if any(fails.values()) else 0
+
+
+def report_x87(args, engines, names, med, fails):
+    """bench/x87: what bt's inline x87 buys (bt-nox87 / bt time per part) and
+    where bt stands against QEMU with it and without it."""
+    rows = []
+    for k in names:
+        row = [k]
+        for e in ("bt", "bt-nox87"):
+            row.append(B.fmt_ratio(None if e not in engines or fails[e] or "qemu" not in engines
+                                   else B.ratio(med[e, k], med["qemu", k])))
+        ok = all(e in engines and not fails[e] for e in ("bt", "bt-nox87"))
+        row.append(B.fmt_ratio(B.ratio(med["bt-nox87", k], med["bt", k]) if ok else None))
+        rows.append(row)
+    B.table(rows, ["part", "bt / QEMU time", "bt-nox87 / QEMU time", "inline x87 speed-up"],
+            ["<", ">", ">", ">"])
     return 1 if any(fails.values()) else 0
 
 

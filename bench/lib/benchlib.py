@@ -46,7 +46,8 @@ QEMU_CPU = "qemu32,-apic,-pae,-mce,-fxsr,-sse,-sse2,-pni,-hypervisor"
 ALL_ENGINES = ["bt", "interp", "qemu"]
 NOACPI = "-noacpi"  # suffix: the engine with --no-acpi
 NOPV = "-nopv"      # suffix: the engine with --no-paravirt (no kvm-clock)
-SUFFIX_FLAGS = {NOACPI: "--no-acpi", NOPV: "--no-paravirt"}
+NOX87 = "-nox87"    # suffix: bt with --bt-no-inline-x87 (every x87 instruction a callout)
+SUFFIX_FLAGS = {NOACPI: "--no-acpi", NOPV: "--no-paravirt", NOX87: "--bt-no-inline-x87"}
 
 
 def _split_engine(engine):

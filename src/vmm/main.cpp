@@ -261,6 +261,9 @@ int main(int argc, char** argv) {
   run->add_flag("!--bt-no-inline-div", cfg.bt.inline_div,
                 "bt: run DIV/IDIV through the semantics (a callout) instead of the host's "
                 "instruction after inline checks for divide errors");
+  run->add_flag("!--bt-no-inline-x87", cfg.bt.inline_x87,
+                "bt: run every x87 instruction through the semantics (a callout) instead of the "
+                "host's x87 on the guest's registers after inline checks for the cases they handle");
   run->add_flag("!--bt-no-fastmem", cfg.bt.fastmem,
                 "bt: with paging off, look memory operands up in the soft TLB instead of "
                 "addressing guest RAM directly");

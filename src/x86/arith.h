@@ -8,6 +8,7 @@
 // the binary translator (which runs guest arithmetic on host flags) agrees with
 // it by construction.
 #pragma once
+#include <array>
 #include <utility>
 
 #include "base/types.h"
@@ -92,6 +93,17 @@ POPEK_UNOP(neg, "neg")
         : "cc");                                                               \
     merge(fl, ax);                                                             \
     return a;                                                                  \
+  }                                                                            \
+  template <typename T>                                                        \
+  inline T fn##_m(T a, u8 count, u32& fl) {                                    \
+    u16 ax;                                                                    \
+    u64 t = pre_in(fl);                                                        \
+    asm(POPEK_PRE insn "%z[a] %%cl, %[a]" POPEK_POST                           \
+        : [a] "+m"(a), "=&a"(ax), [t] "+&r"(t)                                 \
+        : "c"(count)                                                           \
+        : "cc");                                                               \
+    merge(fl, ax);                                                             \
+    return a;                                                                  \
   }
 POPEK_SHIFT(shl, "shl")
 POPEK_SHIFT(shr, "shr")
@@ -102,39 +114,62 @@ POPEK_SHIFT(rcl, "rcl")
 POPEK_SHIFT(rcr, "rcr")
 #undef POPEK_SHIFT
 
-// ROL/ROR of a register by an immediate count. OF is undefined for counts
-// above 1, and a CPU may leave a different OF for each form: measured on an
-// Intel Xeon, ROL/ROR reg, imm8 keeps the incoming OF while the memory form
-// with imm8 and both CL forms compute one (all the same function); the other
-// shifts and rotates agree across their forms, and on the AMD hosts every form
-// agreed. The semantics run each guest form as the host's own form would (a
-// register with an immediate count here, the rest through the CL form), so
-// interp matches the silicon and bt, which runs the guest's form natively.
-template <int N, bool Left, typename T>
-inline T rotate_imm_n(T a, u32& fl) {
-  u16 ax;
-  u64 t = pre_in(fl);
-  if constexpr (Left)
-    asm(POPEK_PRE "rol %[n], %[a]" POPEK_POST : [a] "+r"(a), "=&a"(ax), [t] "+&r"(t) : [n] "i"(N) : "cc");
-  else
-    asm(POPEK_PRE "ror %[n], %[a]" POPEK_POST : [a] "+r"(a), "=&a"(ax), [t] "+&r"(t) : [n] "i"(N) : "cc");
-  merge(fl, ax);
-  return a;
+// The same by an immediate count, as the host's immediate form: it may leave
+// the flags the SDM calls undefined otherwise than the CL form (on a Sapphire
+// Rapids host, ROL r8, 25 keeps OF where ROL r8, CL with CL = 25 sets it),
+// and the binary translator runs the guest's immediate form. `count` is
+// masked to 5 bits, as the CPU masks it.
+template <typename T, template <typename> class S, std::size_t... N>
+constexpr auto imm_table(std::index_sequence<N...>) {
+  return std::array<T (*)(T, u32&), sizeof...(N)>{&S<T>::template at<u8(N)>...};
 }
-template <bool Left, typename T, int... N>
-inline T rotate_imm_table(T a, u8 count, u32& fl, std::integer_sequence<int, N...>) {
-  using Fn = T (*)(T, u32&);
-  static constexpr Fn kFns[] = {&rotate_imm_n<N, Left, T>...};
-  return kFns[count & 31](a, fl);
+template <typename T, template <typename> class S, std::size_t... N>
+constexpr auto imm_table2(std::index_sequence<N...>) {
+  return std::array<T (*)(T, T, u32&), sizeof...(N)>{&S<T>::template at<u8(N)>...};
 }
-template <typename T>
-inline T rol_imm(T a, u8 count, u32& fl) {
-  return rotate_imm_table<true, T>(a, count, fl, std::make_integer_sequence<int, 32>{});
-}
-template <typename T>
-inline T ror_imm(T a, u8 count, u32& fl) {
-  return rotate_imm_table<false, T>(a, count, fl, std::make_integer_sequence<int, 32>{});
-}
+#define POPEK_SHIFT_IMM(fn, insn)                                               \
+  template <typename T>                                                        \
+  struct fn##_i {                                                              \
+    template <u8 N>                                                            \
+    static T at(T a, u32& fl) {                                                \
+      u16 ax;                                                                  \
+      u64 t = pre_in(fl);                                                      \
+      asm(POPEK_PRE insn " %[n], %[a]" POPEK_POST                              \
+          : [a] "+r"(a), "=&a"(ax), [t] "+&r"(t)                               \
+          : [n] "i"(N)                                                         \
+          : "cc");                                                             \
+      merge(fl, ax);                                                           \
+      return a;                                                                \
+    }                                                                          \
+  };                                                                           \
+  template <typename T>                                                        \
+  struct fn##_im {                                                             \
+    template <u8 N>                                                            \
+    static T at(T a, u32& fl) {                                                \
+      u16 ax;                                                                  \
+      u64 t = pre_in(fl);                                                      \
+      asm(POPEK_PRE insn "%z[a] %[n], %[a]" POPEK_POST                         \
+          : [a] "+m"(a), "=&a"(ax), [t] "+&r"(t)                               \
+          : [n] "i"(N)                                                         \
+          : "cc");                                                             \
+      merge(fl, ax);                                                           \
+      return a;                                                                \
+    }                                                                          \
+  };                                                                           \
+  template <typename T>                                                        \
+  inline T fn##_imm(T a, u8 count, u32& fl, bool mem = false) {                \
+    static constexpr auto tab = imm_table<T, fn##_i>(std::make_index_sequence<32>{}); \
+    static constexpr auto tabm = imm_table<T, fn##_im>(std::make_index_sequence<32>{}); \
+    return (mem ? tabm : tab)[count & 31](a, fl);                              \
+  }
+POPEK_SHIFT_IMM(shl, "shl")
+POPEK_SHIFT_IMM(shr, "shr")
+POPEK_SHIFT_IMM(sar, "sar")
+POPEK_SHIFT_IMM(rol, "rol")
+POPEK_SHIFT_IMM(ror, "ror")
+POPEK_SHIFT_IMM(rcl, "rcl")
+POPEK_SHIFT_IMM(rcr, "rcr")
+#undef POPEK_SHIFT_IMM
 
 // SHLD/SHRD (16/32-bit).
 #define POPEK_DSHIFT(fn, insn)                                                  \
@@ -152,6 +187,31 @@ inline T ror_imm(T a, u8 count, u32& fl) {
 POPEK_DSHIFT(shld, "shld")
 POPEK_DSHIFT(shrd, "shrd")
 #undef POPEK_DSHIFT
+
+// SHLD/SHRD by an immediate count: the host's immediate form (see above).
+#define POPEK_DSHIFT_IMM(fn, insn)                                              \
+  template <typename T>                                                        \
+  struct fn##_i {                                                              \
+    template <u8 N>                                                            \
+    static T at(T a, T b, u32& fl) {                                           \
+      u16 ax;                                                                  \
+      u64 t = pre_in(fl);                                                      \
+      asm(POPEK_PRE insn " %[n], %[b], %[a]" POPEK_POST                        \
+          : [a] "+r"(a), "=&a"(ax), [t] "+&r"(t)                               \
+          : [b] "r"(b), [n] "i"(N)                                             \
+          : "cc");                                                             \
+      merge(fl, ax);                                                           \
+      return a;                                                                \
+    }                                                                          \
+  };                                                                           \
+  template <typename T>                                                        \
+  inline T fn##_imm(T a, T b, u8 count, u32& fl) {                             \
+    static constexpr auto tab = imm_table2<T, fn##_i>(std::make_index_sequence<32>{}); \
+    return tab[count & 31](a, b, fl);                                          \
+  }
+POPEK_DSHIFT_IMM(shld, "shld")
+POPEK_DSHIFT_IMM(shrd, "shrd")
+#undef POPEK_DSHIFT_IMM
 
 // One-operand MUL/IMUL/DIV/IDIV on the accumulator pair (hi:lo) = AH:AL,
 // DX:AX or EDX:EAX. DIV/IDIV must be checked for #DE by the caller first (the

@@ -14,6 +14,7 @@
 
 #include "base/error.h"
 #include "test_vm.h"
+#include "x87_fuzz.h"
 
 using namespace popek;
 using namespace popek::x86;
@@ -73,6 +74,7 @@ struct Gen {
   bool user = false;
   u32 hot_base = 0, hot = 1;
   bool mmx = false;  // MMX instructions among the rest (draws nothing when off)
+  bool x87 = false;  // x87 instructions among the rest (likewise; x87_fuzz.h)
   explicit Gen(u32 seed) : rng(seed) {}
   u32 r(u32 n) { return std::uniform_int_distribution<u32>(0, n - 1)(rng); }
   void b(u8 v) { out.push_back(v); }
@@ -194,6 +196,10 @@ struct Gen {
   void insn() {
     if (mmx && r(3) == 0) {
       mmx_insn();
+      return;
+    }
+    if (x87 && r(2) == 0) {
+      test::x87fuzz::insn(*this);
       return;
     }
     if (user && r(24) == 0) {
@@ -611,9 +617,11 @@ struct FuzzVm {
     s.intr_shadow = 0;
   }
   bool mmx = false;  // sequences with MMX instructions
+  bool x87 = false;  // sequences with x87 instructions (and a random FPU state)
   FuzzResult run(u32 seed, const std::string& name) {
     Gen g(seed);
     g.mmx = mmx;
+    g.x87 = x87;
     const u64 cap = vm.kind.opt.user_window_cap;
     // Seeds 3 mod 4 end in a loop that is one block when the sequence has
     // no transfer (bt's loop flags: the back edge leaves the flags as the
@@ -712,6 +720,7 @@ struct FuzzVm {
     for (auto& c : junk) c = u8(g.r(256));
     vm.pm.write_bytes(kData, junk.data(), junk.size());
     vm.pm.write_bytes(kReadOnly, junk.data() + 0x1000, 0x1000);
+    if (x87) test::x87fuzz::write_tables([&](u32 at, const void* p, size_t n) { vm.pm.write_bytes(at, p, n); });
     vm.pm.write_bytes(kCode, std::vector<u8>(0x2000, 0xF4).data(), 0x2000);
     reset_tables(user, pd);
     std::vector<u8> stack(0x1000);
@@ -736,6 +745,16 @@ struct FuzzVm {
     s.gpr[ECX] = g.r(64);
     s.gpr[ESP] = test::kStackTop - 4 * g.r(64);
     s.eflags = FLAGS_FIXED1 | (g.rng() & (CF | PF | AF | ZF | SF | OF));
+    if (x87) {
+      // The FPU as some program left it; now and then #NM (TS, EM), #MF or FERR# (NE).
+      // (Every other sequence from a state where most instructions take bt's inline path.)
+      const bool friendly = seed % 2 == 0;
+      test::x87fuzz::random_state(g.rng, s.fpu, friendly);
+      if (!friendly && g.r(12) == 0) s.cr0 |= CR0_TS;
+      if (!friendly && g.r(24) == 0) s.cr0 |= CR0_EM;
+      if (g.r(2)) s.cr0 |= CR0_NE;
+      if (g.r(2)) s.cr0 |= CR0_MP;
+    }
     if (user) {
       // Pointers into the wide pages; the pool's contents (cheaply: 128 KiB).
       for (unsigned r : {EBX, ESI, EDI})

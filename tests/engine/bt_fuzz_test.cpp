@@ -162,6 +162,68 @@ TEST(BtFuzz, MmxSequencesAgreeWithTheInterpreter) {
   EXPECT_GT(insns, 1000u);
 }
 
+// x87 instructions among the rest (x87_fuzz.h), from a random FPU state:
+// bt runs the frequent ones inline on the host's x87 and the rest through
+// the semantics; lockstep compares the FPU state (registers, TOP, tags, FSW,
+// FCW, FOP and the pointers) and the memory they write after every block.
+// POPEK_FUZZ_X87_SEQUENCES sequences (default 3000); POPEK_FUZZ_X87_MMX mixes MMX
+// instructions in (they share the registers and the tag word).
+TEST(BtFuzz, X87SequencesAgreeWithTheInterpreter) {
+  const char* count_env = std::getenv("POPEK_FUZZ_X87_SEQUENCES");
+  const u64 max_sequences = count_env ? std::strtoull(count_env, nullptr, 0) : 3000;
+  const char* seed_env = std::getenv("POPEK_FUZZ_SEED");
+  const u32 first_seed = seed_env ? u32(std::strtoul(seed_env, nullptr, 0)) : 1;
+  std::vector<test::EngineKind> kinds;
+  for (auto& k : test::all_engines())
+    if (k.bt && !k.opt.lockstep) kinds.push_back(k);
+  std::vector<std::unique_ptr<FuzzVm>> vms(kinds.size());
+  u64 insns = 0, divergences = 0, outside = 0;
+  std::map<std::string, u64> sum;
+  std::string first;
+  auto add_stats = [&](const std::unique_ptr<FuzzVm>& v) {
+    if (v && v->vm.eng)
+      for (auto& [name, n] : v->vm.eng->stats())
+        if (name.rfind("bt.x87_", 0) == 0 || name == "bt.exceptions") sum[name] += n;
+  };
+  for (u32 seed = first_seed; seed < first_seed + max_sequences; seed++) {
+    const unsigned ki = std::getenv("POPEK_FUZZ_KIND") ? unsigned(std::atoi(std::getenv("POPEK_FUZZ_KIND")))
+                                                       : seed % kinds.size();
+    test::EngineKind k = kinds[ki];
+    k.opt.lockstep = true;
+    k.opt.user_window_claim = 0;
+    k.opt.code_cache_mb = 8;
+    k.opt.ras = ki % 2 == 0;
+    if (std::getenv("POPEK_FUZZ_NO_INLINE_X87")) k.opt.inline_x87 = false;
+    if (!vms[ki]) {
+      vms[ki] = std::make_unique<FuzzVm>(k);
+      vms[ki]->x87 = true;
+      vms[ki]->mmx = std::getenv("POPEK_FUZZ_X87_MMX") != nullptr;
+    }
+    FuzzResult r = vms[ki]->run(seed, k.name);
+    if (std::getenv("POPEK_FUZZ_DEBUG"))
+      std::printf("seed %u insns %llu%s\n", seed, (unsigned long long)r.insns, r.what.c_str());
+    if (r.diverged || r.outside_ram) {
+      add_stats(vms[ki]);
+      vms[ki].reset();
+    }
+    outside += r.outside_ram;
+    insns += r.insns;
+    if (r.diverged && divergences++ == 0) first = r.message;
+  }
+  for (auto& v : vms) add_stats(v);
+  std::printf("bt fuzz (x87): %llu sequences, %llu instructions compared in lockstep, %llu divergences "
+              "(%llu ended outside RAM); x87 inline: %llu translated, %llu runs (%llu run again), "
+              "%llu x87 callouts, %llu exceptions\n",
+              (unsigned long long)max_sequences, (unsigned long long)insns, (unsigned long long)divergences,
+              (unsigned long long)outside, (unsigned long long)sum["bt.x87_inline_translated"],
+              (unsigned long long)sum["bt.x87_inline_runs"], (unsigned long long)sum["bt.x87_inline_reruns"],
+              (unsigned long long)sum["bt.x87_callouts"], (unsigned long long)sum["bt.exceptions"]);
+  EXPECT_EQ(divergences, 0u) << first;
+  EXPECT_GT(sum["bt.x87_inline_runs"], max_sequences * 10);
+  EXPECT_GT(sum["bt.x87_callouts"], max_sequences);
+  EXPECT_GT(insns, 1000u);
+}
+
 // The user window past its cap (mem::Mmu::kWindowCap, the default, read
 // here): a process that has run long enough to keep the window (Bt gives it
 // up at once when a young owner's pages churn: 16M instructions of a loop

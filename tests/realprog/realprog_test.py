@@ -58,6 +58,7 @@ PROGRAMS = {
     "mremap": ("4", "2"),
     "fmap":   ("4", "2"),
     "tf":     ("", ""),
+    "fp":     ("40", "6"),
 }
 PROFILES = {"full": 0, "small": 1}
 # Seconds a program may run (generous: a loaded CI host): the guest kills it
@@ -111,7 +112,7 @@ def build(names):
         if not (os.path.exists(exe) and os.path.getmtime(exe) >= newest):
             # Built under a private name, then renamed: concurrent tests share CACHE.
             tmp = f"{exe}.{os.getpid()}.tmp"
-            p = subprocess.run(["gcc", *CFLAGS, "-o", tmp, src], capture_output=True, text=True)
+            p = subprocess.run(["gcc", *CFLAGS, "-o", tmp, src, "-lm"], capture_output=True, text=True)
             if p.returncode != 0:
                 say(f"FAIL: building {name}.c:\n{p.stderr}")
                 sys.exit(1)

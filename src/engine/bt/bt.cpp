@@ -210,6 +210,7 @@ Bt::Bt(CpuState& s, mem::PhysMem& pm, Platform& plat, const BtOptions& opt)
   rt_->tsc = &tsc_entry;
   rt_->verw = &verw_entry;
   rt_->self = this;
+  asm volatile("fnstcw %0" : "=m"(rt_->x87_host_cw));
   rt_->jc = jc_.data();
   // (With fastmem only: the mode key then tells paging on from off.)
   if (opt_.user_window && opt_.fastmem) {
@@ -1164,6 +1165,10 @@ std::vector<std::pair<std::string, u64>> Bt::stats() const {
       {"bt.flag_restores_skipped", st_.flag_restores_skipped},
       {"bt.flag_recipes", st_.flag_recipes},
       {"bt.inline_divs", st_.inline_divs},
+      {"bt.x87_inline_translated", st_.inline_x87},
+      {"bt.x87_inline_runs", rt_->x87_runs},
+      {"bt.x87_inline_reruns", rt_->x87_again},
+      {"bt.x87_callouts", st_.callouts_by_group[G_X87]},
       {"bt.ras_calls", st_.ras_calls},
       {"bt.ras_rets", st_.ras_rets},
       {"bt.flag_parks", st_.flag_parks},

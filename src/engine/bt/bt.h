@@ -70,6 +70,10 @@ struct BtOptions {
   // DIV/IDIV run as the host's instruction, the cases that would fault (and
   // IDIV's unusual dividends) checked first and left to the semantics.
   bool inline_div = true;
+  // The frequent x87 instructions run on the host's x87 against the guest's
+  // FpuState, checked inline for the cases only the semantics handle (#NM,
+  // unmasked exceptions, stack faults), which go to them.
+  bool inline_x87 = true;
   // A direct CALL is also a host call (the guest return address and mode
   // beside it) and a RET that pops that address a host ret, which the host
   // predicts, instead of a jump-cache lookup and an indirect jump. Off by
@@ -150,6 +154,20 @@ struct Rt {
   u64 ras_floor = 0;
   u64 block_rsp = 0;  // the RSP of the block that made the last callout (frames above it)
   SegLoad seg_loads[kSegLoads];
+  // Inline x87 (Translator: emitter_x87.cpp): the host's status word after
+  // the instruction and after FXAM of a result; the host's control word
+  // (restored after each instruction); constants of the tag computation
+  // (PEXT mask of C3 C2 C0, the tag of each FXAM class); how many ran
+  // inline, and how many of them ran again after clearing the host's
+  // stale exception flags.
+  u16 x87_sw = 0;
+  u16 x87_class = 0;
+  u16 x87_host_cw = 0x037F;
+  u16 pad3 = 0;
+  u32 x87_pext = 0x4500;
+  u32 x87_tags = 0xAD8A;
+  u64 x87_runs = 0;
+  u64 x87_again = 0;
 };
 enum Reason : u64 { kExitNormal = 0, kExitChain = 1 };
 // r13 in generated code is guest RAM + kR13Bias (RAM is 2 MiB aligned): the
@@ -172,6 +190,7 @@ struct BtStats {
   u64 flag_restores_skipped = 0;  // partial flag writers whose other flags are dead
   u64 flag_recipes = 0;      // memory accesses whose slow path recomputes the flags
   u64 inline_divs = 0;       // DIV/IDIV translated inline
+  u64 inline_x87 = 0;        // x87 instructions translated inline
   u64 ras_calls = 0;         // direct CALLs translated as host calls
   u64 ras_rets = 0;          // RETs translated to try a host ret first
   u64 flag_lazy_recipes = 0;  // accesses that left the flags as their producer's recipe

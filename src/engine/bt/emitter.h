@@ -276,7 +276,7 @@ class Emitter : public CodeGenerator {
   // r8 (linear, zero-extended) -> host address, or a jump to the slow path,
   // whose rel32 it returns. `clobber`: the host flags are free (a compare and
   // branch); otherwise a flag-free sequence.
-  Snip lookup_snips_[64];
+  Snip lookup_snips_[128];
   u32 lookup(unsigned size, bool write, bool clobber, bool wrap_in_r11 = false);
   u32 tag_check(unsigned size, bool write);
   u32 encode_lookup(unsigned size, bool write, bool clobber, bool wrap_in_r11);
@@ -299,6 +299,47 @@ class Emitter : public CodeGenerator {
   void exit_indirect_after(Slow& s);
 
   void rep_string(const Insn& i, u32 eip, u64 pa, unsigned size);
+
+  // ---- x87 inline (emitter_x87.cpp) ----
+  // What an inline x87 instruction does on the host stack (x87()). `in`:
+  // guest ST indices loaded, in[0] ending as host ST(0); the host
+  // instruction b0 b1 (memory forms: [r8], b1 = reg << 3); `out`: where
+  // what the host stack then holds goes (host ST(0) first): a guest ST
+  // index relative to the TOP before the instruction (-1: the register a
+  // push fills) or kX87Drop; `pops` guest registers from ST(0) on become
+  // empty; TOP moves by pops - push.
+  static constexpr i8 kX87Drop = 8;
+  struct X87Plan {
+    u8 nin = 0;
+    i8 in[2] = {};
+    u8 b0 = 0, b1 = 0;
+    bool mem = false;
+    u8 msize = 0;
+    bool write = false;
+    bool push = false;
+    u8 pops = 0;
+    u8 nout = 0;
+    i8 out[2] = {};
+    bool eflags = false;  // FCOMI family: ZF PF CF from the host, OF SF AF clear
+  };
+  // The out-of-line end of one (x87_emit_ools).
+  struct X87Ool {
+    X87Plan p;
+    u32 again;   // the rel32 of the jump there
+    u32 commit;  // where it goes back to
+  };
+  static bool x87_plan(const Insn& i, X87Plan& p);
+  bool x87(const Insn& i, u32 eip, u64 pa);
+  bool x87_control(const Insn& i, u32 eip, u64 pa);
+  void x87_m80(unsigned ext, int index);
+  int x87_phys(int k);
+  void x87_run(const X87Plan& p);
+  void x87_ea_r9(const Insn& i);
+  void x87_emit_ools();
+  void x87_record(const Insn& i, const X87Plan& p);
+  void x87_move(const Insn& i, int kept, int value);
+  u32 x87_eip_ = 0;
+  std::vector<X87Ool> x87_ools_;
 
   enum class Done { next, ended };
   Done insn(const Insn& i, const u8* bytes, u32 eip, u64 pa);

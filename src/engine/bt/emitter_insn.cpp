@@ -551,6 +551,7 @@ Emitter::Done Emitter::insn(const Insn& i, const u8* bytes, u32 eip, u64 pa) {
     if (s2) s2->done = here();
     return Done::next;
   }
+  if ((info.attrs & FPU) && !interp_only && x87(i, eip, pa)) return Done::next;
   if (interp_only || (info.attrs & (FPU | MMX | STR))) return callout(i, eip, pa, info.attrs & CT);
   if (i.asize != 4) return callout(i, eip, pa, info.attrs & CT);
   const bool mem_native = !i.mem || (seg_native(i.seg) && !direct_slow(pa));

@@ -85,8 +85,10 @@ bool Emitter::add_seg_base(unsigned seg, unsigned size, bool clobber, Slow& s) {
 
 u32 Emitter::lookup(unsigned size, bool write, bool clobber, bool wrap_in_r11) {
   if (!clobber) bt_.bstats().flag_free_checks++;
-  const unsigned key = (size == 1 ? 0u : size == 2 ? 1u : size == 4 ? 2u : 3u) | (write ? 4u : 0u) |
-                       (clobber ? 8u : 0u) | (wrap_in_r11 ? 16u : 0u) | (user_ ? 32u : 0u);
+  if (size != 1 && size != 2 && size != 4 && size != 8 && size != 10)
+    throw Error("bt: internal error: a memory operand of " + std::to_string(size) + " bytes");
+  const unsigned key = (size == 1 ? 0u : size == 2 ? 1u : size == 4 ? 2u : size == 8 ? 3u : 4u) | (write ? 8u : 0u) |
+                       (clobber ? 16u : 0u) | (wrap_in_r11 ? 32u : 0u) | (user_ ? 64u : 0u);
   return cached(lookup_snips_[key], [&] { return encode_lookup(size, write, clobber, wrap_in_r11); });
 }
 

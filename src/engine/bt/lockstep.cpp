@@ -249,6 +249,11 @@ void Lockstep::sync_and_compare(const char* where) {
   cmp("fpu.cw", real_.fpu.fcw, sh_.fpu.fcw);
   cmp("fpu.sw", real_.fpu.fsw, sh_.fpu.fsw);
   cmp("fpu.tw", real_.fpu.ftw, sh_.fpu.ftw);
+  cmp("fpu.fop", real_.fpu.fop, sh_.fpu.fop);
+  cmp("fpu.fip", real_.fpu.fip, sh_.fpu.fip);
+  cmp("fpu.fcs", real_.fpu.fcs, sh_.fpu.fcs);
+  cmp("fpu.fdp", real_.fpu.fdp, sh_.fpu.fdp);
+  cmp("fpu.fds", real_.fpu.fds, sh_.fpu.fds);
   cmp("msr.kvm_system_time", real_.msr.kvm_system_time, sh_.msr.kvm_system_time);
   cmp("msr.kvm_wall_clock", real_.msr.kvm_wall_clock, sh_.msr.kvm_wall_clock);
   // The x87 registers by physical index, the MMX registers' home: the 80

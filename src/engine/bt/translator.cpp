@@ -66,16 +66,16 @@ HostDefines probe_host_defines() {
     for (int sz = 0; sz < 3; sz++) {
       auto sh = [&](auto t) {
         using T = decltype(t);
-        return same([&](u32& f) { arith::shl<T>(T(a), c, f); }) &&
-               same([&](u32& f) { arith::shr<T>(T(a), c, f); }) &&
-               same([&](u32& f) { arith::sar<T>(T(a), c, f); });
+        return same([&](u32& f) { arith::shl_imm<T>(T(a), c, f); }) &&
+               same([&](u32& f) { arith::shr_imm<T>(T(a), c, f); }) &&
+               same([&](u32& f) { arith::sar_imm<T>(T(a), c, f); });
       };
       h.shift_imm &= sz == 0 ? sh(u8()) : sz == 1 ? sh(u16()) : sh(u32());
     }
-    h.dshift_imm &= same([&](u32& f) { arith::shld<u16>(u16(a), u16(b), c, f); }) &&
-              same([&](u32& f) { arith::shrd<u16>(u16(a), u16(b), c, f); }) &&
-              same([&](u32& f) { arith::shld<u32>(a, b, c, f); }) &&
-              same([&](u32& f) { arith::shrd<u32>(a, b, c, f); });
+    h.dshift_imm &= same([&](u32& f) { arith::shld_imm<u16>(u16(a), u16(b), c, f); }) &&
+              same([&](u32& f) { arith::shrd_imm<u16>(u16(a), u16(b), c, f); }) &&
+              same([&](u32& f) { arith::shld_imm<u32>(a, b, c, f); }) &&
+              same([&](u32& f) { arith::shrd_imm<u32>(a, b, c, f); });
     h.bsf &= same([&](u32& f) { arith::bsf<u32>(a, b, f); }) &&
            same([&](u32& f) { arith::bsr<u16>(u16(a), u16(b), f); });
     h.imul &= same([&](u32& f) { arith::imul2<u32>(a, b, f); }) &&
@@ -263,6 +263,7 @@ bool is_callout_only(const Insn& i) {
 void Emitter::begin(Block& b, const u8* page, const Stubs& stubs, const u8* page2, u32 max_insns) {
   max_insns_ = max_insns;
   slows_.clear();
+  x87_ools_.clear();
   // References into it are kept while a block is emitted: never reallocate
   // (at most three slow paths per instruction).
   if (slows_.capacity() < size_t(max_insns_) * 3 + 8) slows_.reserve(size_t(max_insns_) * 3 + 8);
@@ -514,6 +515,7 @@ void Emitter::run(u32 max_insns) {
     call_site(s.site, parked);  // the stub saves the flags unless parked
     jmp_back(s.done);
   }
+  x87_emit_ools();
   if (page2_) {
     bind(stale1);
     bind(stale2);

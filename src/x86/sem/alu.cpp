@@ -98,11 +98,36 @@ template <typename T> void h_dec_r(Cpu& c, const Insn& i) {
 
 // Group 2 shifts/rotates. Count source: 0 = imm8, 1 = constant 1, 2 = CL.
 enum ShK { S_ROL, S_ROR, S_RCL, S_RCR, S_SHL, S_SHR, S_SAL, S_SAR };
+// (By an immediate or by 1: the host's immediate form, whose undefined flags
+// may differ from the CL form's; and on memory, as a memory operand, whose
+// may differ from a register's: see arith.h.)
 template <typename T>
-inline T do_shift(unsigned k, T a, u8 n, u32& fl, bool imm_reg) {  // count 0 changes nothing (host preload)
+inline T do_shift(unsigned k, T a, u8 n, bool imm, bool mem, u32& fl) {  // count 0 changes nothing (host preload)
+  if (imm) {
+    switch (k) {
+      case S_ROL: return rol_imm(a, n, fl, mem);
+      case S_ROR: return ror_imm(a, n, fl, mem);
+      case S_RCL: return rcl_imm(a, n, fl, mem);
+      case S_RCR: return rcr_imm(a, n, fl, mem);
+      case S_SHL: case S_SAL: return shl_imm(a, n, fl, mem);
+      case S_SHR: return shr_imm(a, n, fl, mem);
+      default: return sar_imm(a, n, fl, mem);
+    }
+  }
+  if (mem) {
+    switch (k) {
+      case S_ROL: return rol_m(a, n, fl);
+      case S_ROR: return ror_m(a, n, fl);
+      case S_RCL: return rcl_m(a, n, fl);
+      case S_RCR: return rcr_m(a, n, fl);
+      case S_SHL: case S_SAL: return shl_m(a, n, fl);
+      case S_SHR: return shr_m(a, n, fl);
+      default: return sar_m(a, n, fl);
+    }
+  }
   switch (k) {
-    case S_ROL: return imm_reg ? rol_imm(a, n, fl) : rol(a, n, fl);  // (arith.h: OF differs by form)
-    case S_ROR: return imm_reg ? ror_imm(a, n, fl) : ror(a, n, fl);
+    case S_ROL: return rol(a, n, fl);
+    case S_ROR: return ror(a, n, fl);
     case S_RCL: return rcl(a, n, fl);
     case S_RCR: return rcr(a, n, fl);
     case S_SHL: case S_SAL: return shl(a, n, fl);
@@ -118,7 +143,7 @@ template <int Src, typename T> void h_shift(Cpu& c, const Insn& i) {
     if (i.mem) c.read<T>(i.seg, c.ea(i));
     return;
   }
-  rmw<T>(c, i, [&](T a, u32& f) { return do_shift<T>(k, a, n, f, Src == 0 && !i.mem); });
+  rmw<T>(c, i, [&](T a, u32& f) { return do_shift<T>(k, a, n, Src != 2, i.mem, f); });
 }
 
 template <bool Left, bool Cl, typename T> void h_dshift(Cpu& c, const Insn& i) {
@@ -128,7 +153,10 @@ template <bool Left, bool Cl, typename T> void h_dshift(Cpu& c, const Insn& i) {
     if (i.mem) c.read<T>(i.seg, c.ea(i));
     return;
   }
-  rmw<T>(c, i, [&](T a, u32& f) { return Left ? shld(a, b, n, f) : shrd(a, b, n, f); });
+  rmw<T>(c, i, [&](T a, u32& f) {
+    if (!Cl) return Left ? shld_imm(a, b, n, f) : shrd_imm(a, b, n, f);
+    return Left ? shld(a, b, n, f) : shrd(a, b, n, f);
+  });
 }
 
 // MUL/IMUL/DIV/IDIV on the accumulator pair.

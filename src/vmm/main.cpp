@@ -249,6 +249,9 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   run->add_flag("!--bt-no-adaptive", cfg.bt.adaptive,
                 "bt: do not retranslate instructions that keep taking the slow path");
+  run->add_option("--bt-cold-visits", cfg.bt.cold_visits,
+                  "bt: visits of a block the interpreter runs before it is translated (1-15)")
+      ->capture_default_str();
   run->add_flag("!--bt-no-tiered", cfg.bt.tiered,
                 "bt: translate a block the first time it runs (by default the interpreter runs "
                 "its first visit: code that runs once costs less so)");

@@ -29,7 +29,6 @@ namespace {
 // Tiered translation: a block entry runs in the interpreter this many times
 // before it is translated (a boot runs a third of its block entries once;
 // 1-5 measured alike).
-constexpr u64 kColdVisits = 1;
 
 // The engine whose generated code runs on this thread (its direct accesses
 // may fault into its slow paths).
@@ -219,7 +218,11 @@ Bt::Bt(CpuState& s, mem::PhysMem& pm, Platform& plat, const BtOptions& opt)
     uwin_ = true;
   }
   sync_direct_base();
-  if (opt_.tiered) seen_.assign(kSeenSize, ~u64(0));
+  if (opt_.tiered) {
+    if (opt_.cold_visits < 1 || opt_.cold_visits > 15)
+      throw Error("bt: --bt-cold-visits must be 1 to 15 (--bt-no-tiered translates at the first visit)");
+    seen_.assign(kSeenSize, 0);
+  }
   if (opt_.fastmem || uwin_) install_segv_handler();
   const intptr_t tlb_off =
       reinterpret_cast<const char*>(mmu_.tlb(false)) - reinterpret_cast<const char*>(rt_);
@@ -1012,13 +1015,23 @@ Block* Bt::cached_block(u64 pa, u32 cs_base, u32 eip, u32 mode, bool may_transla
     if (opt_.tiered) {
       // Seen before? (A fingerprint of the key, in a slot chosen by it.)
       const u64 k = (pa * 0x9E3779B97F4A7C15ull) ^ (u64(mode) << 7) ^ (u64(cs_base) * 0xC2B2AE3D27D4EB4Full) ^ eip;
-      u64& slot = seen_[(k >> 40) & (kSeenSize - 1)];
-      if ((slot & ~u64(7)) != (k & ~u64(7))) slot = k & ~u64(7);
-      if ((slot & 7) < kColdVisits) {
-        slot++;
+      const u64 fp = (k & ~u64(15)) | 16;  // never 0: a free entry is 0
+      const size_t set = size_t(k >> 40) & (kSeenSize - 1) & ~size_t(1);
+      u64* slot = &seen_[set];
+      if ((*slot & ~u64(15)) != fp) {
+        u64* other = &seen_[set + 1];
+        if ((*other & ~u64(15)) == fp) slot = other;
+        else {
+          if ((*other & 15) < (*slot & 15)) slot = other;  // the colder one goes
+          *slot = fp;
+        }
+      }
+      if ((*slot & 15) < opt_.cold_visits) {
+        ++*slot;
         cold_ = true;
         return nullptr;
       }
+      *slot = 0;  // translated from now on: the entry is free
     }
     b = translate(eip, pa, mode);
   }

@@ -33,7 +33,9 @@ struct BtOptions {
   bool chain = true;           // patch direct jumps between blocks; inline indirect lookup
   bool translate = true;       // false: every instruction through the interpreter
   std::string interp_groups;   // comma list of instruction groups left to the interpreter
-  size_t code_cache_mb = 64;
+  // Reserved, not resident: pages are populated as translation reaches them.
+  // A compile (zlib's make in the Debian guest) filled 64 MiB 92 times.
+  size_t code_cache_mb = 256;
   bool adaptive = true;        // retranslate instructions that keep taking the slow path
   bool lockstep = false;       // run interp beside and compare at every block boundary
   bool perf_map = false;       // name translations in /tmp/perf-PID.map (perf's JIT map)
@@ -54,9 +56,11 @@ struct BtOptions {
   u64 user_window_claim = u64(4) << 20;
   // Pages the window maps at most (one more empties it); tests make it small.
   u64 user_window_cap = mem::Mmu::kWindowCap;
-  // Interpret a block the first time it is reached; translate it the second
-  // (most of a boot's kernel code runs once: translating it costs more).
+  // Interpret a block the first `cold_visits` times it is reached; translate
+  // it at the next (most of a boot's kernel code runs once, and much of a
+  // compiler's a few times: translating it costs more than interpreting it).
   bool tiered = true;
+  unsigned cold_visits = 1;  // 1..15
   // Memory operands first compare their address with the page they last
   // hit (a memo, mem::Mmu): no TLB load on the address chain. In loops of
   // user-mode code (default: a memo pays only where an access runs many
@@ -382,10 +386,12 @@ class Bt final : public Engine, public mem::CodeWatcher, public mem::TlbListener
   // Blocks: all live objects (freed at cache flush), the lookup map, and per
   // physical page the blocks translated from it.
   std::vector<bt::Block*> blocks_;
-  // Block entries reached once (tiered translation): fingerprints of their
-  // keys, direct-mapped; a collision only makes a block translate early.
+  // Block entries reached but not translated yet (tiered translation):
+  // fingerprints of their keys with the visits so far in the low 4 bits,
+  // two-way set-associative (a set's colder entry makes room); a collision
+  // only makes a block wait longer for its translation.
   big_vector<u64> seen_;
-  static constexpr size_t kSeenSize = size_t(1) << 16;
+  static constexpr size_t kSeenSize = size_t(1) << 18;
   bool cold_ = false;  // cached_block found the block not reached before
   // Blocks and callout sites live in arena_ (destroyed and reused at flush).
   bt::Arena arena_;

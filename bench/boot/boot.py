@@ -16,6 +16,9 @@ e.g. --engines bt,bt-nopv,interp,interp-nopv (or --engines bt,interp
 --paravirt) compares boots with and without the paravirtual interface in one
 run and prints the ratios.
 
+On a host with a fast KVM: --engines kvm,qemu-kvm,bt (qemu-kvm: qemu-system-i386
+-accel kvm with the same CPU model).
+
 Usage: bench/boot/run.sh [--engines bt,interp,qemu] [--paravirt] [--runs N] [--popek PATH]
                          [--timeout S] [--memory M] [--qemu-cpu MODEL] [--keep-logs DIR]
 Exit status 1 if some run did not reach the marker and power off.
@@ -52,7 +55,7 @@ def main():
         both = []
         for e in want:
             both.append(e)
-            if e != "qemu" and not e.endswith(B.NOPV) and e + B.NOPV not in want:
+            if not B.is_qemu(e) and not e.endswith(B.NOPV) and e + B.NOPV not in want:
                 both.append(e + B.NOPV)
         args.engines = ",".join(both)
     kernel, initrd = B.check_guest()
@@ -83,7 +86,7 @@ def main():
     print()
     rows = []
     for e in engines:
-        name = e if e == "qemu" else f"popek {e}"
+        name = e if B.is_qemu(e) else f"popek {e}"
         mips = B.median(r.mips for r in runs[e])
         insns = B.median(r.insns for r in runs[e])
         rows.append([name, B.fmt(med[e][0]), B.fmt(med[e][1]),
@@ -104,11 +107,16 @@ def main():
         B.table([[f"popek {e} / popek {e}{B.NOPV}", B.fmt_ratio(B.ratio(med[e][0], med[e + B.NOPV][0])),
                   B.fmt_ratio(B.ratio(med[e][1], med[e + B.NOPV][1]))] for e in pairs],
                 ["with / without the paravirtual interface", "to READY", "to power-off"], ["<", ">", ">"])
+    if "kvm" in engines and "qemu-kvm" in engines:
+        print()
+        B.table([["popek kvm / qemu-kvm", B.fmt_ratio(B.ratio(med["kvm"][0], med["qemu-kvm"][0])),
+                  B.fmt_ratio(B.ratio(med["kvm"][1], med["qemu-kvm"][1]))]],
+                ["ratio of medians (both on KVM)", "to READY", "to power-off"], ["<", ">", ">"])
     if "qemu" in engines:
         print()
         rows = []
         for e in engines:
-            if e == "qemu":
+            if B.is_qemu(e):
                 continue
             rr = B.ratio(med[e][0], med["qemu"][0])
             ro = B.ratio(med[e][1], med["qemu"][1])
@@ -127,7 +135,7 @@ def main():
         # Console lines that look like trouble and differ from QEMU's (first runs).
         ref = flagged(runs["qemu"][0])
         for e in engines:
-            if e == "qemu":
+            if B.is_qemu(e):
                 continue
             mine = flagged(runs[e][0])
             only_mine = [t for t in mine if t not in ref]

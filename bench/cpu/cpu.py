@@ -217,9 +217,9 @@ def report(args, engines, results, fails, clock, note, warns=()):
             if worst:
                 skew[e, k] = worst
 
-    popeks = [e for e in engines if e != "qemu"]
+    popeks = [e for e in engines if not B.is_qemu(e)]
     has_q = "qemu" in engines
-    label = {"native": "native", "qemu": "QEMU"}
+    label = {"native": "native", "qemu": "QEMU", "qemu-kvm": "QEMU-KVM"}
     for e in popeks:
         label[e] = f"popek {e}"
     header = ["part", "iters"] + [f"{label[c]} s" for c in cols]

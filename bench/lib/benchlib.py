@@ -43,7 +43,14 @@ POWEROFF_GRACE = 30  # seconds from that line to the power-off before giving up
 # (glibc picks string functions by CPUID) run the same code under both.
 QEMU_MACHINE = ["-M", "isapc"]
 QEMU_CPU = "qemu32,-apic,-pae,-mce,-fxsr,-sse,-sse2,-pni,-hypervisor"
-ALL_ENGINES = ["bt", "interp", "qemu"]
+ALL_ENGINES = ["bt", "interp", "kvm", "qemu", "qemu-kvm"]
+# The peers: QEMU's software CPU (TCG), and QEMU on KVM (for popek's kvm engine
+# on a host whose KVM is fast: `--engines kvm,qemu-kvm`).
+QEMU_PEERS = ("qemu", "qemu-kvm")
+
+
+def is_qemu(engine):
+    return engine in QEMU_PEERS
 NOACPI = "-noacpi"  # suffix: the engine with --no-acpi
 NOPV = "-nopv"      # suffix: the engine with --no-paravirt (no kvm-clock)
 NOX87 = "-nox87"    # suffix: bt with --bt-no-inline-x87 (every x87 instruction a callout)
@@ -121,20 +128,22 @@ def select_engines(args):
     """Parses --engines; returns (engines available, popek path or None)."""
     want = [e.strip() for e in args.engines.split(",") if e.strip()]
     for e in want:
-        if base_engine(e) not in ALL_ENGINES or (base_engine(e) == "qemu" and e != "qemu"):
+        if base_engine(e) not in ALL_ENGINES or (is_qemu(base_engine(e)) and not is_qemu(e)):
             die(f"unknown engine '{e}' (known: {', '.join(ALL_ENGINES)}, and popek's with the "
                 f"suffixes {' '.join(SUFFIX_FLAGS)})")
     popek = None
     known = set()
     have = []
-    if any(e != "qemu" for e in want):
+    if any(not is_qemu(e) for e in want):
         popek = find_popek(args.popek)
         known = popek_engines(popek)
         for e in want:
-            if e != "qemu" and base_engine(e) not in known:
+            if not is_qemu(e) and base_engine(e) not in known:
                 log(f"{popek} has no --engine {e} (its help lists: {', '.join(sorted(known))}); skipped")
     for e in want:
-        if e == "qemu":
+        if e == "qemu-kvm" and not os.access("/dev/kvm", os.R_OK | os.W_OK):
+            log("no usable /dev/kvm; qemu-kvm skipped")
+        elif is_qemu(e):
             if shutil.which("qemu-system-i386"):
                 have.append(e)
             else:
@@ -187,8 +196,9 @@ def compiler():
 
 # ---------------------------------------------------------------- one guest run
 def guest_cmd(engine, popek, kernel, initrd, append, memory, qemu_cpu):
-    if engine == "qemu":
-        return (["qemu-system-i386", "-accel", "tcg"] + QEMU_MACHINE +
+    if is_qemu(engine):
+        accel = "kvm" if engine == "qemu-kvm" else "tcg"
+        return (["qemu-system-i386", "-accel", accel] + QEMU_MACHINE +
                 ["-cpu", qemu_cpu, "-m", memory, "-nographic", "-no-reboot",
                  "-kernel", kernel, "-initrd", initrd, "-append", append])
     return [popek, "run", "--engine", base_engine(engine), "--kernel", kernel, "--initrd", initrd,
@@ -225,7 +235,7 @@ class GuestRun:
             return f"no {READY} (exit status {self.status})"
         if self.off is None:
             return f"no power-off (exit status {self.status}; console ends: {tail})"
-        if self.engine != "qemu" and self.status != 0:
+        if not is_qemu(self.engine) and self.status != 0:
             return f"popek exited with status {self.status} after the power-off"
         return ""
 
@@ -274,7 +284,7 @@ def run_guest(engine, popek, kernel, initrd, args, run_path, append_extra="", ke
             if m:
                 r.run_done, r.run_status = t, int(m.group(1))
                 deadline = min(deadline, time.monotonic() + POWEROFF_GRACE)
-        if r.off is not None and engine == "qemu":
+        if r.off is not None and is_qemu(engine):
             break  # QEMU halts without exiting
     # QEMU halts without exiting, and anything past its time is stopped; popek
     # exits by itself after the power-off (given 30 s).
@@ -285,7 +295,7 @@ def run_guest(engine, popek, kernel, initrd, args, run_path, append_extra="", ke
             os.kill(p.pid, sig)
         except ProcessLookupError:
             pass
-    if engine == "qemu" or r.timed_out or r.off is None:
+    if is_qemu(engine) or r.timed_out or r.off is None:
         signal(15)
     grace = time.monotonic() + 30
     while True:

@@ -298,10 +298,8 @@ void Kvm::set_cpuid() {
   // The paravirtual leaves announce what popek's model and this KVM both
   // have (KVM implements them here, not popek); none if KVM does not say.
   u32 pv_features = 0;
-  if (pv_ && supported_pv_features(&pv_features)) pv_features &= pv::kFeatures;
-  else if (pv_)
-    std::fprintf(stderr, "popek: kvm: this KVM does not say which paravirtual features it supports "
-                         "(KVM_GET_SUPPORTED_CPUID): CPUID announces none\n");
+  const bool pv_unknown = pv_ && !supported_pv_features(&pv_features);
+  pv_features &= pv::kFeatures;
   const bool pv_leaves = pv_features != 0;
   const u32 max_basic = cpuid(0, 0).eax;
   for (u32 leaf = 0; leaf <= max_basic; leaf++) {
@@ -348,6 +346,9 @@ void Kvm::set_cpuid() {
   }
   cpuid_set_ = true;
   pv_features_ = pv_features;
+  if (pv_unknown)
+    std::fprintf(stderr, "popek: kvm: this KVM does not say which paravirtual features it supports "
+                         "(KVM_GET_SUPPORTED_CPUID): CPUID announces none\n");
   // KVM then refuses the paravirtual MSRs and hypercalls the CPUID does not
   // announce, as interp/bt do (without it KVM serves them all, announced or
   // not).

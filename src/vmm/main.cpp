@@ -312,8 +312,10 @@ int main(int argc, char** argv) {
                 "\"KVMKVMKVM\", kvm-clock (MSRs 0x4b564d00/01 and 0x11/0x12, stable TSC: no "
                 "calibration against the PIT), no-op port-0x80 delays, and VMCALL/VMMCALL "
                 "hypercalls (KVM_HC_VAPIC_POLL_IRQ, KVM_HC_CLOCK_PAIRING; others -KVM_ENOSYS). "
-                "Not provided: steal time, PV EOI, async page faults, PV spinlocks. The kvm "
-                "engine does not offer it");
+                "Not provided: steal time, PV EOI, async page faults, PV spinlocks. On kvm "
+                "the interface is KVM's own: popek lets the kvm-clock MSRs through to KVM and "
+                "announces the features KVM supports (where KVM takes popek's CPUID); VMCALL "
+                "is KVM's with or without it");
   // Paravirtual devices (virtio over PCI); see src/machine/virtio_board.h.
   std::vector<std::string> drives, netdevs;
   run->add_option("--drive", drives,

@@ -45,14 +45,14 @@ namespace {
 // written, the version goes even. The guest cannot run in between here (one
 // vCPU, updates happen inside one instruction), but the protocol is what the
 // guest checks, so the final version must differ from what it saw before.
-void write_time_info(Cpu& c, u64 gpa) {
+void write_time_info(const CpuState& s, Platform& plat, u64 gpa) {
   u32 old = 0;
-  if (!c.plat.read_phys(gpa, &old, 4)) return;  // not RAM: KVM ignores it too
-  const u64 now = c.plat.tsc();
-  PvclockVcpuTimeInfo t = time_info(next_version(old) - 1, now, now + c.s.msr.tsc_offset);
-  if (!c.plat.write_phys(gpa, &t, sizeof t)) return;
+  if (!plat.read_phys(gpa, &old, 4)) return;  // not RAM: KVM ignores it too
+  const u64 now = plat.tsc();
+  PvclockVcpuTimeInfo t = time_info(next_version(old) - 1, now, now + s.msr.tsc_offset);
+  if (!plat.write_phys(gpa, &t, sizeof t)) return;
   t.version++;
-  c.plat.write_phys(gpa, &t.version, 4);
+  plat.write_phys(gpa, &t.version, 4);
 }
 
 void write_wall_clock(Cpu& c, u64 gpa) {
@@ -89,9 +89,11 @@ void write_msr(Cpu& c, u32 index, u64 v) {
   }
 }
 
-void update_clock(Cpu& c) {
-  const u64 v = c.s.msr.kvm_system_time;
-  if (v & 1) write_time_info(c, v & ~u64(1));
+void update_clock(Cpu& c) { update_clock(c.s, c.plat); }
+
+void update_clock(CpuState& s, Platform& plat) {
+  const u64 v = s.msr.kvm_system_time;
+  if (v & 1) write_time_info(s, plat, v & ~u64(1));
 }
 
 void hypercall(Cpu& c) {

@@ -17,6 +17,8 @@
 
 namespace popek::x86 {
 class Cpu;
+class Platform;
+struct CpuState;
 struct CpuidResult;
 }  // namespace popek::x86
 
@@ -109,6 +111,10 @@ void write_msr(Cpu& c, u32 index, u64 value);
 // Rewrites the guest's pvclock structure if kvm-clock is on (after the guest
 // TSC's offset changed).
 void update_clock(Cpu& c);
+// The same for a CpuState outside any Cpu (the kvm engine handing the
+// guest to interp/bt: KVM's structure holds KVM's TSC scale, popek's own
+// replaces it).
+void update_clock(CpuState& s, Platform& plat);
 // VMCALL / VMMCALL.
 void hypercall(Cpu& c);
 

@@ -20,6 +20,7 @@
 #include "engine/kvm/kvm_sys.h"
 #include "x86/cpuid.h"
 #include "x86/disasm.h"
+#include "x86/paravirt.h"
 
 namespace popek::engine {
 
@@ -129,6 +130,7 @@ void Kvm::create_vm() {
     throw Error("--engine kvm: " + errstr("KVM_SET_IDENTITY_MAP_ADDR"));
   if (xioctl(vm_fd_, KVM_SET_TSS_ADDR, 0xFFFBD000ul) < 0)
     throw Error("--engine kvm: " + errstr("KVM_SET_TSS_ADDR"));
+  pv_ = plat_.paravirt();
   map_memory();
   set_msr_filter();
   vcpu_fd_ = xioctl(vm_fd_, KVM_CREATE_VCPU, 0ul);
@@ -224,6 +226,10 @@ bool Kvm::read_dirty_log(Fn fn) {
 }
 
 void Kvm::switch_out() {
+  // kvm-clock: KVM's structure describes KVM's TSC; interp and bt need
+  // popek's (its 1 GHz TSC) in its place.
+  if (carry_pv_msrs()) pv::update_clock(s_, plat_);
+  else warn_pv_uncarried("leaves kvm");
   // The guest's stores went to RAM through KVM's mapping, which PhysMem
   // does not see: tell it now (code derived from those pages goes; a
   // running dirty log of PhysMem's records them).
@@ -248,12 +254,24 @@ void Kvm::switch_out() {
 
 void Kvm::switch_in() {
   switches_in_++;
+  clock_set_ = false;        // KVM's kvm-clock continues the VirtualClock
+  system_time_set_ = false;  // and KVM rewrites the structure (the MSR again)
   have_pulled_ = false;  // the next run() loads everything (and resets KVM's MMU context)
   tsc_set_ = false;      // and the TSC: the VirtualClock went on meanwhile
   // bt's direct stores (paging off) keep code pages read-only in the host
   // mapping, which KVM's mapping of the guest's RAM is.
   pm_.set_code_write_protect(false);
   if (dirty_log_ && !read_dirty_log([](u64) {})) dirty_log_ = false;  // a fresh log
+}
+
+void Kvm::warn_pv_uncarried(const char* when) {
+  if (!pv_msrs_ || carry_pv_msrs() || pv_uncarried_warned_) return;
+  pv_uncarried_warned_ = true;
+  std::fprintf(stderr,
+               "popek: kvm: the guest %s, but this KVM's kvm-clock MSRs cannot be read or written by popek "
+               "(KVM_GET/SET_MSRS refused): a kvm-clock the guest turned on is not carried across (its time "
+               "would be wrong); use --no-paravirt to switch engines with such a guest\n",
+               when);
 }
 
 CpuState Kvm::vcpu_state() {
@@ -277,9 +295,15 @@ void Kvm::set_cpuid() {
   // except that popek answers every extended leaf with zeros, so those get
   // explicit zero entries.
   std::vector<kvm_cpuid_entry2> e;
+  // The paravirtual leaves announce what popek's model and this KVM both
+  // have (KVM implements them here, not popek); none if KVM does not say.
+  u32 pv_features = 0;
+  const bool pv_unknown = pv_ && !supported_pv_features(&pv_features);
+  pv_features &= pv::kFeatures;
+  const bool pv_leaves = pv_features != 0;
   const u32 max_basic = cpuid(0, 0).eax;
   for (u32 leaf = 0; leaf <= max_basic; leaf++) {
-    CpuidResult r = cpuid(leaf, 0);
+    CpuidResult r = cpuid(leaf, 0, pv_leaves);
     kvm_cpuid_entry2 k{};
     k.function = leaf;
     k.eax = r.eax; k.ebx = r.ebx; k.ecx = r.ecx; k.edx = r.edx;
@@ -294,6 +318,17 @@ void Kvm::set_cpuid() {
       e.push_back(k);
     }
   };
+  if (pv_leaves) {
+    kvm_cpuid_entry2 k{};
+    const CpuidResult sig = cpuid(pv::kCpuidSignature, 0, true);
+    k.function = pv::kCpuidSignature;
+    k.eax = sig.eax; k.ebx = sig.ebx; k.ecx = sig.ecx; k.edx = sig.edx;
+    e.push_back(k);
+    k = {};
+    k.function = pv::kCpuidFeatures;
+    k.eax = pv_features;  // no hints (EDX), as on interp/bt
+    e.push_back(k);
+  }
   zeros(0x80000000u, 0x20);
   zeros(0xC0000000u, 0x8);
   std::vector<u8> buf(sizeof(kvm_cpuid2) + e.size() * sizeof(kvm_cpuid_entry2));
@@ -310,6 +345,44 @@ void Kvm::set_cpuid() {
     return;
   }
   cpuid_set_ = true;
+  pv_features_ = pv_features;
+  if (pv_unknown)
+    std::fprintf(stderr, "popek: kvm: this KVM does not say which paravirtual features it supports "
+                         "(KVM_GET_SUPPORTED_CPUID): CPUID announces none\n");
+  // KVM then refuses the paravirtual MSRs and hypercalls the CPUID does not
+  // announce, as interp/bt do (without it KVM serves them all, announced or
+  // not).
+  if (xioctl(sys_fd_, KVM_CHECK_EXTENSION, (unsigned long)KVM_CAP_ENFORCE_PV_FEATURE_CPUID) > 0) {
+    kvm_enable_cap cap{};
+    cap.cap = KVM_CAP_ENFORCE_PV_FEATURE_CPUID;
+    cap.args[0] = 1;
+    pv_enforced_ = xioctl(vcpu_fd_, KVM_ENABLE_CAP, &cap) == 0;
+  }
+}
+
+bool Kvm::supported_pv_features(u32* eax) {
+  for (u32 n = 128; n <= 4096; n *= 2) {
+    std::vector<u8> buf(sizeof(kvm_cpuid2) + n * sizeof(kvm_cpuid_entry2));
+    auto* c = reinterpret_cast<kvm_cpuid2*>(buf.data());
+    c->nent = n;
+    if (xioctl(sys_fd_, KVM_GET_SUPPORTED_CPUID, c) < 0) {
+      if (errno == E2BIG) continue;
+      return false;
+    }
+    for (u32 i = 0; i < c->nent; i++)
+      if (c->entries[i].function == pv::kCpuidFeatures) {
+        *eax = c->entries[i].eax;
+        return true;
+      }
+    return false;
+  }
+  return false;
+}
+
+bool Kvm::carry_pv_msrs() const {
+  // KVM_GET/SET_MSRS of the kvm-clock MSRs work (with the PV CPUID
+  // enforced, only when CLOCKSOURCE2 is announced).
+  return pv_msrs_ && msr_ioctls_ && (!pv_enforced_ || (pv_features_ & pv::KVM_FEATURE_CLOCKSOURCE2));
 }
 
 void Kvm::set_msr_filter() {
@@ -323,14 +396,22 @@ void Kvm::set_msr_filter() {
   cap.cap = KVM_CAP_X86_USER_SPACE_MSR;
   cap.args[0] = KVM_MSR_EXIT_REASON_FILTER | KVM_MSR_EXIT_REASON_UNKNOWN | KVM_MSR_EXIT_REASON_INVAL;
   if (xioctl(vm_fd_, KVM_ENABLE_CAP, &cap) < 0) return;
-  static u8 tsc_bits = 1, sysenter_bits = 7;
+  static u8 tsc_bits = 1, sysenter_bits = 7, pair_bits = 3;
   kvm_msr_filter f{};
   f.flags = KVM_MSR_FILTER_DEFAULT_DENY;
   f.ranges[0] = {KVM_MSR_FILTER_READ | KVM_MSR_FILTER_WRITE, 1, kvm::kMsrTsc, &tsc_bits};
   f.ranges[1] = {KVM_MSR_FILTER_READ | KVM_MSR_FILTER_WRITE, 3, kvm::kMsrSysenterCs, &sysenter_bits};
+  // With the paravirtual interface, kvm-clock is KVM's: its structure must
+  // describe the TSC the guest reads here, which is KVM's, not popek's 1 GHz
+  // one. Without it the MSRs exit to popek's model and #GP.
+  if (pv_) {
+    f.ranges[2] = {KVM_MSR_FILTER_READ | KVM_MSR_FILTER_WRITE, 2, pv::MSR_KVM_WALL_CLOCK, &pair_bits};
+    f.ranges[3] = {KVM_MSR_FILTER_READ | KVM_MSR_FILTER_WRITE, 2, pv::MSR_KVM_WALL_CLOCK_NEW, &pair_bits};
+  }
   if (xioctl(vm_fd_, KVM_X86_SET_MSR_FILTER, &f) < 0)
     throw Error("--engine kvm: " + errstr("KVM_X86_SET_MSR_FILTER"));
   msr_filter_ = true;
+  pv_msrs_ = pv_;
 }
 
 // ---------------------------------------------------------------------------
@@ -353,7 +434,8 @@ void Kvm::push_state() {
       std::memcmp(&k.fpu, &pulled_.fpu, sizeof k.fpu) == 0 &&
       std::memcmp(&k.events, &pulled_.events, sizeof k.events) == 0 &&
       k.sysenter_cs == pulled_.sysenter_cs && k.sysenter_esp == pulled_.sysenter_esp &&
-      k.sysenter_eip == pulled_.sysenter_eip && s_.msr.tsc_offset == tsc_offset_seen_) {
+      k.sysenter_eip == pulled_.sysenter_eip && s_.msr.tsc_offset == tsc_offset_seen_ &&
+      (!carry_pv_msrs() || (system_time_set_ && s_.msr.kvm_system_time == system_time_seen_))) {
     pushes_skipped_++;
     return;
   }
@@ -361,6 +443,15 @@ void Kvm::push_state() {
   if (xioctl(vcpu_fd_, KVM_SET_REGS, &k.regs) < 0) fail(errstr("KVM_SET_REGS"));
   if (xioctl(vcpu_fd_, KVM_SET_FPU, &k.fpu) < 0) fail(errstr("KVM_SET_FPU"));
   if (xioctl(vcpu_fd_, KVM_SET_VCPU_EVENTS, &k.events) < 0) fail(errstr("KVM_SET_VCPU_EVENTS"));
+  if (pv_msrs_ && !clock_set_) {
+    // kvm-clock's system_time is the VirtualClock's ns, as on interp/bt, so
+    // the guest's clock goes on across engine switches and restores.
+    clock_set_ = true;
+    kvm_clock_data cd{};
+    cd.clock = plat_.tsc();
+    if (xioctl(vm_fd_, KVM_SET_CLOCK, &cd) == 0) clock_sets_++;
+  }
+  if (!carry_pv_msrs() && (s_.msr.kvm_system_time & 1)) warn_pv_uncarried("comes to kvm with kvm-clock on");
   if (!msr_ioctls_) return;
   MsrBuf mb;
   kvm_msr_entry* e = mb.e();
@@ -372,6 +463,12 @@ void Kvm::push_state() {
     e[n++] = {kvm::kMsrTsc, 0, plat_.tsc() + s_.msr.tsc_offset};
     tsc_set_ = true;
     tsc_offset_seen_ = s_.msr.tsc_offset;
+  }
+  if (carry_pv_msrs() && (!system_time_set_ || s_.msr.kvm_system_time != system_time_seen_)) {
+    // KVM (re)writes the structure for its TSC on this write.
+    e[n++] = {pv::MSR_KVM_SYSTEM_TIME_NEW, 0, s_.msr.kvm_system_time};
+    system_time_set_ = true;
+    system_time_seen_ = s_.msr.kvm_system_time;
   }
   mb.hdr()->nmsrs = n;
   if (xioctl(vcpu_fd_, KVM_SET_MSRS, mb.hdr()) != int(n)) fail(errstr("KVM_SET_MSRS"));
@@ -393,12 +490,21 @@ void Kvm::pull_state() {
   }
   MsrBuf mb;
   kvm_msr_entry* e = mb.e();
-  mb.hdr()->nmsrs = 4;
+  const bool pv = carry_pv_msrs();
+  const u32 n = pv ? 6 : 4;
+  mb.hdr()->nmsrs = n;
   e[0].index = kvm::kMsrSysenterCs;
   e[1].index = kvm::kMsrSysenterEsp;
   e[2].index = kvm::kMsrSysenterEip;
   e[3].index = kvm::kMsrTsc;
-  if (xioctl(vcpu_fd_, KVM_GET_MSRS, mb.hdr()) != 4) fail(errstr("KVM_GET_MSRS"));
+  e[4].index = pv::MSR_KVM_SYSTEM_TIME_NEW;  // (KVM keeps one value for the old and new MSR)
+  e[5].index = pv::MSR_KVM_WALL_CLOCK_NEW;
+  if (xioctl(vcpu_fd_, KVM_GET_MSRS, mb.hdr()) != int(n)) fail(errstr("KVM_GET_MSRS"));
+  if (pv) {
+    s_.msr.kvm_system_time = e[4].data;
+    s_.msr.kvm_wall_clock = e[5].data;
+    system_time_seen_ = e[4].data;
+  }
   k.sysenter_cs = u32(e[0].data);
   k.sysenter_esp = u32(e[1].data);
   k.sysenter_eip = u32(e[2].data);
@@ -743,6 +849,11 @@ std::vector<std::pair<std::string, u64>> Kvm::stats() const {
       {"kvm.msr_filter", msr_filter_},
       {"kvm.cpuid_model_set", cpuid_set_},
       {"kvm.msr_ioctls", msr_ioctls_},
+      {"kvm.paravirt_msrs", pv_msrs_},
+      {"kvm.paravirt_features", pv_features_},
+      {"kvm.paravirt_enforced", pv_enforced_},
+      {"kvm.paravirt_msrs_carried", carry_pv_msrs()},
+      {"kvm.clock_sets", clock_sets_},
       {"kvm.runs", runs_},
       {"kvm.kicks", kicks_},
       {"kvm.input_kicks", input_kicks_},

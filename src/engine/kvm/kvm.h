@@ -95,6 +95,13 @@ class Kvm final : public Engine {
   // Whether KVM took popek's CPU model (KVM_SET_CPUID2) and carries MSRs.
   bool cpuid_model_set() const { return cpuid_set_; }
   bool msr_ioctls() const { return msr_ioctls_; }
+  // KVM's paravirtual interface (the board's Platform::paravirt()): KVM
+  // itself provides kvm-clock and the hypercalls; popek lets the kvm-clock
+  // MSRs through its filter and announces in CPUID the KVM_FEATURE_* bits
+  // both popek's model and this KVM have (pv_features(); 0 where KVM does
+  // not say what it supports, or where the CPUID could not be set).
+  bool paravirt_msrs() const { return pv_msrs_; }
+  u32 pv_features() const { return pv_features_; }
 
  protected:
   void kick() override;
@@ -105,6 +112,13 @@ class Kvm final : public Engine {
   void map_memory();
   void set_cpuid();
   void set_msr_filter();
+  // KVM_FEATURE_* bits (CPUID 0x40000001 EAX) this KVM supports; false if
+  // it does not say (KVM_GET_SUPPORTED_CPUID refused or without the leaf).
+  bool supported_pv_features(u32* eax);
+  // The kvm-clock MSRs go between the CpuState and KVM (KVM_GET/SET_MSRS).
+  bool carry_pv_msrs() const;
+  // Once: the guest's kvm-clock cannot be carried between KVM and popek here.
+  void warn_pv_uncarried(const char* when);
   void push_state();
   void pull_state();
   void remember_pulled();
@@ -150,6 +164,16 @@ class Kvm final : public Engine {
   int cpuid_error_ = 0;
   bool msr_ioctls_ = false;  // KVM_GET/SET_MSRS work (SYSENTER_*, TSC carried)
   bool tsc_scaled_ = false;
+  // The paravirtual interface (docs/paravirt.md, "On the kvm engine").
+  bool pv_ = false;          // the board has it on
+  bool pv_msrs_ = false;     // the kvm-clock MSRs pass the filter to KVM
+  u32 pv_features_ = 0;      // announced in CPUID 0x40000001 (when the CPUID is set)
+  bool pv_enforced_ = false; // KVM_CAP_ENFORCE_PV_FEATURE_CPUID on
+  bool clock_set_ = false;   // KVM_SET_CLOCK to the VirtualClock done (since switch_in)
+  u64 clock_sets_ = 0;
+  u64 system_time_seen_ = 0; // MSR_KVM_SYSTEM_TIME_NEW as KVM holds it (msr_ioctls_)
+  bool system_time_set_ = false;
+  bool pv_uncarried_warned_ = false;
   bool need_complete_ = false;  // the last exit's instruction waits for the next KVM_RUN
   void* timer_ = nullptr;       // a POSIX timer that signals this thread
   int vcpu_tid_ = 0;

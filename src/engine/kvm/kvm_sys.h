@@ -15,9 +15,9 @@ namespace popek::engine::kvm {
 
 using Clk = std::chrono::steady_clock;
 
-// kvm_msrs with room for four entries (it ends in a flexible array).
+// kvm_msrs with room for eight entries (it ends in a flexible array).
 struct MsrBuf {
-  alignas(kvm_msrs) u8 bytes[sizeof(kvm_msrs) + 4 * sizeof(kvm_msr_entry)] = {};
+  alignas(kvm_msrs) u8 bytes[sizeof(kvm_msrs) + 8 * sizeof(kvm_msr_entry)] = {};
   kvm_msrs* hdr() { return reinterpret_cast<kvm_msrs*>(bytes); }
   kvm_msr_entry* e() { return hdr()->entries; }
 };

@@ -18,6 +18,7 @@
 #include "engine/kvm/kvm.h"
 #include "engine/kvm/kvm_state.h"
 #include "x86/cpuid.h"
+#include "x86/paravirt.h"
 
 namespace popek::engine {
 namespace {
@@ -310,6 +311,72 @@ TEST(KvmEngine, CpuidIsPopeksModel) {
     EXPECT_EQ(plat.outs[4 * i + 2].second, r.ecx);
     EXPECT_EQ(plat.outs[4 * i + 3].second, r.edx);
   }
+}
+
+// With the paravirtual interface on, KVM provides it: the CPUID announces
+// KVM's signature and the features popek's model and this KVM share (where
+// KVM takes popek's CPUID), and kvm-clock's MSR reaches KVM, which fills in
+// the structure; the MSR's value comes back into the CpuState where KVM's
+// MSR ioctls work.
+struct PvTestPlatform : TestPlatform {
+  bool paravirt() override { return true; }
+};
+
+TEST(KvmEngine, ParavirtLeaves) {
+  REQUIRE_KVM();
+  mem::PhysMem pm(1 << 20);
+  CpuState s;
+  PvTestPlatform plat;
+  KvmOptions o;
+  o.calibrate = false;
+  Kvm k(s, pm, plat, o);
+  for (auto& [key, v] : k.stats())
+    if (key == "kvm.msr_filter") EXPECT_EQ(k.paravirt_msrs(), v != 0);  // with a filter, they pass it
+  if (!k.cpuid_model_set()) GTEST_SKIP() << "this KVM refuses KVM_SET_CPUID2: the guest sees its CPUID";
+  EXPECT_EQ(k.pv_features() & ~pv::kFeatures, 0u);
+  EXPECT_NE(k.pv_features() & pv::KVM_FEATURE_CLOCKSOURCE2, 0u) << "KVM without kvm-clock?";
+  const u32 leaves[] = {1, pv::kCpuidSignature, pv::kCpuidFeatures};
+  std::vector<u8> code;
+  for (u32 l : leaves) {
+    code.insert(code.end(), {0x66, 0xB8});
+    for (int i = 0; i < 4; i++) code.push_back(u8(l >> (8 * i)));
+    code.insert(code.end(), {0x66, 0x31, 0xC9, 0x0F, 0xA2, 0x66, 0xE7, 0xE0, 0x66, 0x89, 0xD8, 0x66, 0xE7, 0xE1,
+                             0x66, 0x89, 0xC8, 0x66, 0xE7, 0xE2, 0x66, 0x89, 0xD0, 0x66, 0xE7, 0xE3});
+  }
+  code.push_back(0xF4);
+  PvTestPlatform p2;
+  run_program(code, make_kvm, p2);
+  ASSERT_EQ(p2.outs.size(), 12u);
+  EXPECT_EQ(p2.outs[2].second & pv::kHypervisorBit, pv::kHypervisorBit);
+  EXPECT_EQ(p2.outs[4].second, pv::kCpuidFeatures);
+  EXPECT_EQ(p2.outs[5].second, pv::kSigEbx);
+  EXPECT_EQ(p2.outs[6].second, pv::kSigEcx);
+  EXPECT_EQ(p2.outs[7].second, pv::kSigEdx);
+  EXPECT_EQ(p2.outs[8].second, k.pv_features());
+}
+
+TEST(KvmEngine, ParavirtClockIsKvms) {
+  REQUIRE_KVM();
+  // mov ecx, MSR_KVM_SYSTEM_TIME_NEW; mov eax, 0x5001; xor edx, edx; wrmsr; hlt
+  const std::vector<u8> code = {0x66, 0xB9, 0x01, 0x4D, 0x56, 0x4B, 0x66, 0xB8, 0x01, 0x50, 0x00, 0x00,
+                                0x66, 0x31, 0xD2, 0x0F, 0x30, 0xF4};
+  PvTestPlatform plat;
+  std::vector<u8> ram;
+  bool carried = false;
+  CpuState s = run_program(code, [&](CpuState& st, mem::PhysMem& pm, Platform& pl) {
+    auto e = make_kvm(st, pm, pl);
+    carried = static_cast<Kvm&>(*e).paravirt_msrs() && static_cast<Kvm&>(*e).msr_ioctls();
+    if (!static_cast<Kvm&>(*e).paravirt_msrs()) ADD_FAILURE() << "kvm-clock's MSRs do not reach KVM (no MSR filter?)";
+    return e;
+  }, plat, &ram);
+  EXPECT_TRUE(s.halted);
+  pv::PvclockVcpuTimeInfo t;
+  std::memcpy(&t, ram.data() + 0x5000, sizeof t);
+  EXPECT_NE(t.version, 0u) << "KVM wrote no pvclock structure";
+  EXPECT_EQ(t.version & 1, 0u);
+  EXPECT_NE(t.tsc_to_system_mul, 0u);
+  if (carried) EXPECT_EQ(s.msr.kvm_system_time, 0x5001u);
+  else std::printf("KVM_GET_MSRS refused here: the MSR's value stays KVM's (not checked)\n");
 }
 
 // The same program on kvm and interp: same registers, memory, port writes

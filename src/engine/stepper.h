@@ -70,7 +70,10 @@ class Stepper final : public mem::CodeWatcher {
         cpu_.stop = x86::StopReason::none;
         inner();
         if (cpu_.stop == x86::StopReason::shutdown) return Exit::shutdown;
-        if (cpu_.stop == x86::StopReason::halt) return Exit::halt;
+        // HLT with an interrupt already deliverable (raised while IF was 0,
+        // then STI; HLT) wakes at once, as on a real CPU: the board must not
+        // see a CPU asleep with nothing to wake it (it would end the run).
+        if (cpu_.stop == x86::StopReason::halt && !event_ready()) return Exit::halt;
       } catch (const x86::Fault& f) {
         take_fault(f);
       } catch (const x86::Unimplemented& u) {

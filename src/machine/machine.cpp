@@ -668,6 +668,9 @@ RunResult Machine::run_loop() {
             return {Outcome::poweroff, 0, "guest powered off (halted with interrupts disabled)"};
           return {Outcome::halted, 6, "guest halted with interrupts disabled"};
         }
+        // An interrupt already waiting (the engine left it for the next run,
+        // which delivers it and wakes the CPU): nothing to wait for.
+        if (cpu_.intr_line || (cpu_.nmi_pending && !cpu_.nmi_blocked)) continue;
         u64 d = next_deadline();
         if (d == Timed::kNever && (!console_ || console_->eof()) && !has_io()) {
           // Console input read before the end of the input may still wait

@@ -19,7 +19,6 @@ Usage: bench/system/run.py [--popek PATH] [--engines bt,qemu,interp]
 import argparse
 import math
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -56,12 +55,7 @@ def measure(popek, engine, parts, stress_time, python_mods):
         if "stress" in parts:
             rates = []
             for s in STRESSORS:
-                name = s.split()[0]
-                status, out = vm.run(f"stress-ng --{name} 1 {' '.join(s.split()[1:])} --timeout {stress_time}"
-                                     f" --metrics-brief 2>&1 | grep -E ' {name} +[0-9]'", 600)
-                # metrics-brief: stressor, bogo ops, real time, usr time, sys time, bogo ops/s (real)
-                m = re.search(rf"\b{name}\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)", out)
-                rates.append(float(m.group(5)) if status == 0 and m and float(m.group(5)) > 0 else None)
+                rates.append(debianlib.stress_ng(vm, s, stress_time, timeout=600)[0])
             res["stress_parts"] = rates
             res["stress"] = (math.exp(sum(math.log(r) for r in rates) / len(rates))
                              if all(r is not None for r in rates) else None)

@@ -12,7 +12,6 @@ Exit status 77 without the Debian image, 1 if a stressor failed anywhere.
 """
 import argparse
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -37,13 +36,7 @@ def measure(popek, name, stressors, secs):
         t = vm.login(timeout=3600)
         print(f"{name}: login after {t:.1f} s", flush=True)
         for s in stressors:
-            stressor = s.split()[0]
-            status, out = vm.run(f"stress-ng --{stressor} 1 {' '.join(s.split()[1:])} --verify "
-                                 f"--timeout {secs} --metrics-brief 2>&1", 900)
-            # metrics-brief: stressor, bogo ops, real time, usr time, sys time, bogo ops/s (real)
-            m = re.search(rf"\b{stressor}\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)", out)
-            bad = status != 0 or not m or re.search(r"fail|verif.*error", out, re.I)
-            rates[s] = None if bad else float(m.group(5))
+            rates[s], out = debianlib.stress_ng(vm, s, secs, verify=True)
             print(f"{name}: {s}: " + (f"{rates[s]:.2f} bogo-ops/s" if rates[s] else "FAIL\n" + out),
                   flush=True)
         vm.poweroff()

@@ -96,6 +96,21 @@ class Debian(guestlib.Guest):
         return r.returncode, r.stdout + r.stderr
 
 
+def stress_ng(vm, spec, seconds, verify=False, timeout=900):
+    """Runs one stress-ng stressor alone (spec: "cpu --cpu-method fft") for
+    `seconds`; returns (its bogo-ops per second of real time, or None if it
+    failed, and its output). With `verify`, --verify and any failure it
+    reports also count as failed."""
+    name, *opts = spec.split()
+    status, out = vm.run(f"stress-ng --{name} 1 {' '.join(opts)}{' --verify' if verify else ''} "
+                         f"--timeout {seconds} --metrics-brief 2>&1", timeout)
+    # metrics-brief: stressor, bogo ops, real time, usr time, sys time, bogo ops/s (real)
+    m = re.search(rf"\b{name}\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)", out)
+    bad = (status != 0 or not m or float(m.group(5)) <= 0 or
+           (verify and re.search(r"fail|verif.*error", out, re.I)))
+    return (None if bad else float(m.group(5))), out
+
+
 def clean(text):
     """Output without carriage returns and terminal escapes."""
     return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text).replace("\r", "")

@@ -251,6 +251,7 @@ int main(int argc, char** argv) {
                 "bt: do not retranslate instructions that keep taking the slow path");
   run->add_option("--bt-cold-visits", cfg.bt.cold_visits,
                   "bt: visits of a block the interpreter runs before it is translated (1-15)")
+      ->check(CLI::Range(1, 15))
       ->capture_default_str();
   run->add_flag("!--bt-no-tiered", cfg.bt.tiered,
                 "bt: translate a block the first time it runs (by default the interpreter runs "

@@ -254,7 +254,6 @@ Bt::~Bt() {
   } catch (const Error&) {
     // RAM stays as it is: nothing of this engine runs on it any more.
   }
-  for (Block* b : blocks_) b->~Block();
   pm_.remove_watcher(this);
   if (perf_map_) std::fclose(perf_map_);
 }
@@ -586,8 +585,6 @@ void Bt::tlb_invlpg(u32 la) {
 
 void Bt::flush_cache() {
   for (auto& d : dc_) d = DcEntry{};
-  for (Block* b : blocks_) b->~Block();
-  blocks_.clear();
   arena_.reset();
   std::fill(htab_.begin(), htab_.end(), Bucket{});
   hcount_ = 0;
@@ -670,7 +667,6 @@ Block* Bt::translate(u32 eip, u64 pa, u32 mode) {
   // every block and site.
   if (cache_->free_bytes() < Translator::kMaxBlockCode) flush_cache();
   Block* b = new (arena_.alloc(sizeof(Block))) Block();
-  blocks_.push_back(b);
   b->pa = pa;
   b->key = pa | (u64(mode) << 32);
   b->cs_base = s_.seg[CS].base;
@@ -736,19 +732,34 @@ void Bt::patch_chain(Block* from, unsigned k, Block* to) {
   }
   l.to = to;
   if (to) {
-    to->incoming.emplace_back(from, u8(k));
+    l.next_from = to->in_from;
+    l.next_k = to->in_k;
+    to->in_from = from;
+    to->in_k = u8(k);
     st_.chains_patched++;
   }
 }
 
 void Bt::unlink(Block* b) {
-  for (auto [from, k] : b->incoming) {
-    if (from->links[k].to == b) {
+  // (A link is patched only while unpatched, and unpatched only here: each
+  // is on one list at most.)
+  Block* from = b->in_from;
+  unsigned k = b->in_k;
+  while (from) {
+    Block::Link& l = from->links[k];
+    Block* const next = l.next_from;
+    const unsigned next_k = l.next_k;
+    l.next_from = nullptr;
+    l.next_k = 0;
+    if (l.to == b) {
       patch_chain(from, k, nullptr);
       st_.chains_undone++;
     }
+    from = next;
+    k = next_k;
   }
-  b->incoming.clear();
+  b->in_from = nullptr;
+  b->in_k = 0;
 }
 
 void Bt::invalidate(Block* b) {

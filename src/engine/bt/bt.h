@@ -298,6 +298,10 @@ class Bt final : public Engine, public mem::CodeWatcher, public mem::TlbListener
   // From the SIGSEGV handler: where a fault at host `pc` touching `addr`
   // resumes, or 0 if it is not a direct access's.
   uintptr_t direct_fault(const void* addr, uintptr_t pc);
+  // The arena array of a block's links (its emitter kept them while it emitted).
+  bt::Block::Link* new_links(unsigned n) {
+    return static_cast<bt::Block::Link*>(arena_.alloc(n * sizeof(bt::Block::Link)));
+  }
   bt::Site* new_site() {
     static_assert(std::is_trivially_destructible_v<bt::Site>, "sites are freed without destructors");
     return new (arena_.alloc(sizeof(bt::Site))) bt::Site();
@@ -383,9 +387,8 @@ class Bt final : public Engine, public mem::CodeWatcher, public mem::TlbListener
   big_vector<DcEntry> dc_;
   u32 interp_group_mask_ = 0;
 
-  // Blocks: all live objects (freed at cache flush), the lookup map, and per
-  // physical page the blocks translated from it.
-  std::vector<bt::Block*> blocks_;
+  // Blocks: the lookup map and per physical page the blocks translated from
+  // it (the blocks themselves live in arena_).
   // Block entries reached but not translated yet (tiered translation):
   // fingerprints of their keys with the visits so far in the low 4 bits,
   // two-way set-associative (a set's colder entry makes room); a collision

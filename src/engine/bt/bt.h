@@ -85,6 +85,11 @@ struct BtOptions {
   // +40 %; the jump cache's indirect jump was already predicted, and the
   // frame costs instructions); the fuzzer turns it on in half its variants.
   bool ras = false;
+  // Exits and jump-cache lookups are copied from a template encoded once,
+  // their immediates written in (else xbyak encodes each: slower to
+  // translate; the code is the same but for a mov r64 that may then keep
+  // its imm64 form).
+  bool emit_templates = true;
 };
 
 // Instruction groups `interp_groups` may name (also used by stats).

@@ -25,6 +25,7 @@
 
 #include <cstddef>
 #include <cstring>
+#include <initializer_list>
 #include <utility>
 #include <vector>
 
@@ -211,6 +212,62 @@ class Emitter : public CodeGenerator {
     }
     return fix;
   }
+  // Sequences whose encoding depends on their parameters only through
+  // immediates of a fixed width (holes): encoded by xbyak the first time,
+  // then copied with the holes written (xbyak's encoder, building operands
+  // and checking them, cost more than a tenth of a translation). `encode`
+  // emits it for `vals` and calls hole(width) right after each instruction
+  // that ends with one of them, in order. Recorded only if each hole holds
+  // its value there (else xbyak encodes it every time): an immediate that
+  // xbyak encoded shorter than its hole's width is never recorded. Later
+  // values are written at full width (a mov r64 then keeps its imm64 form).
+  struct Tmpl {
+    u8 len = 0;
+    u8 nh = 0;
+    u8 at[3] = {};
+    u8 width[3] = {};
+    u8 bytes[96];
+  };
+  Tmpl* tmpl_rec_ = nullptr;
+  u32 tmpl_start_ = 0;
+  void hole(unsigned width) {
+    if (!tmpl_rec_) return;
+    if (tmpl_rec_->nh == sizeof tmpl_rec_->at) throw Error("bt: internal error: a template with too many holes");
+    tmpl_rec_->at[tmpl_rec_->nh] = u8(here() - width - tmpl_start_);
+    tmpl_rec_->width[tmpl_rec_->nh] = u8(width);
+    tmpl_rec_->nh++;
+  }
+  template <typename Encode> void tmpl(Tmpl& t, std::initializer_list<u64> vals, Encode encode) {
+    if (t.len && bt_.options().emit_templates) {
+      const u32 at = here();
+      emit_bytes(t.bytes, t.len);
+      u8* code = const_cast<u8*>(getCode()) + at;
+      unsigned k = 0;
+      for (u64 v : vals) {
+        std::memcpy(code + t.at[k], &v, t.width[k]);
+        k++;
+      }
+      return;
+    }
+    const u32 at = here();
+    Tmpl rec;
+    tmpl_rec_ = &rec;
+    tmpl_start_ = at;
+    encode();
+    tmpl_rec_ = nullptr;
+    const u32 len = here() - at;
+    if (len > sizeof rec.bytes || rec.nh != vals.size()) return;
+    const u8* code = getCode() + at;
+    unsigned k = 0;
+    for (u64 v : vals) {
+      if (std::memcmp(code + rec.at[k], &v, rec.width[k]) != 0) return;
+      k++;
+    }
+    std::memcpy(rec.bytes, code, len);
+    rec.len = u8(len);
+    t = rec;
+  }
+  Tmpl exit_chain_tmpl_, jc_tmpl_, exit_plain_tmpl_;
   Snip save_seq_, restore_seq_;
   void save_flags() {
     if (fl_ != Fl::dirty) return;
@@ -296,6 +353,8 @@ class Emitter : public CodeGenerator {
   void exit_direct(u32 target, u32 jcc = kNone);
   void exit_indirect();
   void jc_lookup(bool mode_in_r8 = false);
+  void jc_probe(bool mode_in_r8);
+  void jc_miss();
   void exit_indirect_after(Slow& s);
 
   void rep_string(const Insn& i, u32 eip, u64 pa, unsigned size);

@@ -25,19 +25,26 @@ void Emitter::exit_direct(u32 target, u32 jcc) {
     b_->links[k].jcc = jcc == kNone ? 0 : jcc;
     // Chained, the successor needs no EIP in CpuState (its own exits and
     // callouts store theirs): only the way out stores it.
-    db(0xE9);
-    dd(0);  // falls through until patched
-    mov(dword[r15 + kEipOff], target);
-    mov(qword[r14 + kReasonOff], u32(kExitChain));
-    mov(r8, u64(b_) | k);
-    mov(qword[r14 + kArgOff], r8);
+    tmpl(exit_chain_tmpl_, {target, u64(b_) | k}, [&] {
+      db(0xE9);
+      dd(0);  // falls through until patched
+      mov(dword[r15 + kEipOff], target);
+      hole(4);
+      mov(qword[r14 + kReasonOff], u32(kExitChain));
+      mov(r8, u64(b_) | k);
+      hole(8);
+      mov(qword[r14 + kArgOff], r8);
+    });
     jmp_abs(stubs_.exit_common);
   } else if (bt_.options().chain && flat && b_->cs_base == 0) {
-    mov(r9d, target);
+    db(0x41); db(0xB9); dd(target);  // mov r9d, target
     jc_lookup();
   } else {
-    mov(dword[r15 + kEipOff], target);
-    mov(qword[r14 + kReasonOff], u32(kExitNormal));
+    tmpl(exit_plain_tmpl_, {target}, [&] {
+      mov(dword[r15 + kEipOff], target);
+      hole(4);
+      mov(qword[r14 + kReasonOff], u32(kExitNormal));
+    });
     jmp_abs(stubs_.exit_common);
   }
 }
@@ -71,6 +78,21 @@ void Emitter::exit_indirect() {
 // needs none in CpuState: its own exits and callouts store theirs).
 // `mode_in_r8`: the mode is not the block's but r8's high half.
 void Emitter::jc_lookup(bool mode_in_r8) {
+  if (!mode_in_r8) {
+    tmpl(jc_tmpl_, {u64(b_->mode) << 32}, [&] {
+      jc_probe(false);
+      hole(8);
+      jc_miss();
+    });
+  } else {
+    jc_probe(true);
+    jc_miss();
+  }
+  jmp_abs(stubs_.exit_common);
+}
+
+// jc_lookup's part up to the mode (r11 = the mode << 32), last.
+void Emitter::jc_probe(bool mode_in_r8) {
   mov(r10d, r9d);
   shr(r10d, 12);
   xor_(r10d, r9d);
@@ -79,6 +101,10 @@ void Emitter::jc_lookup(bool mode_in_r8) {
   add(r10, qword[r14 + kJcOff]);
   if (mode_in_r8) mov(r11, r8);
   else mov(r11, u64(b_->mode) << 32);
+}
+
+// jc_lookup's part after the mode, up to the jump to the exit stub.
+void Emitter::jc_miss() {
   or_(r11, r9);
   cmp(qword[r10], r11);
   const u32 miss = jcc32(5);
@@ -86,7 +112,6 @@ void Emitter::jc_lookup(bool mode_in_r8) {
   bind(miss);
   mov(dword[r15 + kEipOff], r9d);
   mov(qword[r14 + kReasonOff], u32(kExitNormal));
-  jmp_abs(stubs_.exit_common);
 }
 
 // The end of an indirect transfer whose target the fast path left in r9d;

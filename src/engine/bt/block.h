@@ -1,5 +1,6 @@
 // Translated blocks and callout sites (internal to the bt engine).
 #pragma once
+#include <cstdint>
 #include <type_traits>
 
 #include "base/types.h"
@@ -43,6 +44,27 @@ struct Site {
 // Trivially destructible (records live in the engine's arena and are
 // dropped with it, no destructor run): the links are an arena array of
 // nlinks, the patched links into a block a list threaded through them.
+// A slow path's site until the slow path first runs (BtOptions::lazy_sites):
+// most never do. What the site needs besides what follows from the
+// instruction (handler, group) and the block (pa). Generated code passes
+// its address + kSeedTag where it would pass a Site*; the callout makes the
+// Site then (Bt::site_of). Seeds of a block are one arena array.
+struct SiteSeed {
+  x86::Insn insn;
+  u32 eip = 0;
+  Block* block = nullptr;
+  Site* site = nullptr;  // made at the first run
+  u16 idx = 0;
+  u16 memo = 0;
+  u8 size = 0;
+  u8 seg = 0;
+  u8 addr = 0;           // Site::Addr
+  u8 bits = 0;           // kSeed* below
+  static constexpr u8 kModeCheck = 1, kWrite = 2, kPhys = 4, kWindow = 8, kHasMemo = 16;
+};
+static_assert(sizeof(SiteSeed) == 56 && alignof(SiteSeed) == 8);
+inline constexpr uintptr_t kSeedTag = 1;
+
 struct Block {
   u64 pa = 0;
   u64 key = 0;

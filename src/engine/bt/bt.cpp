@@ -794,7 +794,34 @@ u64 Bt::inline_tsc(u32 unretired) {
   return cpu_.plat.tsc() + s_.msr.tsc_offset;
 }
 
+Site* Bt::site_from_seed(SiteSeed& seed) {
+  Site* s = new_site();
+  const Block* b = seed.block;
+  s->insn = seed.insn;
+  s->fn = handler_for(seed.insn);
+  s->block = seed.block;
+  // (A block's instructions lie in one physical page, from b->pa on.)
+  s->pa = b->pa + (seed.eip - b->eip);
+  s->eip = seed.eip;
+  s->idx = seed.idx;
+  s->group = u8(group_of(seed.insn));
+  s->slow_path = true;
+  s->mode_check = seed.bits & SiteSeed::kModeCheck;
+  s->addr = Site::Addr(seed.addr);
+  s->seg = seed.seg;
+  s->size = seed.size;
+  s->write = seed.bits & SiteSeed::kWrite;
+  s->phys = seed.bits & SiteSeed::kPhys;
+  s->window = seed.bits & SiteSeed::kWindow;
+  s->has_memo = seed.bits & SiteSeed::kHasMemo;
+  s->memo = seed.memo;
+  seed.site = s;
+  st_.seeds_run++;
+  return s;
+}
+
 u64 Bt::callout(Site* site) {
+  site = site_of(site);
   st_.callouts++;
   st_.callouts_by_group[site->group]++;
   st_.callouts_by_op[unsigned(site->insn.op)]++;
@@ -1203,6 +1230,9 @@ std::vector<std::pair<std::string, u64>> Bt::stats() const {
       {"bt.translated_callout", st_.callout_insns},
       {"bt.code_cache_bytes_used", cache_->used()},
       {"bt.record_bytes_used", arena_.bytes_used()},
+      {"bt.sites", st_.sites},
+      {"bt.site_seeds", st_.seeds},
+      {"bt.site_seeds_run", st_.seeds_run},
       {"bt.code_cache_bytes", cache_->size()},
       {"bt.code_cache_flushes", st_.cache_flushes},
       {"bt.translate_us", st_.translate_ns / 1000},

@@ -299,15 +299,30 @@ class Emitter : public CodeGenerator {
   }
 
   Site* new_site(const Insn& i, u32 eip, u64 pa, bool ends, bool slow);
+  // A memory access's slow-path site (BtOptions::lazy_sites): a draft in
+  // drafts_ while the block is emitted (its pointer only in slows_, never
+  // in code), a seed in the arena when its slow path is emitted.
+  Site* new_access_site(const Insn& i, u32 eip, u64 pa);
+  std::vector<Site> drafts_;
+  std::vector<uintptr_t> draft_arg_;  // per draft: what its slow paths pass (0: not made yet)
+  SiteSeed* seeds_ = nullptr;         // the block's seeds
+  unsigned nseeds_ = 0;
+  bool is_draft(const Site* s) const {
+    return !drafts_.empty() && s >= drafts_.data() && s < drafts_.data() + drafts_.size();
+  }
+  void make_seeds();
+  uintptr_t site_arg(Site* s);
   // Calls the semantics for `s`; `parked`: Rt::hf holds the guest flags and
   // the host's are not theirs.
-  void call_site(Site* s, bool parked) {
+  void call_site(Site* s, bool parked) { call_arg(reinterpret_cast<uintptr_t>(s), parked); }
+  // The same with r8 = `arg` (a Site*, or a SiteSeed* + kSeedTag).
+  void call_arg(uintptr_t arg, bool parked) {
     if (parked && rcp_ >= 0) {
       rcp_run();
       parked = false;
     }
     if (parked && lazy_) materialize();
-    mov(r8, u64(s));
+    db(0x49); db(0xB8); dq(arg);  // mov r8, imm64
     call_abs(parked ? stubs_.callout_nosave : stubs_.callout);
     fl_ = Fl::host;  // the stub restored the flags from Rt::hf
   }

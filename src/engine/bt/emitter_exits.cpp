@@ -124,8 +124,60 @@ void Emitter::exit_indirect_after(Slow& s) {
   exit_indirect();
 }
 
+Site* Emitter::new_access_site(const Insn& i, u32 eip, u64 pa) {
+  // (Not in a block whose instruction crosses a page: the seed's pa would
+  // not follow from the block's. Rare.)
+  if (!bt_.options().lazy_sites || page2_) return new_site(i, eip, pa, false, true);
+  if (drafts_.size() == drafts_.capacity())
+    throw Error("bt: internal error: more slow-path sites in a block than reserved");
+  Site* s = &drafts_.emplace_back();
+  s->insn = i;
+  s->block = b_;
+  s->pa = pa;
+  s->eip = eip;
+  s->idx = u16(idx_);
+  s->slow_path = true;
+  return s;
+}
+
+// The seeds of the block's drafts, one arena array (before the slow paths
+// that pass them are emitted).
+void Emitter::make_seeds() {
+  nseeds_ = 0;
+  seeds_ = nullptr;
+  draft_arg_.assign(drafts_.size(), 0);
+  if (drafts_.empty()) return;
+  seeds_ = bt_.new_seeds(unsigned(drafts_.size()));
+}
+
+// What a slow path of `s` passes to the callout stub.
+uintptr_t Emitter::site_arg(Site* s) {
+  if (!is_draft(s)) return reinterpret_cast<uintptr_t>(s);
+  const size_t k = size_t(s - drafts_.data());
+  if (draft_arg_[k]) return draft_arg_[k];
+  SiteSeed* seed = new (&seeds_[nseeds_++]) SiteSeed();
+  seed->insn = s->insn;
+  seed->eip = s->eip;
+  seed->block = b_;
+  seed->idx = s->idx;
+  seed->memo = s->memo;
+  seed->size = s->size;
+  seed->seg = s->seg;
+  seed->addr = u8(s->addr);
+  seed->bits = u8((s->mode_check ? SiteSeed::kModeCheck : 0) | (s->write ? SiteSeed::kWrite : 0) |
+                  (s->phys ? SiteSeed::kPhys : 0) | (s->window ? SiteSeed::kWindow : 0) |
+                  (s->has_memo ? SiteSeed::kHasMemo : 0));
+  // What the site made from it would be (Bt::site_from_seed) must be this.
+  if (s->pa != b_->pa + (s->eip - b_->eip) || s->ends || s->direct || s->rep_resume || s->shadow_ok)
+    throw Error("bt: internal error: a slow-path site its seed cannot describe");
+  bt_.bstats().seeds++;
+  draft_arg_[k] = reinterpret_cast<uintptr_t>(seed) + kSeedTag;
+  return draft_arg_[k];
+}
+
 Site* Emitter::new_site(const Insn& i, u32 eip, u64 pa, bool ends, bool slow) {
   Site* s = bt_.new_site();
+  bt_.bstats().sites++;
   s->insn = i;
   s->fn = handler_for(i);
   s->block = b_;

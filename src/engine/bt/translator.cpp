@@ -267,6 +267,9 @@ void Emitter::begin(Block& b, const u8* page, const Stubs& stubs, const u8* page
   // References into it are kept while a block is emitted: never reallocate
   // (at most three slow paths per instruction).
   if (slows_.capacity() < size_t(max_insns_) * 3 + 8) slows_.reserve(size_t(max_insns_) * 3 + 8);
+  // Likewise the drafts of access sites (slows_ points at them).
+  drafts_.clear();
+  if (drafts_.capacity() < size_t(max_insns_) * 3 + 8) drafts_.reserve(size_t(max_insns_) * 3 + 8);
   // Only the size: the emitter uses no xbyak labels, and the label manager's
   // reset (lists and maps rebuilt) cost 3 % of a translation.
   resetSize();
@@ -495,6 +498,7 @@ void Emitter::run(u32 max_insns) {
   }
 
   // Out-of-line slow paths.
+  make_seeds();
   for (Slow& s : slows_) {
     if (s.memo_fix != kNone) memo_miss(s);
     s.at = here();
@@ -514,7 +518,7 @@ void Emitter::run(u32 max_insns) {
       rcp_run();  // the flags are the producer's again
       parked = false;
     }
-    call_site(s.site, parked);  // the stub saves the flags unless parked
+    call_arg(site_arg(s.site), parked);  // the stub saves the flags unless parked
     jmp_back(s.done);
   }
   x87_emit_ools();

@@ -265,6 +265,9 @@ int main(int argc, char** argv) {
   run->add_flag("!--bt-no-emit-templates", cfg.bt.emit_templates,
                 "bt: encode every block exit with xbyak instead of copying a template encoded "
                 "once (translation cost only; the code is the same)");
+  run->add_flag("!--bt-no-emit-in-place", cfg.bt.emit_in_place,
+                "bt: emit each block into a scratch buffer and copy it to the code cache "
+                "(translation cost only)");
   run->add_flag("!--bt-eager-sites", cfg.bt.lazy_sites,
                 "bt: make every memory access's callout site at translation instead of when its "
                 "slow path first runs (records bigger; the code is the same but for the pointers)");

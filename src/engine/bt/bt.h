@@ -94,6 +94,9 @@ struct BtOptions {
   // site when it first runs (most never do), instead of a full site at
   // translation (records ~35 % smaller).
   bool lazy_sites = true;
+  // Blocks are emitted straight into the code cache, not into a scratch
+  // buffer copied there afterwards.
+  bool emit_in_place = true;
 };
 
 // Instruction groups `interp_groups` may name (also used by stats).

@@ -91,7 +91,7 @@ class Emitter : public CodeGenerator {
   // it writes into `scratch`; begin() starts a block that will be copied to
   // the cache at `cc.cursor()` (absolute targets are computed for that address).
   Emitter(Bt& bt, CodeCache& cc, u8* scratch, size_t max, i32 tlb_off)
-      : CodeGenerator(max, scratch), bt_(bt), cc_(cc), tlb_off_(tlb_off) {}
+      : CodeGenerator(max, scratch), bt_(bt), cc_(cc), tlb_off_(tlb_off), scratch_(scratch) {}
 
   void begin(Block& b, const u8* page, const Stubs& stubs, const u8* page2, u32 max_insns);
   void run(u32 max_insns);
@@ -148,6 +148,20 @@ class Emitter : public CodeGenerator {
     m.parked = true;
     return m;
   }
+
+  // ---- raw bytes ----
+  // The emitter's own db/dd/dq: one bounds check and one store each (xbyak's
+  // checks every byte and, since a byte store may alias its size, reloads
+  // the size after each; dd was four of those). xbyak's encoders keep theirs.
+  using CodeGenerator::db;
+  template <typename T> void put(T v) {
+    if (size_ + sizeof(T) > Translator::kMaxBlockCode) throw Error("bt: internal error: block code too big");
+    std::memcpy(top_ + size_, &v, sizeof(T));
+    size_ += sizeof(T);
+  }
+  void db(int code) { put(u8(code)); }
+  void dd(u32 code) { put(code); }
+  void dq(u64 code) { put(code); }
 
   // ---- jumps ----
   u32 here() const { return u32(getSize()); }
@@ -340,10 +354,9 @@ class Emitter : public CodeGenerator {
   bool add_seg_base(unsigned seg, unsigned size, bool clobber, Slow& s);
   // Emits code bytes as they are.
   void emit_bytes(const u8* bytes, unsigned len) {
-    const size_t at = getSize();
-    if (at + len > Translator::kMaxBlockCode) throw Error("bt: internal error: block code too big");
-    std::memcpy(const_cast<u8*>(getCode()) + at, bytes, len);
-    setSize(at + len);
+    if (size_ + len > Translator::kMaxBlockCode) throw Error("bt: internal error: block code too big");
+    std::memcpy(top_ + size_, bytes, len);
+    size_ += len;
   }
   // r8 (linear, zero-extended) -> host address, or a jump to the slow path,
   // whose rel32 it returns. `clobber`: the host flags are free (a compare and
@@ -422,10 +435,16 @@ class Emitter : public CodeGenerator {
     return (b_->mode & M_SS32) && seg_native(SS);
   }
   bool direct_slow(u64 pa) const;
+  // The instruction's group is left to the interpreter (--bt-interp).
+  bool interp_group(const Insn& x) const {
+    const u32 m = bt_.interp_group_mask();
+    return m && (m & (1u << group_of(x)));
+  }
 
   Bt& bt_;
   CodeCache& cc_;
   i32 tlb_off_;
+  u8* scratch_;  // where a block is emitted without emit_in_place (then copied)
   Block* b_ = nullptr;
   const u8* page_ = nullptr;
   const u8* page2_ = nullptr;

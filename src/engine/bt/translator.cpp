@@ -6,6 +6,7 @@
 // flags are kept: emitter.h.
 #include "engine/bt/translator.h"
 
+#include <array>
 #include <cstddef>
 #include <cstring>
 
@@ -170,10 +171,10 @@ bool can_reencode_hi8(const Insn& i) {
   return k == I_NONE || k == I_B || k == I_BS;
 }
 
-// True if the instruction sets all six arithmetic flags from its operands
-// alone: none read, none left as they were (on this host, for those with
-// "undefined" flags).
-bool defines_all_flags(const Insn& i) {
+namespace {
+
+// defines_all_flags by the instruction's kind (the table below is made from it).
+bool defines_all_flags_of(const Insn& i) {
   const HostDefines& h = host_defines();
   switch (i.op) {
     case Op::AND_EbGb: case Op::AND_EvGv: case Op::AND_GbEb: case Op::AND_GvEv:
@@ -216,6 +217,38 @@ bool defines_all_flags(const Insn& i) {
     default:
       return false;
   }
+}
+
+// Per Op: 0 never defines all six flags, 1 always, 2 when its count
+// (imm & 31) is not 0 — all defines_all_flags_of depends on. The analysis
+// asks it many times per instruction.
+enum : u8 { kDefNever, kDefAlways, kDefCount };
+const std::array<u8, kOpCount>& defines_table() {
+  static const std::array<u8, kOpCount> t = [] {
+    std::array<u8, kOpCount> r{};
+    for (unsigned k = 0; k < kOpCount; k++) {
+      Insn i;
+      i.op = Op(k);
+      i.imm = 1;
+      const bool with = defines_all_flags_of(i);
+      i.imm = 0;
+      const bool without = defines_all_flags_of(i);
+      if (without && !with) throw Error("bt: internal error: an op that defines the flags only with a count of 0");
+      r[k] = with && without ? kDefAlways : with ? kDefCount : kDefNever;
+    }
+    return r;
+  }();
+  return t;
+}
+
+}  // namespace
+
+// True if the instruction sets all six arithmetic flags from its operands
+// alone: none read, none left as they were (on this host, for those with
+// "undefined" flags).
+bool defines_all_flags(const Insn& i) {
+  const u8 c = defines_table()[unsigned(i.op)];
+  return c == kDefAlways || (c == kDefCount && (i.imm & 31) != 0);
 }
 
 // True if the instruction's result depends on the guest's arithmetic flags
@@ -280,6 +313,10 @@ void Emitter::begin(Block& b, const u8* page, const Stubs& stubs, const u8* page
   b.crosses = page2 != nullptr;
   stubs_ = stubs;
   rx_ = cc_.to_rx(cc_.cursor());
+  // Emitted in place, in the cache's writable view at its cursor (the
+  // caller made sure kMaxBlockCode bytes are free there): no copy after.
+  // xbyak writes at top_ (its buffer is otherwise fixed when it is made).
+  top_ = bt_.options().emit_in_place ? cc_.cursor() : scratch_;
   user_ = (b.mode & M_CPL) == 3;
   memo_ = bt_.options().memo == BtOptions::Memo::all || (bt_.options().memo == BtOptions::Memo::user && user_);
   fl_ = Fl::parked;
@@ -305,7 +342,7 @@ bool Emitter::side_exit_ok(const Insn& i) const {
   const auto sb = bt_.options().superblocks;
   if (sb == BtOptions::Superblocks::off || (sb == BtOptions::Superblocks::user && !user_)) return false;
   return (i.op == Op::JCC_Jb || i.op == Op::JCC_Jz) && i.osize == 4 && (b_->mode & M_CS_FLAT) &&
-         !(bt_.interp_group_mask() & (1u << group_of(i)));
+         !interp_group(i);
 }
 
 void Emitter::run(u32 max_insns) {
@@ -389,7 +426,6 @@ void Emitter::run(u32 max_insns) {
     join_fl_.resize(n);
     join_rcp_.resize(n);
   }
-  const unsigned group_mask = bt_.interp_group_mask();
   while (idx_ < n) {
     const Pre& p = pre_[idx_];
     const Insn& i = p.i;
@@ -411,7 +447,7 @@ void Emitter::run(u32 max_insns) {
     // A producer of the flags that writes its operand keeps it first if an
     // access may make the flags its recipe.
     unsigned p_reads = 0, p_dest = ~0u;
-    const bool producer = !(group_mask & (1u << group_of(i))) && loop_producer(i, &p_reads, &p_dest) &&
+    const bool producer = !interp_group(i) && loop_producer(i, &p_reads, &p_dest) &&
                           bt_.options().flag_recipes;
     bool p_stashed = false;
     if (producer && p_dest != ~0u && rcp_access_ahead(idx_)) {
@@ -579,7 +615,7 @@ bool Translator::translate(Block& b, const u8* page, u32 max_insns, const u8* pa
     std::memcpy(static_cast<void*>(b.links), links_, b.nlinks * sizeof(Block::Link));
   }
   if (b.n) {
-    std::memcpy(cc_.cursor(), e.getCode(), e.getSize());
+    if (e.getCode() != cc_.cursor()) std::memcpy(cc_.cursor(), e.getCode(), e.getSize());
     cc_.advance(b.code_size);
   }
   return true;

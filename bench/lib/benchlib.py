@@ -30,6 +30,9 @@ GUEST_CACHE = os.environ.get("POPEK_CACHE") or os.path.join(REPO, "cache", "gues
 BENCH_CACHE = os.environ.get("POPEK_BENCH_CACHE") or os.path.join(REPO, "cache", "bench")
 
 APPEND = "console=ttyS0 quiet cryptomgr.notests noisapnp panic=-1"
+# Issue 19's "plain" command line: the kernel's crypto self-tests and ISA PnP
+# probe run (kernel-mode compute). panic=-1 only makes a failed boot end.
+APPEND_PLAIN = "console=ttyS0 quiet panic=-1"
 MEMORY = "256M"
 READY = "POPEK-READY"
 # The kernel's last line when `poweroff -f` halts the machine (isapc has no
@@ -240,9 +243,9 @@ class GuestRun:
         return ""
 
 
-def run_guest(engine, popek, kernel, initrd, args, run_path, append_extra="", keep=None):
+def run_guest(engine, popek, kernel, initrd, args, run_path, append_extra="", keep=None, append_base=None):
     """Boots one guest whose /init runs `run_path` then powers off; returns a GuestRun."""
-    append = f"{APPEND} popek.run={run_path}{(' ' + append_extra) if append_extra else ''}"
+    append = f"{append_base or APPEND} popek.run={run_path}{(' ' + append_extra) if append_extra else ''}"
     cmd = guest_cmd(engine, popek, kernel, initrd, append, args.memory, args.qemu_cpu)
     r = GuestRun()
     r.engine = engine

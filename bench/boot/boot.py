@@ -55,7 +55,7 @@ def main():
     ap.add_argument("--cmdline", choices=sorted(GOALS), default="tuned",
                     help="kernel command line: tuned (default: '" + B.APPEND + "', no crypto self-tests, "
                          "no ISA PnP probe) or plain ('" + B.APPEND_PLAIN + "': the self-tests run); "
-                         "bt's goal is <= %s x QEMU to READY" % " / ".join(f"{GOALS[k]:.2f}" for k in sorted(GOALS)))
+                         "bt's goal to READY: " + ", ".join(f"{k} <= {GOALS[k]:.2f}x QEMU" for k in sorted(GOALS)))
     args = ap.parse_args()
     args.timeout = args.timeout or 900
     GOAL_READY = GOALS[args.cmdline]
@@ -70,7 +70,7 @@ def main():
         args.engines = ",".join(both)
     kernel, initrd = B.check_guest()
     engines, popek = B.select_engines(args)
-    note = B.machine_note(args, popek)
+    note = B.machine_note(args, popek, append)
     for line in note.splitlines():
         B.log(line)
 

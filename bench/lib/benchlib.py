@@ -174,7 +174,7 @@ def check_guest():
     return os.path.join(GUEST_CACHE, "vmlinuz"), initrd
 
 
-def machine_note(args, popek=None):
+def machine_note(args, popek=None, append=None):
     """Lines saying where and with what the figures were measured."""
     load = open("/proc/loadavg").read().split()[:3]
     model = "?"
@@ -185,7 +185,7 @@ def machine_note(args, popek=None):
     git = subprocess.run(["git", "-C", REPO, "describe", "--always", "--dirty"],
                          capture_output=True, text=True).stdout.strip() or "?"
     note = (f"host: {model}, {os.cpu_count()} CPUs, load {' '.join(load)}; repo at {git}\n"
-            f"guest: {args.memory} RAM, append '{APPEND} popek.run=...'; "
+            f"guest: {args.memory} RAM, append '{append or APPEND} popek.run=...'; "
             f"QEMU: qemu-system-i386 -accel tcg {' '.join(QEMU_MACHINE)} -cpu {args.qemu_cpu}")
     if popek:
         note += f"\npopek: {popek}"

@@ -55,6 +55,7 @@ constexpr u32 kFlagsWritable = CF | PF | AF | ZF | SF | TF | IF | DF | OF | IOPL
 constexpr int kHfOff = int(offsetof(Rt, hf));
 constexpr int kLoopLazyOff = int(offsetof(Rt, loop_lazy));
 constexpr int kRcpStashOff = int(offsetof(Rt, rcp_stash));
+constexpr int kFrameOff = int(offsetof(Rt, frame_addend));
 constexpr int kReasonOff = int(offsetof(Rt, reason));
 constexpr int kArgOff = int(offsetof(Rt, arg));
 constexpr int kJcOff = int(offsetof(Rt, jc));
@@ -285,6 +286,29 @@ class Emitter : public CodeGenerator {
   void memo_hit(Slow& s, unsigned size, bool write);
   void memo_miss(Slow& s);
   void room(const Reg32& out, const Reg32& reg, unsigned seg, unsigned size);
+  // Frame checks (BtOptions::frame_checks). plan_frames groups the block's
+  // [EBP + disp] / [ESP + disp] operands between changes of the register,
+  // instructions that may change the mappings or leave the block, and the
+  // targets of the block's own branches (a side exit's join skips code). At
+  // run time the group's first access that is emitted inline (the leader)
+  // checks the TLB once for the group's whole span and keeps the page's
+  // host address in Rt::frame_addend; the later ones (followers) address
+  // [frame_addend + base + disp] like direct accesses: no check, the flags
+  // left alone, a host fault (the poison Bt::callout leaves when the span is
+  // not on one mapped page) taking their slow path.
+  struct FrameGroup {
+    u8 base;          // guest register
+    i32 lo = 0, hi = 0;  // the displacements reach [base + lo, base + hi)
+    bool write = false;
+    unsigned last = 0;   // the last member's index
+    unsigned members = 0;
+  };
+  std::vector<FrameGroup> frames_;
+  std::vector<i16> frame_of_;  // per instruction: its group, or -1
+  std::vector<u8> frame_target_;  // per instruction: a branch of the block may go to it
+  int frame_led_ = -1;         // the group whose leader has been emitted
+  void plan_frames(unsigned n);
+  bool frame_member(const Insn& x, unsigned* size, bool* write) const;
   std::pair<Slow*, Slow*> operand_then_push_slot(const Insn& i, u32 eip, u64 pa);
 
   // ---- the generic re-encoder (emitter_insn.cpp) ----

@@ -149,6 +149,97 @@ bool Emitter::park_pays() const {
   return true;
 }
 
+// Whether x's memory operand may be a frame-check group's (see frames_):
+// [EBP/ESP + disp] through a flat base-0 segment, of an instruction the
+// re-encoder runs inline (or PUSH of it), at most 4 bytes; its size and
+// whether it writes.
+bool Emitter::frame_member(const Insn& x, unsigned* size, bool* write) const {
+  if (!x.mem || x.op == Op::LEA || x.asize != 4 || x.index != kNoReg || (x.base != EBP && x.base != ESP))
+    return false;
+  if (x.info().attrs & (SEN | PRV | IOI | FPU | MMX | STR | CT)) return false;
+  if (x.rep() || (bt_.interp_group_mask() & (1u << group_of(x)))) return false;
+  const unsigned seg = x.seg;
+  if (seg == GS || !(b_->mode & m_flat(seg)) || !(b_->mode & m_base0(seg))) return false;
+  if (x.op == Op::PUSH_Ev) {
+    *size = x.osize;
+    *write = false;
+    return x.base == EBP;  // (with ESP the push moves the base after its read)
+  }
+  const Native nat = native_of(x);
+  if (!nat.ok || nat.reg_only || nat.rm_size > 4) return false;
+  *size = nat.rm_size;
+  *write = nat.rm == RM_W || nat.rm == RM_RW;
+  return true;
+}
+
+void Emitter::plan_frames(unsigned n) {
+  frames_.clear();
+  frame_led_ = -1;
+  if (frame_of_.size() < n) frame_of_.resize(n);
+  std::fill_n(frame_of_.begin(), n, i16(-1));
+  if (!bt_.options().frame_checks || (b_->mode & (M_NOPG | M_UWIN)) || bt_.is_no_frames(b_->pa)) return;
+  // Where the block's own forward branches may come back in (side joins).
+  std::vector<u8>& target = frame_target_;
+  target.assign(n, 0);
+  for (unsigned j = 0; j < n; j++) {
+    const Insn& x = pre_[j].i;
+    if (!(x.info().attrs & CT)) continue;
+    const u32 to = pre_[j].eip + x.len + x.imm;
+    for (unsigned t = j + 1; t < n; t++)
+      if (pre_[t].eip == to) target[t] = 1;
+  }
+  int cur = -1;
+  auto close = [&] {
+    if (cur >= 0 && frames_[size_t(cur)].members < 2) {  // alone: nothing to share
+      for (unsigned k = 0; k < n; k++)
+        if (frame_of_[k] == cur) frame_of_[k] = -1;
+      frames_.pop_back();
+    }
+    cur = -1;
+  };
+  for (unsigned j = 0; j < n; j++) {
+    const Insn& x = pre_[j].i;
+    if (target[j]) close();
+    unsigned size = 0;
+    bool write = false;
+    if (frame_member(x, &size, &write)) {
+      if (cur >= 0 && frames_[size_t(cur)].base != x.base) close();
+      const i32 lo = i32(x.disp), hi = i32(x.disp) + i32(size);
+      if (cur >= 0) {
+        FrameGroup& g = frames_[size_t(cur)];
+        const i32 nlo = std::min(g.lo, lo), nhi = std::max(g.hi, hi);
+        if (nhi - nlo > 1024) close();  // far apart: likely on two pages
+      }
+      if (cur < 0) {
+        cur = int(frames_.size());
+        FrameGroup g;
+        g.base = x.base;
+        g.lo = lo;
+        g.hi = hi;
+        frames_.push_back(g);
+      }
+      FrameGroup& g = frames_[size_t(cur)];
+      g.lo = std::min(g.lo, lo);
+      g.hi = std::max(g.hi, hi);
+      g.write |= write;
+      g.last = j;
+      g.members++;
+      frame_of_[j] = i16(cur);
+    }
+    // What ends a group after x: x writes its register (or may: a write
+    // not known), or may change the mappings, the mode or leave the block.
+    if (cur >= 0) {
+      unsigned m = 0;
+      const auto attrs = x.info().attrs;
+      const bool jcc = x.op == Op::JCC_Jb || x.op == Op::JCC_Jz;
+      if ((attrs & (SEN | PRV | IOI)) || ((attrs & CT) && !jcc) || (!(attrs & CT) && !regs_written(x, &m)) ||
+          (m & (1u << frames_[size_t(cur)].base)))
+        close();
+    }
+  }
+  close();
+}
+
 // Starts a memory access: a slow path (the whole instruction through the
 // semantics) and the inline lookup of the operand `addr` names (the ModRM
 // operand, or an implicit one: the stack, [EBP], a moffs, [ESI], [EDI]) in
@@ -164,7 +255,13 @@ Emitter::Slow& Emitter::mem_access(const Insn& i, u32 eip, u64 pa, unsigned seg,
   // With paging on at CPL 3, the user window (mem::Mmu) maps the user
   // pages the TLB holds at their linear addresses: addressed the same way.
   const bool nopg = b_->mode & M_NOPG;
-  const bool direct = (nopg || (b_->mode & M_UWIN)) && !in_rep_ && (b_->mode & m_base0(seg)) && seg != GS;
+  // A frame-check group's member (plan_frames): the leader checks the
+  // group's span, a follower is addressed like a direct access.
+  const int fg = addr == Site::A_EA && !in_rep_ && !bt_index_ && size <= 4 && idx_ < n_ ? frame_of_[idx_] : -1;
+  const bool follower = fg >= 0 && frame_led_ == fg;
+  const bool leader = fg >= 0 && !follower;
+  const bool direct =
+      follower || ((nopg || (b_->mode & M_UWIN)) && !in_rep_ && (b_->mode & m_base0(seg)) && seg != GS);
   // Guest flags only in the host's at an access that does not read them:
   // parked now (5 instructions), this access and the next ones take the
   // compare-and-branch TLB check (7) instead of the flag-free one (14).
@@ -189,8 +286,8 @@ Emitter::Slow& Emitter::mem_access(const Insn& i, u32 eip, u64 pa, unsigned seg,
   // yet saved, or the instruction needs the guest's flags as input.
   bool clobber = fl_ != Fl::dirty && (flags_dead || (!direct && (out_dead_ || !needs_flags(i))));
   if (direct) {
-    s.site->phys = nopg;
-    s.site->window = !nopg;
+    s.site->phys = nopg && !follower;
+    s.site->window = !nopg && !follower;
     bt_.bstats().direct_accesses++;
     if (clobber) fl_ = Fl::parked;
     s.parked = fl_ == Fl::parked;
@@ -219,6 +316,16 @@ Emitter::Slow& Emitter::mem_access(const Insn& i, u32 eip, u64 pa, unsigned seg,
   // path then wraps it as the CPU does).
   // With the user window at host 0 the access is the guest's own
   // addressing under 0x67 (it wraps at 4 GiB as the guest's does).
+  if (follower) {
+    // [frame_addend + base + disp]: the base's 32-bit sum first (the span
+    // check saw it on one page, so it did not wrap).
+    mov(r8, qword[r14 + kFrameOff]);
+    lea(r9d, ptr[Reg64(hreg(i.base)) + i32(i.disp)]);
+    lea(r8, ptr[r8 + r9]);
+    bt_.bstats().frame_followers++;
+    s.direct_from = here();
+    return s;
+  }
   const bool zero = !nopg && bt_.user_window_zero();
   if (direct && zero && direct_fold_ok_ && addr == Site::A_EA && i.asize == 4 && !bt_index_) {
     direct_form_ = 3;
@@ -267,6 +374,25 @@ Emitter::Slow& Emitter::mem_access(const Insn& i, u32 eip, u64 pa, unsigned seg,
       mov(r11d, dword[r14 + kGsSlow]);
       wrap = true;
     }
+  }
+  if (leader && !wrap && seg != GS) {
+    // The whole span at once: r8 = host address of base + lo (the slow
+    // path's callout sets Rt::frame_addend itself), then this operand's.
+    const FrameGroup& g = frames_[size_t(fg)];
+    lea(r8d, ptr[r8 + (g.lo - i32(i.disp))]);
+    s.entry_fix = encode_lookup(unsigned(g.hi - g.lo), g.write, clobber, false);
+    mov(r10, qword[r14 + r9 * 8 + (tlb_off_ + int(mem::Mmu::addend_array_off(user_)))]);
+    mov(qword[r14 + kFrameOff], r10);
+    lea(r8, ptr[r8 + (i32(i.disp) - g.lo)]);
+    Site& st = *s.site;
+    st.frame_lo = g.lo;
+    st.frame_span = u16(g.hi - g.lo);
+    st.frame_base = g.base;
+    st.frame_write = g.write;
+    st.frame_lead = idx_ < g.last;  // later members rely on it
+    frame_led_ = fg;
+    bt_.bstats().frame_leaders++;
+    return s;
   }
   if (memo_ && clobber && !wrap && !in_rep_ && seg != GS && (b_->mode & m_base0(seg)) &&
       !bt_.is_no_memo(pa)) {

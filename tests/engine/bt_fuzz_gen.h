@@ -122,7 +122,18 @@ struct Gen {
     const unsigned k = 2 + r(7);
     for (unsigned j = 0; j < k; j++) {
       const u8 d8 = u8(r(4) ? r(64) - 32 : r(256));
-      switch (r(12)) {
+      switch (r(14)) {
+        case 12:                                                       // push ; push ; mov r, [esp+4] ; pop ; pop
+          b(u8(0x50 | regs32[r(7)])); b(u8(0x50 | regs32[r(7)]));
+          b(0x8B); b(u8(0x44 | (regs32[r(4)] << 3))); b(0x24); b(4);
+          b(u8(0x58 | regs32[r(7)])); b(u8(0x58 | regs32[r(7)]));
+          break;
+        case 13:                                                       // sub esp, 8 ; mov [esp+4], r ; mov r, [esp] ; add esp, 8
+          b(0x83); b(0xEC); b(8);
+          b(0x89); b(u8(0x44 | (regs32[r(7)] << 3))); b(0x24); b(4);
+          b(0x8B); b(u8(0x04 | (regs32[r(4)] << 3))); b(0x24);
+          b(0x83); b(0xC4); b(8);
+          break;
         case 0: b(0x83); b(0xC5); b(u8(r(2) ? 4 : 0xFC)); break;      // add ebp, +-4
         case 1: b(u8(0x50 | regs32[r(sizeof regs32)])); b(u8(0x58 | regs32[r(sizeof regs32)])); break;  // push r ; pop r
         case 2: b(u8(0x70 | r(16))); b(3); b(0x8B); b(u8(0x45 | (regs32[r(4)] << 3))); b(d8); break;  // jcc over a load

@@ -171,6 +171,8 @@ TEST(BtFuzz, MmxSequencesAgreeWithTheInterpreter) {
 TEST(BtFuzz, FrameSequencesAgreeWithTheInterpreter) {
   const char* count_env = std::getenv("POPEK_FUZZ_FRAME_SEQUENCES");
   const u64 max_sequences = count_env ? std::strtoull(count_env, nullptr, 0) : 2000;
+  const char* seed_env = std::getenv("POPEK_FUZZ_SEED");
+  const u32 first_seed = seed_env ? u32(std::strtoul(seed_env, nullptr, 0)) : 1;
   std::vector<test::EngineKind> kinds;
   for (auto& k : test::all_engines())
     if (k.bt && !k.opt.lockstep) kinds.push_back(k);
@@ -183,7 +185,7 @@ TEST(BtFuzz, FrameSequencesAgreeWithTheInterpreter) {
       for (auto& [name, n] : v->vm.eng->stats())
         if (name.rfind("bt.frame_", 0) == 0) sum[name] += n;
   };
-  for (u32 seed = 1; seed <= max_sequences; seed++) {
+  for (u32 seed = first_seed; seed < first_seed + max_sequences; seed++) {
     const unsigned ki = seed % kinds.size();
     test::EngineKind k = kinds[ki];
     k.opt.lockstep = true;

@@ -857,9 +857,10 @@ u64 Bt::callout(Site* site) {
   if (site->frame_lead && !exit) {
     const u32 la = s_.gpr[site->frame_base] + u32(site->frame_lo);
     if (const u8* h = mmu_.direct(la, site->frame_span, site->frame_write, s_.cpl == 3)) {
-      rt_->frame_addend = u64(reinterpret_cast<uintptr_t>(h)) - la;
+      rt_->frame_addend[site->frame_base == EBP ? 0 : 1] = u64(reinterpret_cast<uintptr_t>(h)) - la;
     } else {
-      rt_->frame_addend = u64(reinterpret_cast<uintptr_t>(pm_.ram())) + (u64(1) << 32);  // faults (kDirectSpan)
+      // (Faults: the inaccessible rest of PhysMem::kDirectSpan.)
+      rt_->frame_addend[site->frame_base == EBP ? 0 : 1] = u64(reinterpret_cast<uintptr_t>(pm_.ram())) + (u64(1) << 32);
       st_.frame_misses++;
       if (++site->frame_misses >= kFrameMissLimit) {
         no_frames_.insert(b->pa);

@@ -157,9 +157,10 @@ struct Rt {
   u32 rcp_stash = 0;
   u32 pad2 = 0;
   // Frame checks (BtOptions::frame_checks): host address - linear address of
-  // the page the current group's span is on, or kFramePoison (set by the
-  // group's first access, read by the others in the same block run).
-  u64 frame_addend = 0;
+  // the page the current [EBP + disp] group's span (0) and [ESP + disp] /
+  // push / pop group's span (1) are on, or a poison that faults (set by the
+  // group's first access, read by the others in the same run of the block).
+  u64 frame_addend[2] = {};
   u8* direct_base = nullptr;  // guest RAM + kR13Bias: r13 (see kR13Bias)
   // Guest CALL/RET as host call/ret pairs (Translator: "the return stack"):
   // the host RSP generated code was entered with (every way out goes back

@@ -287,28 +287,40 @@ class Emitter : public CodeGenerator {
   void memo_miss(Slow& s);
   void room(const Reg32& out, const Reg32& reg, unsigned seg, unsigned size);
   // Frame checks (BtOptions::frame_checks). plan_frames groups the block's
-  // [EBP + disp] / [ESP + disp] operands between changes of the register,
-  // instructions that may change the mappings or leave the block, and the
-  // targets of the block's own branches (a side exit's join skips code). At
-  // run time the group's first access that is emitted inline (the leader)
-  // checks the TLB once for the group's whole span and keeps the page's
-  // host address in Rt::frame_addend; the later ones (followers) address
-  // [frame_addend + base + disp] like direct accesses: no check, the flags
-  // left alone, a host fault (the poison Bt::callout leaves when the span is
-  // not on one mapped page) taking their slow path.
+  // stack-frame operands: [EBP + disp] (slot 0) and, tracking ESP through
+  // PUSH, POP and ADD/SUB ESP, imm, [ESP + disp] and the pushes and pops
+  // themselves (slot 1), each group between changes of its register it
+  // cannot follow, instructions that may change the mappings or mode or
+  // leave the block, and the targets of the block's own branches (a side
+  // exit's join skips code). At run time the group's first access emitted
+  // inline (the leader) checks the TLB once for the group's whole span and
+  // keeps the page's host address - linear address in Rt::frame_addend[slot];
+  // the later ones (followers) compute their linear address as usual and
+  // add it: no check, the flags left alone, like direct accesses (a host
+  // fault, from the poison Bt::callout leaves when the span is not on one
+  // mapped page, takes their slow path).
   struct FrameGroup {
-    u8 base;          // guest register
-    i32 lo = 0, hi = 0;  // the displacements reach [base + lo, base + hi)
+    u8 base;             // guest register: EBP (slot 0) or ESP (slot 1)
+    i32 lo = 0, hi = 0;  // the members reach [base0 + lo, base0 + hi): base0 the register at the group's start
     bool write = false;
-    unsigned last = 0;   // the last member's index
+    unsigned first = 0, last = 0;  // the first and last members' indices
     unsigned members = 0;
+    bool led = false;    // emitting: its leader has been emitted
+  };
+  // Per instruction: the groups of its ModRM operand and of its implicit
+  // stack access (PUSH/POP), their offsets from base0, and ESP - ESP's
+  // base0 after it.
+  struct FrameUse {
+    i16 ea = -1, stk = -1;
+    i32 ea_off = 0, stk_off = 0;
+    i32 esp_after = 0;
   };
   std::vector<FrameGroup> frames_;
-  std::vector<i16> frame_of_;  // per instruction: its group, or -1
+  std::vector<FrameUse> frame_use_;
   std::vector<u8> frame_target_;  // per instruction: a branch of the block may go to it
-  int frame_led_ = -1;         // the group whose leader has been emitted
   void plan_frames(unsigned n);
   bool frame_member(const Insn& x, unsigned* size, bool* write) const;
+  int frame_stack_access(const Insn& x) const;
   std::pair<Slow*, Slow*> operand_then_push_slot(const Insn& i, u32 eip, u64 pa);
 
   // ---- the generic re-encoder (emitter_insn.cpp) ----

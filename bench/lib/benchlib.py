@@ -30,6 +30,9 @@ GUEST_CACHE = os.environ.get("POPEK_CACHE") or os.path.join(REPO, "cache", "gues
 BENCH_CACHE = os.environ.get("POPEK_BENCH_CACHE") or os.path.join(REPO, "cache", "bench")
 
 APPEND = "console=ttyS0 quiet cryptomgr.notests noisapnp panic=-1"
+# Issue 19's "plain" command line: the kernel's crypto self-tests and ISA PnP
+# probe run (kernel-mode compute). panic=-1 only makes a failed boot end.
+APPEND_PLAIN = "console=ttyS0 quiet panic=-1"
 MEMORY = "256M"
 READY = "POPEK-READY"
 # The kernel's last line when `poweroff -f` halts the machine (isapc has no
@@ -171,7 +174,7 @@ def check_guest():
     return os.path.join(GUEST_CACHE, "vmlinuz"), initrd
 
 
-def machine_note(args, popek=None):
+def machine_note(args, popek=None, append=None):
     """Lines saying where and with what the figures were measured."""
     load = open("/proc/loadavg").read().split()[:3]
     model = "?"
@@ -182,7 +185,7 @@ def machine_note(args, popek=None):
     git = subprocess.run(["git", "-C", REPO, "describe", "--always", "--dirty"],
                          capture_output=True, text=True).stdout.strip() or "?"
     note = (f"host: {model}, {os.cpu_count()} CPUs, load {' '.join(load)}; repo at {git}\n"
-            f"guest: {args.memory} RAM, append '{APPEND} popek.run=...'; "
+            f"guest: {args.memory} RAM, append '{append or APPEND} popek.run=...'; "
             f"QEMU: qemu-system-i386 -accel tcg {' '.join(QEMU_MACHINE)} -cpu {args.qemu_cpu}")
     if popek:
         note += f"\npopek: {popek}"
@@ -240,9 +243,9 @@ class GuestRun:
         return ""
 
 
-def run_guest(engine, popek, kernel, initrd, args, run_path, append_extra="", keep=None):
+def run_guest(engine, popek, kernel, initrd, args, run_path, append_extra="", keep=None, append_base=None):
     """Boots one guest whose /init runs `run_path` then powers off; returns a GuestRun."""
-    append = f"{APPEND} popek.run={run_path}{(' ' + append_extra) if append_extra else ''}"
+    append = f"{append_base or APPEND} popek.run={run_path}{(' ' + append_extra) if append_extra else ''}"
     cmd = guest_cmd(engine, popek, kernel, initrd, append, args.memory, args.qemu_cpu)
     r = GuestRun()
     r.engine = engine

@@ -277,6 +277,9 @@ int main(int argc, char** argv) {
   run->add_flag("!--bt-no-inline-x87", cfg.bt.inline_x87,
                 "bt: run every x87 instruction through the semantics (a callout) instead of the "
                 "host's x87 on the guest's registers after inline checks for the cases they handle");
+  run->add_flag("!--bt-no-frame-checks", cfg.bt.frame_checks,
+                "bt: check every [EBP/ESP + disp] memory operand in the soft TLB instead of once per "
+                "block stretch where the register is unchanged (kernel code, processes outside the user window)");
   run->add_flag("!--bt-no-fastmem", cfg.bt.fastmem,
                 "bt: with paging off, look memory operands up in the soft TLB instead of "
                 "addressing guest RAM directly");

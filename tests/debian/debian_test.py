@@ -166,12 +166,17 @@ int main(void) {
         t0 = time.time()
         # -j3: three worker processes, so that the modules that mostly wait
         # (test_signal, test_subprocess, test_threading) overlap.
-        status, out = self.run("cd /tmp && python3 -m test -j3 --timeout 900 " + " ".join(mods) + " 2>&1 | tail -25", 5400)
+        # (--slowest: the ten longest modules go into the note, for the list's CI time.)
+        status, out = self.run("cd /tmp && python3 -m test -j3 --slowest --timeout 900 " + " ".join(mods) +
+                               " 2>&1 | tail -40", 5400)
         m = re.search(r"Tests result: (\w+)", out)
         # Every module ran and passed ("All N tests OK."; a skipped one is listed apart).
         ok = status == 0 and m and m.group(1) == "SUCCESS" and re.search(rf"All {len(mods)} tests OK", out) is not None
+        slow = re.findall(r"^- (test_\w+): (.+)$", out, re.M)
         self.note("python", bool(ok), f"{len(mods)} modules in {time.time() - t0:.0f} s: " +
-                  (m.group(0) if m else "no result") + ("" if ok else "\n" + out[-3000:]))
+                  (m.group(0) if m else "no result") +
+                  (f"; slowest: {', '.join(f'{n} {d}' for n, d in slow)}" if slow else "") +
+                  ("" if ok else "\n" + out[-3000:]))
 
     def stress(self):
         lines = []

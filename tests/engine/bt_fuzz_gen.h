@@ -74,6 +74,7 @@ struct Gen {
   bool user = false;
   u32 hot_base = 0, hot = 1;
   bool mmx = false;  // MMX instructions among the rest (draws nothing when off)
+  bool frames = false;  // runs of [EBP/ESP + d8] operands among the rest (likewise)
   bool x87 = false;  // x87 instructions among the rest (likewise; x87_fuzz.h)
   explicit Gen(u32 seed) : rng(seed) {}
   u32 r(u32 n) { return std::uniform_int_distribution<u32>(0, n - 1)(rng); }
@@ -106,6 +107,46 @@ struct Gen {
       case 2: b(u8(0x80 | (reg << 3) | 6)); d(r(0x1100) - 0x80); break;   // [esi+d32]
       case 3: b(u8(0x44 | (reg << 3))); b(u8((r(4) << 6) | (1 << 3) | 7)); b(u8(r(256))); break;  // [edi+ecx*s+d8]
       default: b(u8(0x05 | (reg << 3))); d(addr()); break;                 // [abs]
+    }
+  }
+  // bt's frame checks: `mov ebp, a` (near page boundaries, the absent,
+  // read-only and code pages) and a run of [EBP + d8] operands — reads,
+  // writes, read-modify-writes, PUSH of one — with changes of EBP, pushes
+  // and pops, forward branches over one of them (side joins in user mode)
+  // and [ESP + d8] reads among them.
+  void frame_run() {
+    b(0xBD); d(addr());
+    static const u8 ops32[] = {0x8B, 0x89, 0x01, 0x03, 0x29, 0x31, 0x39, 0x3B, 0x85, 0x87, 0x11, 0x1B};
+    static const u8 ops8[] = {0x8A, 0x88, 0x00, 0x20, 0x38, 0x02};
+    static const u8 regs32[] = {EAX, ECX, EDX, EBX, EBP, ESI, EDI};  // (a load may end the run's EBP)
+    const unsigned k = 2 + r(7);
+    for (unsigned j = 0; j < k; j++) {
+      const u8 d8 = u8(r(4) ? r(64) - 32 : r(256));
+      switch (r(14)) {
+        case 12:                                                       // push ; push ; mov r, [esp+4] ; pop ; pop
+          b(u8(0x50 | regs32[r(7)])); b(u8(0x50 | regs32[r(7)]));
+          b(0x8B); b(u8(0x44 | (regs32[r(4)] << 3))); b(0x24); b(4);
+          b(u8(0x58 | regs32[r(7)])); b(u8(0x58 | regs32[r(7)]));
+          break;
+        case 13:                                                       // sub esp, 8 ; mov [esp+4], r ; mov r, [esp] ; add esp, 8
+          b(0x83); b(0xEC); b(8);
+          b(0x89); b(u8(0x44 | (regs32[r(7)] << 3))); b(0x24); b(4);
+          b(0x8B); b(u8(0x04 | (regs32[r(4)] << 3))); b(0x24);
+          b(0x83); b(0xC4); b(8);
+          break;
+        case 0: b(0x83); b(0xC5); b(u8(r(2) ? 4 : 0xFC)); break;      // add ebp, +-4
+        case 1: b(u8(0x50 | regs32[r(sizeof regs32)])); b(u8(0x58 | regs32[r(sizeof regs32)])); break;  // push r ; pop r
+        case 2: b(u8(0x70 | r(16))); b(3); b(0x8B); b(u8(0x45 | (regs32[r(4)] << 3))); b(d8); break;  // jcc over a load
+        case 3: b(0x8B); b(u8(0x44 | (regs32[r(4)] << 3))); b(0x24); b(u8(4 * r(8))); break;  // mov r, [esp+d8]
+        case 4: b(0xFF); b(0x75); b(d8); b(u8(0x58 | regs32[r(4)])); break;  // push dword [ebp+d8] ; pop r
+        case 5: b(0xC7); b(0x45); b(d8); d(rng()); break;             // mov dword [ebp+d8], imm
+        case 6: b(0x0F); b(u8(r(2) ? 0xB6 : 0xBF)); b(u8(0x45 | (regs32[r(4)] << 3))); b(d8); break;  // movzx/movsx
+        case 7: b(ops8[r(sizeof ops8)]); b(u8(0x45 | (r(4) << 3))); b(d8); break;
+        default:
+          if (r(6) == 0) b(0x66);
+          b(ops32[r(sizeof ops32)]); b(u8(0x45 | (regs32[r(sizeof regs32)] << 3))); b(d8);
+          break;
+      }
     }
   }
   // User mode: a loop over pages, `mov edx, a ; mov ecx, n ; L: op [edx+d8]
@@ -200,6 +241,10 @@ struct Gen {
     }
     if (x87 && r(2) == 0) {
       test::x87fuzz::insn(*this);
+      return;
+    }
+    if (frames && r(4) == 0) {
+      frame_run();
       return;
     }
     if (user && r(24) == 0) {
@@ -617,10 +662,12 @@ struct FuzzVm {
     s.intr_shadow = 0;
   }
   bool mmx = false;  // sequences with MMX instructions
+  bool frames = false;  // sequences with runs of [EBP/ESP + d8] operands
   bool x87 = false;  // sequences with x87 instructions (and a random FPU state)
   FuzzResult run(u32 seed, const std::string& name) {
     Gen g(seed);
     g.mmx = mmx;
+    g.frames = frames;
     g.x87 = x87;
     const u64 cap = vm.kind.opt.user_window_cap;
     // Seeds 3 mod 4 end in a loop that is one block when the sequence has

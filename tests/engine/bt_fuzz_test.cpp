@@ -55,7 +55,8 @@ TEST(BtFuzz, RandomSequencesAgreeWithTheInterpreter) {
   auto add_window_stats = [&](const std::unique_ptr<FuzzVm>& v) {
     if (v && v->vm.eng)
       for (auto& [k, n] : v->vm.eng->stats())
-        if (k.rfind("mmu.window", 0) == 0 || k == "bt.direct_faults" || k == "bt.window_strikes" ||
+        if (k.rfind("mmu.window", 0) == 0 || k.rfind("bt.frame_", 0) == 0 || k == "bt.direct_faults" ||
+            k == "bt.window_strikes" ||
             k == "bt.inline_divs" || k == "bt.ras_calls" || k == "bt.ras_rets")
           sum[k] += n;
   };
@@ -160,6 +161,60 @@ TEST(BtFuzz, MmxSequencesAgreeWithTheInterpreter) {
   EXPECT_GT(mmx_callouts, 10000u);
   EXPECT_EQ(divergences, 0u) << first;
   EXPECT_GT(insns, 1000u);
+}
+
+// Runs of [EBP + d8] / [ESP + d8] operands (Gen::frame_run) among the rest:
+// bt's frame checks (one TLB check per run, BtOptions::frame_checks) where
+// the run crosses pages, reaches the absent, read-only or code pages,
+// changes EBP or ESP, or branches over a member. POPEK_FUZZ_FRAME_SEQUENCES
+// sequences (default 2000).
+TEST(BtFuzz, FrameSequencesAgreeWithTheInterpreter) {
+  const char* count_env = std::getenv("POPEK_FUZZ_FRAME_SEQUENCES");
+  const u64 max_sequences = count_env ? std::strtoull(count_env, nullptr, 0) : 2000;
+  const char* seed_env = std::getenv("POPEK_FUZZ_SEED");
+  const u32 first_seed = seed_env ? u32(std::strtoul(seed_env, nullptr, 0)) : 1;
+  std::vector<test::EngineKind> kinds;
+  for (auto& k : test::all_engines())
+    if (k.bt && !k.opt.lockstep) kinds.push_back(k);
+  std::vector<std::unique_ptr<FuzzVm>> vms(kinds.size());
+  u64 insns = 0, divergences = 0;
+  std::map<std::string, u64> sum;
+  std::string first;
+  auto add_stats = [&](const std::unique_ptr<FuzzVm>& v) {
+    if (v && v->vm.eng)
+      for (auto& [name, n] : v->vm.eng->stats())
+        if (name.rfind("bt.frame_", 0) == 0) sum[name] += n;
+  };
+  for (u32 seed = first_seed; seed < first_seed + max_sequences; seed++) {
+    const unsigned ki = seed % kinds.size();
+    test::EngineKind k = kinds[ki];
+    k.opt.lockstep = true;
+    k.opt.code_cache_mb = 8;
+    if (!vms[ki]) {
+      vms[ki] = std::make_unique<FuzzVm>(k);
+      vms[ki]->frames = true;
+    }
+    FuzzResult r = vms[ki]->run(seed, k.name);
+    if (r.diverged || r.outside_ram) {
+      add_stats(vms[ki]);
+      vms[ki].reset();
+    }
+    insns += r.insns;
+    if (r.diverged && divergences++ == 0) first = r.message;
+  }
+  for (auto& v : vms) add_stats(v);
+  std::printf("bt fuzz (frames): %llu sequences, %llu instructions compared in lockstep, %llu divergences;",
+              (unsigned long long)max_sequences, (unsigned long long)insns, (unsigned long long)divergences);
+  for (auto& [name, n] : sum) std::printf(" %s=%llu", name.c_str(), (unsigned long long)n);
+  std::printf("\n");
+  EXPECT_EQ(divergences, 0u) << first;
+  EXPECT_GT(insns, 1000u);
+  // The groups were made, and their span missed (crossing, absent pages):
+  // the poisoned followers' host faults ran.
+  if (max_sequences >= 1000) {
+    EXPECT_GT(sum["bt.frame_followers"], 1000u);
+    EXPECT_GT(sum["bt.frame_misses"], 10u);
+  }
 }
 
 // x87 instructions among the rest (x87_fuzz.h), from a random FPU state:

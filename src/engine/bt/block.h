@@ -36,6 +36,15 @@ struct Site {
   bool window = false;    // the inline access addresses the user window (mem::Mmu)
   bool has_memo = false;  // the inline access first checks memo `memo` (mem::Mmu::Memo)
   u16 memo = 0;
+  // The first access of a frame-check group (BtOptions::frame_checks): its
+  // slow path leaves Rt::frame_addend for the span [base + frame_lo, base +
+  // frame_lo + frame_span) for the group's other accesses.
+  bool frame_lead = false;
+  bool frame_write = false;
+  u8 frame_base = 0;    // the guest base register
+  u16 frame_span = 0;   // 0: not a group's first access
+  i32 frame_lo = 0;
+  u16 frame_misses = 0;
   u64 hits = 0;
   u64 persistent = 0;
   u64 last_slow = 0;   // instruction count at the last such visit  // slow-path hits after which the TLB still could not serve it

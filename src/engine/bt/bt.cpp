@@ -82,6 +82,10 @@ constexpr u64 kAdaptiveWindow = 4096;    // this many guest instructions of the 
 // calls (its page may have stopped being watched, e.g. code that was copied
 // elsewhere; if not, it comes back after kAdaptiveThreshold slow hits).
 constexpr u64 kAdaptiveRetry = 1u << 16;
+// A frame-check leader whose span missed after its slow path this often:
+// its block is translated again without frame checks (each miss sends the
+// group's other accesses through host faults).
+constexpr unsigned kFrameMissLimit = 8;
 
 u64 callout_entry(Rt* rt, Site* site) { return rt->self->callout(site); }
 u64 tsc_entry(Rt* rt, u32 unretired) { return rt->self->inline_tsc(unretired); }
@@ -883,6 +887,27 @@ u64 Bt::callout(Site* site) {
     pending_error_ = std::current_exception();
   }
   if (cpu_.stop != StopReason::none) exit = true;
+  // A frame-check group's leader (Translator: frames_) that took its slow
+  // path: the group's span for the accesses after it, or the poison that
+  // sends each of them to its own slow path (a host fault) when the span is
+  // not on one page the TLB maps. A block whose span keeps failing is
+  // translated again without frame checks.
+  if (site->frame_lead && !exit) {
+    const u32 la = s_.gpr[site->frame_base] + u32(site->frame_lo);
+    if (const u8* h = mmu_.direct(la, site->frame_span, site->frame_write, s_.cpl == 3)) {
+      rt_->frame_addend[site->frame_base == EBP ? 0 : 1] = u64(reinterpret_cast<uintptr_t>(h)) - la;
+    } else {
+      // (Faults: the inaccessible rest of PhysMem::kDirectSpan.)
+      rt_->frame_addend[site->frame_base == EBP ? 0 : 1] = u64(reinterpret_cast<uintptr_t>(pm_.ram())) + (u64(1) << 32);
+      st_.frame_misses++;
+      if (++site->frame_misses >= kFrameMissLimit) {
+        no_frames_.insert(b->pa);
+        invalidate(b);
+        st_.frame_retranslations++;
+        exit = true;
+      }
+    }
+  }
   // A user-window access that faulted although the TLB may hold its page
   // (the window dropped it at its cap): the window maps what the TLB holds
   // now, or every later access to the page would fault again.
@@ -1261,6 +1286,10 @@ std::vector<std::pair<std::string, u64>> Bt::stats() const {
       {"bt.memo_drops", mmu_.memo_drops()},
       {"bt.memo_batches", st_.memo_batches},
       {"bt.memo_retranslations", st_.memo_retranslations},
+      {"bt.frame_leaders", st_.frame_leaders},
+      {"bt.frame_followers", st_.frame_followers},
+      {"bt.frame_misses", st_.frame_misses},
+      {"bt.frame_retranslations", st_.frame_retranslations},
       {"bt.write_protect_switches", st_.write_protect_switches},
       {"bt.write_protect_calls", pm_.protect_calls()},
       {"bt.adaptive_retranslations", st_.adaptive_retranslations},

@@ -85,6 +85,13 @@ struct BtOptions {
   // +40 %; the jump cache's indirect jump was already predicted, and the
   // frame costs instructions); the fuzzer turns it on in half its variants.
   bool ras = false;
+  // Frame checks: where a block's memory operands are [EBP + disp] (or
+  // [ESP + disp]) with that register unchanged in between, the first of them
+  // checks the TLB once for the span all of them reach (one page) and keeps
+  // the page's host address; the others add their offset to it (no TLB
+  // check, the host flags left alone). Paging on, outside the user window:
+  // kernel code and short-lived processes, whose locals are on the stack.
+  bool frame_checks = true;
   // Exits and jump-cache lookups are copied from a template encoded once,
   // their immediates written in (else xbyak encodes each: slower to
   // translate; the code is the same but for a mov r64 that may then keep
@@ -161,6 +168,11 @@ struct Rt {
   // red zone, because a slow path's call in between would overwrite that.
   u32 rcp_stash = 0;
   u32 pad2 = 0;
+  // Frame checks (BtOptions::frame_checks): host address - linear address of
+  // the page the current [EBP + disp] group's span (0) and [ESP + disp] /
+  // push / pop group's span (1) are on, or a poison that faults (set by the
+  // group's first access, read by the others in the same run of the block).
+  u64 frame_addend[2] = {};
   u8* direct_base = nullptr;  // guest RAM + kR13Bias: r13 (see kR13Bias)
   // Guest CALL/RET as host call/ret pairs (Translator: "the return stack"):
   // the host RSP generated code was entered with (every way out goes back
@@ -241,6 +253,10 @@ struct BtStats {
   u64 memo_accesses = 0;     // memory operands translated with a memo (user mode)
   u64 memo_batches = 0;      // kMemoBatch misses of one memo (the policy looked)
   u64 memo_retranslations = 0;  // sites translated again without their memo
+  u64 frame_leaders = 0;     // frame-check groups' first accesses translated (BtOptions::frame_checks)
+  u64 frame_followers = 0;   // accesses translated to use their leader's check
+  u64 frame_misses = 0;      // a leader's span was not on one mapped page after its slow path
+  u64 frame_retranslations = 0;  // blocks translated again without frame checks
   u64 write_protect_switches = 0;  // code write protection turned on or off
   u64 interp_steps = 0;      // instructions run by the interpreter (modes, TF, shadows, first visits)
   u64 cold_blocks = 0;       // block entries interpreted on their first visit
@@ -298,6 +314,7 @@ class Bt final : public Engine, public mem::CodeWatcher, public mem::TlbListener
   // guest's own addressing on it).
   bool user_window_zero() const { return uwin_ && mmu_.user_window_zero(); }
   bool is_no_memo(u64 pa) const { return no_memo_.count(pa) != 0; }
+  bool is_no_frames(u64 pa) const { return no_frames_.count(pa) != 0; }
   // A memo's misses come in batches of kMemoBatch (its count-down); a batch
   // within kMemoWindow guest instructions of the last makes the site's block
   // retranslate without it (its accesses alternate between pages: each miss
@@ -445,6 +462,7 @@ class Bt final : public Engine, public mem::CodeWatcher, public mem::TlbListener
   // straight to their slow path.
   std::unordered_set<u64> direct_slow_;
   std::unordered_set<u64> no_memo_;  // instructions (by address) translated without a memo
+  std::unordered_set<u64> no_frames_;  // blocks (by address) translated without frame checks
   big_vector<u64> memo_since_ = big_vector<u64>(mem::Mmu::kMemos);  // icount at a memo's batch start
 
   // Stubs in the reserved start of the code cache.

@@ -56,6 +56,7 @@ constexpr u32 kFlagsWritable = CF | PF | AF | ZF | SF | TF | IF | DF | OF | IOPL
 constexpr int kHfOff = int(offsetof(Rt, hf));
 constexpr int kLoopLazyOff = int(offsetof(Rt, loop_lazy));
 constexpr int kRcpStashOff = int(offsetof(Rt, rcp_stash));
+constexpr int kFrameOff = int(offsetof(Rt, frame_addend));
 constexpr int kReasonOff = int(offsetof(Rt, reason));
 constexpr int kArgOff = int(offsetof(Rt, arg));
 constexpr int kJcOff = int(offsetof(Rt, jc));
@@ -370,6 +371,41 @@ class Emitter : public CodeGenerator {
   void memo_hit(Slow& s, unsigned size, bool write);
   void memo_miss(Slow& s);
   void room(const Reg32& out, const Reg32& reg, unsigned seg, unsigned size);
+  // Frame checks (BtOptions::frame_checks). plan_frames groups the block's
+  // stack-frame operands: [EBP + disp] (slot 0) and, tracking ESP through
+  // PUSH, POP and ADD/SUB ESP, imm, [ESP + disp] and the pushes and pops
+  // themselves (slot 1), each group between changes of its register it
+  // cannot follow, instructions that may change the mappings or mode or
+  // leave the block, and the targets of the block's own branches (a side
+  // exit's join skips code). At run time the group's first access emitted
+  // inline (the leader) checks the TLB once for the group's whole span and
+  // keeps the page's host address - linear address in Rt::frame_addend[slot];
+  // the later ones (followers) compute their linear address as usual and
+  // add it: no check, the flags left alone, like direct accesses (a host
+  // fault, from the poison Bt::callout leaves when the span is not on one
+  // mapped page, takes their slow path).
+  struct FrameGroup {
+    u8 base;             // guest register: EBP (slot 0) or ESP (slot 1)
+    i32 lo = 0, hi = 0;  // the members reach [base0 + lo, base0 + hi): base0 the register at the group's start
+    bool write = false;
+    unsigned first = 0, last = 0;  // the first and last members' indices
+    unsigned members = 0;
+    bool led = false;    // emitting: its leader has been emitted
+  };
+  // Per instruction: the groups of its ModRM operand and of its implicit
+  // stack access (PUSH/POP), their offsets from base0, and ESP - ESP's
+  // base0 after it.
+  struct FrameUse {
+    i16 ea = -1, stk = -1;
+    i32 ea_off = 0, stk_off = 0;
+    i32 esp_after = 0;
+  };
+  std::vector<FrameGroup> frames_;
+  std::vector<FrameUse> frame_use_;
+  std::vector<u8> frame_target_;  // per instruction: a branch of the block may go to it
+  void plan_frames(unsigned n);
+  bool frame_member(const Insn& x, unsigned* size, bool* write) const;
+  int frame_stack_access(const Insn& x) const;
   std::pair<Slow*, Slow*> operand_then_push_slot(const Insn& i, u32 eip, u64 pa);
 
   // ---- the generic re-encoder (emitter_insn.cpp) ----

@@ -152,9 +152,23 @@ void Emitter::make_seeds() {
 
 // What a slow path of `s` passes to the callout stub.
 uintptr_t Emitter::site_arg(Site* s) {
+  // Every Site field is either in SiteSeed, derived by Bt::site_from_seed,
+  // or checked below: a new field must be taught to them.
+  static_assert(sizeof(Site) == 120, "a new Site field: carry it in SiteSeed or make such sites in full here");
   if (!is_draft(s)) return reinterpret_cast<uintptr_t>(s);
   const size_t k = size_t(s - drafts_.data());
   if (draft_arg_[k]) return draft_arg_[k];
+  if (s->frame_lead || s->frame_span || s->frame_lo || s->frame_base || s->frame_write) {
+    // A frame-check group's leader (its slow path sets the group's span):
+    // a full site now (a few per block at most; the seed has no room).
+    Site* full = bt_.new_site();
+    *full = *s;
+    full->fn = handler_for(s->insn);
+    full->group = u8(group_of(s->insn));
+    bt_.bstats().sites++;
+    draft_arg_[k] = reinterpret_cast<uintptr_t>(full);
+    return draft_arg_[k];
+  }
   SiteSeed* seed = new (&seeds_[nseeds_++]) SiteSeed();
   seed->insn = s->insn;
   seed->eip = s->eip;
@@ -168,7 +182,8 @@ uintptr_t Emitter::site_arg(Site* s) {
                   (s->phys ? SiteSeed::kPhys : 0) | (s->window ? SiteSeed::kWindow : 0) |
                   (s->has_memo ? SiteSeed::kHasMemo : 0));
   // What the site made from it would be (Bt::site_from_seed) must be this.
-  if (s->pa != b_->pa + (s->eip - b_->eip) || s->ends || s->direct || s->rep_resume || s->shadow_ok)
+  if (s->pa != b_->pa + (s->eip - b_->eip) || s->ends || s->direct || s->rep_resume || s->shadow_ok ||
+      s->fn || s->group || s->hits || s->persistent || s->last_slow || s->frame_misses)
     throw Error("bt: internal error: a slow-path site its seed cannot describe");
   bt_.bstats().seeds++;
   draft_arg_[k] = reinterpret_cast<uintptr_t>(seed) + kSeedTag;

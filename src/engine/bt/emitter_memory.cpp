@@ -149,6 +149,146 @@ bool Emitter::park_pays() const {
   return true;
 }
 
+// Whether x's ModRM operand may be a frame-check group's (see frames_):
+// [EBP/ESP + disp] through a flat base-0 segment, of an instruction the
+// re-encoder runs inline (or PUSH of it), at most 4 bytes; its size and
+// whether it writes.
+bool Emitter::frame_member(const Insn& x, unsigned* size, bool* write) const {
+  if (!x.mem || x.op == Op::LEA || x.asize != 4 || x.index != kNoReg || (x.base != EBP && x.base != ESP))
+    return false;
+  if (x.info().attrs & (SEN | PRV | IOI | FPU | MMX | STR | CT)) return false;
+  if (x.rep() || (bt_.interp_group_mask() & (1u << group_of(x)))) return false;
+  const unsigned seg = x.seg;
+  if (seg == GS || !(b_->mode & m_flat(seg)) || !(b_->mode & m_base0(seg))) return false;
+  if (x.op == Op::PUSH_Ev) {
+    *size = x.osize;
+    *write = false;
+    return x.base == EBP && x.osize == 4;  // (with ESP the push moves the base after its read)
+  }
+  const Native nat = native_of(x);
+  if (!nat.ok || nat.reg_only || nat.rm_size > 4) return false;
+  *size = nat.rm_size;
+  *write = nat.rm == RM_W || nat.rm == RM_RW;
+  return true;
+}
+
+// x's implicit stack access as a frame-check member: -4 a 32-bit push
+// (PUSH reg/imm/r/m), +4 a 32-bit pop into a register other than ESP, 0 none.
+int Emitter::frame_stack_access(const Insn& x) const {
+  if (x.osize != 4 || !(b_->mode & M_SS32) || !(b_->mode & m_flat(SS)) || !(b_->mode & m_base0(SS))) return 0;
+  if (bt_.interp_group_mask() & (1u << group_of(x))) return 0;
+  switch (x.op) {
+    case Op::PUSH_r: case Op::PUSH_Iz: case Op::PUSH_Ib: return -4;
+    case Op::PUSH_Ev: return x.mem && (x.asize != 4 || x.seg == GS) ? 0 : -4;
+    case Op::POP_r: return (x.opcode & 7) == ESP ? 0 : 4;
+    case Op::POP_Ev: return x.mem || x.rm == ESP ? 0 : 4;
+    default: return 0;
+  }
+}
+
+void Emitter::plan_frames(unsigned n) {
+  frames_.clear();
+  if (frame_use_.size() < n) frame_use_.resize(n);
+  std::fill_n(frame_use_.begin(), n, FrameUse{});
+  if (!bt_.options().frame_checks || (b_->mode & (M_NOPG | M_UWIN)) || bt_.is_no_frames(b_->pa)) return;
+  // Where the block's own forward branches may come back in (side joins).
+  std::vector<u8>& target = frame_target_;
+  target.assign(n, 0);
+  for (unsigned j = 0; j < n; j++) {
+    const Insn& x = pre_[j].i;
+    if (!(x.info().attrs & CT)) continue;
+    const u32 to = pre_[j].eip + x.len + x.imm;
+    for (unsigned t = j + 1; t < n; t++)
+      if (pre_[t].eip == to) target[t] = 1;
+  }
+  int cur[2] = {-1, -1};  // the open group of slot 0 (EBP) and 1 (ESP)
+  i32 esp = 0;            // ESP - base0 of slot 1's group
+  auto close = [&](int slot) {
+    const int g = cur[slot];
+    cur[slot] = -1;
+    if (g < 0 || frames_[size_t(g)].members >= 2) return;
+    for (unsigned k = frames_[size_t(g)].first; k < n; k++) {  // alone: nothing to share
+      if (frame_use_[k].ea == g) frame_use_[k].ea = -1;
+      if (frame_use_[k].stk == g) frame_use_[k].stk = -1;
+    }
+    frames_[size_t(g)].members = 0;
+  };
+  // Adds a member at [base0 + off, base0 + off + size); returns its group.
+  auto add = [&](int slot, unsigned j, i32 off, unsigned size, bool write) -> i16 {
+    if (cur[slot] >= 0) {
+      const FrameGroup& g = frames_[size_t(cur[slot])];
+      if (std::max(g.hi, off + i32(size)) - std::min(g.lo, off) > 1024) close(slot);  // likely two pages
+    }
+    if (cur[slot] < 0) {
+      cur[slot] = int(frames_.size());
+      FrameGroup g;
+      g.base = slot == 0 ? EBP : ESP;
+      g.lo = off;
+      g.hi = off + i32(size);
+      g.first = j;
+      frames_.push_back(g);
+    }
+    FrameGroup& g = frames_[size_t(cur[slot])];
+    g.lo = std::min(g.lo, off);
+    g.hi = std::max(g.hi, off + i32(size));
+    g.write |= write;
+    g.last = j;
+    g.members++;
+    return i16(cur[slot]);
+  };
+  for (unsigned j = 0; j < n; j++) {
+    const Insn& x = pre_[j].i;
+    FrameUse& u = frame_use_[j];
+    if (target[j]) {
+      close(0);
+      close(1);
+    }
+    // (A new ESP group starts with base0 = ESP before x.)
+    if (cur[1] < 0) esp = 0;
+    unsigned size = 0;
+    bool write = false;
+    if (frame_member(x, &size, &write)) {
+      const int slot = x.base == EBP ? 0 : 1;
+      const i32 off = (slot == 1 ? esp : 0) + i32(x.disp);
+      u.ea = add(slot, j, off, size, write);
+      u.ea_off = off;
+    }
+    const int move = frame_stack_access(x);
+    if (move) {
+      const i32 off = move < 0 ? esp - 4 : esp;
+      u.stk = add(1, j, off, 4, move < 0);
+      u.stk_off = off;
+    }
+    // How x moves ESP, when it is known: PUSH/POP, ADD/SUB ESP, imm.
+    bool esp_known = false;
+    if (move) {
+      esp += move;
+      esp_known = true;
+    } else if (!x.mem && x.rm == ESP && x.osize == 4 &&
+               (x.op == Op::ADD_EvIz || x.op == Op::ADD_EvIb || x.op == Op::SUB_EvIz || x.op == Op::SUB_EvIb)) {
+      const i32 imm = i32(x.imm);
+      esp += (x.op == Op::ADD_EvIz || x.op == Op::ADD_EvIb) ? imm : -imm;
+      esp_known = true;
+    }
+    u.esp_after = esp;
+    // What ends a group after x: x writes its register (or may: a write
+    // not known), or may change the mappings or the mode, or leave the block.
+    unsigned m = 0;
+    const auto attrs = x.info().attrs;
+    const bool jcc = x.op == Op::JCC_Jb || x.op == Op::JCC_Jz;
+    if ((attrs & (SEN | PRV | IOI)) || ((attrs & CT) && !jcc) || (!(attrs & CT) && !regs_written(x, &m))) {
+      close(0);
+      close(1);
+    } else {
+      if (m & (1u << EBP)) close(0);
+      if ((m & (1u << ESP)) && !esp_known) close(1);
+    }
+    if (esp < -2048 || esp > 2048) close(1);  // (far from where it began)
+  }
+  close(0);
+  close(1);
+}
+
 // Starts a memory access: a slow path (the whole instruction through the
 // semantics) and the inline lookup of the operand `addr` names (the ModRM
 // operand, or an implicit one: the stack, [EBP], a moffs, [ESI], [EDI]) in
@@ -164,7 +304,23 @@ Emitter::Slow& Emitter::mem_access(const Insn& i, u32 eip, u64 pa, unsigned seg,
   // With paging on at CPL 3, the user window (mem::Mmu) maps the user
   // pages the TLB holds at their linear addresses: addressed the same way.
   const bool nopg = b_->mode & M_NOPG;
-  const bool direct = (nopg || (b_->mode & M_UWIN)) && !in_rep_ && (b_->mode & m_base0(seg)) && seg != GS;
+  // A frame-check group's member (plan_frames): the leader checks the
+  // group's span, a follower is addressed like a direct access.
+  int fg = -1;
+  i32 foff = 0;
+  if (!in_rep_ && !bt_index_ && size <= 4 && idx_ < n_) {
+    const FrameUse& u = frame_use_[idx_];
+    if (addr == Site::A_EA) fg = u.ea, foff = u.ea_off;
+    else if (addr == Site::A_PUSH || addr == Site::A_POP) fg = u.stk, foff = u.stk_off;
+  }
+  // (PUSH of a memory operand reads it first: the slow path of that read
+  // runs the whole instruction, past this access's inline code, which so
+  // cannot be a leader: it stays a plain access until one is.)
+  if (fg >= 0 && !frames_[size_t(fg)].led && addr == Site::A_PUSH && i.mem) fg = -1;
+  const bool follower = fg >= 0 && frames_[size_t(fg)].led;
+  const bool leader = fg >= 0 && !follower;
+  const bool direct =
+      follower || ((nopg || (b_->mode & M_UWIN)) && !in_rep_ && (b_->mode & m_base0(seg)) && seg != GS);
   // Guest flags only in the host's at an access that does not read them:
   // parked now (5 instructions), this access and the next ones take the
   // compare-and-branch TLB check (7) instead of the flag-free one (14).
@@ -189,8 +345,8 @@ Emitter::Slow& Emitter::mem_access(const Insn& i, u32 eip, u64 pa, unsigned seg,
   // yet saved, or the instruction needs the guest's flags as input.
   bool clobber = fl_ != Fl::dirty && (flags_dead || (!direct && (out_dead_ || !needs_flags(i))));
   if (direct) {
-    s.site->phys = nopg;
-    s.site->window = !nopg;
+    s.site->phys = nopg && !follower;
+    s.site->window = !nopg && !follower;
     bt_.bstats().direct_accesses++;
     if (clobber) fl_ = Fl::parked;
     s.parked = fl_ == Fl::parked;
@@ -220,12 +376,12 @@ Emitter::Slow& Emitter::mem_access(const Insn& i, u32 eip, u64 pa, unsigned seg,
   // With the user window at host 0 the access is the guest's own
   // addressing under 0x67 (it wraps at 4 GiB as the guest's does).
   const bool zero = !nopg && bt_.user_window_zero();
-  if (direct && zero && direct_fold_ok_ && addr == Site::A_EA && i.asize == 4 && !bt_index_) {
+  if (direct && !follower && zero && direct_fold_ok_ && addr == Site::A_EA && i.asize == 4 && !bt_index_) {
     direct_form_ = 3;
     s.direct_from = here();
     return s;
   }
-  if (direct && direct_fold_ok_ && addr == Site::A_EA && i.asize == 4 && i.index == kNoReg &&
+  if (direct && !follower && direct_fold_ok_ && addr == Site::A_EA && i.asize == 4 && i.index == kNoReg &&
       i.base != kNoReg && i32(i.disp) >= 0) {
     direct_form_ = 2;
     s.direct_from = here();
@@ -242,6 +398,16 @@ Emitter::Slow& Emitter::mem_access(const Insn& i, u32 eip, u64 pa, unsigned seg,
     case Site::A_MOFFS: mov(r8d, i.imm); break;
     case Site::A_ESI: mov(r8d, esi); break;
     case Site::A_EDI: mov(r8d, edi); break;
+  }
+  if (follower) {
+    // + the group's host address - linear address (the span check saw this
+    // linear address on its page: it did not wrap).
+    const FrameGroup& g = frames_[size_t(fg)];
+    mov(r9, qword[r14 + kFrameOff + (g.base == EBP ? 0 : 8)]);
+    lea(r8, ptr[r8 + r9]);
+    bt_.bstats().frame_followers++;
+    s.direct_from = here();
+    return s;
   }
   if (direct) {
     // The access addresses RAM's base + the address. One that may not go
@@ -267,6 +433,27 @@ Emitter::Slow& Emitter::mem_access(const Insn& i, u32 eip, u64 pa, unsigned seg,
       mov(r11d, dword[r14 + kGsSlow]);
       wrap = true;
     }
+  }
+  if (leader && !wrap && seg != GS) {
+    // The whole span at once: r8 = host address of base + lo (the slow
+    // path's callout sets Rt::frame_addend itself), then this operand's.
+    FrameGroup& g = frames_[size_t(fg)];
+    const int slot_off = kFrameOff + (g.base == EBP ? 0 : 8);
+    lea(r8d, ptr[r8 + (g.lo - foff)]);
+    s.entry_fix = encode_lookup(unsigned(g.hi - g.lo), g.write, clobber, false);
+    mov(r10, qword[r14 + r9 * 8 + (tlb_off_ + int(mem::Mmu::addend_array_off(user_)))]);
+    mov(qword[r14 + slot_off], r10);
+    lea(r8, ptr[r8 + (foff - g.lo)]);
+    Site& st = *s.site;
+    // (The callout sees the register after the instruction.)
+    st.frame_lo = g.lo - (g.base == ESP ? frame_use_[idx_].esp_after : 0);
+    st.frame_span = u16(g.hi - g.lo);
+    st.frame_base = g.base;
+    st.frame_write = g.write;
+    st.frame_lead = idx_ < g.last;  // later members rely on it
+    g.led = true;
+    bt_.bstats().frame_leaders++;
+    return s;
   }
   if (memo_ && clobber && !wrap && !in_rep_ && seg != GS && (b_->mode & m_base0(seg)) &&
       !bt_.is_no_memo(pa)) {

@@ -412,6 +412,7 @@ void Emitter::run(u32 max_insns) {
   }
   plan_recipes(n);
   plan_loop(n);
+  plan_frames(n);
   if (loop_p_ >= 0) mov(byte[r14 + kLoopLazyOff], 0);  // entered from outside
   loop_body_ = here();
   lazy_ = loop_p_ >= 0;

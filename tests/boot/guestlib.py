@@ -128,6 +128,20 @@ class Guest:
             self.p.communicate()
 
 
+def guest_time(g, timeout=120):
+    """(guest wall time, host time at the midpoint, host round trip), read with
+    busybox `adjtimex` (seconds and microseconds; its `date` has no %N);
+    raises RuntimeError when it cannot be read."""
+    t0 = time.time()
+    st, out = g.run("adjtimex", timeout)
+    t1 = time.time()
+    s = re.search(r"time\.tv_sec:\s*(\d+)", out)
+    u = re.search(r"time\.tv_usec:\s*(\d+)", out)
+    if st != 0 or not s or not u:
+        raise RuntimeError(f"cannot read the guest's time: {out[-300:]}")
+    return int(s.group(1)) + int(u.group(1)) / 1e6, (t0 + t1) / 2, t1 - t0
+
+
 def clock_drift(g, secs):
     """The guest's wall clock against the host's over `sleep SECS` in the guest:
     reads the guest's time (busybox `adjtimex`: seconds and microseconds) between
@@ -135,14 +149,10 @@ def clock_drift(g, secs):
     drift (change of the guest-minus-host offset) must stay under 100 ms, and
     `sleep` must have taken SECS on the host's clock within 100 ms as well."""
     def sample():
-        t0 = time.time()
-        st, out = g.run("adjtimex", 120)
-        t1 = time.time()
-        s = re.search(r"time\.tv_sec:\s*(\d+)", out)
-        u = re.search(r"time\.tv_usec:\s*(\d+)", out)
-        if st != 0 or not s or not u:
+        try:
+            return guest_time(g)
+        except RuntimeError:
             return None
-        return int(s.group(1)) + int(u.group(1)) / 1e6, (t0 + t1) / 2, t1 - t0
 
     sample()  # warm the page cache for adjtimex
     a = sample()

@@ -19,7 +19,6 @@ resolution at boot: see docs/paravirt.md.
 """
 import argparse
 import os
-import re
 import sys
 import threading
 import time

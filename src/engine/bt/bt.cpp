@@ -82,10 +82,12 @@ constexpr u64 kAdaptiveWindow = 4096;    // this many guest instructions of the 
 // calls (its page may have stopped being watched, e.g. code that was copied
 // elsewhere; if not, it comes back after kAdaptiveThreshold slow hits).
 constexpr u64 kAdaptiveRetry = 1u << 16;
-// A frame-check leader whose span missed after its slow path this often:
+// A frame-check leader whose span missed after its slow path this often,
+// each within kFrameMissWindow instructions of the last:
 // its block is translated again without frame checks (each miss sends the
 // group's other accesses through host faults).
 constexpr unsigned kFrameMissLimit = 8;
+constexpr u32 kFrameMissWindow = 1u << 20;  // guest instructions between misses that count together
 
 u64 callout_entry(Rt* rt, Site* site) { return rt->self->callout(site); }
 u64 tsc_entry(Rt* rt, u32 unretired) { return rt->self->inline_tsc(unretired); }
@@ -862,6 +864,10 @@ u64 Bt::callout(Site* site) {
       // (Faults: the inaccessible rest of PhysMem::kDirectSpan.)
       rt_->frame_addend[site->frame_base == EBP ? 0 : 1] = u64(reinterpret_cast<uintptr_t>(pm_.ram())) + (u64(1) << 32);
       st_.frame_misses++;
+      // (Misses far apart — a stack that now and then straddles a page —
+      // start the count afresh.)
+      if (u32(s_.icount) - site->frame_miss_at > kFrameMissWindow) site->frame_misses = 0;
+      site->frame_miss_at = u32(s_.icount);
       if (++site->frame_misses >= kFrameMissLimit) {
         no_frames_.insert(b->pa);
         invalidate(b);

@@ -852,17 +852,20 @@ u64 Bt::callout(Site* site) {
   }
   if (cpu_.stop != StopReason::none) exit = true;
   // A frame-check group's leader (Translator: frames_) that took its slow
-  // path: the group's span for the accesses after it, or the poison that
-  // sends each of them to its own slow path (a host fault) when the span is
-  // not on one page the TLB maps. A block whose span keeps failing is
-  // translated again without frame checks.
+  // path: the group's span for the accesses after it, or, when the span is
+  // not on one page the TLB maps, the block ends after it. A block whose
+  // span keeps failing is translated again without frame checks.
   if (site->frame_lead && !exit) {
     const u32 la = s_.gpr[site->frame_base] + u32(site->frame_lo);
     if (const u8* h = mmu_.direct(la, site->frame_span, site->frame_write, s_.cpl == 3)) {
       rt_->frame_addend[site->frame_base == EBP ? 0 : 1] = u64(reinterpret_cast<uintptr_t>(h)) - la;
     } else {
-      // (Faults: the inaccessible rest of PhysMem::kDirectSpan.)
+      // The block is left here (its followers would each take a host fault,
+      // microseconds): the dispatcher goes on at the next instruction, in a
+      // block whose own leader checks what is left of the span. The poison
+      // (the inaccessible rest of PhysMem::kDirectSpan) only guards that.
       rt_->frame_addend[site->frame_base == EBP ? 0 : 1] = u64(reinterpret_cast<uintptr_t>(pm_.ram())) + (u64(1) << 32);
+      exit = true;
       st_.frame_misses++;
       // (Misses far apart — a stack that now and then straddles a page —
       // start the count afresh.)

@@ -19,7 +19,6 @@ resolution at boot: see docs/paravirt.md.
 """
 import argparse
 import os
-import re
 import sys
 import threading
 import time
@@ -35,14 +34,7 @@ CONFIGS = {"pv": ("kvm-clock (default)", []), "nopv": ("--no-paravirt", ["--no-p
 
 def sample(g):
     """(guest wall time, host time at the midpoint, round trip) or raises."""
-    t0 = time.time()
-    st, out = g.run("adjtimex", 300)
-    t1 = time.time()
-    s = re.search(r"time\.tv_sec:\s*(\d+)", out)
-    u = re.search(r"time\.tv_usec:\s*(\d+)", out)
-    if st != 0 or not s or not u:
-        raise RuntimeError(f"cannot read the guest's time: {out[-300:]}")
-    return int(s.group(1)) + int(u.group(1)) / 1e6, (t0 + t1) / 2, t1 - t0
+    return guestlib.guest_time(g, 300)
 
 
 def measure(name, argv, args, out, lock):

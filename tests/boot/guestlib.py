@@ -128,6 +128,56 @@ class Guest:
             self.p.communicate()
 
 
+def guest_time(g, timeout=120):
+    """(guest wall time, host time at the midpoint, host round trip), read with
+    busybox `adjtimex` (seconds and microseconds; its `date` has no %N);
+    raises RuntimeError when it cannot be read."""
+    t0 = time.time()
+    st, out = g.run("adjtimex", timeout)
+    t1 = time.time()
+    s = re.search(r"time\.tv_sec:\s*(\d+)", out)
+    u = re.search(r"time\.tv_usec:\s*(\d+)", out)
+    if st != 0 or not s or not u:
+        raise RuntimeError(f"cannot read the guest's time: {out[-300:]}")
+    return int(s.group(1)) + int(u.group(1)) / 1e6, (t0 + t1) / 2, t1 - t0
+
+
+def clock_drift(g, secs):
+    """The guest's wall clock against the host's over `sleep SECS` in the guest:
+    reads the guest's time (busybox `adjtimex`: seconds and microseconds) between
+    two host timestamps before and after. Returns (failures, report lines): the
+    drift (change of the guest-minus-host offset) must stay under 100 ms, and
+    `sleep` must have taken SECS on the host's clock within 100 ms as well."""
+    def sample():
+        try:
+            return guest_time(g)
+        except RuntimeError:
+            return None
+
+    sample()  # warm the page cache for adjtimex
+    a = sample()
+    t0 = time.time()
+    st, _ = g.run(f"sleep {secs}", secs + 120)
+    slept = time.time() - t0
+    b = sample()
+    if a is None or b is None:
+        return 1, ["FAIL cannot read the guest's time"]
+    (g0, h0, r0), (g1, h1, r1) = a, b
+    off0, off1 = g0 - h0, g1 - h1
+    drift = off1 - off0
+    lines = [f"offset guest-host at start {off0 * 1e3:+.1f} ms (round trip {r0 * 1e3:.1f} ms), "
+             f"after {h1 - h0:.1f} s {off1 * 1e3:+.1f} ms (round trip {r1 * 1e3:.1f} ms)",
+             f"drift {drift * 1e3:+.1f} ms over {h1 - h0:.1f} s; `sleep {secs}` took {slept:.3f} s on the host"]
+    failures = 0
+    if abs(drift) >= 0.1:
+        lines.append("FAIL drift of 100 ms or more")
+        failures += 1
+    if st != 0 or abs(slept - secs) >= 0.1 + max(r0, r1):
+        lines.append("FAIL sleep did not take its time")
+        failures += 1
+    return failures, lines
+
+
 def sha256_chain(seed, n):
     """The n links the guest's `h=$(echo "$h$i" | sha256sum ...)` loop makes
     from `seed` (tests/snapshot, tests/migration)."""

@@ -117,6 +117,49 @@ TEST(BtFuzz, RandomSequencesAgreeWithTheInterpreter) {
   EXPECT_GT(insns, 1000u);
 }
 
+// One flavour of sequences (Gen's mmx, frames) on every bt variant in
+// lockstep: seeds first_seed.., the machines made again after a divergence
+// or a jump out of RAM; the engines' stats whose names start with `prefix`
+// summed.
+struct FlavourRun {
+  u64 insns = 0, divergences = 0;
+  std::string first;
+  std::map<std::string, u64> stats;
+};
+FlavourRun run_flavour(u64 sequences, u32 first_seed, bool claim_at_once, void (*flavour)(FuzzVm&),
+                       const std::string& prefix) {
+  std::vector<test::EngineKind> kinds;
+  for (auto& k : test::all_engines())
+    if (k.bt && !k.opt.lockstep) kinds.push_back(k);
+  std::vector<std::unique_ptr<FuzzVm>> vms(kinds.size());
+  FlavourRun out;
+  auto add_stats = [&](const std::unique_ptr<FuzzVm>& v) {
+    if (v && v->vm.eng)
+      for (auto& [name, n] : v->vm.eng->stats())
+        if (name.rfind(prefix, 0) == 0) out.stats[name] += n;
+  };
+  for (u32 seed = first_seed; seed < first_seed + sequences; seed++) {
+    const unsigned ki = seed % kinds.size();
+    test::EngineKind k = kinds[ki];
+    k.opt.lockstep = true;
+    if (claim_at_once) k.opt.user_window_claim = 0;
+    k.opt.code_cache_mb = 8;
+    if (!vms[ki]) {
+      vms[ki] = std::make_unique<FuzzVm>(k);
+      flavour(*vms[ki]);
+    }
+    FuzzResult r = vms[ki]->run(seed, k.name);
+    if (r.diverged || r.outside_ram) {
+      add_stats(vms[ki]);
+      vms[ki].reset();
+    }
+    out.insns += r.insns;
+    if (r.diverged && out.divergences++ == 0) out.first = r.message;
+  }
+  for (auto& v : vms) add_stats(v);
+  return out;
+}
+
 // MMX instructions (callouts in bt) among the rest, so that their memory
 // operands fault and cross pages, write into the code, and sit between the
 // flags' producers and consumers; lockstep compares the x87 registers they
@@ -124,43 +167,15 @@ TEST(BtFuzz, RandomSequencesAgreeWithTheInterpreter) {
 TEST(BtFuzz, MmxSequencesAgreeWithTheInterpreter) {
   const char* count_env = std::getenv("POPEK_FUZZ_MMX_SEQUENCES");
   const u64 max_sequences = count_env ? std::strtoull(count_env, nullptr, 0) : 2000;
-  std::vector<test::EngineKind> kinds;
-  for (auto& k : test::all_engines())
-    if (k.bt && !k.opt.lockstep) kinds.push_back(k);
-  std::vector<std::unique_ptr<FuzzVm>> vms(kinds.size());
-  u64 insns = 0, divergences = 0, mmx_callouts = 0;
-  std::string first;
-  auto add_callouts = [&](const std::unique_ptr<FuzzVm>& v) {
-    if (v && v->vm.eng)
-      for (auto& [name, n] : v->vm.eng->stats())
-        if (name == "bt.callouts.mmx") mmx_callouts += n;
-  };
-  for (u32 seed = 1; seed <= max_sequences; seed++) {
-    const unsigned ki = seed % kinds.size();
-    test::EngineKind k = kinds[ki];
-    k.opt.lockstep = true;
-    k.opt.user_window_claim = 0;
-    k.opt.code_cache_mb = 8;
-    if (!vms[ki]) {
-      vms[ki] = std::make_unique<FuzzVm>(k);
-      vms[ki]->mmx = true;
-    }
-    FuzzResult r = vms[ki]->run(seed, k.name);
-    if (r.diverged || r.outside_ram) {
-      add_callouts(vms[ki]);
-      vms[ki].reset();
-    }
-    insns += r.insns;
-    if (r.diverged && divergences++ == 0) first = r.message;
-  }
-  for (auto& v : vms) add_callouts(v);
+  const FlavourRun f = run_flavour(max_sequences, 1, true, [](FuzzVm& v) { v.mmx = true; }, "bt.callouts.mmx");
+  const u64 mmx_callouts = f.stats.count("bt.callouts.mmx") ? f.stats.at("bt.callouts.mmx") : 0;
   std::printf("bt fuzz (mmx): %llu sequences, %llu instructions compared in lockstep (%llu MMX "
               "callouts), %llu divergences\n",
-              (unsigned long long)max_sequences, (unsigned long long)insns, (unsigned long long)mmx_callouts,
-              (unsigned long long)divergences);
+              (unsigned long long)max_sequences, (unsigned long long)f.insns, (unsigned long long)mmx_callouts,
+              (unsigned long long)f.divergences);
   EXPECT_GT(mmx_callouts, 10000u);
-  EXPECT_EQ(divergences, 0u) << first;
-  EXPECT_GT(insns, 1000u);
+  EXPECT_EQ(f.divergences, 0u) << f.first;
+  EXPECT_GT(f.insns, 1000u);
 }
 
 // Runs of [EBP + d8] / [ESP + d8] operands (Gen::frame_run) among the rest:
@@ -173,47 +188,18 @@ TEST(BtFuzz, FrameSequencesAgreeWithTheInterpreter) {
   const u64 max_sequences = count_env ? std::strtoull(count_env, nullptr, 0) : 2000;
   const char* seed_env = std::getenv("POPEK_FUZZ_SEED");
   const u32 first_seed = seed_env ? u32(std::strtoul(seed_env, nullptr, 0)) : 1;
-  std::vector<test::EngineKind> kinds;
-  for (auto& k : test::all_engines())
-    if (k.bt && !k.opt.lockstep) kinds.push_back(k);
-  std::vector<std::unique_ptr<FuzzVm>> vms(kinds.size());
-  u64 insns = 0, divergences = 0;
-  std::map<std::string, u64> sum;
-  std::string first;
-  auto add_stats = [&](const std::unique_ptr<FuzzVm>& v) {
-    if (v && v->vm.eng)
-      for (auto& [name, n] : v->vm.eng->stats())
-        if (name.rfind("bt.frame_", 0) == 0) sum[name] += n;
-  };
-  for (u32 seed = first_seed; seed < first_seed + max_sequences; seed++) {
-    const unsigned ki = seed % kinds.size();
-    test::EngineKind k = kinds[ki];
-    k.opt.lockstep = true;
-    k.opt.code_cache_mb = 8;
-    if (!vms[ki]) {
-      vms[ki] = std::make_unique<FuzzVm>(k);
-      vms[ki]->frames = true;
-    }
-    FuzzResult r = vms[ki]->run(seed, k.name);
-    if (r.diverged || r.outside_ram) {
-      add_stats(vms[ki]);
-      vms[ki].reset();
-    }
-    insns += r.insns;
-    if (r.diverged && divergences++ == 0) first = r.message;
-  }
-  for (auto& v : vms) add_stats(v);
+  FlavourRun f = run_flavour(max_sequences, first_seed, false, [](FuzzVm& v) { v.frames = true; }, "bt.frame_");
   std::printf("bt fuzz (frames): %llu sequences, %llu instructions compared in lockstep, %llu divergences;",
-              (unsigned long long)max_sequences, (unsigned long long)insns, (unsigned long long)divergences);
-  for (auto& [name, n] : sum) std::printf(" %s=%llu", name.c_str(), (unsigned long long)n);
+              (unsigned long long)max_sequences, (unsigned long long)f.insns, (unsigned long long)f.divergences);
+  for (auto& [name, n] : f.stats) std::printf(" %s=%llu", name.c_str(), (unsigned long long)n);
   std::printf("\n");
-  EXPECT_EQ(divergences, 0u) << first;
-  EXPECT_GT(insns, 1000u);
+  EXPECT_EQ(f.divergences, 0u) << f.first;
+  EXPECT_GT(f.insns, 1000u);
   // The groups were made, and their span missed (crossing, absent pages):
   // the poisoned followers' host faults ran.
   if (max_sequences >= 1000) {
-    EXPECT_GT(sum["bt.frame_followers"], 1000u);
-    EXPECT_GT(sum["bt.frame_misses"], 10u);
+    EXPECT_GT(f.stats["bt.frame_followers"], 1000u);
+    EXPECT_GT(f.stats["bt.frame_misses"], 10u);
   }
 }
 

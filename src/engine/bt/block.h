@@ -45,6 +45,7 @@ struct Site {
   u16 frame_span = 0;   // 0: not a group's first access
   i32 frame_lo = 0;
   u16 frame_misses = 0;
+  u32 frame_miss_at = 0;  // (low bits of) the instruction count at the last miss
   u64 hits = 0;
   u64 persistent = 0;
   u64 last_slow = 0;   // instruction count at the last such visit  // slow-path hits after which the TLB still could not serve it

@@ -82,10 +82,12 @@ constexpr u64 kAdaptiveWindow = 4096;    // this many guest instructions of the 
 // calls (its page may have stopped being watched, e.g. code that was copied
 // elsewhere; if not, it comes back after kAdaptiveThreshold slow hits).
 constexpr u64 kAdaptiveRetry = 1u << 16;
-// A frame-check leader whose span missed after its slow path this often:
+// A frame-check leader whose span missed after its slow path this often,
+// each within kFrameMissWindow instructions of the last:
 // its block is translated again without frame checks (each miss sends the
 // group's other accesses through host faults).
 constexpr unsigned kFrameMissLimit = 8;
+constexpr u32 kFrameMissWindow = 1u << 20;  // guest instructions between misses that count together
 
 u64 callout_entry(Rt* rt, Site* site) { return rt->self->callout(site); }
 u64 tsc_entry(Rt* rt, u32 unretired) { return rt->self->inline_tsc(unretired); }
@@ -888,18 +890,25 @@ u64 Bt::callout(Site* site) {
   }
   if (cpu_.stop != StopReason::none) exit = true;
   // A frame-check group's leader (Translator: frames_) that took its slow
-  // path: the group's span for the accesses after it, or the poison that
-  // sends each of them to its own slow path (a host fault) when the span is
-  // not on one page the TLB maps. A block whose span keeps failing is
-  // translated again without frame checks.
+  // path: the group's span for the accesses after it, or, when the span is
+  // not on one page the TLB maps, the block ends after it. A block whose
+  // span keeps failing is translated again without frame checks.
   if (site->frame_lead && !exit) {
     const u32 la = s_.gpr[site->frame_base] + u32(site->frame_lo);
     if (const u8* h = mmu_.direct(la, site->frame_span, site->frame_write, s_.cpl == 3)) {
       rt_->frame_addend[site->frame_base == EBP ? 0 : 1] = u64(reinterpret_cast<uintptr_t>(h)) - la;
     } else {
-      // (Faults: the inaccessible rest of PhysMem::kDirectSpan.)
+      // The block is left here (its followers would each take a host fault,
+      // microseconds): the dispatcher goes on at the next instruction, in a
+      // block whose own leader checks what is left of the span. The poison
+      // (the inaccessible rest of PhysMem::kDirectSpan) only guards that.
       rt_->frame_addend[site->frame_base == EBP ? 0 : 1] = u64(reinterpret_cast<uintptr_t>(pm_.ram())) + (u64(1) << 32);
+      exit = true;
       st_.frame_misses++;
+      // (Misses far apart — a stack that now and then straddles a page —
+      // start the count afresh.)
+      if (u32(s_.icount) - site->frame_miss_at > kFrameMissWindow) site->frame_misses = 0;
+      site->frame_miss_at = u32(s_.icount);
       if (++site->frame_misses >= kFrameMissLimit) {
         no_frames_.insert(b->pa);
         invalidate(b);

@@ -153,7 +153,8 @@ void Emitter::make_seeds() {
 // What a slow path of `s` passes to the callout stub.
 uintptr_t Emitter::site_arg(Site* s) {
   // Every Site field is either in SiteSeed, derived by Bt::site_from_seed,
-  // or checked below: a new field must be taught to them.
+  // or checked below: a new field must be taught to them. (The size catches
+  // only fields that do not fit in padding: frame_miss_at did.)
   static_assert(sizeof(Site) == 120, "a new Site field: carry it in SiteSeed or make such sites in full here");
   if (!is_draft(s)) return reinterpret_cast<uintptr_t>(s);
   const size_t k = size_t(s - drafts_.data());
@@ -183,7 +184,7 @@ uintptr_t Emitter::site_arg(Site* s) {
                   (s->has_memo ? SiteSeed::kHasMemo : 0));
   // What the site made from it would be (Bt::site_from_seed) must be this.
   if (s->pa != b_->pa + (s->eip - b_->eip) || s->ends || s->direct || s->rep_resume || s->shadow_ok ||
-      s->fn || s->group || s->hits || s->persistent || s->last_slow || s->frame_misses)
+      s->fn || s->group || s->hits || s->persistent || s->last_slow || s->frame_misses || s->frame_miss_at)
     throw Error("bt: internal error: a slow-path site its seed cannot describe");
   bt_.bstats().seeds++;
   draft_arg_[k] = reinterpret_cast<uintptr_t>(seed) + kSeedTag;

@@ -262,6 +262,15 @@ int main(int argc, char** argv) {
   run->add_flag("--bt-ras", cfg.bt.ras,
                 "bt: translate a direct CALL/RET as host call/ret pairs (a return stack; measured "
                 "slower than the jump cache's lookup on the hosts tried)");
+  run->add_flag("!--bt-no-emit-templates", cfg.bt.emit_templates,
+                "bt: encode every block exit with xbyak instead of copying a template encoded "
+                "once (translation cost only; the code is the same)");
+  run->add_flag("!--bt-no-emit-in-place", cfg.bt.emit_in_place,
+                "bt: emit each block into a scratch buffer and copy it to the code cache "
+                "(translation cost only)");
+  run->add_flag("!--bt-eager-sites", cfg.bt.lazy_sites,
+                "bt: make every memory access's callout site at translation instead of when its "
+                "slow path first runs (records bigger; the code is the same but for the pointers)");
   run->add_flag("!--bt-no-inline-div", cfg.bt.inline_div,
                 "bt: run DIV/IDIV through the semantics (a callout) instead of the host's "
                 "instruction after inline checks for divide errors");

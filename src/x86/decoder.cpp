@@ -9,16 +9,18 @@
 
 namespace popek::x86 {
 
-namespace {
-
-const OpInfo kInfo[] = {
+extern const OpInfo kOpInfo[] = {
 #define X(name, map, opc, count, ext, attrs, imm, fr, fw, mn) \
   {#name, map, opc, count, ext, attrs, imm, u16(fr), u16(fw), mn},
 #include "x86/opcodes.def"
 #undef X
     {"INVALID", 0, 0, 0, NE, 0, I_NONE, 0, 0, "(bad)"},
 };
-static_assert(sizeof(kInfo) / sizeof(kInfo[0]) == kOpCount);
+static_assert(sizeof(kOpInfo) / sizeof(kOpInfo[0]) == kOpCount);
+
+namespace {
+
+const OpInfo (&kInfo)[kOpCount] = kOpInfo;
 
 // Per opcode: either a direct op, or a group of [mod==3][reg][rm] ops.
 struct Entry {
@@ -79,7 +81,6 @@ constexpr Ea16 kEa16[8] = {{EBX, ESI, DS}, {EBX, EDI, DS}, {EBP, ESI, SS}, {EBP,
 
 }  // namespace
 
-const OpInfo& op_info(Op op) { return kInfo[unsigned(op)]; }
 
 DecodeStatus decode(const u8* p, unsigned avail, bool code32, Insn* out) {
   Insn& d = *out;

@@ -45,7 +45,9 @@ struct OpInfo {
   u16 flags_read, flags_written;
   const char* mnemonic;
 };
-const OpInfo& op_info(Op op);
+// Per Op (decoder.cpp); inline: the translator's analysis asks it often.
+extern const OpInfo kOpInfo[];
+inline const OpInfo& op_info(Op op) { return kOpInfo[unsigned(op)]; }
 
 enum Prefix : u8 { P_LOCK = 1, P_REP = 2, P_REPNE = 4, P_OPSIZE = 8, P_ADSIZE = 16, P_SEG = 32 };
 inline constexpr u8 kNoReg = 0xFF;

@@ -1,7 +1,7 @@
 // Translated blocks and callout sites (internal to the bt engine).
 #pragma once
-#include <memory>
-#include <vector>
+#include <cstdint>
+#include <type_traits>
 
 #include "base/types.h"
 #include "x86/cpu.h"
@@ -51,6 +51,30 @@ struct Site {
   u64 last_slow = 0;   // instruction count at the last such visit  // slow-path hits after which the TLB still could not serve it
 };
 
+// Trivially destructible (records live in the engine's arena and are
+// dropped with it, no destructor run): the links are an arena array of
+// nlinks, the patched links into a block a list threaded through them.
+// A slow path's site until the slow path first runs (BtOptions::lazy_sites):
+// most never do. What the site needs besides what follows from the
+// instruction (handler, group) and the block (pa). Generated code passes
+// its address + kSeedTag where it would pass a Site*; the callout makes the
+// Site then (Bt::site_of). Seeds of a block are one arena array.
+struct SiteSeed {
+  x86::Insn insn;
+  u32 eip = 0;
+  Block* block = nullptr;
+  Site* site = nullptr;  // made at the first run
+  u16 idx = 0;
+  u16 memo = 0;
+  u8 size = 0;
+  u8 seg = 0;
+  u8 addr = 0;           // Site::Addr
+  u8 bits = 0;           // kSeed* below
+  static constexpr u8 kModeCheck = 1, kWrite = 2, kPhys = 4, kWindow = 8, kHasMemo = 16;
+};
+static_assert(sizeof(SiteSeed) == 56 && alignof(SiteSeed) == 8);
+inline constexpr uintptr_t kSeedTag = 1;
+
 struct Block {
   u64 pa = 0;
   u64 key = 0;
@@ -59,13 +83,15 @@ struct Block {
   u32 eip = 0;
   u32 n = 0;            // guest instructions
   u32 guest_bytes = 0;
-  const u8* code = nullptr;  // executable address
   u32 code_size = 0;
+  const u8* code = nullptr;  // executable address
   bool valid = true;
-  Block* hnext = nullptr;  // the engine's lookup chain
   // The first instruction crosses into the next linear page, mapped to pa2
   // when translated (the code checks that at entry).
   bool crosses = false;
+  u8 nlinks = 0;
+  u8 in_k = 0;          // the link of in_from that heads the incoming list
+  Block* hnext = nullptr;  // the engine's lookup chain
   u64 pa2 = 0;
   // The linear address of the page after the block's first byte.
   u32 second_page_la() const { return ((cs_base + eip) & ~0xFFFu) + 0x1000; }
@@ -76,15 +102,20 @@ struct Block {
     // is then one taken branch, not two).
     u32 jcc = 0;
     u32 target_eip = 0;
+    u8 next_k = 0;
     Block* to = nullptr;  // the block it is patched to, if any
+    // The next link patched into `to`: link next_k of next_from (null: none).
+    Block* next_from = nullptr;
   };
   // Two for the block's end, the rest for conditional branches inside it
   // (side exits); the index travels in the low bits of a Block*.
   static constexpr unsigned kMaxLinks = 6;
-  Link links[kMaxLinks];
-  u8 nlinks = 0;
-  std::vector<std::pair<Block*, u8>> incoming;  // patched links into this block
+  Link* links = nullptr;  // nlinks of them
+  // The patched links into this block: link in_k of in_from, then on
+  // through their next_from/next_k (null: none).
+  Block* in_from = nullptr;
 };
+static_assert(std::is_trivially_destructible_v<Block>, "blocks are freed without destructors");
 
 // Instruction groups (stats, --bt-interp).
 enum Group : u8 { G_MOV, G_ALU, G_SHIFT, G_MULDIV, G_BIT, G_STACK, G_BRANCH, G_STRING, G_X87,

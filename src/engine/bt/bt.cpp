@@ -260,7 +260,6 @@ Bt::~Bt() {
   } catch (const Error&) {
     // RAM stays as it is: nothing of this engine runs on it any more.
   }
-  for (Block* b : blocks_) b->~Block();
   pm_.remove_watcher(this);
   if (perf_map_) std::fclose(perf_map_);
 }
@@ -592,8 +591,6 @@ void Bt::tlb_invlpg(u32 la) {
 
 void Bt::flush_cache() {
   for (auto& d : dc_) d = DcEntry{};
-  for (Block* b : blocks_) b->~Block();
-  blocks_.clear();
   arena_.reset();
   std::fill(htab_.begin(), htab_.end(), Bucket{});
   hcount_ = 0;
@@ -676,7 +673,6 @@ Block* Bt::translate(u32 eip, u64 pa, u32 mode) {
   // every block and site.
   if (cache_->free_bytes() < Translator::kMaxBlockCode) flush_cache();
   Block* b = new (arena_.alloc(sizeof(Block))) Block();
-  blocks_.push_back(b);
   b->pa = pa;
   b->key = pa | (u64(mode) << 32);
   b->cs_base = s_.seg[CS].base;
@@ -742,19 +738,34 @@ void Bt::patch_chain(Block* from, unsigned k, Block* to) {
   }
   l.to = to;
   if (to) {
-    to->incoming.emplace_back(from, u8(k));
+    l.next_from = to->in_from;
+    l.next_k = to->in_k;
+    to->in_from = from;
+    to->in_k = u8(k);
     st_.chains_patched++;
   }
 }
 
 void Bt::unlink(Block* b) {
-  for (auto [from, k] : b->incoming) {
-    if (from->links[k].to == b) {
+  // (A link is patched only while unpatched, and unpatched only here: each
+  // is on one list at most.)
+  Block* from = b->in_from;
+  unsigned k = b->in_k;
+  while (from) {
+    Block::Link& l = from->links[k];
+    Block* const next = l.next_from;
+    const unsigned next_k = l.next_k;
+    l.next_from = nullptr;
+    l.next_k = 0;
+    if (l.to == b) {
       patch_chain(from, k, nullptr);
       st_.chains_undone++;
     }
+    from = next;
+    k = next_k;
   }
-  b->incoming.clear();
+  b->in_from = nullptr;
+  b->in_k = 0;
 }
 
 void Bt::invalidate(Block* b) {
@@ -789,7 +800,34 @@ u64 Bt::inline_tsc(u32 unretired) {
   return cpu_.plat.tsc() + s_.msr.tsc_offset;
 }
 
+Site* Bt::site_from_seed(SiteSeed& seed) {
+  Site* s = new_site();
+  const Block* b = seed.block;
+  s->insn = seed.insn;
+  s->fn = handler_for(seed.insn);
+  s->block = seed.block;
+  // (A block's instructions lie in one physical page, from b->pa on.)
+  s->pa = b->pa + (seed.eip - b->eip);
+  s->eip = seed.eip;
+  s->idx = seed.idx;
+  s->group = u8(group_of(seed.insn));
+  s->slow_path = true;
+  s->mode_check = seed.bits & SiteSeed::kModeCheck;
+  s->addr = Site::Addr(seed.addr);
+  s->seg = seed.seg;
+  s->size = seed.size;
+  s->write = seed.bits & SiteSeed::kWrite;
+  s->phys = seed.bits & SiteSeed::kPhys;
+  s->window = seed.bits & SiteSeed::kWindow;
+  s->has_memo = seed.bits & SiteSeed::kHasMemo;
+  s->memo = seed.memo;
+  seed.site = s;
+  st_.seeds_run++;
+  return s;
+}
+
 u64 Bt::callout(Site* site) {
+  site = site_of(site);
   st_.callouts++;
   st_.callouts_by_group[site->group]++;
   st_.callouts_by_op[unsigned(site->insn.op)]++;
@@ -1226,6 +1264,9 @@ std::vector<std::pair<std::string, u64>> Bt::stats() const {
       {"bt.translated_callout", st_.callout_insns},
       {"bt.code_cache_bytes_used", cache_->used()},
       {"bt.record_bytes_used", arena_.bytes_used()},
+      {"bt.sites", st_.sites},
+      {"bt.site_seeds", st_.seeds},
+      {"bt.site_seeds_run", st_.seeds_run},
       {"bt.code_cache_bytes", cache_->size()},
       {"bt.code_cache_flushes", st_.cache_flushes},
       {"bt.translate_us", st_.translate_ns / 1000},

@@ -92,6 +92,18 @@ struct BtOptions {
   // check, the host flags left alone). Paging on, outside the user window:
   // kernel code and short-lived processes, whose locals are on the stack.
   bool frame_checks = true;
+  // Exits and jump-cache lookups are copied from a template encoded once,
+  // their immediates written in (else xbyak encodes each: slower to
+  // translate; the code is the same but for a mov r64 that may then keep
+  // its imm64 form).
+  bool emit_templates = true;
+  // A memory access's slow path gets a compact seed, made into its callout
+  // site when it first runs (most never do), instead of a full site at
+  // translation (records ~35 % smaller).
+  bool lazy_sites = true;
+  // Blocks are emitted straight into the code cache, not into a scratch
+  // buffer copied there afterwards.
+  bool emit_in_place = true;
 };
 
 // Instruction groups `interp_groups` may name (also used by stats).
@@ -250,6 +262,9 @@ struct BtStats {
   u64 cold_blocks = 0;       // block entries interpreted on their first visit
   u64 cache_flushes = 0;
   u64 translate_ns = 0;
+  u64 sites = 0;             // callout sites made at translation
+  u64 seeds = 0;             // slow paths given a seed instead (BtOptions::lazy_sites)
+  u64 seeds_run = 0;         // of those, made into sites (their slow path ran)
   u64 callouts_by_group[16] = {};
   std::vector<u64> callouts_by_op = std::vector<u64>(x86::kOpCount, 0);
 };
@@ -315,6 +330,23 @@ class Bt final : public Engine, public mem::CodeWatcher, public mem::TlbListener
   // From the SIGSEGV handler: where a fault at host `pc` touching `addr`
   // resumes, or 0 if it is not a direct access's.
   uintptr_t direct_fault(const void* addr, uintptr_t pc);
+  // The arena array of a block's links (its emitter kept them while it emitted).
+  bt::Block::Link* new_links(unsigned n) {
+    return static_cast<bt::Block::Link*>(arena_.alloc(n * sizeof(bt::Block::Link)));
+  }
+  // An arena array of n seeds (8-aligned).
+  bt::SiteSeed* new_seeds(unsigned n) {
+    static_assert(std::is_trivially_destructible_v<bt::SiteSeed>, "seeds are freed without destructors");
+    return static_cast<bt::SiteSeed*>(arena_.alloc(n * sizeof(bt::SiteSeed)));
+  }
+  // The site generated code passed in r8: a Site, or a seed (+ kSeedTag)
+  // whose site is made the first time.
+  bt::Site* site_of(bt::Site* arg) {
+    const uintptr_t a = reinterpret_cast<uintptr_t>(arg);
+    if (!(a & bt::kSeedTag)) return arg;
+    bt::SiteSeed* seed = reinterpret_cast<bt::SiteSeed*>(a - bt::kSeedTag);
+    return seed->site ? seed->site : site_from_seed(*seed);
+  }
   bt::Site* new_site() {
     static_assert(std::is_trivially_destructible_v<bt::Site>, "sites are freed without destructors");
     return new (arena_.alloc(sizeof(bt::Site))) bt::Site();
@@ -326,6 +358,7 @@ class Bt final : public Engine, public mem::CodeWatcher, public mem::TlbListener
   // be mapped at several linear addresses) and mode.
   bt::Block* lookup(u64 pa, u32 cs_base, u32 eip, u32 mode);
   bt::Block* translate(u32 eip, u64 pa, u32 mode);
+  bt::Site* site_from_seed(bt::SiteSeed& seed);
   u32 mode_key() const;
   bool translatable() const;
   void invalidate(bt::Block* b);
@@ -400,9 +433,8 @@ class Bt final : public Engine, public mem::CodeWatcher, public mem::TlbListener
   big_vector<DcEntry> dc_;
   u32 interp_group_mask_ = 0;
 
-  // Blocks: all live objects (freed at cache flush), the lookup map, and per
-  // physical page the blocks translated from it.
-  std::vector<bt::Block*> blocks_;
+  // Blocks: the lookup map and per physical page the blocks translated from
+  // it (the blocks themselves live in arena_).
   // Block entries reached but not translated yet (tiered translation):
   // fingerprints of their keys with the visits so far in the low 4 bits,
   // two-way set-associative (a set's colder entry makes room); a collision

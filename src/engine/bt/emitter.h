@@ -25,6 +25,7 @@
 
 #include <cstddef>
 #include <cstring>
+#include <initializer_list>
 #include <utility>
 #include <vector>
 
@@ -91,7 +92,7 @@ class Emitter : public CodeGenerator {
   // it writes into `scratch`; begin() starts a block that will be copied to
   // the cache at `cc.cursor()` (absolute targets are computed for that address).
   Emitter(Bt& bt, CodeCache& cc, u8* scratch, size_t max, i32 tlb_off)
-      : CodeGenerator(max, scratch), bt_(bt), cc_(cc), tlb_off_(tlb_off) {}
+      : CodeGenerator(max, scratch), bt_(bt), cc_(cc), tlb_off_(tlb_off), scratch_(scratch) {}
 
   void begin(Block& b, const u8* page, const Stubs& stubs, const u8* page2, u32 max_insns);
   void run(u32 max_insns);
@@ -148,6 +149,20 @@ class Emitter : public CodeGenerator {
     m.parked = true;
     return m;
   }
+
+  // ---- raw bytes ----
+  // The emitter's own db/dd/dq: one bounds check and one store each (xbyak's
+  // checks every byte and, since a byte store may alias its size, reloads
+  // the size after each; dd was four of those). xbyak's encoders keep theirs.
+  using CodeGenerator::db;
+  template <typename T> void put(T v) {
+    if (size_ + sizeof(T) > Translator::kMaxBlockCode) throw Error("bt: internal error: block code too big");
+    std::memcpy(top_ + size_, &v, sizeof(T));
+    size_ += sizeof(T);
+  }
+  void db(int code) { put(u8(code)); }
+  void dd(u32 code) { put(code); }
+  void dq(u64 code) { put(code); }
 
   // ---- jumps ----
   u32 here() const { return u32(getSize()); }
@@ -212,6 +227,62 @@ class Emitter : public CodeGenerator {
     }
     return fix;
   }
+  // Sequences whose encoding depends on their parameters only through
+  // immediates of a fixed width (holes): encoded by xbyak the first time,
+  // then copied with the holes written (xbyak's encoder, building operands
+  // and checking them, cost more than a tenth of a translation). `encode`
+  // emits it for `vals` and calls hole(width) right after each instruction
+  // that ends with one of them, in order. Recorded only if each hole holds
+  // its value there (else xbyak encodes it every time): an immediate that
+  // xbyak encoded shorter than its hole's width is never recorded. Later
+  // values are written at full width (a mov r64 then keeps its imm64 form).
+  struct Tmpl {
+    u8 len = 0;
+    u8 nh = 0;
+    u8 at[3] = {};
+    u8 width[3] = {};
+    u8 bytes[96];
+  };
+  Tmpl* tmpl_rec_ = nullptr;
+  u32 tmpl_start_ = 0;
+  void hole(unsigned width) {
+    if (!tmpl_rec_) return;
+    if (tmpl_rec_->nh == sizeof tmpl_rec_->at) throw Error("bt: internal error: a template with too many holes");
+    tmpl_rec_->at[tmpl_rec_->nh] = u8(here() - width - tmpl_start_);
+    tmpl_rec_->width[tmpl_rec_->nh] = u8(width);
+    tmpl_rec_->nh++;
+  }
+  template <typename Encode> void tmpl(Tmpl& t, std::initializer_list<u64> vals, Encode encode) {
+    if (t.len && bt_.options().emit_templates) {
+      const u32 at = here();
+      emit_bytes(t.bytes, t.len);
+      u8* code = const_cast<u8*>(getCode()) + at;
+      unsigned k = 0;
+      for (u64 v : vals) {
+        std::memcpy(code + t.at[k], &v, t.width[k]);
+        k++;
+      }
+      return;
+    }
+    const u32 at = here();
+    Tmpl rec;
+    tmpl_rec_ = &rec;
+    tmpl_start_ = at;
+    encode();
+    tmpl_rec_ = nullptr;
+    const u32 len = here() - at;
+    if (len > sizeof rec.bytes || rec.nh != vals.size()) return;
+    const u8* code = getCode() + at;
+    unsigned k = 0;
+    for (u64 v : vals) {
+      if (std::memcmp(code + rec.at[k], &v, rec.width[k]) != 0) return;
+      k++;
+    }
+    std::memcpy(rec.bytes, code, len);
+    rec.len = u8(len);
+    t = rec;
+  }
+  Tmpl exit_chain_tmpl_, jc_tmpl_, exit_plain_tmpl_;
   Snip save_seq_, restore_seq_;
   void save_flags() {
     if (fl_ != Fl::dirty) return;
@@ -243,15 +314,30 @@ class Emitter : public CodeGenerator {
   }
 
   Site* new_site(const Insn& i, u32 eip, u64 pa, bool ends, bool slow);
+  // A memory access's slow-path site (BtOptions::lazy_sites): a draft in
+  // drafts_ while the block is emitted (its pointer only in slows_, never
+  // in code), a seed in the arena when its slow path is emitted.
+  Site* new_access_site(const Insn& i, u32 eip, u64 pa);
+  std::vector<Site> drafts_;
+  std::vector<uintptr_t> draft_arg_;  // per draft: what its slow paths pass (0: not made yet)
+  SiteSeed* seeds_ = nullptr;         // the block's seeds
+  unsigned nseeds_ = 0;
+  bool is_draft(const Site* s) const {
+    return !drafts_.empty() && s >= drafts_.data() && s < drafts_.data() + drafts_.size();
+  }
+  void make_seeds();
+  uintptr_t site_arg(Site* s);
   // Calls the semantics for `s`; `parked`: Rt::hf holds the guest flags and
   // the host's are not theirs.
-  void call_site(Site* s, bool parked) {
+  void call_site(Site* s, bool parked) { call_arg(reinterpret_cast<uintptr_t>(s), parked); }
+  // The same with r8 = `arg` (a Site*, or a SiteSeed* + kSeedTag).
+  void call_arg(uintptr_t arg, bool parked) {
     if (parked && rcp_ >= 0) {
       rcp_run();
       parked = false;
     }
     if (parked && lazy_) materialize();
-    mov(r8, u64(s));
+    db(0x49); db(0xB8); dq(arg);  // mov r8, imm64
     call_abs(parked ? stubs_.callout_nosave : stubs_.callout);
     fl_ = Fl::host;  // the stub restored the flags from Rt::hf
   }
@@ -269,10 +355,9 @@ class Emitter : public CodeGenerator {
   bool add_seg_base(unsigned seg, unsigned size, bool clobber, Slow& s);
   // Emits code bytes as they are.
   void emit_bytes(const u8* bytes, unsigned len) {
-    const size_t at = getSize();
-    if (at + len > Translator::kMaxBlockCode) throw Error("bt: internal error: block code too big");
-    std::memcpy(const_cast<u8*>(getCode()) + at, bytes, len);
-    setSize(at + len);
+    if (size_ + len > Translator::kMaxBlockCode) throw Error("bt: internal error: block code too big");
+    std::memcpy(top_ + size_, bytes, len);
+    size_ += len;
   }
   // r8 (linear, zero-extended) -> host address, or a jump to the slow path,
   // whose rel32 it returns. `clobber`: the host flags are free (a compare and
@@ -332,6 +417,8 @@ class Emitter : public CodeGenerator {
   void exit_direct(u32 target, u32 jcc = kNone);
   void exit_indirect();
   void jc_lookup(bool mode_in_r8 = false);
+  void jc_probe(bool mode_in_r8);
+  void jc_miss();
   void exit_indirect_after(Slow& s);
 
   void rep_string(const Insn& i, u32 eip, u64 pa, unsigned size);
@@ -384,10 +471,16 @@ class Emitter : public CodeGenerator {
     return (b_->mode & M_SS32) && seg_native(SS);
   }
   bool direct_slow(u64 pa) const;
+  // The instruction's group is left to the interpreter (--bt-interp).
+  bool interp_group(const Insn& x) const {
+    const u32 m = bt_.interp_group_mask();
+    return m && (m & (1u << group_of(x)));
+  }
 
   Bt& bt_;
   CodeCache& cc_;
   i32 tlb_off_;
+  u8* scratch_;  // where a block is emitted without emit_in_place (then copied)
   Block* b_ = nullptr;
   const u8* page_ = nullptr;
   const u8* page2_ = nullptr;

@@ -9,7 +9,7 @@ namespace popek::engine::bt {
 // immediate that defines all six flags and is re-encoded as it is.
 bool Emitter::recipe_producer(const Insn& i, bool* writes, bool* dest_is_reg, bool* partial) const {
   if (i.mem || i.osize != 4 || i.asize != 4 || (i.info().attrs & B)) return false;
-  if (bt_.interp_group_mask() & (1u << group_of(i))) return false;
+  if (interp_group(i)) return false;
   *dest_is_reg = false;
   *partial = !defines_all_flags(i);
   if (*partial) {
@@ -61,7 +61,7 @@ void Emitter::plan_recipes(unsigned n) {
     };
     for (unsigned j = k + 1; j < n; j++) {
       const Insn& x = pre_[j].i;
-      if (bt_.interp_group_mask() & (1u << group_of(x))) break;
+      if (interp_group(x)) break;
       unsigned written = ~0u;
       switch (x.op) {
         case Op::MOVZX_GvEb: case Op::MOVZX_GvEw: case Op::MOVSX_GvEb: case Op::MOVSX_GvEw:
@@ -221,14 +221,13 @@ void Emitter::plan_loop(unsigned n) {
   loop_p_ = -1;
   loop_stash_ = -1;
   if (!bt_.options().chain || page2_ || n < 2 || !(b_->mode & M_CS_FLAT)) return;
-  const unsigned mask = bt_.interp_group_mask();
   const Insn& j = pre_[n - 1].i;
-  if ((j.op != Op::JCC_Jb && j.op != Op::JCC_Jz) || j.osize != 4 || (mask & (1u << group_of(j))))
+  if ((j.op != Op::JCC_Jb && j.op != Op::JCC_Jz) || j.osize != 4 || interp_group(j))
     return;
   if (pre_[n - 1].eip + j.len + j.imm != b_->eip) return;
   const Insn& p = pre_[n - 2].i;
   unsigned reads, dest;
-  if ((mask & (1u << group_of(p))) || !loop_producer(p, &reads, &dest)) return;
+  if (interp_group(p) || !loop_producer(p, &reads, &dest)) return;
   unsigned w = 0;
   while (!defines_all_flags(pre_[w].i)) w++;  // P is one
   unsigned written = 0;
@@ -236,7 +235,7 @@ void Emitter::plan_loop(unsigned n) {
     const Insn& x = pre_[k].i;
     const OpInfo& info = x.info();
     if ((info.attrs & (CT | STR)) || is_callout_only(x) || x.asize != 4 || (info.flags_read & ARITH) ||
-        (mask & (1u << group_of(x))))
+        interp_group(x))
       return;
     if (k == w) break;
     if (needs_flags(x) && !(recipe_role_[k] == 1 && recipes_[size_t(recipe_for_[k])].partial &&
@@ -291,7 +290,7 @@ bool Emitter::rcp_plain(const Insn& x, unsigned watch) const {
   const OpInfo& info = x.info();
   if (info.attrs & (SEN | PRV | IOI | FPU | MMX | STR)) return false;
   if ((info.attrs & CT) && x.op != Op::JCC_Jb && x.op != Op::JCC_Jz) return false;
-  if (bt_.interp_group_mask() & (1u << group_of(x))) return false;
+  if (interp_group(x)) return false;
   if (x.asize != 4) return false;
   unsigned m = 0;
   if (!(info.attrs & CT) && !regs_written(x, &m)) return false;
@@ -329,7 +328,7 @@ bool Emitter::quiet_reg_op(const Insn& i) const {
   const OpInfo& info = i.info();
   if (info.attrs & (SEN | PRV | IOI | FPU | MMX | STR | CT)) return false;
   if (info.flags_read & ARITH) return false;
-  if (bt_.interp_group_mask() & (1u << group_of(i))) return false;
+  if (interp_group(i)) return false;
   if (i.asize != 4) return false;
   switch (i.op) {
     case Op::LEA: return i.osize == 4;  // no access

@@ -298,7 +298,7 @@ void Emitter::plan_frames(unsigned n) {
 Emitter::Slow& Emitter::mem_access(const Insn& i, u32 eip, u64 pa, unsigned seg, unsigned size, bool write,
                                    Site::Addr addr, bool flags_dead) {
   Slow& s = new_slow();
-  s.site = new_site(i, eip, pa, false, true);
+  s.site = new_access_site(i, eip, pa);
   // Paging off, a base-0 segment: the linear address is the physical one,
   // and RAM is addressed directly (no check, nothing clobbered).
   // With paging on at CPL 3, the user window (mem::Mmu) maps the user

@@ -6,6 +6,7 @@
 // flags are kept: emitter.h.
 #include "engine/bt/translator.h"
 
+#include <array>
 #include <cstddef>
 #include <cstring>
 
@@ -170,10 +171,10 @@ bool can_reencode_hi8(const Insn& i) {
   return k == I_NONE || k == I_B || k == I_BS;
 }
 
-// True if the instruction sets all six arithmetic flags from its operands
-// alone: none read, none left as they were (on this host, for those with
-// "undefined" flags).
-bool defines_all_flags(const Insn& i) {
+namespace {
+
+// defines_all_flags by the instruction's kind (the table below is made from it).
+bool defines_all_flags_of(const Insn& i) {
   const HostDefines& h = host_defines();
   switch (i.op) {
     case Op::AND_EbGb: case Op::AND_EvGv: case Op::AND_GbEb: case Op::AND_GvEv:
@@ -216,6 +217,38 @@ bool defines_all_flags(const Insn& i) {
     default:
       return false;
   }
+}
+
+// Per Op: 0 never defines all six flags, 1 always, 2 when its count
+// (imm & 31) is not 0 — all defines_all_flags_of depends on. The analysis
+// asks it many times per instruction.
+enum : u8 { kDefNever, kDefAlways, kDefCount };
+const std::array<u8, kOpCount>& defines_table() {
+  static const std::array<u8, kOpCount> t = [] {
+    std::array<u8, kOpCount> r{};
+    for (unsigned k = 0; k < kOpCount; k++) {
+      Insn i;
+      i.op = Op(k);
+      i.imm = 1;
+      const bool with = defines_all_flags_of(i);
+      i.imm = 0;
+      const bool without = defines_all_flags_of(i);
+      if (without && !with) throw Error("bt: internal error: an op that defines the flags only with a count of 0");
+      r[k] = with && without ? kDefAlways : with ? kDefCount : kDefNever;
+    }
+    return r;
+  }();
+  return t;
+}
+
+}  // namespace
+
+// True if the instruction sets all six arithmetic flags from its operands
+// alone: none read, none left as they were (on this host, for those with
+// "undefined" flags).
+bool defines_all_flags(const Insn& i) {
+  const u8 c = defines_table()[unsigned(i.op)];
+  return c == kDefAlways || (c == kDefCount && (i.imm & 31) != 0);
 }
 
 // True if the instruction's result depends on the guest's arithmetic flags
@@ -267,7 +300,12 @@ void Emitter::begin(Block& b, const u8* page, const Stubs& stubs, const u8* page
   // References into it are kept while a block is emitted: never reallocate
   // (at most three slow paths per instruction).
   if (slows_.capacity() < size_t(max_insns_) * 3 + 8) slows_.reserve(size_t(max_insns_) * 3 + 8);
-  reset();
+  // Likewise the drafts of access sites (slows_ points at them).
+  drafts_.clear();
+  if (drafts_.capacity() < size_t(max_insns_) * 3 + 8) drafts_.reserve(size_t(max_insns_) * 3 + 8);
+  // Only the size: the emitter uses no xbyak labels, and the label manager's
+  // reset (lists and maps rebuilt) cost 3 % of a translation.
+  resetSize();
   if (pre_.size() < max_insns) pre_.resize(max_insns);
   b_ = &b;
   page_ = page;
@@ -275,6 +313,10 @@ void Emitter::begin(Block& b, const u8* page, const Stubs& stubs, const u8* page
   b.crosses = page2 != nullptr;
   stubs_ = stubs;
   rx_ = cc_.to_rx(cc_.cursor());
+  // Emitted in place, in the cache's writable view at its cursor (the
+  // caller made sure kMaxBlockCode bytes are free there): no copy after.
+  // xbyak writes at top_ (its buffer is otherwise fixed when it is made).
+  top_ = bt_.options().emit_in_place ? cc_.cursor() : scratch_;
   user_ = (b.mode & M_CPL) == 3;
   memo_ = bt_.options().memo == BtOptions::Memo::all || (bt_.options().memo == BtOptions::Memo::user && user_);
   fl_ = Fl::parked;
@@ -300,7 +342,7 @@ bool Emitter::side_exit_ok(const Insn& i) const {
   const auto sb = bt_.options().superblocks;
   if (sb == BtOptions::Superblocks::off || (sb == BtOptions::Superblocks::user && !user_)) return false;
   return (i.op == Op::JCC_Jb || i.op == Op::JCC_Jz) && i.osize == 4 && (b_->mode & M_CS_FLAT) &&
-         !(bt_.interp_group_mask() & (1u << group_of(i)));
+         !interp_group(i);
 }
 
 void Emitter::run(u32 max_insns) {
@@ -385,7 +427,6 @@ void Emitter::run(u32 max_insns) {
     join_fl_.resize(n);
     join_rcp_.resize(n);
   }
-  const unsigned group_mask = bt_.interp_group_mask();
   while (idx_ < n) {
     const Pre& p = pre_[idx_];
     const Insn& i = p.i;
@@ -407,7 +448,7 @@ void Emitter::run(u32 max_insns) {
     // A producer of the flags that writes its operand keeps it first if an
     // access may make the flags its recipe.
     unsigned p_reads = 0, p_dest = ~0u;
-    const bool producer = !(group_mask & (1u << group_of(i))) && loop_producer(i, &p_reads, &p_dest) &&
+    const bool producer = !interp_group(i) && loop_producer(i, &p_reads, &p_dest) &&
                           bt_.options().flag_recipes;
     bool p_stashed = false;
     if (producer && p_dest != ~0u && rcp_access_ahead(idx_)) {
@@ -494,6 +535,7 @@ void Emitter::run(u32 max_insns) {
   }
 
   // Out-of-line slow paths.
+  make_seeds();
   for (Slow& s : slows_) {
     if (s.memo_fix != kNone) memo_miss(s);
     s.at = here();
@@ -513,7 +555,7 @@ void Emitter::run(u32 max_insns) {
       rcp_run();  // the flags are the producer's again
       parked = false;
     }
-    call_site(s.site, parked);  // the stub saves the flags unless parked
+    call_arg(site_arg(s.site), parked);  // the stub saves the flags unless parked
     jmp_back(s.done);
   }
   x87_emit_ools();
@@ -562,10 +604,19 @@ bool Translator::translate(Block& b, const u8* page, u32 max_insns, const u8* pa
   if (cc_.free_bytes() < kMaxBlockCode) return false;
   if (!emitter_) emitter_ = std::make_unique<Emitter>(bt_, cc_, scratch_.data(), kMaxBlockCode, tlb_off_);
   Emitter& e = *emitter_;
+  // The links go to links_ while the block is emitted, then to an arena
+  // array of just those made (most blocks have one or two of the six).
+  b.links = links_;
+  b.nlinks = 0;
   e.begin(b, page, stubs_, page2, max_insns);
   e.run(max_insns);
+  b.links = nullptr;
+  if (b.nlinks) {
+    b.links = bt_.new_links(b.nlinks);
+    std::memcpy(static_cast<void*>(b.links), links_, b.nlinks * sizeof(Block::Link));
+  }
   if (b.n) {
-    std::memcpy(cc_.cursor(), e.getCode(), e.getSize());
+    if (e.getCode() != cc_.cursor()) std::memcpy(cc_.cursor(), e.getCode(), e.getSize());
     cc_.advance(b.code_size);
   }
   return true;

@@ -59,6 +59,7 @@ class Translator {
   i32 tlb_off_;
   Stubs stubs_{};
   std::vector<u8> scratch_;
+  Block::Link links_[Block::kMaxLinks];  // the block's links while it is emitted
   std::unique_ptr<Emitter> emitter_;
 };
 

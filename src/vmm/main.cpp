@@ -307,6 +307,10 @@ int main(int argc, char** argv) {
                 "for system_powerdown; the guest powers off by halting with interrupts off. By "
                 "default the board has ACPI 1.0: PM1 at ports 0x600-0x605, SCI on IRQ 9, tables at "
                 "0xE0000");
+  run->add_flag("!--no-early-faults", cfg.early_faults,
+                "interp and bt: deliver every guest exception through the semantics' C++ throw, "
+                "also those an instruction's early check finds before it runs (divide errors, "
+                "the #PF of a MOV's memory operand), which by default are delivered directly");
   run->add_flag("!--no-paravirt", cfg.paravirt,
                 "No paravirtual interface: the guest sees a plain Pentium II. By default, on "
                 "interp and bt, popek speaks KVM's guest ABI: CPUID 0x40000000 says "

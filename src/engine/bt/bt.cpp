@@ -176,7 +176,7 @@ const char* bt_groups_help() {
   return "mov, alu, shift, muldiv, bit, stack, branch, string, x87, system, other, mmx, all";
 }
 
-Bt::Bt(CpuState& s, mem::PhysMem& pm, Platform& plat, const BtOptions& opt)
+Bt::Bt(CpuState& s, mem::PhysMem& pm, Platform& plat, const BtOptions& opt, bool early_faults)
     : s_(s), pm_(pm),
       lockstep_(opt.lockstep ? std::make_unique<Lockstep>(s, pm, plat) : nullptr),
       mmu_(s, pm), cpu_(s, mmu_, lockstep_ ? lockstep_->recorder() : plat),
@@ -185,6 +185,7 @@ Bt::Bt(CpuState& s, mem::PhysMem& pm, Platform& plat, const BtOptions& opt)
     throw Error("the bt engine needs a host CPU with BMI2 (Intel Haswell, AMD Excavator or "
                 "later); use --engine interp");
   if (opt_.block_insns == 0) throw Error("bt: block size must be at least 1 instruction");
+  step_.set_early_faults(early_faults);
   // Instruction groups left to the interpreter.
   std::string g = opt_.interp_groups;
   size_t pos = 0;
@@ -823,8 +824,8 @@ u64 Bt::callout(Site* site) {
     if (site->rep_resume && rep_yield_point(s_.gpr[ECX])) {
       exit = true;
       s_.icount++;  // the generated code's chunk was the execution that yields
-    } else {
-      step_.execute(site->insn, site->fn);
+    } else if (!step_.execute(site->insn, site->fn, site->early)) {
+      exit = true;  // a fault its early check found, delivered (as the catch below would)
     }
   } catch (const Fault& f) {
     exit = true;
@@ -1228,6 +1229,7 @@ std::vector<std::pair<std::string, u64>> Bt::stats() const {
       {"bt.interp_steps", st_.interp_steps},
       {"bt.cold_block_visits", st_.cold_blocks},
       {"bt.exceptions", ss.exceptions},
+      {"bt.early_faults", ss.early_faults},
       {"bt.interrupts", ss.interrupts},
       {"bt.unimplemented", ss.unimplemented}};
   for (unsigned g = 0; g < G_COUNT; g++)

@@ -241,7 +241,8 @@ struct BtStats {
 
 class Bt final : public Engine, public mem::CodeWatcher, public mem::TlbListener {
  public:
-  Bt(x86::CpuState& s, mem::PhysMem& pm, x86::Platform& plat, const BtOptions& opt);
+  // early_faults: see Stepper::set_early_faults.
+  Bt(x86::CpuState& s, mem::PhysMem& pm, x86::Platform& plat, const BtOptions& opt, bool early_faults = true);
   ~Bt() override;
 
   const char* name() const override { return "bt"; }

@@ -103,6 +103,7 @@ Site* Emitter::new_site(const Insn& i, u32 eip, u64 pa, bool ends, bool slow) {
   Site* s = bt_.new_site();
   s->insn = i;
   s->fn = handler_for(i);
+  s->early = early_check_for(i);
   s->block = b_;
   s->pa = pa;
   s->eip = eip;

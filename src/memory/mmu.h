@@ -78,17 +78,14 @@ class Mmu final : public x86::LinearMem, public TlbShootdown {
   // ---- x86::LinearMem ----
   u32 read(u32 la, unsigned size, bool user) override {
     const TlbEntry& e = entry(la, user);
-    if (POPEK_LIKELY(e.tag_read == (la & ~0xFFFu) && (la & 0xFFF) <= 4096 - size)) {
-      u32 v = 0;
-      std::memcpy(&v, reinterpret_cast<const void*>(e.addend + la), size);
-      return v;
-    }
+    if (POPEK_LIKELY(e.tag_read == (la & ~0xFFFu) && (la & 0xFFF) <= 4096 - size))
+      return u32(load_le_n(reinterpret_cast<const void*>(e.addend + la), size));
     return u32(read_slow(la, size, user));
   }
   void write(u32 la, unsigned size, u32 v, bool user) override {
     TlbEntry& e = entry(la, user);
     if (POPEK_LIKELY(e.tag_write == (la & ~0xFFFu) && (la & 0xFFF) <= 4096 - size)) {
-      std::memcpy(reinterpret_cast<void*>(e.addend + la), &v, size);
+      store_le_n(reinterpret_cast<void*>(e.addend + la), size, v);
       return;
     }
     write_slow(la, size, v, user);

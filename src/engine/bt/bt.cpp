@@ -818,6 +818,7 @@ u64 Bt::callout(Site* site) {
   // jump cache and the TLB follow it by themselves; see below).
   u32 inv_page = 1;  // not a page address
   if (site->insn.op == Op::INVLPG) inv_page = (cpu_.ea(site->insn) + s_.seg[site->insn.seg].base) & ~0xFFFu;
+  bool faulted = false;  // an exception was delivered: the handler's code is next
   try {
     // A REP the generated code took to a yield point stops there, as the
     // semantics would have.
@@ -826,9 +827,11 @@ u64 Bt::callout(Site* site) {
       s_.icount++;  // the generated code's chunk was the execution that yields
     } else if (!step_.execute(site->insn, site->fn, site->early)) {
       exit = true;  // a fault its early check found, delivered (as the catch below would)
+      faulted = true;
     }
   } catch (const Fault& f) {
     exit = true;
+    faulted = true;
     try {
       step_.take_fault(f);
     } catch (...) {
@@ -851,10 +854,10 @@ u64 Bt::callout(Site* site) {
   // now, or every later access to the page would fault again.
   if (site->window && site->slow_path) mmu_.window_touch(la, site->size);
   if (site->insn.op == Op::MOV_SwEw && !exit && s_.cpl == 0) remember_seg_load(site->insn.reg);
-  if (site->mode_check || site->ends) sync_gs();
+  if (site->mode_check || site->ends || faulted) sync_gs();
   // Whether the block may be left for the next one directly: a transfer or a
-  // change of mode that completed, nothing else.
-  bool go_on = !exit || site->ends;
+  // change of mode that completed (an exception's delivery too), nothing else.
+  bool go_on = !exit || site->ends || (faulted && opt_.fault_continue);
   // An instruction that did not finish (a REP yields in chunks, even from a
   // slow path) or that transferred control (not a slow path: those resume in
   // the block, indirect transfers included) continues from the dispatcher.

@@ -74,6 +74,10 @@ struct BtOptions {
   // DIV/IDIV run as the host's instruction, the cases that would fault (and
   // IDIV's unusual dividends) checked first and left to the semantics.
   bool inline_div = true;
+  // A callout that delivered a guest exception goes on into the handler's
+  // translated block (as one whose INT n or IRET completed does) instead of
+  // leaving to the dispatcher.
+  bool fault_continue = true;
   // The frequent x87 instructions run on the host's x87 against the guest's
   // FpuState, checked inline for the cases only the semantics handle (#NM,
   // unmasked exceptions, stack faults), which go to them.

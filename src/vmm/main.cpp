@@ -265,6 +265,9 @@ int main(int argc, char** argv) {
   run->add_flag("!--bt-no-inline-div", cfg.bt.inline_div,
                 "bt: run DIV/IDIV through the semantics (a callout) instead of the host's "
                 "instruction after inline checks for divide errors");
+  run->add_flag("!--bt-no-fault-continue", cfg.bt.fault_continue,
+                "bt: after a callout delivered a guest exception, leave to the dispatcher instead "
+                "of going on into the handler's translated block");
   run->add_flag("!--bt-no-inline-x87", cfg.bt.inline_x87,
                 "bt: run every x87 instruction through the semantics (a callout) instead of the "
                 "host's x87 on the guest's registers after inline checks for the cases they handle");
@@ -310,7 +313,7 @@ int main(int argc, char** argv) {
   run->add_flag("!--no-early-faults", cfg.early_faults,
                 "interp and bt: deliver every guest exception through the semantics' C++ throw, "
                 "also those an instruction's early check finds before it runs (divide errors, "
-                "the #PF of a MOV's memory operand), which by default are delivered directly");
+                "the #PF of a MOV's memory operand or a PUSH's stack write), which by default are delivered directly");
   run->add_flag("!--no-paravirt", cfg.paravirt,
                 "No paravirtual interface: the guest sees a plain Pentium II. By default, on "
                 "interp and bt, popek speaks KVM's guest ABI: CPUID 0x40000000 says "

@@ -246,7 +246,7 @@ Handler handler_for(const Insn& i);
 // the handler raises before that point, in the same order; its effects are
 // those the handler has before it (TLB fills, accessed bits, CR2 with a
 // #PF). Only hot fault sources have one: divide errors, the #PF of a MOV's
-// memory operand.
+// memory operand or of a PUSH of a register or an immediate.
 using EarlyCheck = bool (*)(Cpu&, const Insn&, Fault*);
 EarlyCheck early_check_for(const Insn& i);  // null: none
 

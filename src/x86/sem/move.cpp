@@ -27,6 +27,10 @@ template <typename T> bool e_mov_load(Cpu& c, const Insn& i, Fault* f) { return 
 template <typename T> bool e_mov_store(Cpu& c, const Insn& i, Fault* f) { return e_mov_rm<T, true>(c, i, f); }
 template <typename T> bool e_mov_AO(Cpu& c, const Insn& i, Fault* f) { return e_mov_moffs<T, false>(c, i, f); }
 template <typename T> bool e_mov_OA(Cpu& c, const Insn& i, Fault* f) { return e_mov_moffs<T, true>(c, i, f); }
+// PUSH of a register or an immediate: its one access, the stack write.
+template <typename T> bool e_push(Cpu& c, const Insn&, Fault* f) {
+  return c.access_faults(SS, c.sp_add(c.sp(), -i32(sizeof(T))), sizeof(T), true, f);
+}
 template <typename T> void h_lea(Cpu& c, const Insn& i) { c.set_reg<T>(i.reg, T(c.ea(i))); }
 
 template <typename T> void h_xchg(Cpu& c, const Insn& i) {
@@ -171,6 +175,9 @@ void register_move(HandlerTable& t) {
   t.set(Op::MOVZX_GvEw, nullptr, h_movzx_w<u16>, h_movzx_w<u32>);
   t.set(Op::MOVSX_GvEb, nullptr, h_movsx_b<u16>, h_movsx_b<u32>);
   t.set(Op::MOVSX_GvEw, nullptr, h_movsx_w<u16>, h_movsx_w<u32>);
+  t.set_early(Op::PUSH_r, nullptr, e_push<u16>, e_push<u32>);
+  t.set_early(Op::PUSH_Iz, nullptr, e_push<u16>, e_push<u32>);
+  t.set_early(Op::PUSH_Ib, nullptr, e_push<u16>, e_push<u32>);
   t.set_early(Op::MOV_EbGb, SIZES(e_mov_store));
   t.set_early(Op::MOV_EvGv, SIZES(e_mov_store));
   t.set_early(Op::MOV_GbEb, SIZES(e_mov_load));

@@ -70,7 +70,7 @@ const Stepper::Entry& Stepper::fetch() {
   out.mode = mode;
   out.insn = insn;
   out.fn = handler_for(insn);
-  out.early = early_check_for(insn);
+  out.early = nullptr;  // armed when it faults (take_fault)
   if (!spans) {
     pm_.mark_code(ppn);
     out.gen = gen(ppn);
@@ -129,7 +129,9 @@ bool Stepper::execute(const Insn& i, Handler fn, EarlyCheck early) {
 template <bool kOneBlock>
 void Stepper::run(u64 end, u64 max) {
   for (u64 n = 0; n < max; n++) {
+    current_ = nullptr;  // (a fault in the fetch is not the last instruction's)
     const Entry& e = fetch();
+    current_ = const_cast<Entry*>(&e);
     if (POPEK_UNLIKELY(trace_ != nullptr)) trace(e);
     const u32 next = s_.eip + e.insn.len;
     const u32 cs = s_.seg[x86::CS].sel;
@@ -162,10 +164,16 @@ void Stepper::deliver_pending() {
 
 void Stepper::take_fault(const Fault& f) {
   st_.exceptions++;
+
   if (trace_)
     std::fprintf(trace_, "popek: %s (error %#x) at %04x:%08x\n", vector_name(f.vector), f.error,
                  s_.seg[CS].sel, s_.eip);
   deliver_escalating(cpu_, f.vector, EventKind::exception, f.has_error, f.error, s_.eip);
+}
+
+void Stepper::arm_early() {
+  if (current_ && !current_->early && early_faults_) current_->early = early_check_for(current_->insn);
+  current_ = nullptr;
 }
 
 void Stepper::take_unimplemented(const Unimplemented& u) {

@@ -950,6 +950,7 @@ u64 Bt::callout(Site* site) {
     // next block here, as the dispatcher would, when it is at hand.
     if (go_on) {
       if (const u8* code = continue_at()) {
+        if (faulted && user_run_end_ == ~u64(0)) user_run_end_ = s_.icount;
         rt_->hf = encode_hf(s_.eflags);
         sync_direct_base();
         st_.callout_continues++;
@@ -1141,6 +1142,7 @@ Exit Bt::run_blocks(u64 end) {
     sync_direct_base();
     entry_epoch_ = mmu_.epoch();
     icount_base_ = s_.icount;
+    user_run_end_ = ~u64(0);
     rt_->hf = encode_hf(s_.eflags);
     sync_gs();
     st_.block_entries++;
@@ -1148,8 +1150,9 @@ Exit Bt::run_blocks(u64 end) {
     Running running(this);
     const u64 reason = enter_(&s_, rt_, b->code);
     set_icount(0);
-    if (uwin_ && (mode & (M_CPL | M_NOPG | M_UWIN)) == 3) note_user_run(s_.icount - icount_base_);
-    if (mode & M_UWIN) note_window_run(s_.icount - icount_base_);
+    const u64 ran = std::min(s_.icount, user_run_end_) - icount_base_;
+    if (uwin_ && (mode & (M_CPL | M_NOPG | M_UWIN)) == 3) note_user_run(ran);
+    if (mode & M_UWIN) note_window_run(ran);
     if (pending_error_) return Exit::stopped;
     if (lockstep_) lockstep_->after_block();
     if (reason == kExitChain && opt_.chain) {

@@ -429,6 +429,10 @@ class Bt final : public Engine, public mem::CodeWatcher, public mem::TlbListener
 
   // Accounting while generated code runs.
   u64 icount_base_ = 0;
+  // Where the run's first exception went on into its handler (fault
+  // continue): the run is user mode for the user window's counts only
+  // until there, as it was when the exception left to the dispatcher.
+  u64 user_run_end_ = ~u64(0);
   i64 budget_start_ = 0;
   // The instruction count from the budget generated code has left, less
   // the block's instructions it counted that have not retired.

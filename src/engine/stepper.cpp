@@ -70,6 +70,7 @@ const Stepper::Entry& Stepper::fetch() {
   out.mode = mode;
   out.insn = insn;
   out.fn = handler_for(insn);
+  out.early = nullptr;  // armed when it faults (take_fault)
   if (!spans) {
     pm_.mark_code(ppn);
     out.gen = gen(ppn);
@@ -90,7 +91,7 @@ void Stepper::trace(const Entry& e) {
                s_.gpr[EDX], s_.gpr[ESI], s_.gpr[EDI], s_.gpr[EBP], s_.gpr[ESP], s_.eflags);
 }
 
-void Stepper::execute(const Insn& i, Handler fn) {
+bool Stepper::execute(const Insn& i, Handler fn, EarlyCheck early) {
   const u32 attrs = i.info().attrs;
   if (POPEK_UNLIKELY((attrs & PRV) && s_.cpl != 0)) raise_fault(GP, 0);
   if (POPEK_UNLIKELY((attrs & FPU) && (s_.cr0 & (CR0_EM | CR0_TS)))) {
@@ -101,6 +102,17 @@ void Stepper::execute(const Insn& i, Handler fn) {
   cpu_.next_eip = s_.seg[CS].db() ? next : (next & 0xFFFF);
   const bool tf = s_.eflags & TF;
   s_.intr_shadow = 0;
+  // A fault found early is delivered as the handler's would be (no C++ throw:
+  // that costs microseconds of unwinding). The state is the handler's at its
+  // fault: nothing has changed but what the check did as the handler would.
+  if (early && early_faults_) {
+    Fault f;
+    if (POPEK_UNLIKELY(early(cpu_, i, &f))) {
+      st_.early_faults++;
+      take_fault(f);
+      return false;
+    }
+  }
   fn(cpu_, i);
   s_.eip = cpu_.next_eip;
   s_.icount++;
@@ -111,16 +123,21 @@ void Stepper::execute(const Insn& i, Handler fn) {
     st_.exceptions++;
     deliver_escalating(cpu_, DB, EventKind::exception, false, 0, s_.eip);
   }
+  return true;
 }
 
 template <bool kOneBlock>
 void Stepper::run(u64 end, u64 max) {
   for (u64 n = 0; n < max; n++) {
+    current_ = nullptr;  // (a fault in the fetch is not the last instruction's)
     const Entry& e = fetch();
+    current_ = const_cast<Entry*>(&e);
     if (POPEK_UNLIKELY(trace_ != nullptr)) trace(e);
     const u32 next = s_.eip + e.insn.len;
     const u32 cs = s_.seg[x86::CS].sel;
-    execute(e.insn, e.fn);
+    // A fault leaves the loop as a raised one would (the engine's loop takes
+    // pending events before the handler's first instruction).
+    if (!execute(e.insn, e.fn, e.early)) return;
     if (POPEK_UNLIKELY(cpu_.stop != StopReason::none)) return;
     if (POPEK_UNLIKELY(s_.intr_line && (s_.eflags & IF) && !s_.intr_shadow)) return;
     if (POPEK_UNLIKELY(s_.nmi_pending)) return;
@@ -147,10 +164,16 @@ void Stepper::deliver_pending() {
 
 void Stepper::take_fault(const Fault& f) {
   st_.exceptions++;
+
   if (trace_)
     std::fprintf(trace_, "popek: %s (error %#x) at %04x:%08x\n", vector_name(f.vector), f.error,
                  s_.seg[CS].sel, s_.eip);
   deliver_escalating(cpu_, f.vector, EventKind::exception, f.has_error, f.error, s_.eip);
+}
+
+void Stepper::arm_early() {
+  if (current_ && !current_->early && early_faults_) current_->early = early_check_for(current_->insn);
+  current_ = nullptr;
 }
 
 void Stepper::take_unimplemented(const Unimplemented& u) {

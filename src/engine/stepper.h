@@ -24,6 +24,7 @@ struct StepStats {
   u64 exceptions = 0;
   u64 interrupts = 0;
   u64 unimplemented = 0;
+  u64 early_faults = 0;  // exceptions delivered from an early check (no C++ throw)
 };
 
 class Stepper final : public mem::CodeWatcher {
@@ -33,6 +34,11 @@ class Stepper final : public mem::CodeWatcher {
     u32 gen = 0;
     u8 mode = 0;
     x86::Handler fn = nullptr;
+    // The instruction's early check, once it has faulted through a throw
+    // (the check costs the interpreter ~10 % on MOVs that never fault;
+    // instructions that faulted once tend to fault again: a loop touching
+    // fresh pages, a division by a zero that stays zero).
+    x86::EarlyCheck early = nullptr;
     x86::Insn insn;
   };
 
@@ -45,8 +51,13 @@ class Stepper final : public mem::CodeWatcher {
   // faults (#PF, #GP for the CS limit, #UD).
   const Entry& fetch();
   // Executes one decoded instruction at CS:EIP: CPL/#NM checks, semantics,
-  // EIP and icount update, the TF trap. Faults propagate as x86::Fault.
-  void execute(const x86::Insn& i, x86::Handler fn);
+  // EIP and icount update, the TF trap. Faults propagate as x86::Fault, but
+  // one that the instruction's early check finds (x86::EarlyCheck, where
+  // early faults are on) is delivered here: false then.
+  bool execute(const x86::Insn& i, x86::Handler fn, x86::EarlyCheck early);
+  // Early checks on (default) or off (every fault through the C++ throw).
+  void set_early_faults(bool on) { early_faults_ = on; }
+  bool early_faults() const { return early_faults_; }
   // Fetch + execute until icount reaches `end`, the CPU stops (cpu.stop), an
   // interrupt becomes deliverable, or `max` instructions ran.
   void run_insns(u64 end, u64 max = ~0ull);
@@ -75,6 +86,7 @@ class Stepper final : public mem::CodeWatcher {
         // see a CPU asleep with nothing to wake it (it would end the run).
         if (cpu_.stop == x86::StopReason::halt && !event_ready()) return Exit::halt;
       } catch (const x86::Fault& f) {
+        arm_early();
         take_fault(f);
       } catch (const x86::Unimplemented& u) {
         take_unimplemented(u);
@@ -86,6 +98,9 @@ class Stepper final : public mem::CodeWatcher {
   // Delivers a fault raised at the current EIP.
   void take_fault(const x86::Fault& f);
   void take_unimplemented(const x86::Unimplemented& u);
+  // A fault was raised (thrown) while run() executed an instruction: from
+  // now on that instruction's early check (if it has one) runs before it.
+  void arm_early();
   // True if an interrupt or NMI can be taken now.
   bool event_ready() const {
     return (s_.nmi_pending && !s_.nmi_blocked) ||
@@ -115,6 +130,8 @@ class Stepper final : public mem::CodeWatcher {
   Entry scratch_;  // for instructions that span pages (not cached)
   StepStats st_;
   std::FILE* trace_ = nullptr;
+  bool early_faults_ = true;
+  Entry* current_ = nullptr;  // the entry run() executes (armed by take_fault)
 };
 
 // Statistics every software engine reports: the soft TLB's counters.

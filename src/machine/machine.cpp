@@ -143,10 +143,10 @@ engine::Engine* Machine::make_engine(EngineKind k) {
   if (slot) return slot.get();
   switch (k) {
     case EngineKind::interp:
-      slot = std::make_unique<engine::Interp>(cpu_, *pm_, *this);
+      slot = std::make_unique<engine::Interp>(cpu_, *pm_, *this, cfg_.early_faults);
       break;
     case EngineKind::bt:
-      slot = std::make_unique<engine::Bt>(cpu_, *pm_, *this, cfg_.bt);
+      slot = std::make_unique<engine::Bt>(cpu_, *pm_, *this, cfg_.bt, cfg_.early_faults);
       break;
     case EngineKind::kvm: {
       if (cfg_.deterministic)

@@ -71,6 +71,10 @@ struct Config {
   // KVM's paravirtual interface on interp and bt (x86/paravirt.h: CPUID
   // 0x40000000, kvm-clock, hypercalls); --no-paravirt turns it off.
   bool paravirt = true;
+  // interp and bt deliver the faults an instruction's early check finds
+  // (divide errors, a MOV's #PF) without a C++ throw; --no-early-faults
+  // sends every fault through the throw (engine/stepper.h).
+  bool early_faults = true;
   std::string trace_file;  // "-" for stderr
   u64 max_insns = 0;       // stop after this many instructions (0: no limit)
   VirtioConfig virtio;     // --drive, --netdev, --rng (see virtio_board.h)

@@ -305,13 +305,16 @@ bool Mmu::walk(u32 la, Walk* w, bool ram_only) {
   return w->pte & PTE_P;
 }
 
-void Mmu::page_fault(u32 la, u32 err) {
+u64 Mmu::page_fault(u32 la, u32 err, u32* out) {
   stats_.page_faults++;
   s_.cr2 = la;
-  raise_fault(PF_V, err);
+  *out = err;
+  return kNoTranslation;
 }
 
-u64 Mmu::translate(u32 la, Acc acc, bool user) {
+void Mmu::raise_page_fault(u32 err) { raise_fault(PF_V, err); }
+
+u64 Mmu::translate_or_fault(u32 la, Acc acc, bool user, u32* err) {
   stats_.tlb_misses++;
   const u32 page = la & ~0xFFFu;
   u64 pa_page;
@@ -323,12 +326,12 @@ u64 Mmu::translate(u32 la, Acc acc, bool user) {
     const bool write = acc == Acc::write;
     const u32 err_base = (write ? u32(PFE_W) : 0u) | (user ? u32(PFE_U) : 0u);
     Walk w;
-    if (!walk(la, &w, false)) page_fault(la, err_base);
+    if (!walk(la, &w, false)) return page_fault(la, err_base, err);
     // Permission checks.
     const u32 eff = w.eff();
-    if (user && !(eff & PTE_U)) page_fault(la, err_base | PFE_P);
+    if (user && !(eff & PTE_U)) return page_fault(la, err_base | PFE_P, err);
     const bool writable = (eff & PTE_W) || (!user && !(s_.cr0 & CR0_WP));
-    if (write && !writable) page_fault(la, err_base | PFE_P);
+    if (write && !writable) return page_fault(la, err_base | PFE_P, err);
     can_write = writable;
     // The walk succeeded: set accessed (and dirty) bits, directory first.
     if (!(w.pde & PTE_A) || (w.big && write && !(w.pde & PTE_D))) {
@@ -383,6 +386,17 @@ u64 Mmu::read_slow(u32 la, unsigned size, bool user) {
     return v;
   }
   return pm_.read(translate(la, Acc::read, user), size);
+}
+
+// The translations read_slow/write_slow make before they touch memory, in the
+// same order (both pages of a crossing access, the first first), with the
+// same effects (TLB fills, accessed and dirty bits, CR2), the #PF returned.
+bool Mmu::access_fault_slow(u32 la, unsigned size, bool write, bool user, u32* err) {
+  const Acc acc = write ? Acc::write : Acc::read;
+  if (translate_or_fault(la, acc, user, err) == kNoTranslation) return true;
+  if ((la & 0xFFF) + size > 4096 && translate_or_fault(la + (4096 - (la & 0xFFF)), acc, user, err) == kNoTranslation)
+    return true;
+  return false;
 }
 
 void Mmu::write_slow(u32 la, unsigned size, u64 v, bool user) {

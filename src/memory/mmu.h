@@ -78,17 +78,14 @@ class Mmu final : public x86::LinearMem, public TlbShootdown {
   // ---- x86::LinearMem ----
   u32 read(u32 la, unsigned size, bool user) override {
     const TlbEntry& e = entry(la, user);
-    if (POPEK_LIKELY(e.tag_read == (la & ~0xFFFu) && (la & 0xFFF) <= 4096 - size)) {
-      u32 v = 0;
-      std::memcpy(&v, reinterpret_cast<const void*>(e.addend + la), size);
-      return v;
-    }
+    if (POPEK_LIKELY(e.tag_read == (la & ~0xFFFu) && (la & 0xFFF) <= 4096 - size))
+      return u32(load_le_n(reinterpret_cast<const void*>(e.addend + la), size));
     return u32(read_slow(la, size, user));
   }
   void write(u32 la, unsigned size, u32 v, bool user) override {
     TlbEntry& e = entry(la, user);
     if (POPEK_LIKELY(e.tag_write == (la & ~0xFFFu) && (la & 0xFFF) <= 4096 - size)) {
-      std::memcpy(reinterpret_cast<void*>(e.addend + la), &v, size);
+      store_le_n(reinterpret_cast<void*>(e.addend + la), size, v);
       return;
     }
     write_slow(la, size, v, user);
@@ -111,6 +108,12 @@ class Mmu final : public x86::LinearMem, public TlbShootdown {
     write_slow(la, 8, v, user);
   }
   void probe_write(u32 la, unsigned size, bool user) override;
+  bool access_fault(u32 la, unsigned size, bool write, bool user, u32* err) override {
+    const TlbEntry& e = entry(la, user);
+    if (POPEK_LIKELY((write ? e.tag_write : e.tag_read) == (la & ~0xFFFu) && (la & 0xFFF) <= 4096 - size))
+      return false;
+    return access_fault_slow(la, size, write, user, err);
+  }
   u8* direct(u32 la, u32 len, bool write, bool user) override {
     const TlbEntry& e = entry(la, user);
     if ((la & 0xFFF) + len > 4096 || len == 0) return nullptr;
@@ -304,11 +307,23 @@ class Mmu final : public x86::LinearMem, public TlbShootdown {
   struct Walk;
   bool walk(u32 la, Walk* w, bool ram_only);
   // Translates one page for an access, filling the TLB; faults with #PF.
-  u64 translate(u32 la, Acc acc, bool user);
+  u64 translate(u32 la, Acc acc, bool user) {
+    u32 err;
+    const u64 pa = translate_or_fault(la, acc, user, &err);
+    if (POPEK_UNLIKELY(pa == kNoTranslation)) raise_page_fault(err);
+    return pa;
+  }
+  // The same, but a #PF is returned: kNoTranslation with the error code in
+  // *err (CR2 set and the fault counted, as the raising form does).
+  static constexpr u64 kNoTranslation = ~0ull;
+  u64 translate_or_fault(u32 la, Acc acc, bool user, u32* err);
   u64 read_slow(u32 la, unsigned size, bool user);
+  bool access_fault_slow(u32 la, unsigned size, bool write, bool user, u32* err);
   void write_slow(u32 la, unsigned size, u64 v, bool user);
   const u8* fetch_slow(u32 la, bool user, u64* pa);
-  [[noreturn]] void page_fault(u32 la, u32 err);
+  // A #PF at la: sets CR2, counts it; returns kNoTranslation.
+  u64 page_fault(u32 la, u32 err, u32* out);
+  [[noreturn]] static void raise_page_fault(u32 err);
 
   x86::CpuState& s_;
   PhysMem& pm_;

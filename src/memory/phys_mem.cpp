@@ -1,5 +1,7 @@
 #include "memory/phys_mem.h"
 
+#include "base/bits.h"
+
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -170,11 +172,7 @@ PhysMem::Page PhysMem::page(u64 pa) const {
 
 u64 PhysMem::read(u64 pa, unsigned size) {
   Page pg = page(pa);
-  if (pg.host) {
-    u64 v = 0;
-    std::memcpy(&v, pg.host + (pa & (kPageSize - 1)), size);
-    return v;
-  }
+  if (pg.host) return load_le_n(pg.host + (pa & (kPageSize - 1)), size);
   if (mmio_) return mmio_->mmio_read(pa, size);
   return size >= 8 ? ~0ull : ((1ull << (8 * size)) - 1);
 }
@@ -184,7 +182,7 @@ void PhysMem::write(u64 pa, unsigned size, u64 value) {
   if (pg.host) {
     if (pg.rom) return;
     notify_write(pa, size);
-    std::memcpy(pg.host + (pa & (kPageSize - 1)), &value, size);
+    store_le_n(pg.host + (pa & (kPageSize - 1)), size, value);
     return;
   }
   if (mmio_) mmio_->mmio_write(pa, size, value);

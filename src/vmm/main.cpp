@@ -274,6 +274,9 @@ int main(int argc, char** argv) {
   run->add_flag("!--bt-no-inline-div", cfg.bt.inline_div,
                 "bt: run DIV/IDIV through the semantics (a callout) instead of the host's "
                 "instruction after inline checks for divide errors");
+  run->add_flag("!--bt-no-fault-continue", cfg.bt.fault_continue,
+                "bt: after a callout delivered a guest exception, leave to the dispatcher instead "
+                "of going on into the handler's translated block");
   run->add_flag("!--bt-no-inline-x87", cfg.bt.inline_x87,
                 "bt: run every x87 instruction through the semantics (a callout) instead of the "
                 "host's x87 on the guest's registers after inline checks for the cases they handle");
@@ -319,6 +322,10 @@ int main(int argc, char** argv) {
                 "for system_powerdown; the guest powers off by halting with interrupts off. By "
                 "default the board has ACPI 1.0: PM1 at ports 0x600-0x605, SCI on IRQ 9, tables at "
                 "0xE0000");
+  run->add_flag("!--no-early-faults", cfg.early_faults,
+                "interp and bt: deliver every guest exception through the semantics' C++ throw, "
+                "also those an instruction's early check finds before it runs (divide errors, "
+                "the #PF of a MOV's memory operand or a PUSH's stack write), which by default are delivered directly");
   run->add_flag("!--no-paravirt", cfg.paravirt,
                 "No paravirtual interface: the guest sees a plain Pentium II. By default, on "
                 "interp and bt, popek speaks KVM's guest ABI: CPUID 0x40000000 says "

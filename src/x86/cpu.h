@@ -4,6 +4,8 @@
 // interpreter runs them per instruction, the translator calls them for
 // sensitive instructions and slow paths.
 #pragma once
+#include <cstring>
+
 #include "base/bits.h"
 #include "base/types.h"
 #include "x86/cpu_state.h"
@@ -31,6 +33,12 @@ class LinearMem {
   virtual void write64(u32 la, u64 value, bool user) = 0;
   // Checks that [la, la+size) may be written (faulting if not) without writing.
   virtual void probe_write(u32 la, unsigned size, bool user) = 0;
+  // Whether an access of [la, la+size) would fault, found the way the access
+  // itself finds it (TLB fills, accessed and dirty bits, CR2 on a #PF) but
+  // returned, not raised: true with the #PF error code in *err. False if the
+  // access would not fault, or if this memory cannot tell without the access
+  // (the default): the access then raises its own fault.
+  virtual bool access_fault(u32 la, unsigned size, bool write, bool user, u32* err) { return false; }
   // TLB maintenance, called where x86 flushes its TLB.
   virtual void flush_tlb(bool global) = 0;
   virtual void invlpg(u32 la) = 0;
@@ -119,6 +127,30 @@ class Cpu {
     if constexpr (sizeof(T) == 8) mem.write64(la, v, user());
     else mem.write(la, sizeof(T), u32(v), user());
   }
+  // The fault an access of `seg`:`off` would raise first (segmentation's,
+  // raised; paging's, returned in *f as access_fault finds it): true if it
+  // would raise a #PF, false if not or if the memory cannot tell.
+  bool access_faults(unsigned seg, u32 off, unsigned size, bool write, Fault* f) {
+    const u32 la = linear(seg, off, size, write);
+    u32 err;
+    if (POPEK_LIKELY(!mem.access_fault(la, size, write, user(), &err))) return false;
+    *f = Fault{PF_V, true, err};
+    return true;
+  }
+  // The value read_rm<T> would read if it can be had without a fault or an
+  // effect (a register, or memory the TLB maps as RAM); false otherwise.
+  // Segmentation's faults are raised as read_rm raises them.
+  template <typename T> bool peek_rm(const Insn& i, T* v) {
+    if (!i.mem) {
+      *v = reg<T>(i.rm);
+      return true;
+    }
+    const u8* p = mem.direct(linear(i.seg, ea(i), sizeof(T), false), sizeof(T), false, user());
+    if (!p) return false;
+    std::memcpy(v, p, sizeof(T));
+    return true;
+  }
+
   // Supervisor-implicit accesses (descriptor tables, TSS).
   u32 sys_read(u32 la, unsigned size) { return mem.read(la, size, false); }
   u64 sys_read64(u32 la) { return mem.read64(la, false); }
@@ -205,6 +237,18 @@ using Handler = void (*)(Cpu&, const Insn&);
 // The interpreter's handler for each op and operand size (index 0: 8-bit or
 // size-less, 1: 16-bit, 2: 32-bit). Unimplemented entries raise #UD loudly.
 Handler handler_for(const Insn& i);
+
+// An early check finds, without running the instruction, a fault its handler
+// would raise before it changes anything: true with the fault in *f (the
+// engine then delivers it without a C++ throw, which costs microseconds);
+// false if the handler would not fault there, or the check cannot tell (the
+// handler then runs and raises whatever it raises). It may raise the faults
+// the handler raises before that point, in the same order; its effects are
+// those the handler has before it (TLB fills, accessed bits, CR2 with a
+// #PF). Only hot fault sources have one: divide errors, the #PF of a MOV's
+// memory operand or of a PUSH of a register or an immediate.
+using EarlyCheck = bool (*)(Cpu&, const Insn&, Fault*);
+EarlyCheck early_check_for(const Insn& i);  // null: none
 
 // Delivers an interrupt or exception through the IVT/IDT (privilege checks,
 // stack switch through the TSS, task gates, #DF and triple fault). `ret_eip` is

@@ -15,6 +15,7 @@ struct Block;
 struct Site {
   x86::Insn insn;
   x86::Handler fn = nullptr;
+  x86::EarlyCheck early = nullptr;
   Block* block = nullptr;
   u64 pa = 0;          // guest-physical address of the instruction
   u32 eip = 0;

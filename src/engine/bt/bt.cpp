@@ -182,7 +182,7 @@ const char* bt_groups_help() {
   return "mov, alu, shift, muldiv, bit, stack, branch, string, x87, system, other, mmx, all";
 }
 
-Bt::Bt(CpuState& s, mem::PhysMem& pm, Platform& plat, const BtOptions& opt)
+Bt::Bt(CpuState& s, mem::PhysMem& pm, Platform& plat, const BtOptions& opt, bool early_faults)
     : s_(s), pm_(pm),
       lockstep_(opt.lockstep ? std::make_unique<Lockstep>(s, pm, plat) : nullptr),
       mmu_(s, pm), cpu_(s, mmu_, lockstep_ ? lockstep_->recorder() : plat),
@@ -191,6 +191,7 @@ Bt::Bt(CpuState& s, mem::PhysMem& pm, Platform& plat, const BtOptions& opt)
     throw Error("the bt engine needs a host CPU with BMI2 (Intel Haswell, AMD Excavator or "
                 "later); use --engine interp");
   if (opt_.block_insns == 0) throw Error("bt: block size must be at least 1 instruction");
+  step_.set_early_faults(early_faults);
   // Instruction groups left to the interpreter.
   std::string g = opt_.interp_groups;
   size_t pos = 0;
@@ -861,17 +862,20 @@ u64 Bt::callout(Site* site) {
   // jump cache and the TLB follow it by themselves; see below).
   u32 inv_page = 1;  // not a page address
   if (site->insn.op == Op::INVLPG) inv_page = (cpu_.ea(site->insn) + s_.seg[site->insn.seg].base) & ~0xFFFu;
+  bool faulted = false;  // an exception was delivered: the handler's code is next
   try {
     // A REP the generated code took to a yield point stops there, as the
     // semantics would have.
     if (site->rep_resume && rep_yield_point(s_.gpr[ECX])) {
       exit = true;
       s_.icount++;  // the generated code's chunk was the execution that yields
-    } else {
-      step_.execute(site->insn, site->fn);
+    } else if (!step_.execute(site->insn, site->fn, site->early)) {
+      exit = true;  // a fault its early check found, delivered (as the catch below would)
+      faulted = true;
     }
   } catch (const Fault& f) {
     exit = true;
+    faulted = true;
     try {
       step_.take_fault(f);
     } catch (...) {
@@ -922,10 +926,10 @@ u64 Bt::callout(Site* site) {
   // now, or every later access to the page would fault again.
   if (site->window && site->slow_path) mmu_.window_touch(la, site->size);
   if (site->insn.op == Op::MOV_SwEw && !exit && s_.cpl == 0) remember_seg_load(site->insn.reg);
-  if (site->mode_check || site->ends) sync_gs();
+  if (site->mode_check || site->ends || faulted) sync_gs();
   // Whether the block may be left for the next one directly: a transfer or a
-  // change of mode that completed, nothing else.
-  bool go_on = !exit || site->ends;
+  // change of mode that completed (an exception's delivery too), nothing else.
+  bool go_on = !exit || site->ends || (faulted && opt_.fault_continue);
   // An instruction that did not finish (a REP yields in chunks, even from a
   // slow path) or that transferred control (not a slow path: those resume in
   // the block, indirect transfers included) continues from the dispatcher.
@@ -1018,6 +1022,7 @@ u64 Bt::callout(Site* site) {
     // next block here, as the dispatcher would, when it is at hand.
     if (go_on) {
       if (const u8* code = continue_at()) {
+        if (faulted && user_run_end_ == ~u64(0)) user_run_end_ = s_.icount;
         rt_->hf = encode_hf(s_.eflags);
         sync_direct_base();
         st_.callout_continues++;
@@ -1209,6 +1214,7 @@ Exit Bt::run_blocks(u64 end) {
     sync_direct_base();
     entry_epoch_ = mmu_.epoch();
     icount_base_ = s_.icount;
+    user_run_end_ = ~u64(0);
     rt_->hf = encode_hf(s_.eflags);
     sync_gs();
     st_.block_entries++;
@@ -1216,8 +1222,9 @@ Exit Bt::run_blocks(u64 end) {
     Running running(this);
     const u64 reason = enter_(&s_, rt_, b->code);
     set_icount(0);
-    if (uwin_ && (mode & (M_CPL | M_NOPG | M_UWIN)) == 3) note_user_run(s_.icount - icount_base_);
-    if (mode & M_UWIN) note_window_run(s_.icount - icount_base_);
+    const u64 ran = std::min(s_.icount, user_run_end_) - icount_base_;
+    if (uwin_ && (mode & (M_CPL | M_NOPG | M_UWIN)) == 3) note_user_run(ran);
+    if (mode & M_UWIN) note_window_run(ran);
     if (pending_error_) return Exit::stopped;
     if (lockstep_) lockstep_->after_block();
     if (reason == kExitChain && opt_.chain) {
@@ -1307,6 +1314,7 @@ std::vector<std::pair<std::string, u64>> Bt::stats() const {
       {"bt.interp_steps", st_.interp_steps},
       {"bt.cold_block_visits", st_.cold_blocks},
       {"bt.exceptions", ss.exceptions},
+      {"bt.early_faults", ss.early_faults},
       {"bt.interrupts", ss.interrupts},
       {"bt.unimplemented", ss.unimplemented}};
   for (unsigned g = 0; g < G_COUNT; g++)

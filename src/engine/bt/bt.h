@@ -74,6 +74,10 @@ struct BtOptions {
   // DIV/IDIV run as the host's instruction, the cases that would fault (and
   // IDIV's unusual dividends) checked first and left to the semantics.
   bool inline_div = true;
+  // A callout that delivered a guest exception goes on into the handler's
+  // translated block (as one whose INT n or IRET completed does) instead of
+  // leaving to the dispatcher.
+  bool fault_continue = true;
   // The frequent x87 instructions run on the host's x87 against the guest's
   // FpuState, checked inline for the cases only the semantics handle (#NM,
   // unmasked exceptions, stack faults), which go to them.
@@ -272,7 +276,8 @@ struct BtStats {
 
 class Bt final : public Engine, public mem::CodeWatcher, public mem::TlbListener {
  public:
-  Bt(x86::CpuState& s, mem::PhysMem& pm, x86::Platform& plat, const BtOptions& opt);
+  // early_faults: see Stepper::set_early_faults.
+  Bt(x86::CpuState& s, mem::PhysMem& pm, x86::Platform& plat, const BtOptions& opt, bool early_faults = true);
   ~Bt() override;
 
   const char* name() const override { return "bt"; }
@@ -474,6 +479,10 @@ class Bt final : public Engine, public mem::CodeWatcher, public mem::TlbListener
 
   // Accounting while generated code runs.
   u64 icount_base_ = 0;
+  // Where the run's first exception went on into its handler (fault
+  // continue): the run is user mode for the user window's counts only
+  // until there, as it was when the exception left to the dispatcher.
+  u64 user_run_end_ = ~u64(0);
   i64 budget_start_ = 0;
   // The instruction count from the budget generated code has left, less
   // the block's instructions it counted that have not retired.

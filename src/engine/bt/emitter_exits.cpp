@@ -196,6 +196,7 @@ Site* Emitter::new_site(const Insn& i, u32 eip, u64 pa, bool ends, bool slow) {
   bt_.bstats().sites++;
   s->insn = i;
   s->fn = handler_for(i);
+  s->early = early_check_for(i);
   s->block = b_;
   s->pa = pa;
   s->eip = eip;

@@ -18,6 +18,10 @@ Lockstep::Lockstep(CpuState& real, mem::PhysMem& pm, Platform& plat)
     : real_(real), pm_(pm), sh_(real), spm_(pm.ram_size()), smmu_(sh_, spm_),
       scpu_(sh_, lmem_, *this), sstep_(sh_, spm_, smmu_, scpu_) {
   lmem_.mmu = &smmu_;
+  // The shadow raises every fault through the semantics (no early checks):
+  // the comparison then also checks the early checks the translator's
+  // callouts make against the faults the handlers raise.
+  sstep_.set_early_faults(false);
   rec_.ls = this;
   rec_.plat = &plat;
   rec_.mmio = pm.mmio();

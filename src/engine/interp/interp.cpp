@@ -4,8 +4,10 @@ namespace popek::engine {
 
 using namespace popek::x86;
 
-Interp::Interp(CpuState& s, mem::PhysMem& pm, Platform& plat)
-    : s_(s), mmu_(s, pm), cpu_(s, mmu_, plat), step_(s, pm, mmu_, cpu_) {}
+Interp::Interp(CpuState& s, mem::PhysMem& pm, Platform& plat, bool early_faults)
+    : s_(s), mmu_(s, pm), cpu_(s, mmu_, plat), step_(s, pm, mmu_, cpu_) {
+  step_.set_early_faults(early_faults);
+}
 
 Exit Interp::run(u64 budget) {
   const u64 end = s_.icount + budget;
@@ -20,6 +22,7 @@ std::vector<std::pair<std::string, u64>> Interp::stats() const {
       {"interp.decode_cache_misses", st.cache_misses},
       {"interp.decode_cache_invalidations", st.cache_invalidations},
       {"interp.exceptions", st.exceptions},
+      {"interp.early_faults", st.early_faults},
       {"interp.interrupts", st.interrupts},
       {"interp.unimplemented", st.unimplemented}};
   append_mmu_stats(mmu_, out);

@@ -12,7 +12,8 @@ namespace popek::engine {
 
 class Interp final : public Engine {
  public:
-  Interp(x86::CpuState& s, mem::PhysMem& pm, x86::Platform& plat);
+  // early_faults: see Stepper::set_early_faults.
+  Interp(x86::CpuState& s, mem::PhysMem& pm, x86::Platform& plat, bool early_faults = true);
 
   const char* name() const override { return "interp"; }
   Exit run(u64 budget) override;

@@ -670,7 +670,7 @@ bool Kvm::emulate_one(std::optional<Exit>* want) {
       if (mmu_->probe(la + k, &pa)) pm_.read_bytes(pa, &bytes[k], 1);
     const Stepper::Entry& e = step_->fetch();
     cpu_->stop = StopReason::none;
-    step_->execute(e.insn, e.fn);
+    step_->execute(e.insn, e.fn, e.early);  // (false: a fault delivered, as below)
   } catch (const Fault& f) {
     step_->take_fault(f);
   } catch (const Unimplemented& u) {

@@ -180,28 +180,44 @@ template <typename T> void h_imul1(Cpu& c, const Insn& i) {
   imul1(lo, hi, b, c.s.eflags);
   acc_set(c, lo, hi);
 }
+// Divide errors: a zero divisor or a quotient too large for the destination.
+template <typename T> bool div_error(T lo, T hi, T b) { return b == 0 || hi >= b; }
+template <typename T> bool idiv_error(T lo, T hi, T b) {
+  using S = std::make_signed_t<T>;
+  constexpr unsigned bits = sizeof(T) * 8;
+  if (b == 0) return true;
+  i64 dividend = i64((u64(hi) << bits | lo) << (64 - 2 * bits)) >> (64 - 2 * bits);
+  i64 divisor = S(b);
+  if (dividend == (i64(-1) << (2 * bits - 1)) && divisor == -1) return true;
+  i64 q = dividend / divisor;
+  return q > i64(std::numeric_limits<S>::max()) || q < i64(std::numeric_limits<S>::min());
+}
 template <typename T> void h_div(Cpu& c, const Insn& i) {
   T b = c.read_rm<T>(i), lo, hi;
   acc_get(c, lo, hi);
-  if (b == 0 || hi >= b) raise_fault(DE);  // divide error or quotient overflow
+  if (div_error(lo, hi, b)) raise_fault(DE);
   div1(lo, hi, b, c.s.eflags);
   acc_set(c, lo, hi);
 }
 template <typename T> void h_idiv(Cpu& c, const Insn& i) {
-  using S = std::make_signed_t<T>;
-  constexpr unsigned bits = sizeof(T) * 8;
   T b = c.read_rm<T>(i), lo, hi;
   acc_get(c, lo, hi);
-  if (b == 0) raise_fault(DE);
-  i64 dividend = i64((u64(hi) << bits | lo) << (64 - 2 * bits)) >> (64 - 2 * bits);
-  i64 divisor = S(b);
-  if (dividend == (i64(-1) << (2 * bits - 1)) && divisor == -1) raise_fault(DE);
-  i64 q = dividend / divisor;
-  if (q > i64(std::numeric_limits<S>::max()) || q < i64(std::numeric_limits<S>::min()))
-    raise_fault(DE);
+  if (idiv_error(lo, hi, b)) raise_fault(DE);
   idiv1(lo, hi, b, c.s.eflags);
   acc_set(c, lo, hi);
 }
+// Their early checks (EarlyCheck): the operand as the handler reads it, where
+// that needs no walk and has no effect.
+template <typename T, bool (*Error)(T, T, T)> bool e_div(Cpu& c, const Insn& i, Fault* f) {
+  T b, lo, hi;
+  if (!c.peek_rm<T>(i, &b)) return false;
+  acc_get(c, lo, hi);
+  if (!Error(lo, hi, b)) return false;
+  *f = Fault{DE, false, 0};
+  return true;
+}
+template <typename T> bool e_divu(Cpu& c, const Insn& i, Fault* f) { return e_div<T, div_error<T>>(c, i, f); }
+template <typename T> bool e_idiv(Cpu& c, const Insn& i, Fault* f) { return e_div<T, idiv_error<T>>(c, i, f); }
 template <typename T> void h_imul_GvEv(Cpu& c, const Insn& i) {
   T b = c.read_rm<T>(i);
   c.set_reg<T>(i.reg, imul2(c.reg<T>(i.reg), b, c.s.eflags));
@@ -476,6 +492,10 @@ void register_alu(HandlerTable& t) {
   t.set(Op::DIV_Ev, SIZES(h_div));
   t.set(Op::IDIV_Eb, SIZES(h_idiv));
   t.set(Op::IDIV_Ev, SIZES(h_idiv));
+  t.set_early(Op::DIV_Eb, SIZES(e_divu));
+  t.set_early(Op::DIV_Ev, SIZES(e_divu));
+  t.set_early(Op::IDIV_Eb, SIZES(e_idiv));
+  t.set_early(Op::IDIV_Ev, SIZES(e_idiv));
   t.set(Op::IMUL_GvEv, nullptr, h_imul_GvEv<u16>, h_imul_GvEv<u32>);
   t.set(Op::IMUL_GvEvIz, nullptr, h_imul_GvEvI<u16>, h_imul_GvEvI<u32>);
   t.set(Op::IMUL_GvEvIb, nullptr, h_imul_GvEvI<u16>, h_imul_GvEvI<u32>);

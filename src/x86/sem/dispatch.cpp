@@ -33,6 +33,11 @@ Handler handler_for(const Insn& i) {
   return h ? h : h_unimplemented;
 }
 
+EarlyCheck early_check_for(const Insn& i) {
+  unsigned idx = i.osize == 1 ? 0 : i.osize == 2 ? 1 : 2;
+  return table().t.e[unsigned(i.op)][idx];
+}
+
 bool has_handler(Op op, unsigned size_index) {
   return table().t.h[unsigned(op)][size_index] != nullptr;
 }

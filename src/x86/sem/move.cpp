@@ -15,6 +15,22 @@ template <typename T> void h_movzx_b(Cpu& c, const Insn& i) { c.set_reg<T>(i.reg
 template <typename T> void h_movzx_w(Cpu& c, const Insn& i) { c.set_reg<T>(i.reg, T(c.read_rm<u16>(i))); }
 template <typename T> void h_movsx_b(Cpu& c, const Insn& i) { c.set_reg<T>(i.reg, T(i32(i8(c.read_rm<u8>(i))))); }
 template <typename T> void h_movsx_w(Cpu& c, const Insn& i) { c.set_reg<T>(i.reg, T(i32(i16(c.read_rm<u16>(i))))); }
+// Early checks (EarlyCheck) of the MOV forms: their one memory access, as
+// the handler's read or write would find it, is their only fault.
+template <typename T, bool W> bool e_mov_rm(Cpu& c, const Insn& i, Fault* f) {
+  return i.mem && c.access_faults(i.seg, c.ea(i), sizeof(T), W, f);
+}
+template <typename T, bool W> bool e_mov_moffs(Cpu& c, const Insn& i, Fault* f) {
+  return c.access_faults(i.seg, i.imm, sizeof(T), W, f);
+}
+template <typename T> bool e_mov_load(Cpu& c, const Insn& i, Fault* f) { return e_mov_rm<T, false>(c, i, f); }
+template <typename T> bool e_mov_store(Cpu& c, const Insn& i, Fault* f) { return e_mov_rm<T, true>(c, i, f); }
+template <typename T> bool e_mov_AO(Cpu& c, const Insn& i, Fault* f) { return e_mov_moffs<T, false>(c, i, f); }
+template <typename T> bool e_mov_OA(Cpu& c, const Insn& i, Fault* f) { return e_mov_moffs<T, true>(c, i, f); }
+// PUSH of a register or an immediate: its one access, the stack write.
+template <typename T> bool e_push(Cpu& c, const Insn&, Fault* f) {
+  return c.access_faults(SS, c.sp_add(c.sp(), -i32(sizeof(T))), sizeof(T), true, f);
+}
 template <typename T> void h_lea(Cpu& c, const Insn& i) { c.set_reg<T>(i.reg, T(c.ea(i))); }
 
 template <typename T> void h_xchg(Cpu& c, const Insn& i) {
@@ -159,6 +175,23 @@ void register_move(HandlerTable& t) {
   t.set(Op::MOVZX_GvEw, nullptr, h_movzx_w<u16>, h_movzx_w<u32>);
   t.set(Op::MOVSX_GvEb, nullptr, h_movsx_b<u16>, h_movsx_b<u32>);
   t.set(Op::MOVSX_GvEw, nullptr, h_movsx_w<u16>, h_movsx_w<u32>);
+  t.set_early(Op::PUSH_r, nullptr, e_push<u16>, e_push<u32>);
+  t.set_early(Op::PUSH_Iz, nullptr, e_push<u16>, e_push<u32>);
+  t.set_early(Op::PUSH_Ib, nullptr, e_push<u16>, e_push<u32>);
+  t.set_early(Op::MOV_EbGb, SIZES(e_mov_store));
+  t.set_early(Op::MOV_EvGv, SIZES(e_mov_store));
+  t.set_early(Op::MOV_GbEb, SIZES(e_mov_load));
+  t.set_early(Op::MOV_GvEv, SIZES(e_mov_load));
+  t.set_early(Op::MOV_EbIb, SIZES(e_mov_store));
+  t.set_early(Op::MOV_EvIz, SIZES(e_mov_store));
+  t.set_early(Op::MOV_ALOb, SIZES(e_mov_AO));
+  t.set_early(Op::MOV_eAXOv, SIZES(e_mov_AO));
+  t.set_early(Op::MOV_ObAL, SIZES(e_mov_OA));
+  t.set_early(Op::MOV_OveAX, SIZES(e_mov_OA));
+  t.set_early(Op::MOVZX_GvEb, nullptr, e_mov_load<u8>, e_mov_load<u8>);
+  t.set_early(Op::MOVZX_GvEw, nullptr, e_mov_load<u16>, e_mov_load<u16>);
+  t.set_early(Op::MOVSX_GvEb, nullptr, e_mov_load<u8>, e_mov_load<u8>);
+  t.set_early(Op::MOVSX_GvEw, nullptr, e_mov_load<u16>, e_mov_load<u16>);
   t.set(Op::LEA, nullptr, h_lea<u16>, h_lea<u32>);
   t.set(Op::XCHG_EbGb, SIZES(h_xchg));
   t.set(Op::XCHG_EvGv, SIZES(h_xchg));

@@ -73,6 +73,12 @@ void validate_data_segs(Cpu& c);
 // Per-group handler registration (dispatch.cpp).
 struct HandlerTable {
   Handler h[kOpCount][3] = {};
+  EarlyCheck e[kOpCount][3] = {};
+  void set_early(Op op, EarlyCheck e8, EarlyCheck e16, EarlyCheck e32) {
+    e[unsigned(op)][0] = e8;
+    e[unsigned(op)][1] = e16;
+    e[unsigned(op)][2] = e32;
+  }
   void set(Op op, Handler h8, Handler h16, Handler h32) {
     h[unsigned(op)][0] = h8;
     h[unsigned(op)][1] = h16;

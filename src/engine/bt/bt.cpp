@@ -806,6 +806,7 @@ Site* Bt::site_from_seed(SiteSeed& seed) {
   const Block* b = seed.block;
   s->insn = seed.insn;
   s->fn = handler_for(seed.insn);
+  s->early = early_check_for(seed.insn);
   s->block = seed.block;
   // (A block's instructions lie in one physical page, from b->pa on.)
   s->pa = b->pa + (seed.eip - b->eip);

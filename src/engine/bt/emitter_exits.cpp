@@ -155,7 +155,7 @@ uintptr_t Emitter::site_arg(Site* s) {
   // Every Site field is either in SiteSeed, derived by Bt::site_from_seed,
   // or checked below: a new field must be taught to them. (The size catches
   // only fields that do not fit in padding: frame_miss_at did.)
-  static_assert(sizeof(Site) == 120, "a new Site field: carry it in SiteSeed or make such sites in full here");
+  static_assert(sizeof(Site) == 128, "a new Site field: carry it in SiteSeed or make such sites in full here");
   if (!is_draft(s)) return reinterpret_cast<uintptr_t>(s);
   const size_t k = size_t(s - drafts_.data());
   if (draft_arg_[k]) return draft_arg_[k];
@@ -165,6 +165,7 @@ uintptr_t Emitter::site_arg(Site* s) {
     Site* full = bt_.new_site();
     *full = *s;
     full->fn = handler_for(s->insn);
+    full->early = early_check_for(s->insn);
     full->group = u8(group_of(s->insn));
     bt_.bstats().sites++;
     draft_arg_[k] = reinterpret_cast<uintptr_t>(full);
@@ -184,7 +185,7 @@ uintptr_t Emitter::site_arg(Site* s) {
                   (s->has_memo ? SiteSeed::kHasMemo : 0));
   // What the site made from it would be (Bt::site_from_seed) must be this.
   if (s->pa != b_->pa + (s->eip - b_->eip) || s->ends || s->direct || s->rep_resume || s->shadow_ok ||
-      s->fn || s->group || s->hits || s->persistent || s->last_slow || s->frame_misses || s->frame_miss_at)
+      s->fn || s->early || s->group || s->hits || s->persistent || s->last_slow || s->frame_misses || s->frame_miss_at)
     throw Error("bt: internal error: a slow-path site its seed cannot describe");
   bt_.bstats().seeds++;
   draft_arg_[k] = reinterpret_cast<uintptr_t>(seed) + kSeedTag;

@@ -42,7 +42,9 @@ TEST(EngineSchedule, RandomSwitchesEverySliceWithinItsRange) {
     EXPECT_TRUE(x.second.time);
     EXPECT_GE(x.second.n, 100000u);
     EXPECT_LE(x.second.n, 2000000u);
-    if (i) EXPECT_NE(x.first, last);
+    if (i) {
+      EXPECT_NE(x.first, last);
+    }
     last = x.first;
     seen[x.first]++;
   }

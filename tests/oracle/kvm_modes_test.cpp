@@ -43,11 +43,13 @@ TEST(KvmModes, SiliconOrEmulator) {
     }
     // The two fingerprints agree with each other: DAA running but AAM's
     // flags being the emulator's (or the reverse) would mean neither tells.
-    if (r.ran && r.fingerprint)
+    if (r.ran && r.fingerprint) {
       EXPECT_EQ(r.daa_ran, r.aam_zf_sdm) << mode_name(m);
+    }
   }
   std::printf("%d modes on silicon, %d through the emulator\n", silicon, emulated);
-  if (silicon && emulated)
+  if (silicon && emulated) {
     EXPECT_GT(slowest_silicon, 5 * fastest_emulated)
         << "the modes the fingerprint calls silicon are not much faster than the emulated ones";
+  }
 }

@@ -152,7 +152,9 @@ void crash_loop(const CrashConfig& c) {
     auto q = read_file(out);
     ASSERT_EQ(q.size(), c.size);
     for (u64 i = 0; i < c.size; i++)
-      if (m.known[i]) ASSERT_EQ(q[i], m.data[i]) << "qemu reads byte " << i << " differently";
+      if (m.known[i]) {
+        ASSERT_EQ(q[i], m.data[i]) << "qemu reads byte " << i << " differently";
+      }
   }
 }
 

@@ -331,7 +331,9 @@ TEST(KvmEngine, ParavirtLeaves) {
   o.calibrate = false;
   Kvm k(s, pm, plat, o);
   for (auto& [key, v] : k.stats())
-    if (key == "kvm.msr_filter") EXPECT_EQ(k.paravirt_msrs(), v != 0);  // with a filter, they pass it
+    if (key == "kvm.msr_filter") {
+      EXPECT_EQ(k.paravirt_msrs(), v != 0);  // with a filter, they pass it
+    }
   if (!k.cpuid_model_set()) GTEST_SKIP() << "this KVM refuses KVM_SET_CPUID2: the guest sees its CPUID";
   EXPECT_EQ(k.pv_features() & ~pv::kFeatures, 0u);
   EXPECT_NE(k.pv_features() & pv::KVM_FEATURE_CLOCKSOURCE2, 0u) << "KVM without kvm-clock?";

@@ -98,7 +98,7 @@ def add_common_args(ap, runs=3, engines=ALL_ENGINES, timeout="900"):
                          "and qemu, popek's with suffixes -nopv (--no-paravirt) and -noacpi "
                          "(default: %(default)s; engines popek lacks are skipped)")
     ap.add_argument("--runs", type=int, default=runs, help="runs per engine (default: %(default)s)")
-    ap.add_argument("--popek", help="popek binary (default: $POPEK, else the newest build*/popek)")
+    ap.add_argument("--popek", help="popek binary (default: $POPEK, else the newest build*/popek that is not a sanitizer build)")
     ap.add_argument("--timeout", type=float, help=f"seconds per guest run (default: {timeout})")
     ap.add_argument("--memory", default=MEMORY, help="guest RAM (default: %(default)s)")
     ap.add_argument("--qemu-cpu", default=QEMU_CPU, help="QEMU -cpu model (default: %(default)s)")
@@ -114,7 +114,19 @@ def find_popek(path=None):
     cands = [p for p in glob.glob(os.path.join(REPO, "build*", "popek")) if os.access(p, os.X_OK)]
     if not cands:
         die("no popek built (build*/popek); build one or pass --popek PATH")
-    return max(cands, key=os.path.getmtime)
+
+    def sanitized(p):
+        """A build tree configured with POPEK_SANITIZE (scripts/test.sh's build-asan): it measures ASan."""
+        try:
+            with open(os.path.join(os.path.dirname(p), "CMakeCache.txt")) as f:
+                return any(line.strip() in ("POPEK_SANITIZE:BOOL=ON", "POPEK_SANITIZE:UNINITIALIZED=ON") for line in f)
+        except OSError:
+            return False
+
+    plain = [p for p in cands if not sanitized(p)]
+    if not plain:
+        log(f"warning: only sanitizer builds found; measuring {max(cands, key=os.path.getmtime)}")
+    return max(plain or cands, key=os.path.getmtime)
 
 
 def popek_engines(popek):

@@ -900,14 +900,15 @@ u64 Bt::callout(Site* site) {
   // span keeps failing is translated again without frame checks.
   if (site->frame_lead && !exit) {
     const u32 la = s_.gpr[site->frame_base] + u32(site->frame_lo);
+    u64& addend = rt_->frame_addend[bt::frame_slot(site->frame_base)];
     if (const u8* h = mmu_.direct(la, site->frame_span, site->frame_write, s_.cpl == 3)) {
-      rt_->frame_addend[site->frame_base == EBP ? 0 : 1] = u64(reinterpret_cast<uintptr_t>(h)) - la;
+      addend = u64(reinterpret_cast<uintptr_t>(h)) - la;
     } else {
       // The block is left here (its followers would each take a host fault,
       // microseconds): the dispatcher goes on at the next instruction, in a
       // block whose own leader checks what is left of the span. The poison
       // (the inaccessible rest of PhysMem::kDirectSpan) only guards that.
-      rt_->frame_addend[site->frame_base == EBP ? 0 : 1] = u64(reinterpret_cast<uintptr_t>(pm_.ram())) + (u64(1) << 32);
+      addend = u64(reinterpret_cast<uintptr_t>(pm_.ram())) + (u64(1) << 32);
       exit = true;
       st_.frame_misses++;
       // (Misses far apart — a stack that now and then straddles a page —
@@ -918,7 +919,6 @@ u64 Bt::callout(Site* site) {
         no_frames_.insert(b->pa);
         invalidate(b);
         st_.frame_retranslations++;
-        exit = true;
       }
     }
   }

@@ -202,6 +202,8 @@ struct Rt {
   u64 x87_again = 0;
 };
 enum Reason : u64 { kExitNormal = 0, kExitChain = 1 };
+// The Rt::frame_addend slot of a frame-check group on guest register `base`.
+inline unsigned frame_slot(unsigned base) { return base == x86::EBP ? 0 : 1; }
 // r13 in generated code is guest RAM + kR13Bias (RAM is 2 MiB aligned): the
 // base of direct accesses with paging off ([r13 + address - kR13Bias]), and
 // its low bits are constants the TLB check uses: bits 0-4 = 12, the SHRX

@@ -403,7 +403,7 @@ Emitter::Slow& Emitter::mem_access(const Insn& i, u32 eip, u64 pa, unsigned seg,
     // + the group's host address - linear address (the span check saw this
     // linear address on its page: it did not wrap).
     const FrameGroup& g = frames_[size_t(fg)];
-    mov(r9, qword[r14 + kFrameOff + (g.base == EBP ? 0 : 8)]);
+    mov(r9, qword[r14 + kFrameOff + 8 * int(frame_slot(g.base))]);
     lea(r8, ptr[r8 + r9]);
     bt_.bstats().frame_followers++;
     s.direct_from = here();
@@ -438,7 +438,7 @@ Emitter::Slow& Emitter::mem_access(const Insn& i, u32 eip, u64 pa, unsigned seg,
     // The whole span at once: r8 = host address of base + lo (the slow
     // path's callout sets Rt::frame_addend itself), then this operand's.
     FrameGroup& g = frames_[size_t(fg)];
-    const int slot_off = kFrameOff + (g.base == EBP ? 0 : 8);
+    const int slot_off = kFrameOff + 8 * int(frame_slot(g.base));
     lea(r8d, ptr[r8 + (g.lo - foff)]);
     s.entry_fix = encode_lookup(unsigned(g.hi - g.lo), g.write, clobber, false);
     mov(r10, qword[r14 + r9 * 8 + (tlb_off_ + int(mem::Mmu::addend_array_off(user_)))]);
